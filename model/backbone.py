@@ -1,0 +1,315 @@
+"""The frozen vision transformer that turns images into tokens.
+
+Any timm ViT by name. Weights come from one of three sources:
+
+* ``pretrained``: timm's pretrained weights (downloaded from the Hugging Face
+  hub on a user's machine; offline, we fail within seconds with a message
+  saying how to supply them);
+* a local checkpoint file (official DINOv2 ``.pth`` or ``.safetensors``,
+  any training resolution; the position embedding is resampled);
+* ``random``: a seeded random initialisation with LayerScale at 1.0, because
+  timm's default of 1e-5 leaves every block near-identity (DESIGN.md section 6).
+
+The model is truncated at the layer used: ``layer`` counts blocks from the
+end as the seed's ``enc_output_layer`` did (1 = last block), and only blocks
+up to that one are kept and run. The feature is that block's output tokens
+(``tokens``) or its attention queries (``q``, the seed's best).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from .errors import InputError
+from .files import digest_files
+
+DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
+WEIGHT_SOURCES = ("pretrained", "random")  # or a path to a checkpoint file
+RANDOM_LAYERSCALE = 1.0
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What identifies a backbone's features (and so a feature-cache entry).
+
+    ``weights`` is ``'pretrained'``, ``'random'`` or a checkpoint path.
+    ``image_size`` resizes images to that square size; ``None`` keeps the
+    native size. Either way the input is zero-padded (after normalisation,
+    as the seed did) at the bottom and right to a multiple of the patch size.
+    """
+
+    name: str = DEFAULT_BACKBONE
+    weights: str = "pretrained"
+    seed: int = 0
+    layer: int = 1
+    feature: str = "q"
+    image_size: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------
+# Features: a block's output, or its attention queries
+# --------------------------------------------------------------------------
+
+def _block_tokens(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return block(x)
+
+
+def _block_queries(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The attention queries of ``block`` for input ``x``: heads concatenated, before scaling."""
+    attn = block.attn
+    qkv = attn.qkv(block.norm1(x))
+    b, n, _ = qkv.shape
+    q = qkv.reshape(b, n, 3, attn.num_heads, -1)[:, :, 0]
+    q = attn.q_norm(q)
+    return q.reshape(b, n, -1)
+
+
+FEATURES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    "tokens": _block_tokens,
+    "q": _block_queries,
+}
+
+
+class Backbone(nn.Module):
+    """A frozen, truncated timm ViT: images (B, 3, H, W) -> tokens (B, h*w, C).
+
+    Attributes
+    ----------
+    grid : tuple of int
+        The (rows, cols) of the patch grid for this input size.
+    dim : int
+        Feature channels C.
+    """
+
+    def __init__(self, vit: nn.Module, config: BackboneConfig, input_size: int, weights_digest: str):
+        super().__init__()
+        depth = len(vit.blocks)
+        index = resolve_layer(config.layer, depth)
+        vit.blocks = vit.blocks[: index + 1]
+        for unused in ("norm", "fc_norm", "head", "head_drop"):
+            if hasattr(vit, unused):
+                setattr(vit, unused, nn.Identity())
+        self.vit = vit.eval().requires_grad_(False)
+        self.config = config
+        self.depth = depth
+        self.block_index = index
+        self.feature_fn = FEATURES[config.feature]
+        self.input_size = input_size
+        self.patch = vit.patch_embed.patch_size[0]
+        self.grid = (input_size // self.patch, input_size // self.patch)
+        self.dim = vit.embed_dim
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.weights_digest = weights_digest
+        cfg = getattr(vit, "pretrained_cfg", {}) or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        return super().train(False)  # frozen: dropout and friends stay off
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] images (B, 3, H, W) -> normalised, resized, padded input."""
+        x = images.float() / 255 if images.dtype == torch.uint8 else images
+        if self.config.image_size is not None and x.shape[-1] != self.config.image_size:
+            x = F.interpolate(x, size=(self.config.image_size,) * 2, mode="bicubic", antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        pad_h, pad_w = self.input_size - x.shape[-2], self.input_size - x.shape[-1]
+        if pad_h < 0 or pad_w < 0:
+            raise InputError("images", f"size {tuple(x.shape[-2:])} is larger than the backbone input {self.input_size}")
+        return F.pad(x, (0, pad_w, 0, pad_h))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding with position embedding and prefix tokens."""
+        vit = self.vit
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # noqa: SLF001 - timm's own step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input (from :meth:`preprocess`) -> patch features (B, h*w, C)."""
+        x = self.embed(x)
+        for block in self.vit.blocks[:-1]:
+            x = block(x)
+        x = self.feature_fn(self.vit.blocks[-1], x)
+        return x[:, self.num_prefix_tokens:]
+
+    def describe(self) -> str:
+        """One line for logs and reports, saying plainly when weights are random."""
+        source = {"pretrained": "pretrained weights", "random": f"RANDOM weights (seed {self.config.seed}; not a trained network)"}
+        weights = source.get(self.config.weights, f"weights from {self.config.weights}")
+        return (f"{self.config.name} with {weights}; feature '{self.config.feature}' of block "
+                f"{self.block_index + 1}/{self.depth}; input {self.input_size} px -> {self.grid[0]}x{self.grid[1]} tokens x {self.dim}")
+
+
+def resolve_layer(layer: int, depth: int) -> int:
+    """Block index of ``enc_output_layer``: 1 is the last block, k the k-th from the end.
+
+    Negative values are read the same way (-1 is the last block), as the seed
+    passed ``-enc_output_layer`` as a Python index.
+    """
+    k = abs(int(layer))
+    if not 1 <= k <= depth:
+        raise InputError("--enc-output-layer", f"must be between 1 (last block) and {depth} (first block) for this backbone, got {layer}")
+    return depth - k
+
+
+def input_size_for(native: int, image_size: int | None, patch: int) -> int:
+    """Side of the padded square input: the (resized) image rounded up to the patch size."""
+    side = image_size or native
+    return int(np.ceil(side / patch) * patch)
+
+
+# --------------------------------------------------------------------------
+# Building: weights from the hub, a local file, or a seeded random init
+# --------------------------------------------------------------------------
+
+def build_backbone(config: BackboneConfig, native_size: int) -> Backbone:
+    """Create the truncated, frozen backbone for images of side ``native_size``."""
+    import timm
+
+    if config.feature not in FEATURES:
+        raise InputError("--feature", f"unknown feature {config.feature!r}; choose from {', '.join(FEATURES)}")
+    if not timm.is_model(config.name):
+        raise InputError("--backbone", f"unknown timm model {config.name!r}")
+    patch = _patch_size(config.name)
+    size = input_size_for(native_size, config.image_size, patch)
+    kwargs = dict(img_size=size, num_classes=0)
+    if config.weights == "random":
+        torch.manual_seed(config.seed)
+        vit = timm.create_model(config.name, pretrained=False, init_values=RANDOM_LAYERSCALE, **kwargs)
+        digest = f"random:seed={config.seed}:layerscale={RANDOM_LAYERSCALE}"
+    elif config.weights == "pretrained":
+        vit = _create_pretrained(config.name, kwargs)
+        digest = f"timm:{config.name}"
+    else:
+        path = Path(config.weights)
+        vit = timm.create_model(config.name, pretrained=False, **kwargs)
+        load_checkpoint(vit, path)
+        digest = f"file:{digest_files([path])}"
+    if not hasattr(vit, "blocks") or not hasattr(vit.blocks[0], "attn"):
+        raise InputError("--backbone", f"{config.name} is not a ViT with attention blocks")
+    return Backbone(vit, config, size, digest)
+
+
+def _patch_size(name: str) -> int:
+    """Patch size of a timm model, from a weightless copy on the meta device."""
+    import timm
+
+    with torch.device("meta"):
+        probe = timm.create_model(name, pretrained=False, num_classes=0)
+    if not hasattr(probe, "patch_embed"):
+        raise InputError("--backbone", f"{name} is not a vision transformer (no patch embedding)")
+    return int(probe.patch_embed.patch_size[0])
+
+
+def _create_pretrained(name: str, kwargs: dict) -> nn.Module:
+    import timm
+
+    hint = ("supply a local checkpoint with --backbone-weights FILE (official DINOv2 .pth or .safetensors), "
+            "or use --no-pretrained for random weights")
+    if not _in_hub_cache(name):
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+            raise InputError("--backbone", f"pretrained weights for {name} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; {hint}")
+        if not _reachable("huggingface.co"):
+            raise InputError("--backbone", f"cannot download pretrained weights for {name} (huggingface.co is unreachable); {hint}")
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
+        raise InputError("--backbone", f"could not load pretrained weights for {name} ({type(exc).__name__}); {hint}") from None
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str) for f in files)
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pth`` file (the latter with torch's weights-only loader)."""
+    if not path.is_file():
+        raise InputError(path, "missing checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    for key in ("model", "state_dict", "teacher"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(path, "expected a dict of tensors")
+    return state
+
+
+def load_checkpoint(vit: nn.Module, path: Path) -> None:
+    """Load a (DINOv2-format or timm-format) checkpoint into ``vit``, resampling pos_embed."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = read_state_dict(path)
+    try:
+        state = checkpoint_filter_fn(state, vit)
+        missing, unexpected = vit.load_state_dict(state, strict=False)
+    except Exception as exc:  # noqa: BLE001 - shape mismatches and the like
+        raise InputError(path, f"does not fit {type(vit).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    needed = [k for k in missing if k.startswith(("blocks.", "patch_embed.", "pos_embed", "cls_token"))]
+    if needed:
+        raise InputError(path, f"missing {len(needed)} backbone tensors (e.g. {needed[0]}): not a checkpoint of this model")
+
+
+# --------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8; a clear error for an unreadable file."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable image ({type(exc).__name__})") from None
+
+
+def image_batch(paths: list[Path]) -> torch.Tensor:
+    """Images (B, 3, H, W) uint8; all must share one size."""
+    arrays = [read_image(p) for p in paths]
+    first = arrays[0].shape
+    for path, arr in zip(paths, arrays):
+        if arr.shape != first:
+            raise InputError(path, f"image size {arr.shape[:2]} differs from {first[:2]} of {paths[0].name}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def native_size(path: Path) -> int:
+    """The side of a (square) image, read from its header."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(path, f"unreadable image ({type(exc).__name__})") from None
+    return max(w, h)
