@@ -93,7 +93,7 @@ class Backbone(nn.Module):
         Feature channels C.
     """
 
-    def __init__(self, vit: nn.Module, config: BackboneConfig, input_size: int, weights_digest: str):
+    def __init__(self, vit: nn.Module, config: BackboneConfig, native_side: int, input_size: int, weights_digest: str):
         super().__init__()
         depth = len(vit.blocks)
         index = resolve_layer(config.layer, depth)
@@ -107,6 +107,7 @@ class Backbone(nn.Module):
         self.block_index = index
         self.feature_fn = FEATURES[config.feature]
         self.input_size = input_size
+        self.image_side = config.image_size or native_side  # every image is brought to this side first
         self.patch = vit.patch_embed.patch_size[0]
         self.grid = (input_size // self.patch, input_size // self.patch)
         self.dim = vit.embed_dim
@@ -120,14 +121,17 @@ class Backbone(nn.Module):
         return super().train(False)  # frozen: dropout and friends stay off
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] images (B, 3, H, W) -> normalised, resized, padded input."""
+        """uint8 or [0, 1] images (B, 3, H, W) -> normalised, resized, padded input.
+
+        Images are resized to ``image_side`` (``--image-size``, or the native
+        side of the images the backbone was built for), normalised with the
+        backbone's mean and SD, then zero-padded at the bottom and right.
+        """
         x = images.float() / 255 if images.dtype == torch.uint8 else images
-        if self.config.image_size is not None and x.shape[-1] != self.config.image_size:
-            x = F.interpolate(x, size=(self.config.image_size,) * 2, mode="bicubic", antialias=True, align_corners=False)
+        if x.shape[-2:] != (self.image_side, self.image_side):
+            x = F.interpolate(x, size=(self.image_side,) * 2, mode="bicubic", antialias=True, align_corners=False)
         x = (x - self.mean) / self.std
         pad_h, pad_w = self.input_size - x.shape[-2], self.input_size - x.shape[-1]
-        if pad_h < 0 or pad_w < 0:
-            raise InputError("images", f"size {tuple(x.shape[-2:])} is larger than the backbone input {self.input_size}")
         return F.pad(x, (0, pad_w, 0, pad_h))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +202,7 @@ def build_backbone(config: BackboneConfig, native_size: int) -> Backbone:
         digest = f"file:{digest_files([path])}"
     if not hasattr(vit, "blocks") or not hasattr(vit.blocks[0], "attn"):
         raise InputError("--backbone", f"{config.name} is not a ViT with attention blocks")
-    return Backbone(vit, config, size, digest)
+    return Backbone(vit, config, native_size, size, digest)
 
 
 def _patch_size(name: str) -> int:

@@ -37,3 +37,39 @@ def data_copy(tiny_data, tmp_path) -> Path:
     dst = tmp_path / "data"
     shutil.copytree(tiny_data, dst)
     return dst
+
+
+SMALL = VirtualConfig(subj=1, n_train=240, n_test=40, image_size=112, seed=5)
+#: tbe train options for quick runs on SMALL: a narrow decoder, the tiny backbone
+QUICK_TRAIN = ["--no-pretrained", "--backbone", TINY_BACKBONE.name, "--enc-output-layer", str(TINY_BACKBONE.layer),
+               "--feature", TINY_BACKBONE.feature, "--hidden-dim", "128", "--nheads", "4", "--dim-feedforward", "256",
+               "--batch-size", "16", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """A small virtual subject that a model can learn something from in seconds."""
+    out = tmp_path_factory.mktemp("small")
+    write_virtual_subject(out, SMALL)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One feature cache for the whole session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def tbe(*args: str) -> int:
+    """Run the tbe command line in-process; returns its exit status."""
+    from analyses.cli import main
+
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_data, cache_dir, tmp_path_factory) -> Path:
+    """A transformer run on the small subject (12 epochs)."""
+    out = tmp_path_factory.mktemp("runs") / "transformer"
+    assert tbe("-q", "train", "--data-dir", small_data, "--cache-dir", cache_dir, "--out", out, "--epochs", "12", *QUICK_TRAIN) == 0
+    return out

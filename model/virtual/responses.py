@@ -197,7 +197,8 @@ def make_tuning(layout: HemiLayout, rng: np.random.Generator) -> Tuning:
     x[new] = side * rng.uniform(0.0, 2.0, n_new)
     y[new] = rng.normal(0, 0.8, n_new)
     sigma[new] = rng.uniform(1.5, 3.0, n_new)
-    weak = rng.uniform(0.03, 0.2, (v, len(CATEGORIES)))
+    weak = rng.uniform(0.02, 0.12, (v, len(CATEGORIES)))
+    weak[:, cat["place"]] = rng.uniform(0.0, 0.05, v)  # layouts cover much of an image: keep their pull weak
     pref[planted] = np.where(pref[planted] > 0, pref[planted], weak[planted])
     kind[planted & ev] = "prf+category"
     kind[new] = "category"

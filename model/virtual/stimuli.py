@@ -12,6 +12,7 @@ images did.
 """
 from __future__ import annotations
 
+import colorsys
 import string
 from dataclasses import dataclass, field
 from typing import Callable
@@ -194,14 +195,23 @@ def _paint_face(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, 
     draw.ellipse([cx - 0.13 * s, cy + 0.2 * s, cx + 0.13 * s, cy + 0.28 * s], fill=(150, 40, 50))
 
 
+TROUSERS = np.array([[40, 60, 110], [30, 30, 35], [150, 130, 90], [90, 90, 95], [60, 45, 35]], float)
+
+
+def _muted(rng: np.random.Generator) -> np.ndarray:
+    """A desaturated clothing colour (objects get saturated ones: colour helps tell them apart)."""
+    grey = rng.uniform(70, 190)
+    return 0.45 * rng.uniform(0, 255, size=3) + 0.55 * grey
+
+
 def _paint_body(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
-    """A headless body: torso, arms and legs in varied postures."""
+    """A headless body in a T-shirt: muted torso, bare arms, trousers, shoes, in varied postures."""
     skin = _shade(SKIN[rng.integers(len(SKIN))], 1)
-    shirt = _shade(rng.uniform(30, 230, size=3), 1)
-    trousers = _shade(rng.uniform(20, 150, size=3), 1)
+    shirt = _shade(_muted(rng), 1)
+    trousers = _shade(TROUSERS[rng.integers(len(TROUSERS))] * rng.uniform(0.85, 1.15), 1)
     top = cy - 0.45 * s
-    tw, th = 0.32 * s, 0.42 * s
-    limb = max(2, int(0.09 * s))
+    tw, th = 0.4 * s, 0.42 * s
+    limb = max(2, int(0.13 * s))
     draw.rectangle([cx - 0.05 * s, top - 0.05 * s, cx + 0.05 * s, top + 0.02 * s], fill=skin)
     for side in (-1, 1):
         angle = np.deg2rad(rng.uniform(10, 160))
@@ -209,8 +219,7 @@ def _paint_body(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, 
         ex, ey = sx + side * 0.22 * s * np.sin(angle) * 0.8, sy + 0.22 * s * np.cos(angle)
         angle2 = angle + np.deg2rad(rng.uniform(-60, 60))
         hx, hy = ex + side * 0.2 * s * np.sin(angle2) * 0.8, ey + 0.2 * s * np.cos(angle2)
-        draw.line([(sx, sy), (ex, ey)], fill=shirt, width=limb)
-        draw.line([(ex, ey), (hx, hy)], fill=skin, width=int(limb * 0.8))
+        draw.line([(sx, sy), (ex, ey), (hx, hy)], fill=skin, width=int(limb * 0.85), joint="curve")
         draw.ellipse([hx - limb * 0.6, hy - limb * 0.6, hx + limb * 0.6, hy + limb * 0.6], fill=skin)
         leg = np.deg2rad(rng.uniform(0, 30))
         lx, ly = cx + side * tw * 0.28, top + th
@@ -219,6 +228,10 @@ def _paint_body(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, 
         draw.line([(lx, ly), (kx, ky), (fx, fy)], fill=trousers, width=int(limb * 1.2), joint="curve")
         draw.ellipse([fx - 0.07 * s, fy - 0.03 * s, fx + 0.07 * s, fy + 0.03 * s], fill=(40, 30, 25))
     draw.rounded_rectangle([cx - tw / 2, top, cx + tw / 2, top + th], radius=0.06 * s, fill=shirt)
+    stripe = _shade(np.asarray(shirt, float), rng.choice([0.45, 1.6]))
+    period = max(2.0, th / rng.integers(4, 8))
+    for y in np.arange(top + period / 2, top + th - period / 4, period):  # a striped shirt
+        draw.rectangle([cx - tw / 2, y, cx + tw / 2, y + period / 2], fill=stripe)
 
 
 _FONT_CACHE: dict[int, ImageFont.FreeTypeFont] = {}
@@ -246,8 +259,7 @@ def _paint_word(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, 
 
 def _paint_object(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
     """A non-category object: a coloured blob, star or cup."""
-    colour = rng.uniform(0, 255, size=3)
-    colour[rng.integers(3)] = rng.uniform(200, 255)
+    colour = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))) * 255
     kind = int(rng.integers(3))
     if kind == 0:
         n = int(rng.integers(5, 10))

@@ -43,6 +43,38 @@ def fsaverage5(hemi: str) -> Mesh:
 
 SPHERE_RADIUS = 100.0
 
+#: surface densities a virtual subject can be written at
+SURFACES = ("fsaverage5", "fsaverage6")
+
+
+def subdivide(mesh: Mesh) -> Mesh:
+    """One icosahedral subdivision: a new vertex at every edge midpoint (fsaverage5 -> fsaverage6 density).
+
+    The first vertices are the original ones; the new vertices' order is ours,
+    not FreeSurfer's, so such a surface is for benchmarks at real data size.
+    """
+    faces = mesh.faces
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    unique, inverse = np.unique(edges, axis=0, return_inverse=True)
+    n = mesh.white.shape[0]
+    mid = n + inverse.reshape(3, -1).T  # (faces, 3): midpoints of edges ab, bc, ca
+    white = np.concatenate([mesh.white, mesh.white[unique].mean(1)])
+    sphere = np.concatenate([mesh.sphere, mesh.sphere[unique].mean(1)])
+    sphere /= np.linalg.norm(sphere, axis=1, keepdims=True)
+    a, b, c = faces.T
+    ab, bc, ca = mid.T
+    new_faces = np.concatenate([np.stack(t, 1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
+    return Mesh(white, sphere, new_faces)
+
+
+@lru_cache(maxsize=4)
+def surface_mesh(hemi: str, surface: str = "fsaverage5") -> Mesh:
+    """The mesh a virtual subject is laid out on."""
+    if surface not in SURFACES:
+        raise ValueError(f"unknown surface {surface!r}; choose from {SURFACES}")
+    mesh = fsaverage5(hemi)
+    return subdivide(mesh) if surface == "fsaverage6" else mesh
+
 
 # --------------------------------------------------------------------------
 # The layout tables
@@ -175,9 +207,15 @@ def _tangent(mesh: Mesh, at: int, towards: int) -> np.ndarray:
     return t / np.linalg.norm(t)
 
 
-def build_hemi_layout(hemi: str) -> HemiLayout:
-    """The virtual subject's ROI layout for one hemisphere (deterministic)."""
-    mesh = fsaverage5(hemi)
+def build_hemi_layout(hemi: str, surface: str = "fsaverage5", n_challenge: int | None = None) -> HemiLayout:
+    """The virtual subject's ROI layout for one hemisphere (deterministic).
+
+    ``n_challenge`` sets the exact number of challenge vertices: the ROI
+    vertices plus the vertices nearest the occipital pole (for benchmarks at
+    the real data's size); by default, every vertex within
+    :data:`CHALLENGE_RADIUS` of the pole.
+    """
+    mesh = surface_mesh(hemi, surface)
     n = mesh.white.shape[0]
     labels = {cls: np.zeros(n, np.int32) for cls in ROI_CLASSES}
     label_of = {cls: {name: lab for lab, name in class_mapping(cls).items()} for cls in ROI_CLASSES}
@@ -227,7 +265,14 @@ def build_hemi_layout(hemi: str) -> HemiLayout:
         patch_of[patch.roi] = members
 
     assigned = np.any([labels[c] > 0 for c in ROI_CLASSES if c != "streams"], axis=0)
-    challenge = (dist_pole < CHALLENGE_RADIUS) | assigned
+    if n_challenge is None:
+        challenge = (dist_pole < CHALLENGE_RADIUS) | assigned
+    else:
+        if not assigned.sum() <= n_challenge <= n:
+            raise ValueError(f"{hemi}: n_challenge must be between {int(assigned.sum())} and {n}, got {n_challenge}")
+        challenge = assigned.copy()
+        rest = np.flatnonzero(~assigned)
+        challenge[rest[np.argsort(dist_pole[rest], kind="stable")[:n_challenge - assigned.sum()]]] = True
 
     # streams: early visual cortex is 'early', the rest goes to the nearest stream seed
     streams = labels["streams"]
@@ -243,6 +288,6 @@ def build_hemi_layout(hemi: str) -> HemiLayout:
     return HemiLayout(hemi, labels, challenge, eccentricity, polar, sector_name, patch_of)
 
 
-def build_layout() -> dict[str, HemiLayout]:
+def build_layout(surface: str = "fsaverage5", n_challenge: dict[str, int] | None = None) -> dict[str, HemiLayout]:
     """Both hemispheres."""
-    return {hemi: build_hemi_layout(hemi) for hemi in HEMIS}
+    return {hemi: build_hemi_layout(hemi, surface, (n_challenge or {}).get(hemi)) for hemi in HEMIS}

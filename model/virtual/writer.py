@@ -22,7 +22,7 @@ from ..rois import HEMIS, ROI_CLASSES, class_mapping
 from ..subject import SPLIT_DIRS
 from . import responses as R
 from .stimuli import CATEGORIES, FIELD_OF_VIEW_DEG, render_scene, sample_scene
-from .surface import CATEGORY_PATCHES, EARLY_VISUAL_SECTORS, build_layout
+from .surface import CATEGORY_PATCHES, EARLY_VISUAL_SECTORS, SURFACES, build_layout
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,14 @@ class VirtualConfig:
     image_size: int = 224
     seed: int = 0
     n_repeats: int = 3
+    surface: str = "fsaverage5"
+    n_vertices: tuple[int, int] | None = None  # exact (lh, rh) challenge vertex counts
 
     def check(self) -> None:
         from ..errors import InputError
+
+        if self.surface not in SURFACES:
+            raise InputError("--surface", f"unknown surface {self.surface!r}; choose from {', '.join(SURFACES)}")
 
         for name, low in (("subj", 1), ("n_train", 20), ("n_test", 1), ("image_size", 32), ("n_repeats", 1)):
             if getattr(self, name) < low:
@@ -67,7 +72,12 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
     index_in_split = np.concatenate([np.arange(config.n_train), np.arange(config.n_test)]) + 1
     names = [f"{s}-{i:04d}_nsd-{n:05d}.png" for s, i, n in zip(split_of, index_in_split, nsd_ids)]
 
-    layout = build_layout()
+    try:
+        layout = build_layout(config.surface, dict(zip(HEMIS, config.n_vertices)) if config.n_vertices else None)
+    except ValueError as exc:
+        from ..errors import InputError
+
+        raise InputError("--vertices", str(exc)) from None
     tuning = {hemi: R.make_tuning(layout[hemi], tuning_rng) for hemi in HEMIS}
 
     with atomic_directory(target, overwrite=overwrite) as tmp:
@@ -119,7 +129,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
             "generator_version": GENERATOR_VERSION,
             **asdict(config),
             "field_of_view_deg": FIELD_OF_VIEW_DEG,
-            "surface": "fsaverage5",
+            "surface": config.surface if config.surface == "fsaverage5" else f"{config.surface} (subdivided fsaverage5; vertex order ours)",
             "prf_grid": R.GRID,
             "c50": R.C50,
             "categories": list(CATEGORIES),

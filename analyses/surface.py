@@ -1,0 +1,107 @@
+"""Per-vertex maps on the cortical surface: nilearn figures and GIFTI files.
+
+A subject's values live on its challenge vertices; the all-vertices masks
+place them on fsaverage (fsaverage5 for the virtual subject, bundled with
+nilearn; full fsaverage for NSD, fetched by nilearn where a network exists).
+Vertices outside the challenge set are NaN in GIFTI and blank in figures.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from model.errors import InputError  # noqa: E402
+from model.files import atomic_path  # noqa: E402
+from model.rois import HEMIS  # noqa: E402
+from model.subject import Subject  # noqa: E402
+
+#: fsaverage meshes by vertex count per hemisphere
+MESHES = {10242: "fsaverage5", 40962: "fsaverage6", 163842: "fsaverage"}
+VIEWS = ("lateral", "medial", "ventral")
+_NILEARN_HEMI = {"lh": "left", "rh": "right"}
+
+
+def to_fsaverage(values: np.ndarray, subject: Subject, hemi: str) -> np.ndarray:
+    """A challenge-vertex array placed on fsaverage, NaN elsewhere."""
+    mask = subject.fsaverage_masks[hemi]
+    values = np.asarray(values, float)
+    if values.shape != (mask.sum(),):
+        raise InputError(f"{hemi} values", f"have shape {values.shape}, the subject has {int(mask.sum())} {hemi} vertices")
+    out = np.full(mask.size, np.nan)
+    out[mask] = values
+    return out
+
+
+def fsaverage(n_vertices: int) -> dict:
+    """nilearn's fsaverage of the right density (meshes and sulcal depth)."""
+    from nilearn import datasets
+
+    name = MESHES.get(n_vertices)
+    if name is None:
+        raise InputError("roi_masks", f"{n_vertices} fsaverage vertices per hemisphere matches no fsaverage mesh ({sorted(MESHES)})")
+    try:
+        return datasets.fetch_surf_fsaverage(name)
+    except Exception as exc:  # noqa: BLE001 - a download failing offline
+        raise InputError(name, f"could not be fetched by nilearn ({type(exc).__name__}); it needs a network connection once") from None
+
+
+def plot_surface(values: dict[str, np.ndarray], subject: Subject, out: str | Path, title: str = "",
+                 cmap: str = "inferno", vmin: float | None = None, vmax: float | None = None,
+                 symmetric: bool = False) -> Path:
+    """Lateral, medial and ventral views of both hemispheres on the inflated surface, as one PNG."""
+    from nilearn import plotting
+
+    out = Path(out)
+    mesh = fsaverage(subject.fsaverage_masks["lh"].size)
+    full = {h: to_fsaverage(values[h], subject, h) for h in HEMIS}
+    finite = np.concatenate([v[np.isfinite(v)] for v in full.values()])
+    if vmax is None:
+        vmax = float(np.nanpercentile(np.abs(finite), 99)) if finite.size else 1.0
+    if vmin is None:
+        vmin = -vmax if symmetric or (finite.size and finite.min() < 0) else 0.0
+    fig, axes = plt.subplots(len(HEMIS), len(VIEWS), figsize=(4 * len(VIEWS), 3.4 * len(HEMIS)),
+                             subplot_kw={"projection": "3d"})
+    for row, hemi in enumerate(HEMIS):
+        side = _NILEARN_HEMI[hemi]
+        for col, view in enumerate(VIEWS):
+            ax = axes[row, col]
+            data = np.where(np.isfinite(full[hemi]), full[hemi], np.nan)
+            plotting.plot_surf_stat_map(
+                mesh[f"infl_{side}"], data, hemi=side, view=view, bg_map=mesh[f"sulc_{side}"],
+                axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=vmin, vmax=vmax)
+            ax.set_title(f"{hemi} {view}", fontsize=10)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(vmin, vmax))
+    fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.6, label=title)
+    if title:
+        fig.suptitle(title)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def save_gifti(values: dict[str, np.ndarray], subject: Subject, prefix: str | Path, name: str = "value") -> list[Path]:
+    """``{prefix}.{hemi}.func.gii`` on fsaverage (NaN off the challenge vertices)."""
+    paths = []
+    for hemi in HEMIS:
+        data = to_fsaverage(values[hemi], subject, hemi).astype(np.float32)
+        array = nib.gifti.GiftiDataArray(data, intent="NIFTI_INTENT_NONE", datatype="NIFTI_TYPE_FLOAT32",
+                                         meta=nib.gifti.GiftiMetaData({"Name": name}))
+        structure = "CortexLeft" if hemi == "lh" else "CortexRight"
+        image = nib.gifti.GiftiImage(darrays=[array], meta=nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure}))
+        path = Path(f"{prefix}.{hemi}.func.gii")
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(image.to_bytes())
+        paths.append(path)
+    return paths
+
+
+def load_gifti(path: str | Path) -> np.ndarray:
+    """The first data array of a GIFTI file."""
+    return np.asarray(nib.load(str(path)).darrays[0].data)

@@ -1,0 +1,95 @@
+"""``--encoder-arch`` names -> how to build each encoder (a registry, not an if-chain).
+
+Every encoder maps backbone tokens (B, T, C) to ``{'pred': (B, V)}``;
+gradient-trained ones go through the training loop, closed-form ones
+(``ridge``) are fit once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .baselines import LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
+from .encoder import BrainEncoder, DecoderConfig
+from .errors import InputError
+from .readout import QuerySet
+
+
+@dataclass(frozen=True)
+class RidgeConfig:
+    """Ridge baseline options: which token features and how coarse a pooling."""
+
+    features: str = "pooled"
+    pool: int = 4
+    n_components: int = 512
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[[QuerySet, int, tuple[int, int], DecoderConfig, RidgeConfig], nn.Module]
+    closed_form: bool = False
+    uses_queries: bool = True
+    description: str = ""
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "transformer": Architecture(
+        lambda q, dim, grid, dec, ridge: BrainEncoder(q, dim, grid, dec),
+        description="DETR-style decoder with one learned query per ROI"),
+    "spatial_feature": Architecture(
+        lambda q, dim, grid, dec, ridge: SpatialFeatureEncoder(q, dim, grid),
+        description="per-query softmax spatial pooling + vertex readout (the seed's)"),
+    "linear": Architecture(
+        lambda q, dim, grid, dec, ridge: LinearEncoder(q.n_total, dim, grid),
+        uses_queries=False, description="strided conv + linear layer over all tokens (the seed's)"),
+    "ridge": Architecture(
+        lambda q, dim, grid, dec, ridge: RidgeEncoder(q.n_total, dim, grid, ridge.features, ridge.pool, ridge.n_components),
+        closed_form=True, uses_queries=False, description="himalaya RidgeCV, one alpha per vertex"),
+}
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise InputError("--encoder-arch", f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build_encoder(name: str, queries: QuerySet, feature_dim: int, grid: tuple[int, int],
+                  decoder: DecoderConfig = DecoderConfig(), ridge: RidgeConfig = RidgeConfig()) -> "NormalisedEncoder":
+    """A fresh encoder of architecture ``name``, behind the token standardisation."""
+    core = architecture(name).build(queries, feature_dim, tuple(grid), decoder, ridge)
+    return NormalisedEncoder(core, feature_dim)
+
+
+class NormalisedEncoder(nn.Module):
+    """An encoder behind a per-channel standardisation of the backbone tokens.
+
+    The statistics come from the training images and are saved with the
+    weights, so every reader of a run feeds the encoder exactly as training did.
+    """
+
+    def __init__(self, core: nn.Module, feature_dim: int):
+        super().__init__()
+        self.core = core
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_scale", torch.ones(feature_dim))
+
+    @torch.no_grad()
+    def set_feature_stats(self, features: np.ndarray) -> None:
+        """Per-channel mean and SD from (N, T, C) training features."""
+        x = torch.as_tensor(np.asarray(features, np.float32)).flatten(0, 1).double()
+        self.feature_mean.copy_(x.mean(0))
+        self.feature_scale.copy_(x.std(0).clamp_min(1e-6))
+
+    def normalise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.float() - self.feature_mean) / self.feature_scale
+
+    def forward(self, features: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
+        return self.core(self.normalise(features), **kwargs)

@@ -1,0 +1,100 @@
+"""The decoder, its ROI queries and readouts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.encoder import BrainEncoder, DecoderConfig, PositionEmbeddingSine
+from model.errors import InputError
+from model.readout import (READOUT_RES, LinearReadout, QuerySet, RetinotopicReadout, build_queries,
+                           dense_linear_readout, grouped_linear)
+from model.rois import NON_STREAM_CLASSES
+from model.subject import load_subject
+
+
+def _random_queries(n_vertices=300, n_queries=9, seed=0) -> QuerySet:
+    rng = np.random.default_rng(seed)
+    member = rng.random((n_vertices, n_queries)) < 0.25
+    member[np.arange(n_vertices), rng.integers(n_queries, size=n_vertices)] = True  # at least one each
+    return QuerySet(["lh"] * n_queries, [f"q{i}" for i in range(n_queries)], {"lh": n_vertices, "rh": 0}, member)
+
+
+@pytest.mark.parametrize("source", ["random", "subject"])
+def test_linear_readout_equals_compute_every_query_then_mask(source, tiny_data):
+    queries = _random_queries() if source == "random" else build_queries(load_subject(tiny_data, 1), "rois_all")
+    assert (queries.memberships.sum(1) > 1).any(), "overlapping ROIs must be part of the test"
+    torch.manual_seed(0)
+    readout = LinearReadout(queries, hidden=32)
+    tokens = torch.randn(5, queries.n_queries, 32, requires_grad=True)
+    ours = readout(tokens)
+    dense = dense_linear_readout(tokens, readout.weight, readout.bias, torch.as_tensor(queries.memberships))
+    assert torch.allclose(ours, dense, atol=1e-5)
+    # the hand-written backward agrees with autograd through the dense definition
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, (tokens, readout.weight, readout.bias), g)
+    dense_grads = torch.autograd.grad(dense, (tokens, readout.weight, readout.bias), g)
+    for a, b in zip(grads, dense_grads):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_grouped_linear_backward_matches_numerical_gradients():
+    queries = _random_queries(40, 4)
+    groups = [torch.as_tensor(v) for _, v in queries.groups()]
+    inputs = torch.randn(2, len(groups), 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda i, w: grouped_linear(i, w, groups), (inputs, weight))
+
+
+def test_retinotopic_readout_equals_its_dense_definition():
+    """Vertex v: sum over its queries q of  w_v.h_q + b_v + sum_k c_vk sum_t s_vt m_qkt."""
+    queries = _random_queries(120, 5)
+    torch.manual_seed(1)
+    readout = RetinotopicReadout(queries, hidden=16, n_tokens=12, n_maps=3, map_dim=8)
+    with torch.no_grad():
+        readout.spatial.normal_()
+    tokens, memory = torch.randn(2, 5, 16), torch.randn(2, 12, 16)
+    member = torch.as_tensor(queries.memberships, dtype=torch.float32)  # (V, Q)
+    maps = readout.maps(tokens, memory)  # (B, Q, K, T)
+    linear = dense_linear_readout(tokens, readout.weight, readout.bias, member)
+    spatial = torch.einsum("vq,bqkt,vt,vk->bv", member, maps, readout.spatial, readout.channel)
+    assert torch.allclose(readout(tokens, memory), linear + spatial, atol=1e-4)
+
+
+def test_rois_all_has_a_query_per_roi_plus_unassigned(tiny_data):
+    subject = load_subject(tiny_data, 1)
+    queries = build_queries(subject, "rois_all")
+    for hemi in ("lh", "rh"):
+        rois = [r for h, r in zip(queries.hemis, queries.rois) if h == hemi]
+        expected = [roi for c in NON_STREAM_CLASSES for roi in subject.roi_names(c, hemi)] + ["unknown"]
+        assert rois == expected
+    assert queries.n_queries == 25 + 22, "words ROIs missing from the right hemisphere of the virtual subject"
+    assert queries.memberships.any(1).all(), "every vertex is read out"
+    hemis = build_queries(subject, "hemis")
+    assert hemis.names == ["lh:unknown", "rh:unknown"]
+    for name in READOUT_RES:
+        assert build_queries(subject, name).memberships.any(1).all()
+    with pytest.raises(InputError, match="unknown readout"):
+        build_queries(subject, "voxel_soup")
+
+
+def test_position_encoding_is_distinct_and_bounded():
+    pe = PositionEmbeddingSine(64)(4, 5)
+    assert pe.shape == (20, 64)
+    assert pe.abs().max() <= 1
+    assert torch.unique(pe, dim=0).shape[0] == 20
+
+
+def test_attention_weights_come_from_the_predicting_pass():
+    queries = _random_queries(80, 6)
+    torch.manual_seed(0)
+    model = BrainEncoder(queries, feature_dim=24, grid=(3, 4), cfg=DecoderConfig(hidden_dim=32, nheads=4, dec_layers=2,
+                                                                                 dropout=0.0, readout="linear")).eval()
+    x = torch.randn(3, 12, 24)
+    with torch.no_grad():
+        plain = model(x)["pred"]
+        out = model(x, return_attention=True)
+    assert torch.allclose(plain, out["pred"], atol=1e-6)
+    attn = out["attention"]
+    assert attn.shape == (3, 2, 4, 6, 12)
+    assert torch.allclose(attn.sum(-1), torch.ones(3, 2, 4, 6), atol=1e-5)
