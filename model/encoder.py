@@ -111,9 +111,11 @@ class BrainEncoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(d)
         readout = READOUTS[cfg.readout]
-        extra = {}
-        if cfg.readout == "retinotopic":
-            extra = {"n_tokens": grid[0] * grid[1], "n_maps": cfg.readout_maps, "map_dim": cfg.readout_map_dim}
+        extra = {
+            "linear": {},
+            "retinotopic": {"n_tokens": grid[0] * grid[1], "n_maps": cfg.readout_maps, "map_dim": cfg.readout_map_dim},
+            "heads": {"nheads": cfg.nheads, "map_dim": cfg.readout_map_dim},
+        }[cfg.readout]
         self.readout = readout(queries, d, **extra)
         self._reset_parameters()
 
@@ -129,11 +131,13 @@ class BrainEncoder(nn.Module):
         query_pos = self.query_embed.weight[None].expand(features.shape[0], -1, -1)
         tgt = torch.zeros_like(query_pos)
         attention = []
-        for layer in self.layers:
-            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention or (last and self.readout.uses_attention))
             attention.append(weights)
         tokens = self.norm(tgt)
-        out = {"pred": self.readout(tokens, memory), "tokens": tokens}
+        window = attention[-1] if self.readout.uses_attention else None  # (B, heads, Q, T) of the last layer
+        out = {"pred": self.readout(tokens, memory, window), "tokens": tokens}
         if return_attention:
             out["attention"] = torch.stack(attention, dim=1)
         return out

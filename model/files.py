@@ -116,3 +116,9 @@ def digest_json(obj: Any) -> str:
     """A digest of a JSON-serialisable object (key order does not matter)."""
     text = json.dumps(obj, sort_keys=True, default=_json_default)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def write_csv(path: str | os.PathLike, table) -> None:
+    """Write a pandas table as CSV (no index), atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)

@@ -14,6 +14,7 @@ benchmarks).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,22 +187,56 @@ class LinearReadout(nn.Module):
             self._groups = [g.to(device) for g in self._groups]
         return self._groups
 
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+    uses_attention = False
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor | None = None,
+                attention: torch.Tensor | None = None) -> torch.Tensor:
         summed = torch.einsum("gq,bqd->bgd", self.mixing.to(tokens.dtype), tokens)
         return grouped_linear(summed, self.weight, self.groups(tokens.device)) + self.n_memberships * self.bias
 
+    def subset(self, vertices: np.ndarray) -> "LinearReadout":
+        """A frozen copy that predicts only ``vertices`` (in that order), with identical values.
+
+        Explaining one ROI needs its vertices, not all 40,000: every per-vertex
+        parameter is sliced, and groups are renumbered and emptied ones dropped.
+        """
+        vertices = np.asarray(vertices)
+        position = np.full(self.n_vertices, -1)
+        position[vertices] = np.arange(vertices.size)
+        out = copy.copy(self)
+        out._parameters, out._buffers, out._modules = dict(self._parameters), dict(self._buffers), dict(self._modules)
+        kept, groups = [], []
+        for g, members in enumerate(self._groups):
+            new = position[members.cpu().numpy()]
+            if (new >= 0).any():
+                kept.append(g), groups.append(torch.as_tensor(new[new >= 0]))
+        out._groups = groups
+        out.mixing = self.mixing[kept]
+        out.n_vertices = vertices.size
+        index = torch.as_tensor(vertices)
+        out.n_memberships = self.n_memberships[index]
+        for name, p in self._parameters.items():
+            if p is not None and p.shape[0] == self.n_vertices:
+                out._parameters[name] = nn.Parameter(p.detach()[index].clone(), requires_grad=False)
+        return out
+
 
 class RetinotopicReadout(LinearReadout):
-    """The seed's readout plus a per-vertex spatial receptive field over query-made feature maps.
+    """The seed's readout plus per-vertex spatial pooling inside the query's attention window.
 
     Each query's output token makes ``n_maps`` feature maps over the backbone
     tokens (a dot product of a projection of the query token with a small
-    MLP of each token, as mask heads do); each vertex pools the maps of its
-    queries with its own spatial weights and mixes them with its own channel
-    weights. One query per ROI still decides *what* the ROI responds to;
-    each vertex decides *where* it looks, which is what retinotopic cortex
-    needs (the seed's readout gives every vertex of an ROI the same token).
+    MLP of each token, as mask heads do), gated by the query's own
+    cross-attention; each vertex pools the maps of its queries with its own
+    spatial weights and mixes them with its own channel weights. One query
+    per ROI still decides *what* the ROI responds to and, through its
+    attention, *where* the ROI looks; each vertex picks its place inside
+    that window, which is what retinotopic cortex needs (the seed's readout
+    gives every vertex of an ROI the same token). Because signal can only
+    pass where the query attends, the attention maps stay interpretable.
     """
+
+    uses_attention = True
 
     def __init__(self, queries: QuerySet, hidden: int, n_tokens: int, n_maps: int = 4, map_dim: int = 64):
         super().__init__(queries, hidden)
@@ -211,21 +246,57 @@ class RetinotopicReadout(LinearReadout):
         self.spatial = nn.Parameter(torch.full((self.n_vertices, n_tokens), 1.0 / n_tokens))
         self.channel = nn.Parameter(torch.randn(self.n_vertices, n_maps) * 0.01)
 
-    def maps(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Feature maps (B, Q, n_maps, T) of every query over the tokens."""
+    def maps(self, tokens: torch.Tensor, memory: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Feature maps (B, Q, n_maps, T) of every query, gated by its attention (B, Q, T)."""
         b, q, _ = tokens.shape
         keys = self.query_proj(tokens).view(b, q, self.n_maps, self.map_dim)
-        return torch.einsum("bqkd,btd->bqkt", keys, self.token_mlp(memory)) / self.map_dim**0.5
+        maps = torch.einsum("bqkd,btd->bqkt", keys, self.token_mlp(memory)) / self.map_dim**0.5
+        return maps * (attention * attention.shape[-1])[:, :, None, :]
 
-    def forward(self, tokens: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor | None = None,
+                attention: torch.Tensor | None = None) -> torch.Tensor:
         linear = super().forward(tokens)
-        maps = torch.einsum("gq,bqkt->bkgt", self.mixing.to(tokens.dtype), self.maps(tokens, memory))
+        window = attention.mean(1)  # (B, heads, Q, T) -> (B, Q, T)
+        maps = torch.einsum("gq,bqkt->bkgt", self.mixing.to(tokens.dtype), self.maps(tokens, memory, window))
         b, k = maps.shape[:2]
         pooled = grouped_linear(maps.flatten(0, 1), self.spatial, self.groups(tokens.device)).view(b, k, -1)
         return linear + torch.einsum("bkv,vk->bv", pooled, self.channel)
 
 
-READOUTS = {"linear": LinearReadout, "retinotopic": RetinotopicReadout}
+class HeadReadout(LinearReadout):
+    """The seed's readout plus a per-vertex mix of what each attention head of its queries sees.
+
+    Each head of a query's cross-attention pools a small nonlinear embedding
+    of the tokens over its own window; each vertex weighs those
+    (head x channel) summaries with its own weights. A vertex's spatial
+    selectivity is therefore a combination of its query's head windows: the
+    attention maps are where the model looks, by construction, and early
+    visual queries must tile their visual-field quadrant with their heads to
+    predict retinotopic vertices.
+    """
+
+    uses_attention = True
+
+    def __init__(self, queries: QuerySet, hidden: int, nheads: int, map_dim: int = 32):
+        super().__init__(queries, hidden)
+        self.map_dim = map_dim
+        self.token_mlp = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 4 * map_dim), nn.GELU(),
+                                       nn.Linear(4 * map_dim, map_dim))
+        self.head_weight = nn.Parameter(torch.randn(self.n_vertices, nheads * map_dim) * 0.01)
+
+    def pooled(self, memory: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """(B, Q, heads * map_dim): each head's attention-weighted token embedding."""
+        pooled = torch.einsum("bhqt,btd->bqhd", attention, self.token_mlp(memory))
+        return pooled.flatten(2)
+
+    def forward(self, tokens: torch.Tensor, memory: torch.Tensor | None = None,
+                attention: torch.Tensor | None = None) -> torch.Tensor:
+        linear = super().forward(tokens)
+        summed = torch.einsum("gq,bqf->bgf", self.mixing.to(tokens.dtype), self.pooled(memory, attention))
+        return linear + grouped_linear(summed, self.head_weight, self.groups(tokens.device))
+
+
+READOUTS = {"linear": LinearReadout, "retinotopic": RetinotopicReadout, "heads": HeadReadout}
 
 
 def dense_linear_readout(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, memberships: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ def tbe(*args: str) -> int:
 
 @pytest.fixture(scope="session")
 def trained_run(small_data, cache_dir, tmp_path_factory) -> Path:
-    """A transformer run on the small subject (12 epochs)."""
+    """A transformer run on the small subject (40 epochs: enough for its attention to find the quadrants)."""
     out = tmp_path_factory.mktemp("runs") / "transformer"
-    assert tbe("-q", "train", "--data-dir", small_data, "--cache-dir", cache_dir, "--out", out, "--epochs", "12", *QUICK_TRAIN) == 0
+    assert tbe("-q", "train", "--data-dir", small_data, "--cache-dir", cache_dir, "--out", out, "--epochs", "40", *QUICK_TRAIN) == 0
     return out

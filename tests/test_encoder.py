@@ -54,11 +54,17 @@ def test_retinotopic_readout_equals_its_dense_definition():
     with torch.no_grad():
         readout.spatial.normal_()
     tokens, memory = torch.randn(2, 5, 16), torch.randn(2, 12, 16)
+    heads = torch.rand(2, 3, 5, 12).softmax(-1)
+    attention = heads.mean(1)
     member = torch.as_tensor(queries.memberships, dtype=torch.float32)  # (V, Q)
-    maps = readout.maps(tokens, memory)  # (B, Q, K, T)
+    maps = readout.maps(tokens, memory, attention)  # (B, Q, K, T)
     linear = dense_linear_readout(tokens, readout.weight, readout.bias, member)
     spatial = torch.einsum("vq,bqkt,vt,vk->bv", member, maps, readout.spatial, readout.channel)
-    assert torch.allclose(readout(tokens, memory), linear + spatial, atol=1e-4)
+    assert torch.allclose(readout(tokens, memory, heads), linear + spatial, atol=1e-4)
+    # the query's attention gates its maps: nothing passes where it does not look
+    blind = attention.clone()
+    blind[:, :, :6] = 0
+    assert torch.all(readout.maps(tokens, memory, blind)[..., :6] == 0)
 
 
 def test_rois_all_has_a_query_per_roi_plus_unassigned(tiny_data):
@@ -98,3 +104,37 @@ def test_attention_weights_come_from_the_predicting_pass():
     attn = out["attention"]
     assert attn.shape == (3, 2, 4, 6, 12)
     assert torch.allclose(attn.sum(-1), torch.ones(3, 2, 4, 6), atol=1e-5)
+
+
+def test_head_readout_equals_its_dense_definition():
+    """Vertex v: sum over its queries q of  w_v.h_q + b_v + sum_{h,d} u_v[h,d] sum_t a_hqt psi(x_t)_d."""
+    from model.readout import HeadReadout
+
+    queries = _random_queries(90, 4)
+    torch.manual_seed(2)
+    readout = HeadReadout(queries, hidden=16, nheads=3, map_dim=5)
+    tokens, memory = torch.randn(2, 4, 16), torch.randn(2, 10, 16)
+    heads = torch.rand(2, 3, 4, 10).softmax(-1)
+    member = torch.as_tensor(queries.memberships, dtype=torch.float32)
+    psi = readout.token_mlp(memory)  # (B, T, D)
+    u = readout.head_weight.view(90, 3, 5)
+    head_part = torch.einsum("vq,bhqt,btd,vhd->bv", member, heads, psi, u)
+    linear = dense_linear_readout(tokens, readout.weight, readout.bias, member)
+    assert torch.allclose(readout(tokens, memory, heads), linear + head_part, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["linear", "retinotopic", "heads"])
+def test_readout_subset_predicts_the_same_values(name):
+    """Interpretation restricts the readout to a target's vertices: same predictions, fewer vertices."""
+    from model.readout import READOUTS
+
+    queries = _random_queries(90, 4)
+    torch.manual_seed(3)
+    extra = {"linear": {}, "retinotopic": {"n_tokens": 10, "n_maps": 2, "map_dim": 8}, "heads": {"nheads": 3, "map_dim": 5}}
+    readout = READOUTS[name](queries, 16, **extra[name])
+    tokens, memory, heads = torch.randn(2, 4, 16), torch.randn(2, 10, 16), torch.rand(2, 3, 4, 10).softmax(-1)
+    vertices = np.array([5, 80, 6, 41, 0])
+    part = readout.subset(vertices)
+    assert part.n_vertices == 5 and readout.n_vertices == 90
+    with torch.no_grad():
+        assert torch.allclose(part(tokens, memory, heads), readout(tokens, memory, heads)[:, vertices], atol=1e-5)

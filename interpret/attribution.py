@@ -1,0 +1,264 @@
+"""What drives each ROI's predicted response: Captum attributions.
+
+The explained quantity is a scalar target (the mean predicted response of
+an ROI in one hemisphere, or of one vertex, see :func:`~interpret.maps.roi_targets`).
+Pixel-level methods run through the frozen backbone, which is truncated at
+the layer used, so gradients never pass through blocks the model does not
+use. ``token_integrated_gradients`` attributes to the backbone tokens at the
+decoder input instead (LayerIntegratedGradients at that layer, computed from
+the cached tokens without running the backbone: far cheaper).
+
+Methods are looked up in :data:`METHODS`; ``nt_<method>`` wraps any pixel
+method in a NoiseTunnel (SmoothGrad). Every method's work is batched with a
+bound (``internal_batch_size``), so memory stays flat as steps or samples grow.
+"""
+from __future__ import annotations
+
+import copy
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from captum.attr import (GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency)
+from tqdm.auto import tqdm
+
+from model.backbone import Backbone
+from model.errors import InputError
+from model.rois import HEMIS
+from model.run import Run
+
+from .maps import MapGrid, Targets, by_hemi_roi, map_array
+
+BASELINES = ("black", "grey", "blur")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Method settings; the defaults are modest so a CPU can afford them."""
+
+    n_steps: int = 32
+    internal_batch_size: int = 16
+    baseline: str = "black"
+    shap_samples: int = 16
+    nt_samples: int = 8
+    nt_stdev: float = 0.1
+    occlusion_window: int | None = None  # pixels; default: one backbone patch
+    occlusion_stride: int | None = None
+
+
+# --------------------------------------------------------------------------
+# Differentiable models: images -> targets, tokens -> targets
+# --------------------------------------------------------------------------
+
+def _for_targets(encoder: torch.nn.Module, targets: Targets) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The encoder restricted to the vertices the targets average, and the targets' weights on them.
+
+    Encoders whose readout cannot be restricted are returned as they are.
+    """
+    weights = targets.weights.float()
+    readout = getattr(getattr(encoder, "core", None), "readout", None)
+    if not hasattr(readout, "subset"):
+        return encoder, weights
+    vertices = torch.nonzero(weights.abs().sum(0)).ravel().numpy()
+    core = copy.copy(encoder.core)
+    core._modules = dict(encoder.core._modules)
+    core.readout = readout.subset(vertices)
+    restricted = copy.copy(encoder)
+    restricted._modules = dict(encoder._modules)
+    restricted.core = core
+    return restricted, weights[:, vertices]
+
+
+class ImageModel(torch.nn.Module):
+    """[0, 1] images (B, 3, S, S) -> targets (B, n): backbone (truncated), encoder, ROI averaging."""
+
+    def __init__(self, backbone: Backbone, encoder: torch.nn.Module, targets: Targets):
+        super().__init__()
+        self.backbone = backbone
+        self.encoder, weights = _for_targets(encoder, targets)
+        self.register_buffer("weights", weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.backbone(self.backbone.preprocess(images)))["pred"] @ self.weights.T
+
+
+class TokenModel(torch.nn.Module):
+    """Backbone tokens (B, T, C) -> targets (B, n)."""
+
+    def __init__(self, encoder: torch.nn.Module, targets: Targets):
+        super().__init__()
+        self.encoder, weights = _for_targets(encoder, targets)
+        self.register_buffer("weights", weights)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder(tokens)["pred"] @ self.weights.T
+
+
+def baseline_images(images: torch.Tensor, kind: str, backbone: Backbone) -> torch.Tensor:
+    """Black, mean-grey (the backbone's normalisation mean) or a heavily blurred copy."""
+    if kind == "black":
+        return torch.zeros_like(images)
+    if kind == "grey":
+        return backbone.mean.to(images.dtype).expand_as(images).clone()
+    if kind == "blur":
+        sigma = images.shape[-1] / 16
+        radius = int(3 * sigma)
+        t = torch.arange(-radius, radius + 1, dtype=images.dtype)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
+        x = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), k, groups=3)
+        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.transpose(-1, -2), groups=3)
+    raise InputError("--baseline", f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+
+
+# --------------------------------------------------------------------------
+# Methods: which Captum class, with which arguments
+# --------------------------------------------------------------------------
+
+Kwargs = Callable[[Settings, dict, int], dict]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A Captum attribution class and its arguments.
+
+    ``kwargs(settings, context, batch)`` gives the ``attribute`` arguments;
+    ``sampled`` methods take ``n_samples`` and are run in chunks whose
+    results are averaged, so memory does not grow with the number of samples.
+    """
+
+    explainer: type
+    kwargs: Kwargs
+    level: str  # "pixel" or "token"
+    description: str
+    convergence_delta: bool = False
+    sampled: bool = False
+
+
+def _per_eval(s: Settings, batch: int) -> int:
+    return max(1, s.internal_batch_size // batch)
+
+
+METHODS: dict[str, Method] = {
+    "integrated_gradients": Method(
+        IntegratedGradients, lambda s, c, b: dict(baselines=c["baseline"], n_steps=s.n_steps,
+                                                  internal_batch_size=s.internal_batch_size),
+        "pixel", "IntegratedGradients from a black, grey or blurred baseline", convergence_delta=True),
+    "gradient_shap": Method(
+        GradientShap, lambda s, c, b: dict(baselines=c["references"], stdevs=0.05),
+        "pixel", "GradientShap over black, mean-grey and blurred references", sampled=True),
+    "saliency": Method(Saliency, lambda s, c, b: dict(abs=True), "pixel", "absolute gradient"),
+    "input_x_gradient": Method(InputXGradient, lambda s, c, b: {}, "pixel", "input x gradient"),
+    "occlusion": Method(
+        Occlusion, lambda s, c, b: dict(sliding_window_shapes=(3, c["window"], c["window"]),
+                                        strides=(3, c["stride"], c["stride"]), baselines=c["baseline"],
+                                        perturbations_per_eval=_per_eval(s, b)),
+        "pixel", "drop of the target when a patch is replaced by the baseline"),
+    "token_integrated_gradients": Method(
+        IntegratedGradients, lambda s, c, b: dict(baselines=c["token_baseline"], n_steps=s.n_steps,
+                                                  internal_batch_size=s.internal_batch_size),
+        "token", "IntegratedGradients at the decoder input (backbone tokens)", convergence_delta=True),
+}
+NOISE_TUNNEL = "nt_"
+
+
+def method(name: str) -> tuple[Method, bool]:
+    """The method of ``name`` and whether it is wrapped in a NoiseTunnel (``nt_<pixel method>``)."""
+    if name in METHODS:
+        return METHODS[name], False
+    base = name[len(NOISE_TUNNEL):] if name.startswith(NOISE_TUNNEL) else None
+    if base in tunnelable():
+        return METHODS[base], True
+    known = ["attention", *METHODS, *(NOISE_TUNNEL + m for m in tunnelable())]
+    raise InputError("--methods", f"unknown method {name!r}; choose from {', '.join(known)}")
+
+
+def tunnelable() -> list[str]:
+    return [m for m, spec in METHODS.items() if spec.level == "pixel" and not spec.sampled and m != "occlusion"]
+
+
+def _run_method(name: str, model: torch.nn.Module, inputs: torch.Tensor, target: int, s: Settings,
+                ctx: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    spec, tunnel = method(name)
+    kwargs = spec.kwargs(s, ctx, len(inputs))
+    explainer = spec.explainer(model)
+    if tunnel:
+        kwargs.pop("internal_batch_size", None)
+        attr = NoiseTunnel(explainer).attribute(inputs, nt_type="smoothgrad", nt_samples=s.nt_samples,
+                                                nt_samples_batch_size=_per_eval(s, len(inputs)),
+                                                stdevs=s.nt_stdev, target=target, **kwargs)
+        return attr, None
+    if spec.sampled:
+        state = torch.random.get_rng_state()
+        torch.manual_seed(0)  # reproducible samples
+        total, done = torch.zeros_like(inputs), 0
+        while done < s.shap_samples:
+            chunk = min(_per_eval(s, len(inputs)), s.shap_samples - done)
+            total += chunk * explainer.attribute(inputs, target=target, n_samples=chunk, **kwargs)
+            done += chunk
+        torch.random.set_rng_state(state)
+        return total / s.shap_samples, None
+    if spec.convergence_delta:
+        return explainer.attribute(inputs, target=target, return_convergence_delta=True, **kwargs)
+    return explainer.attribute(inputs, target=target, **kwargs), None
+
+
+# --------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------
+
+def attribute(run: Run, backbone: Backbone, images: torch.Tensor, tokens: np.ndarray, targets: Targets,
+              methods: list[str], grid: MapGrid, image_names: list[str], settings: Settings = Settings(),
+              encoder: torch.nn.Module | None = None) -> xr.Dataset:
+    """Attribution maps of every (method, image, target) as a dataset.
+
+    Each method gives a variable ``<method>`` (image, hemi, roi, y, x), summed
+    over colour channels (pixel methods) or feature channels (token
+    methods); integrated gradients also give ``<method>_delta`` (image,
+    hemi, roi), the completeness error. ``encoder`` replaces the run's
+    encoder (e.g. a randomised copy for the sanity checks).
+    """
+    encoder = (encoder or run.model).eval()
+    pixel_model = ImageModel(backbone, encoder, targets).eval()
+    token_model = TokenModel(encoder, targets).eval()
+    token_input = torch.from_numpy(np.asarray(tokens, np.float32))
+    baseline = baseline_images(images, settings.baseline, backbone)
+    window = settings.occlusion_window or backbone.patch
+    ctx = {"baseline": baseline, "window": window, "stride": settings.occlusion_stride or window,
+           "references": torch.cat([baseline_images(images, k, backbone) for k in BASELINES]),
+           "token_baseline": _token_baseline(encoder, token_input)}
+    out = {}
+    work = [(name, t) for name in methods for t in range(len(targets))]
+    maps = {name: torch.zeros(len(images), len(targets), grid.size, grid.size) for name in methods}
+    deltas = {name: torch.full((len(images), len(targets)), float("nan")) for name in methods}
+    for name, t in tqdm(work, desc="attributions", unit="map", disable=None):
+        pixel = method(name)[0].level == "pixel"
+        model, inputs = (pixel_model, images) if pixel else (token_model, token_input)
+        attr, delta = _run_method(name, model, inputs.clone().requires_grad_(True), t, settings, ctx)
+        attr = attr.detach()
+        maps[name][:, t] = grid.from_pixels(attr.sum(1)) if pixel else grid.from_tokens(attr.sum(-1))
+        if delta is not None:
+            deltas[name][:, t] = delta.detach().reshape(len(images), -1).sum(1).float()
+    for name in methods:
+        arranged, rois = by_hemi_roi(maps[name], targets)
+        coords = {"image": image_names, "hemi": list(HEMIS), "roi": rois}
+        spec, tunnel = method(name)
+        attrs = {"method": ("SmoothGrad around " if tunnel else "") + spec.description, "level": spec.level,
+                 "baseline": settings.baseline}
+        out[name] = map_array(arranged, ("image", "hemi", "roi", "y", "x"), coords, grid, name, attrs)
+        if not torch.isnan(deltas[name]).all():
+            d, _ = by_hemi_roi(deltas[name], targets)
+            out[f"{name}_delta"] = xr.DataArray(d.numpy(), dims=("image", "hemi", "roi"),
+                                                coords={"image": image_names, "hemi": list(HEMIS), "roi": rois},
+                                                attrs={"meaning": "sum of attributions minus (f(x) - f(baseline))"})
+    return xr.Dataset(out)
+
+
+def _token_baseline(encoder: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The training set's mean token: zero after the encoder's standardisation."""
+    mean = getattr(encoder, "feature_mean", None)
+    return mean.expand_as(tokens).clone() if mean is not None else torch.zeros_like(tokens)

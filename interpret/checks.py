@@ -1,0 +1,269 @@
+"""Can the maps be trusted? Sanity, localization and faithfulness checks.
+
+* **Sanity** (Adebayo et al. 2018): cascading randomisation of the
+  decoder's parameters from the readout down; a method whose maps barely
+  change when the learned weights are destroyed explains the input, not
+  the model, and is flagged.
+* **Localization** (virtual subjects, whose truth is known): for early
+  visual ROIs, the distance between a map's centre of mass and the ROI's
+  true pRF-coverage centre, and the correlation of the image-averaged map
+  with that coverage; for category ROIs, the pointing game and the
+  relevance mass inside the true category masks, each next to its chance
+  level (the masks' area).
+* **Faithfulness**: deletion and insertion curves (patches removed or
+  revealed in the map's order, the target re-predicted), against a random
+  order.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from scipy import ndimage, stats
+from scipy.integrate import trapezoid
+from skimage.metrics import structural_similarity
+
+from model.backbone import Backbone
+from model.rois import EARLY_VISUAL, HEMIS
+from model.virtual.stimuli import CATEGORIES, FIELD_OF_VIEW_DEG
+from model.virtual.truth import GroundTruth
+
+from .attribution import ImageModel, baseline_images
+from .maps import MapGrid, Targets
+
+MapsFn = Callable[[torch.nn.Module], xr.Dataset]
+FLAG_RANK_CORRELATION = 0.5
+
+
+# --------------------------------------------------------------------------
+# Sanity: cascading randomisation
+# --------------------------------------------------------------------------
+
+def cascade(encoder: torch.nn.Module) -> list[str]:
+    """Names of the encoder's top-level parts, from the output down (the order of randomisation)."""
+    core = encoder.core
+    parts = [name for name, module in core.named_children() if any(p.requires_grad for p in module.parameters())]
+    if hasattr(core, "layers"):  # transformer: readout, final norm, decoder layers from the top, queries, projection
+        layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]
+        head = [p for p in ("readout", "norm") if p in parts]
+        tail = [p for p in ("query_embed", "input_proj") if p in parts]
+        return head + layers + tail
+    return list(reversed(parts))
+
+
+def randomised(encoder: torch.nn.Module, seed: int = 0) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Copies of ``encoder`` with parameters permuted cumulatively, part by part, from the top.
+
+    Permuting a tensor's entries keeps its scale and distribution and
+    destroys what was learned.
+    """
+    model = copy.deepcopy(encoder).eval()
+    generator = torch.Generator().manual_seed(seed)
+    randomised_so_far = []
+    for part in cascade(encoder):
+        module = model.core.get_submodule(part)
+        with torch.no_grad():
+            for p in module.parameters():
+                flat = p.view(-1)
+                flat.copy_(flat[torch.randperm(flat.numel(), generator=generator)])
+        randomised_so_far.append(part)
+        yield part, model
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Spearman rank correlation and SSIM of two maps' absolute values."""
+    a, b = np.abs(np.nan_to_num(a)), np.abs(np.nan_to_num(b))
+    if a.std() == 0 or b.std() == 0:
+        return np.nan, np.nan
+    rho = stats.spearmanr(a.ravel(), b.ravel())[0]
+    an, bn = (a - a.min()) / (np.ptp(a) + 1e-12), (b - b.min()) / (np.ptp(b) + 1e-12)
+    return float(rho), float(structural_similarity(an, bn, data_range=1.0))
+
+
+def sanity(encoder: torch.nn.Module, maps_of: MapsFn, seed: int = 0) -> pd.DataFrame:
+    """Rank correlation and SSIM between original and cascade-randomised maps, per method and step.
+
+    ``maps_of(encoder)`` returns the maps of every method for that encoder.
+    A method is flagged when its maps still correlate above
+    :data:`FLAG_RANK_CORRELATION` after the whole decoder is randomised.
+    """
+    original = maps_of(encoder)
+    rows = []
+    for step, (part, model) in enumerate(randomised(encoder, seed), start=1):
+        maps = maps_of(model)
+        for name in _map_variables(original):
+            rho, ssim = _mean_comparison(original[name], maps[name])
+            rows.append({"method": name, "step": step, "randomised": part, "rank_correlation": rho, "ssim": ssim})
+    table = pd.DataFrame(rows)
+    last = table[table.step == table.step.max()].set_index("method")
+    table["flagged"] = table.method.map(lambda m: bool(last.loc[m, "rank_correlation"] > FLAG_RANK_CORRELATION))
+    return table
+
+
+def _map_variables(ds: xr.Dataset) -> list[str]:
+    return [n for n, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims) and "roi" in v.dims]
+
+
+def _mean_comparison(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float]:
+    if "head" in a.dims:
+        a, b = a.mean("head"), b.mean("head")
+    pairs = []
+    for index in np.ndindex(*a.shape[:-2]):
+        x, y = a.values[index], b.values[index]
+        if np.isfinite(x).all() and np.isfinite(y).all():
+            pairs.append(_compare(x, y))
+    values = np.array(pairs, float)
+    return tuple(np.nanmean(values, axis=0)) if len(values) else (np.nan, np.nan)
+
+
+# --------------------------------------------------------------------------
+# Localization against the virtual subject's ground truth
+# --------------------------------------------------------------------------
+
+def centre_of_mass_deg(m: np.ndarray, grid: MapGrid) -> tuple[float, float]:
+    """Centre of mass of a map's positive part, in degrees (x right, y up)."""
+    w = np.clip(np.nan_to_num(m), 0, None)
+    if w.sum() <= 0:
+        return np.nan, np.nan
+    c = grid.coords / grid.image_side  # cell centres as fractions of the image
+    cy, cx = (w.sum(1) @ c) / w.sum(), (w.sum(0) @ c) / w.sum()
+    return float((cx - 0.5) * FIELD_OF_VIEW_DEG), float((0.5 - cy) * FIELD_OF_VIEW_DEG)
+
+
+def localization(ds: xr.Dataset, truth: GroundTruth, roi_masks: dict[tuple[str, str], np.ndarray],
+                 category_masks: np.ndarray, grid: MapGrid) -> pd.DataFrame:
+    """Localization scores of every map variable against the planted truth.
+
+    ``roi_masks`` maps (hemi, roi) to the ROI's vertex mask; ``category_masks``
+    is (image, category, y, x) on the map grid (fraction of each cell covered).
+    Maps are scored by their absolute value.
+    Early visual ROIs: ``centre_error_deg``, ``same_quadrant`` and
+    ``coverage_correlation``; category ROIs: ``pointing_game`` and
+    ``relevance_mass`` with their ``chance`` levels.
+    """
+    rows = []
+    preference = {roi: info["preference"] for roi, info in truth.rois.items()}
+    for name in _map_variables(ds):
+        arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
+        for hemi in arr.hemi.values:
+            for roi in arr.roi.values:
+                # Relevance is the magnitude: in a contrast-driven ROI a pixel raises the
+                # response whether it is made brighter or darker, so attribution signs
+                # carry no "where" information.
+                maps = np.abs(arr.sel(hemi=hemi, roi=roi).values)  # (image, y, x)
+                if not np.isfinite(maps).all() or (hemi, roi) not in roi_masks:
+                    continue
+                base = {"method": name, "hemi": str(hemi), "roi": str(roi)}
+                if roi in EARLY_VISUAL:
+                    rows += _prf_scores(maps, truth, roi_masks[(hemi, roi)], str(hemi), grid, base)
+                elif preference.get(roi) in CATEGORIES:
+                    rows += _category_scores(maps, category_masks[:, CATEGORIES.index(preference[roi])], base)
+    return pd.DataFrame(rows)
+
+
+def _prf_scores(maps: np.ndarray, truth: GroundTruth, mask: np.ndarray, hemi: str, grid: MapGrid, base: dict) -> list[dict]:
+    coverage = truth.prf_coverage(mask, hemi, grid=grid.size)
+    tx, ty = centre_of_mass_deg(coverage, grid)
+    centres = np.array([centre_of_mass_deg(m, grid) for m in maps])
+    error = np.hypot(centres[:, 0] - tx, centres[:, 1] - ty)
+    same = (np.sign(centres[:, 0]) == np.sign(tx)) & (np.sign(centres[:, 1]) == np.sign(ty))
+    mean_map = np.clip(maps, 0, None).mean(0)
+    corr = np.corrcoef(mean_map.ravel(), coverage.ravel())[0, 1] if mean_map.std() > 0 else np.nan
+    return [{**base, "measure": "centre_error_deg", "value": float(np.nanmean(error)), "chance": np.nan},
+            {**base, "measure": "same_quadrant", "value": float(np.mean(same)), "chance": 0.25},
+            {**base, "measure": "coverage_correlation", "value": float(corr), "chance": 0.0}]
+
+
+def _category_scores(maps: np.ndarray, masks: np.ndarray, base: dict) -> list[dict]:
+    has = masks.reshape(len(masks), -1).max(1) > 0
+    if not has.any():
+        return []
+    hits, hit_chance, mass, mass_chance = [], [], [], []
+    for m, mask in zip(maps[has], masks[has]):
+        inside = mask > 0
+        tolerant = ndimage.binary_dilation(inside)  # one cell of tolerance, as in the pointing game
+        peak = np.unravel_index(np.nanargmax(m), m.shape)
+        hits.append(bool(tolerant[peak]))
+        hit_chance.append(tolerant.mean())
+        positive = np.clip(m, 0, None)
+        if positive.sum() > 0:
+            mass.append(float((positive * mask).sum() / positive.sum()))
+            mass_chance.append(float(mask.mean()))
+    return [{**base, "measure": "pointing_game", "value": float(np.mean(hits)), "chance": float(np.mean(hit_chance)),
+             "n_images": int(has.sum())},
+            {**base, "measure": "relevance_mass", "value": float(np.mean(mass)) if mass else np.nan,
+             "chance": float(np.mean(mass_chance)) if mass_chance else np.nan, "n_images": int(has.sum())}]
+
+
+def masks_on_grid(masks: np.ndarray, grid: MapGrid) -> np.ndarray:
+    """(N, C, S, S) bool masks at any resolution -> (N, C, size, size) covered fractions."""
+    t = torch.from_numpy(masks).float()
+    n, c = t.shape[:2]
+    return F.adaptive_avg_pool2d(t.reshape(n * c, 1, *t.shape[2:]), grid.size).reshape(n, c, grid.size, grid.size).numpy()
+
+
+# --------------------------------------------------------------------------
+# Faithfulness: deletion and insertion
+# --------------------------------------------------------------------------
+
+@torch.no_grad()
+def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, targets: Targets,
+                 images: torch.Tensor, grid: MapGrid, steps: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Deletion and insertion AUCs of every map variable, and of a random order.
+
+    Patches are the backbone's (one token each); removed patches are
+    replaced by a blurred copy of the image. Curves are normalised so the
+    intact image is 1 and the fully blurred one 0; deletion should fall
+    fast (low AUC), insertion rise fast (high AUC).
+    """
+    model = ImageModel(backbone, encoder, targets).eval()
+    blurred = baseline_images(images, "blur", backbone)
+    patch = backbone.patch
+    side = images.shape[-1]
+    rows_n, cols_n = -(-side // patch), -(-side // patch)
+    n_patches = rows_n * cols_n
+    fractions = np.linspace(0, 1, steps + 1)
+    rng = np.random.default_rng(seed)
+    orders = {name: None for name in _map_variables(ds)}
+    orders["random"] = None
+    target_index = {(h, r): t for t, (h, r) in enumerate(zip(targets.hemis, targets.rois))}
+    rows = []
+    for (hemi, roi), t in target_index.items():
+        for i in range(len(images)):
+            for name in orders:
+                if name == "random":
+                    order = rng.permutation(n_patches)
+                else:
+                    arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
+                    m = torch.from_numpy(np.nan_to_num(arr.sel(hemi=hemi, roi=roi).values[i]))
+                    order = np.argsort(-_patch_scores(m, rows_n, cols_n).numpy().ravel(), kind="stable")
+                curves = {}
+                for mode, start, end in (("deletion", images[i], blurred[i]), ("insertion", blurred[i], images[i])):
+                    batch = torch.stack([_compose(start, end, order[: int(round(f * n_patches))], patch, cols_n)
+                                         for f in fractions])
+                    f = model(batch)[:, t].numpy()
+                    intact, blank = (f[0], f[-1]) if mode == "deletion" else (f[-1], f[0])
+                    norm = (f - blank) / (intact - blank) if abs(intact - blank) > 1e-8 else np.full_like(f, np.nan)
+                    curves[mode] = float(trapezoid(norm, fractions))
+                rows.append({"method": name, "hemi": hemi, "roi": roi, "image": i,
+                             "deletion_auc": curves["deletion"], "insertion_auc": curves["insertion"]})
+    table = pd.DataFrame(rows)
+    return table.groupby(["method", "hemi", "roi"], as_index=False)[["deletion_auc", "insertion_auc"]].mean()
+
+
+def _patch_scores(m: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(m[None, None].float(), (rows, cols))[0, 0]
+
+
+def _compose(start: torch.Tensor, end: torch.Tensor, patches: np.ndarray, patch: int, cols: int) -> torch.Tensor:
+    """``start`` with the listed patches taken from ``end``."""
+    out = start.clone()
+    for k in patches:
+        r, c = divmod(int(k), cols)
+        out[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = end[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+    return out

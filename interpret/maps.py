@@ -1,0 +1,183 @@
+"""What every interpretation shares: the run's pieces, targets, images, and map geometry.
+
+Maps are stored on a common square grid of ``map_size`` cells over the image
+the model saw (after resizing, before padding), with ``y``/``x``
+coordinates in that image's pixels (cell centres), so maps of any method
+and resolution can be compared and overlaid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+
+from model.backbone import Backbone, image_batch
+from model.errors import InputError
+from model.rois import HEMIS
+from model.run import Run
+
+SPLITS = ("val", "test")
+
+
+# --------------------------------------------------------------------------
+# Targets: the scalar outputs that maps explain
+# --------------------------------------------------------------------------
+
+@dataclass
+class Targets:
+    """Scalar targets: the mean predicted response of an ROI's vertices (or of one vertex).
+
+    ``weights`` (targets x vertices) averages predictions into targets.
+    """
+
+    hemis: list[str]
+    rois: list[str]
+    weights: torch.Tensor
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{h}:{r}" for h, r in zip(self.hemis, self.rois)]
+
+    def __len__(self) -> int:
+        return len(self.rois)
+
+
+def roi_targets(run: Run, rois: list[str] | None = None) -> Targets:
+    """Targets for ROI names (Algonauts names, ``unknown``, or ``vertex:<hemi>:<index>``).
+
+    ``None`` means every query of the run. An ROI is included in each
+    hemisphere where the run has a query for it.
+    """
+    queries = run.queries
+    members = torch.as_tensor(queries.memberships, dtype=torch.float32)  # (V, Q)
+    wanted = list(dict.fromkeys(queries.rois)) if rois is None else rois
+    hemis, names, rows = [], [], []
+    for roi in wanted:
+        if roi.startswith("vertex:"):
+            hemi, index = _parse_vertex(roi, queries.n_vertices)
+            row = torch.zeros(queries.n_total)
+            row[queries.vertex_slice(hemi).start + index] = 1.0
+            hemis.append(hemi), names.append(roi), rows.append(row)
+            continue
+        found = False
+        for hemi in HEMIS:
+            if f"{hemi}:{roi}" in queries.names:
+                column = members[:, queries.query_index(hemi, roi)]
+                hemis.append(hemi), names.append(roi), rows.append(column / column.sum())
+                found = True
+        if not found:
+            raise InputError("--rois", f"no query for ROI {roi!r} in this run; ROIs: {', '.join(dict.fromkeys(queries.rois))}")
+    return Targets(hemis, names, torch.stack(rows))
+
+
+def _parse_vertex(spec: str, n_vertices: dict[str, int]) -> tuple[str, int]:
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[1] not in HEMIS or not parts[2].isdigit() or int(parts[2]) >= n_vertices[parts[1]]:
+        raise InputError("--rois", f"bad vertex target {spec!r}: use vertex:<lh|rh>:<index below the vertex count>")
+    return parts[1], int(parts[2])
+
+
+# --------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------
+
+def select_images(run: Run, split: str, n_images: int, containing: str | None = None) -> list[Path]:
+    """The first ``n_images`` validation or test images of the run's subject.
+
+    ``containing`` (virtual subjects only) keeps images whose ground truth
+    shows that category (``face``, ``body``, ...), so that a category ROI's
+    maps can be checked against something.
+    """
+    if split not in SPLITS:
+        raise InputError("--split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if n_images < 1:
+        raise InputError("--n-images", f"must be at least 1, got {n_images}")
+    if split == "val":
+        paths = [run.subject.train_images[i] for i in run.val_indices]
+    else:
+        paths = list(run.subject.test_images)
+    if containing is not None:
+        paths = _containing(run, split, paths, containing)
+    return paths[:n_images]
+
+
+def _containing(run: Run, split: str, paths: list[Path], category: str) -> list[Path]:
+    from model.virtual.truth import CATEGORIES, has_ground_truth, load_ground_truth
+
+    if not has_ground_truth(run.subject.root):
+        raise InputError("--containing", f"{run.subject.root} has no ground truth (only virtual subjects know what images show)")
+    if category not in CATEGORIES:
+        raise InputError("--containing", f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
+    masks = load_ground_truth(run.subject.root).masks("train" if split == "val" else "test", [p.name for p in paths])
+    shown = masks[:, CATEGORIES.index(category)].reshape(len(paths), -1).any(1)
+    return [p for p, keep in zip(paths, shown) if keep]
+
+
+def load_images(backbone: Backbone, paths: list[Path]) -> torch.Tensor:
+    """Images as float (B, 3, S, S) in [0, 1] at the side the backbone brings them to."""
+    x = image_batch(paths).float() / 255
+    side = backbone.image_side
+    if x.shape[-1] != side or x.shape[-2] != side:
+        x = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return x
+
+
+# --------------------------------------------------------------------------
+# Map geometry
+# --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MapGrid:
+    """The common grid maps are stored on: ``size`` x ``size`` cells over an image of side ``image_side``."""
+
+    size: int
+    image_side: int
+    input_size: int
+    token_grid: tuple[int, int]
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, size: int | None = None) -> "MapGrid":
+        side = backbone.image_side
+        return cls(int(size or min(side, 4 * backbone.grid[0])), side, backbone.input_size, tuple(backbone.grid))
+
+    @property
+    def coords(self) -> np.ndarray:
+        """Cell centres in image pixels."""
+        return (np.arange(self.size) + 0.5) * self.image_side / self.size
+
+    def from_pixels(self, maps: torch.Tensor) -> torch.Tensor:
+        """(..., S, S) pixel maps -> (..., size, size) by area averaging."""
+        lead = maps.shape[:-2]
+        out = F.adaptive_avg_pool2d(maps.reshape(-1, 1, *maps.shape[-2:]).float(), self.size)
+        return out.reshape(*lead, self.size, self.size)
+
+    def from_tokens(self, maps: torch.Tensor) -> torch.Tensor:
+        """(..., T) token maps -> (..., size, size): upsampled over the padded input, cropped to the image."""
+        lead = maps.shape[:-1]
+        grid = maps.reshape(-1, 1, *self.token_grid).float()
+        full = F.interpolate(grid, size=(self.input_size, self.input_size), mode="nearest")
+        image = full[..., : self.image_side, : self.image_side]
+        out = F.adaptive_avg_pool2d(image, self.size)
+        return out.reshape(*lead, self.size, self.size)
+
+
+def map_array(values: np.ndarray | torch.Tensor, dims: tuple[str, ...], coords: dict, grid: MapGrid,
+              name: str, attrs: dict | None = None) -> xr.DataArray:
+    """A labelled map array; ``y``/``x`` get the grid's pixel coordinates."""
+    values = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    coords = {**coords, "y": grid.coords, "x": grid.coords}
+    return xr.DataArray(values.astype(np.float32), dims=dims, coords={k: v for k, v in coords.items() if k in dims},
+                        name=name, attrs=attrs or {})
+
+
+def by_hemi_roi(values: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, list[str]]:
+    """(N, targets, ...) -> (N, hemi, roi, ...) with NaN where an ROI is absent in a hemisphere."""
+    rois = list(dict.fromkeys(targets.rois))
+    out = torch.full((values.shape[0], len(HEMIS), len(rois), *values.shape[2:]), float("nan"))
+    for t, (hemi, roi) in enumerate(zip(targets.hemis, targets.rois)):
+        out[:, HEMIS.index(hemi), rois.index(roi)] = values[:, t].float()
+    return out, rois

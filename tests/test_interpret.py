@@ -1,0 +1,210 @@
+"""Attention, attributions and the checks of the maps, against recomputation and planted truth."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from interpret import checks
+from interpret.attribution import ImageModel, Settings, baseline_images
+from interpret.maps import MapGrid, roi_targets
+from interpret.pipeline import MapJob, check_maps, compute_maps, prepare
+from model.encoder import BrainEncoder, DecoderConfig
+from model.errors import InputError
+from model.rois import EARLY_VISUAL, HEMIS
+from model.run import open_run
+from model.virtual.truth import load_ground_truth
+
+from .conftest import tbe
+from .test_encoder import _random_queries
+
+
+def test_attention_rows_sum_to_one_and_match_q_k():
+    queries = _random_queries(60, 5)
+    torch.manual_seed(0)
+    cfg = DecoderConfig(hidden_dim=32, nheads=4, dropout=0.0, dim_feedforward=64)
+    model = BrainEncoder(queries, feature_dim=32, grid=(3, 4), cfg=cfg).eval()
+    x = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        att = model(x, return_attention=True)["attention"][:, 0]  # (B, heads, Q, T)
+    assert torch.allclose(att.sum(-1), torch.ones_like(att.sum(-1)), atol=1e-5)
+    layer = model.layers[0]
+    mha = layer.cross_attn
+    d = cfg.hidden_dim
+    w_q, w_k = mha.in_proj_weight[:d], mha.in_proj_weight[d:2 * d]
+    b_q, b_k = mha.in_proj_bias[:d], mha.in_proj_bias[d:2 * d]
+    query_pos = model.query_embed.weight
+    q = (layer.norm_cross(torch.zeros_like(query_pos)) + query_pos) @ w_q.T + b_q  # the target starts at zero
+    k = (x + model.pos(3, 4)) @ w_k.T + b_k
+    heads, hd = cfg.nheads, d // cfg.nheads
+    logits = torch.einsum("qhd,bthd->bhqt", q.view(-1, heads, hd), k.view(2, 12, heads, hd)) / hd**0.5
+    assert torch.allclose(att, logits.softmax(-1), atol=1e-5)
+
+
+def test_interpret_attention_is_the_one_the_prediction_uses(trained_run, cache_dir):
+    run = open_run(trained_run)
+    job = MapJob("val", 3, ("attention",), None, map_size=None, backbone_attention=False)
+    inputs = prepare(run, job, cache_dir)
+    grid = MapGrid(inputs.grid.token_grid[0], inputs.grid.input_size, inputs.grid.input_size, inputs.grid.token_grid)
+    inputs.grid = grid  # one cell per token, so maps are the raw weights
+    ds = compute_maps(run, job, inputs)
+    seen = {}
+
+    def keep_window(module, args):
+        seen["window"] = args[2]
+
+    handle = run.model.core.readout.register_forward_pre_hook(keep_window)
+    with torch.no_grad():
+        run.model(torch.from_numpy(inputs.tokens))
+    handle.remove()
+    window = seen["window"].mean(1)  # (B, heads, Q, T): what the prediction's readout was given
+    for q, (hemi, roi) in enumerate(zip(run.queries.hemis, run.queries.rois)):
+        ours = ds["attention_mean"].sel(hemi=hemi, roi=roi).values.reshape(3, -1)
+        assert np.allclose(ours, window[:, q].numpy(), atol=1e-6), (hemi, roi)
+
+
+def test_integrated_gradients_are_complete(trained_run, cache_dir):
+    """Sum of attributions = f(x) - f(baseline), for pixels and for tokens."""
+    run = open_run(trained_run)
+    job = MapJob("val", 2, ("integrated_gradients", "token_integrated_gradients"), ("V1v", "FFA-1"),
+                 settings=Settings(n_steps=64, internal_batch_size=32), backbone_attention=False)
+    inputs = prepare(run, job, cache_dir)
+    ds = compute_maps(run, job, inputs)
+    targets = roi_targets(run, ["V1v", "FFA-1"])
+    model = ImageModel(inputs.backbone, run.model, targets).eval()
+    with torch.no_grad():
+        full = run.model(inputs.backbone(inputs.backbone.preprocess(inputs.images)))["pred"] @ targets.weights.T
+        assert torch.allclose(model(inputs.images), full, atol=1e-4)  # the readout restricted to the targets' vertices
+        gap = (model(inputs.images) - model(baseline_images(inputs.images, "black", inputs.backbone))).abs()
+    delta = np.abs(ds["integrated_gradients_delta"].values)
+    assert np.nanmax(delta) < 0.05 * float(gap.max()) + 1e-3
+    assert np.nanmax(np.abs(ds["token_integrated_gradients_delta"].values)) < 1e-2
+
+
+#: attention, and integrated gradients at the decoder input (LayerIntegratedGradients over the
+#: tokens): pixel-level IG through the random backbone is tested for completeness above
+LOCALIZED = ("attention_mean", "token_integrated_gradients")
+
+
+@pytest.fixture(scope="module")
+def map_checks(trained_run, cache_dir):
+    """The three checks on the small trained virtual subject (cheap methods, 8 images)."""
+    run = open_run(trained_run)
+    job = MapJob("val", 8, ("attention", "saliency", "token_integrated_gradients"), EARLY_VISUAL,
+                 settings=Settings(n_steps=16), backbone_attention=False)
+    inputs = prepare(run, job, cache_dir)
+    maps = compute_maps(run, job, inputs)
+    return run, job, inputs, maps, check_maps(run, job, inputs, maps=maps, faithfulness_rois=("V1v", "hV4"))
+
+
+@pytest.fixture(scope="module")
+def face_maps(trained_run, cache_dir):
+    """Maps of the face ROIs on validation images that show faces."""
+    run = open_run(trained_run)
+    job = MapJob("val", 6, ("attention", "token_integrated_gradients"), ("FFA-1", "OFA"),
+                 settings=Settings(n_steps=16), backbone_attention=False, containing="face")
+    inputs = prepare(run, job, cache_dir)
+    return run, job, inputs, compute_maps(run, job, inputs)
+
+
+def _localization(run, inputs, ds):
+    truth = load_ground_truth(run.subject.root)
+    masks = checks.masks_on_grid(truth.masks("train", inputs.names), inputs.grid)
+    roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values}
+    return checks.localization(ds, truth, roi_masks, masks, inputs.grid)
+
+
+def test_early_visual_maps_point_to_the_planted_quadrant(map_checks):
+    _, _, _, _, tables = map_checks
+    loc = tables["localization"]
+    quadrant = loc[loc.measure == "same_quadrant"]
+    for name in LOCALIZED:
+        rows = quadrant[quadrant.method == name]
+        assert len(rows) == 14
+        # most ROIs point to their quadrant in most images (chance: 0.25 of the images)
+        assert (rows.value > 0.5).mean() > 0.5 and rows.value.mean() > 0.45, rows
+
+
+def test_face_relevance_exceeds_chance(face_maps):
+    run, _, inputs, ds = face_maps
+    assert len(inputs.names) >= 3  # the small subject has few validation images with faces
+    loc = _localization(run, inputs, ds)
+    mass = loc[loc.measure == "relevance_mass"]
+    for name in LOCALIZED:
+        rows = mass[mass.method == name]
+        assert len(rows) >= 2 and (rows.value > rows.chance).all(), rows
+
+
+def test_randomised_decoder_drops_to_chance(map_checks, face_maps):
+    run, job, inputs, _, tables = map_checks
+    *_, (_, random_encoder) = checks.randomised(run.model, seed=1)
+    loc = _localization(run, inputs, compute_maps(run, job, inputs, encoder=random_encoder))
+    trained = tables["localization"]
+    for name in LOCALIZED:
+        q_before = trained[(trained.method == name) & (trained.measure == "same_quadrant")].value.mean()
+        q_after = loc[(loc.method == name) & (loc.measure == "same_quadrant")].value.mean()
+        assert q_after < q_before - 0.2 and q_after < 0.45, (name, q_before, q_after)
+    run, job, inputs, ds = face_maps
+    before = _localization(run, inputs, ds)
+    after = _localization(run, inputs, compute_maps(run, job, inputs, encoder=random_encoder))
+    for name in LOCALIZED:
+        gain = [table[(table.method == name) & (table.measure == "relevance_mass")].eval("value / chance").mean()
+                for table in (before, after)]
+        assert gain[1] < gain[0], (name, gain)
+    sanity = tables["sanity"]
+    last = sanity[sanity.step == sanity.step.max()].set_index("method")
+    assert last.loc["token_integrated_gradients", "rank_correlation"] < 0.5
+
+
+def test_faithfulness_beats_random_order(map_checks):
+    _, _, _, _, tables = map_checks
+    f = tables["faithfulness"].groupby("method")[["deletion_auc", "insertion_auc"]].mean()
+    assert f.loc["token_integrated_gradients", "deletion_auc"] < f.loc["random", "deletion_auc"]
+    assert f.loc["token_integrated_gradients", "insertion_auc"] > f.loc["random", "insertion_auc"]
+
+
+def test_maps_dataset_layout(map_checks):
+    _, _, inputs, ds, _ = map_checks
+    assert ds["attention"].dims == ("image", "hemi", "roi", "head", "y", "x")
+    assert ds["saliency"].dims == ("image", "hemi", "roi", "y", "x")
+    assert list(ds.image.values) == inputs.names and "V1v" in list(ds.roi.values)
+
+
+def test_interpret_command_writes_netcdf_and_overlays(trained_run, cache_dir, tmp_path):
+    out = tmp_path / "maps.nc"
+    assert tbe("-q", "interpret", "--run", trained_run, "--split", "test", "--n-images", "2",
+               "--methods", "attention,saliency,token_integrated_gradients", "--rois", "V1v,FFA-1",
+               "--out", out, "--cache-dir", cache_dir, "--overlays", "1") == 0
+    ds = xr.open_dataset(out)
+    assert {"attention", "saliency", "token_integrated_gradients"} <= set(ds.data_vars)
+    assert np.isfinite(ds["attention"].values).all()  # the backbone's heads do not pad the decoder's
+    assert ds.image.values[0].startswith("test-0001")
+    assert (tmp_path / "maps_overlay_0_lh.png").stat().st_size > 5000
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--rois", "FFA", "no query for ROI 'FFA'"),
+    ("--methods", "gradcam", "unknown method 'gradcam'"),
+    ("--split", "train", "unknown split 'train'"),
+    ("--containing", "car", "unknown category 'car'"),
+])
+def test_bad_input_is_a_clear_error(trained_run, tmp_path, capsys, option, value, message):
+    args = {"--rois": "V1v", "--methods": "saliency", "--split": "val", option: value}
+    code = tbe("-q", "interpret", "--run", trained_run, "--out", tmp_path / "m.nc", *sum(([k, v] for k, v in args.items()), []))
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.nc").exists()
+
+
+def test_run_data_mismatch_is_a_clear_error(trained_run, tiny_data, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "data"
+    shutil.copytree(tiny_data, other)
+    path = other / "subj01" / "roi_masks" / "rh.floc-places_challenge_space.npy"
+    labels = np.load(path)
+    labels[labels == 2] = 0
+    np.save(path, labels)
+    assert tbe("-q", "interpret", "--run", trained_run, "--data-dir", other, "--out", tmp_path / "m.nc") == 2
+    assert "ROI queries differ" in capsys.readouterr().err
