@@ -1,0 +1,135 @@
+"""Does an ROI's query attend to a category? Attention mass on category masks against chance.
+
+For each hemisphere x ROI query x category, over the images that contain the
+category (and whose mask is known): ``mass`` is the mean fraction of the
+query's decoder cross-attention (last layer, averaged over heads) that
+falls on the category's mask, and ``chance`` the mean fraction of the image
+the mask covers, which is what attention spread evenly over the image gets.
+
+As in :mod:`interpret.maps`, a token's attention is spread evenly over its
+pixels and only pixels of the image count (padding carries no image), so
+``mass = (a . f) / (a . c)`` with ``a`` the token attention, ``f`` each
+token's covered fraction of the mask and ``c`` its covered fraction of the
+image. Working at token resolution keeps this exact and cheap.
+
+The permutation test pairs each image's attention with another image's
+mask: if attention does not follow where the category is, the observed
+pairing is no better than a shuffled one. The statistic is the mean mass,
+``p = (1 + #{shuffled >= observed}) / (B + 1)`` (one-sided), BH-FDR over all
+tests of the analysis. Every query's (image x image) table of masses is one
+matrix product, so all permutations are a gather.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from model.backbone import Backbone
+from model.rois import ROI_TO_CLASS
+from model.run import Run
+
+from . import stats as S
+from .responses import backbone_of
+from .stimuli import CLASS_CATEGORY, StimulusSet
+
+#: Images per forward pass.
+BATCH = 64
+UNASSIGNED = "unknown"
+
+
+@torch.no_grad()
+def token_attention(run: Run, features: np.ndarray, layer: int = -1) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Head-averaged cross-attention ``(image, query, token)`` of the ROI queries, and their (hemi, roi).
+
+    The weights come from the forward pass that predicts, as in
+    :func:`interpret.attention.decoder_attention`; the unassigned-vertices
+    query is left out.
+    """
+    run.model.eval()
+    out = []
+    for start in tqdm(range(0, len(features), BATCH), desc="attention", unit="batch", disable=None):
+        x = torch.from_numpy(np.asarray(features[start:start + BATCH], np.float32))
+        out.append(run.model(x, return_attention=True)["attention"][:, layer].mean(1).numpy())  # (B, Q, T)
+    keep = [q for q, roi in enumerate(run.queries.rois) if roi != UNASSIGNED]
+    queries = [(run.queries.hemis[q], run.queries.rois[q]) for q in keep]
+    return np.concatenate(out)[:, keep].astype(np.float64), queries
+
+
+def token_coverage(masks: np.ndarray, backbone: Backbone) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions of each token covered by each mask ``(image, category, token)``, and by the image ``(token,)``.
+
+    ``masks`` are cell fractions over the image (any grid); they are laid on
+    the backbone's padded input (image at the top left, as it is padded)
+    and averaged over each patch. NaN masks (unknown) stay NaN.
+    """
+    side, size, patch = backbone.image_side, backbone.input_size, backbone.patch
+    pad = (0, size - side, 0, size - side)
+
+    def to_tokens(m: torch.Tensor) -> torch.Tensor:
+        full = F.pad(F.interpolate(m, size=(side, side), mode="nearest"), pad)
+        return F.avg_pool2d(full, patch).flatten(1)
+
+    n, c = masks.shape[:2]
+    t = torch.from_numpy(np.ascontiguousarray(masks, np.float32))
+    tokens = torch.cat([to_tokens(t[i:i + 8].reshape(-1, 1, *t.shape[2:])) for i in range(0, n, 8)])
+    image = to_tokens(torch.ones(1, 1, *t.shape[2:]))[0]
+    return tokens.reshape(n, c, -1).double().numpy(), image.double().numpy()
+
+
+def mass_test(att: np.ndarray, masks: np.ndarray, image: np.ndarray, n_permutations: int, rng: np.random.Generator,
+              chunk_elements: int = 2**21) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean attention mass on the masks, its chance level and its permutation p-value, per query.
+
+    Parameters
+    ----------
+    att : ndarray
+        ``(image, query, token)`` attention weights.
+    masks : ndarray
+        ``(image, token)`` fractions of each token covered by the category.
+    image : ndarray
+        ``(token,)`` fractions of each token covered by the image.
+
+    Returns
+    -------
+    mass, chance, p : ndarray
+        ``(query,)`` mean mass, mean mask area (the same for every query) and p.
+    """
+    n = len(att)
+    att = att / (att @ image)[..., None]  # attention density over the image's pixels
+    pairs = np.einsum("iqt,jt->qij", att, masks)  # mass of image i's attention on image j's mask
+    observed = np.einsum("qii->q", pairs) / n
+    chance = float(np.mean(masks.sum(1) / image.sum()))  # mask pixels / image pixels
+    perms = S.random_permutations(n, n_permutations, rng)
+    null = np.empty((n_permutations, att.shape[1]))
+    rows = np.arange(n)
+    chunk = max(1, chunk_elements // (n * att.shape[1]))
+    for s in range(0, n_permutations, chunk):
+        null[s:s + chunk] = pairs[:, rows, perms[s:s + chunk]].mean(-1).T
+    return observed, np.full(att.shape[1], chance), S.permutation_p(observed, null, "greater")
+
+
+def attention_table(run: Run, features: np.ndarray, stimuli: StimulusSet, settings, seed: int = 0) -> pd.DataFrame:
+    """One row per hemi x ROI query x category: ``n``, ``mass``, ``chance``, ``ratio``, ``p``, ``p_fdr``."""
+    att, queries = token_attention(run, features)
+    masks, image = token_coverage(stimuli.masks, backbone_of(run))
+    rng = np.random.default_rng([seed, 2])
+    rows = []
+    for c, category in enumerate(stimuli.categories):
+        area = masks[:, c].sum(1) / image.sum()
+        use = np.isfinite(area) & (area > 0)
+        if use.sum() < 2 or area[use].mean() > 0.98:
+            continue  # too few images, or a mask covering the whole image (nothing to localise)
+        mass, chance, p = mass_test(att[use], masks[use, c], image, settings.n_permutations, rng)
+        for q, (hemi, roi) in enumerate(queries):
+            rows.append({"hemi": hemi, "roi": roi, "roi_class": ROI_TO_CLASS.get(roi, ""), "category": category,
+                         "n": int(use.sum()), "mass": mass[q], "chance": chance[q], "ratio": mass[q] / chance[q],
+                         "p": p[q], "expected": CLASS_CATEGORY.get(ROI_TO_CLASS.get(roi, "")) == category})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["p_fdr"] = S.fdr_bh(table["p"].to_numpy())
+    table["significant"] = table["p_fdr"] < settings.alpha
+    return table

@@ -1,0 +1,178 @@
+"""ROI responses to a stimulus set: predicted by a run, and measured where the images have fMRI.
+
+A selectivity test asks about an ROI's response, so every vertex map is
+first averaged over each ROI's vertices (per image, per hemisphere). ROIs
+are those of the floc and prf classes (the ``rois_all`` ROIs without the
+unassigned vertices), in each hemisphere where they exist.
+
+Predictions for the subject's own images reuse the feature cache entries
+written at training time. *Reliability* says whether the run predicts an
+ROI at all: the correlation, over the held-out images, of the ROI-mean
+prediction with the ROI-mean measurement. A selectivity claim about the
+brain from predicted responses needs both: a selective prediction and a
+reliable one.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from model.features import cache_key, default_cache_dir, extract_features, open_entry
+from model.files import digest_json
+from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES, ROI_TO_CLASS
+from model.run import Run, predict
+from model.subject import Subject
+from model.virtual.truth import has_ground_truth, load_ground_truth
+
+from .stats import fdr_bh
+
+log = logging.getLogger(__name__)
+
+#: ROI classes whose ROIs are tested (the floc classes and early visual cortex).
+SELECTIVITY_CLASSES: tuple[str, ...] = NON_STREAM_CLASSES
+
+
+def roi_names(classes: Sequence[str] = SELECTIVITY_CLASSES) -> list[str]:
+    """ROI names of ``classes`` in the Algonauts order."""
+    return [roi for c in classes for roi in ROI_CLASSES[c]]
+
+
+def roi_means(values: dict[str, np.ndarray], subject: Subject,
+              classes: Sequence[str] = SELECTIVITY_CLASSES) -> xr.DataArray:
+    """Per-image ROI means ``(image, hemi, roi)`` of per-vertex values ``{hemi: (N, V)}``.
+
+    An ROI absent from a hemisphere is NaN there; vertices that are NaN
+    (e.g. missing in the fMRI) are left out of the mean.
+    """
+    rois = roi_names(classes)
+    n = len(next(iter(values.values())))
+    out = np.full((n, len(HEMIS), len(rois)), np.nan, np.float64)
+    for h, hemi in enumerate(HEMIS):
+        v = np.asarray(values[hemi], np.float64)
+        for r, roi in enumerate(rois):
+            mask = subject.roi_mask(roi, hemi)
+            if mask.any():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # an image without fMRI is all NaN: NaN, as meant
+                    out[:, h, r] = np.nanmean(v[:, mask], axis=1)
+    return xr.DataArray(out, dims=("image", "hemi", "roi"),
+                        coords={"hemi": list(HEMIS), "roi": rois, "roi_class": ("roi", [ROI_TO_CLASS[r] for r in rois])})
+
+
+# --------------------------------------------------------------------------
+# Features and predictions
+# --------------------------------------------------------------------------
+
+def backbone_of(run: Run):
+    """The run's backbone, built once per opened run (building one takes seconds)."""
+    if getattr(run, "_analysis_backbone", None) is None:
+        run._analysis_backbone = run.backbone()  # noqa: SLF001 - a cache on the caller's own object
+    return run._analysis_backbone  # noqa: SLF001
+
+
+def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
+                 cache_dir: str | Path | None = None) -> np.ndarray:
+    """Backbone features ``(N, tokens, C)`` of ``paths``.
+
+    When every image is one of the subject's (``rows`` gives its split and
+    index) and the split's features are already cached (training computed
+    them), those rows are read from the cache instead of recomputing.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    backbone = backbone_of(run)
+    if rows is not None and all(r is not None for r in rows):
+        entries = {}
+        for split in {r[0] for r in rows}:
+            entry = cache_dir / digest_json(cache_key(backbone, run.subject.images(split)))
+            if (entry / "meta.json").is_file():
+                entries[split] = open_entry(entry).features
+        if len(entries) == len({r[0] for r in rows}):
+            return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
+    return np.asarray(extract_features(backbone, list(paths), cache_dir, desc="stimulus features").features, np.float32)
+
+
+def predicted_vertices(run: Run, features: np.ndarray) -> dict[str, np.ndarray]:
+    """The run's predictions ``{hemi: (N, V)}``."""
+    pred = predict(run.model, features)
+    return {hemi: pred[:, run.hemi_slice(hemi)] for hemi in HEMIS}
+
+
+def measured_vertices(run: Run, rows: Sequence[tuple[str, int] | None]) -> dict[str, np.ndarray] | None:
+    """Measured responses ``{hemi: (N, V)}`` where an image has fMRI (NaN rows elsewhere), or None.
+
+    Training (and validation) images have the training fMRI; test images
+    have fMRI only in a virtual subject's ground truth.
+    """
+    test = None
+    if has_ground_truth(run.subject.root):
+        truth = load_ground_truth(run.subject.root)
+        test = {hemi: truth.array("test_fmri", hemi) for hemi in HEMIS}
+    sources = {"train": run.subject.fmri, "test": test}
+    if not any(r is not None and sources[r[0]] is not None for r in rows):
+        return None
+    out = {}
+    for hemi in HEMIS:
+        v = np.full((len(rows), run.subject.n_vertices(hemi)), np.nan, np.float32)
+        for i, r in enumerate(rows):
+            if r is not None and sources[r[0]] is not None:
+                v[i] = sources[r[0]][hemi][r[1]]
+        out[hemi] = v
+    return out
+
+
+# --------------------------------------------------------------------------
+# Held-out images and reliability
+# --------------------------------------------------------------------------
+
+def heldout_rows(run: Run) -> list[tuple[str, int]]:
+    """(split, index) of images with fMRI that the run never trained on: validation rows, and a
+    virtual subject's test images."""
+    rows = [("train", int(i)) for i in run.val_indices]
+    if has_ground_truth(run.subject.root):
+        rows += [("test", i) for i in range(run.subject.n_test)]
+    return rows
+
+
+def heldout_responses(run: Run, cache_dir: str | Path | None = None
+                      ) -> tuple[list[tuple[str, int]], xr.DataArray | None, xr.DataArray | None]:
+    """Rows, predicted and measured ROI means of every held-out image with fMRI (None, None if none)."""
+    rows = heldout_rows(run)
+    if not rows:
+        log.info("no held-out images with fMRI (no validation split): reliability not assessed")
+        return rows, None, None
+    paths = [run.subject.images(split)[i] for split, i in rows]
+    predicted = roi_means(predicted_vertices(run, features_for(run, paths, rows, cache_dir)), run.subject)
+    measured = roi_means(measured_vertices(run, rows), run.subject)
+    return rows, predicted, measured
+
+
+def reliability(predicted: xr.DataArray, measured: xr.DataArray, alpha: float = 0.05) -> pd.DataFrame:
+    """Does the run predict each ROI? Pearson r over held-out images, one-sided p, BH-FDR.
+
+    Returns one row per hemi x ROI with ``r_heldout``, ``p_reliable``,
+    ``p_reliable_fdr``, ``reliable`` and ``n_heldout``.
+    """
+    rows = []
+    for hemi in predicted.hemi.values:
+        for roi in predicted.roi.values:
+            x = predicted.sel(hemi=hemi, roi=roi).values
+            y = measured.sel(hemi=hemi, roi=roi).values
+            if not np.isfinite(x).any():
+                continue  # the ROI does not exist in this hemisphere
+            ok = np.isfinite(x) & np.isfinite(y)
+            r, p = np.nan, np.nan
+            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                res = stats.pearsonr(x[ok], y[ok], alternative="greater")
+                r, p = float(res.statistic), float(res.pvalue)
+            rows.append({"hemi": str(hemi), "roi": str(roi), "r_heldout": r, "p_reliable": p, "n_heldout": int(ok.sum())})
+    table = pd.DataFrame(rows)
+    table["p_reliable_fdr"] = fdr_bh(table["p_reliable"].to_numpy())
+    table["reliable"] = table["p_reliable_fdr"] < alpha
+    return table

@@ -1,0 +1,339 @@
+"""ROI selectivity with calibrated statistics: ``tbe selectivity``.
+
+For every hemisphere x ROI x category, the ROI-mean response to that
+category's images is compared with its response to all other images:
+
+* ``mean`` with a bootstrap confidence interval (``ci_low``, ``ci_high``);
+* Welch's ``t``, ``d_prime`` and the ``selectivity_index``
+  (:mod:`analyses.stats` defines them);
+* ``p``: a permutation p-value (category labels shuffled, 10,000 times by
+  default, one-sided: the category drives the ROI *more* than the rest, the
+  direction of a claim like "FFA prefers faces");
+* ``p_fdr``: Benjamini-Hochberg over every test of the analysis (all
+  hemispheres, ROIs and categories of one response source).
+
+Sources: ``predicted`` (the run's predictions) and ``measured`` (the fMRI,
+for the images that have it). A prediction can be selective without the
+brain being so, when the run does not predict that ROI at all; so predicted
+rows also carry the ROI's held-out reliability (``r_heldout``,
+``reliable``), and ``supported`` marks a predicted preference that is both
+significant and reliably predicted. The attention analysis
+(:mod:`analyses.attention_selectivity`) asks the same of each ROI query's
+attention.
+
+Outputs in ``OUT/``: ``selectivity.csv``, ``attention_selectivity.csv``
+(transformer runs), ``selectivity.nc``, ``selectivity.png``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from model.errors import InputError
+from model.files import atomic_path, write_csv
+from model.run import Run, open_run
+from model.virtual.truth import has_ground_truth, load_ground_truth
+
+from . import stats as S
+from .responses import (features_for, heldout_responses, measured_vertices, predicted_vertices, reliability,
+                        roi_means)
+from .stimuli import CLASS_CATEGORY, StimulusSet, from_labels_csv, localizer, subject_heldout, subject_rows
+
+log = logging.getLogger(__name__)
+
+ALPHA = 0.05
+N_PERMUTATIONS = 10_000
+N_BOOTSTRAP = 2000
+#: The table's columns, in order.
+COLUMNS = ["source", "hemi", "roi", "roi_class", "category", "n", "n_rest", "mean", "sd", "ci_low", "ci_high",
+           "mean_rest", "t", "df", "d_prime", "selectivity_index", "p_parametric", "p", "p_fdr", "significant",
+           "preferred", "expected", "planted", "r_heldout", "reliable", "supported"]
+
+
+@dataclass(frozen=True)
+class SelectivitySettings:
+    """How the contrasts are tested."""
+
+    n_permutations: int = N_PERMUTATIONS
+    n_bootstrap: int = N_BOOTSTRAP
+    alpha: float = ALPHA
+    alternative: str = "greater"
+    confidence: float = 0.95
+
+    def check(self) -> None:
+        if self.n_permutations < 1:
+            raise InputError("--n-permutations", f"must be at least 1, got {self.n_permutations}")
+        if not 0 < self.alpha < 1:
+            raise InputError("--alpha", f"must be between 0 and 1, got {self.alpha}")
+        if self.alternative not in S.ALTERNATIVES:
+            raise InputError("--alternative", f"choose from {', '.join(S.ALTERNATIVES)}")
+
+
+# --------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------
+
+def _columns(responses: xr.DataArray) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
+    """(images, K) matrix of the hemi x ROI columns that exist, and their (hemi, roi, class)."""
+    stacked = responses.stack(target=("hemi", "roi")).transpose("image", "target")
+    present = np.isfinite(stacked.values).all(0)
+    keys = [(str(h), str(r), str(c)) for (h, r), c, ok in
+            zip(stacked.target.values, stacked.roi_class.values, present) if ok]
+    return stacked.values[:, present], keys
+
+
+def selectivity_table(responses: xr.DataArray, labels: Sequence[str], categories: Sequence[str],
+                      settings: SelectivitySettings = SelectivitySettings(), seed: int = 0, source: str = "predicted") -> pd.DataFrame:
+    """Every hemi x ROI x category contrast of one response source, with BH-FDR over all of them.
+
+    Parameters
+    ----------
+    responses : xarray.DataArray
+        ROI means ``(image, hemi, roi)`` (see :func:`analyses.responses.roi_means`);
+        images whose responses are missing for every ROI are left out.
+    labels : sequence of str
+        Category of each image.
+    categories : sequence of str
+        Category order of the table.
+    settings : SelectivitySettings
+        Permutations, bootstrap resamples, alpha and the alternative.
+    seed : int
+        Seed of the permutations and the bootstrap.
+    source : str
+        Written into the ``source`` column.
+    """
+    settings.check()
+    x, keys = _columns(responses)
+    labels = np.asarray(labels)
+    keep = np.isfinite(x).all(1)
+    x, labels = x[keep], labels[keep]
+    present = [c for c in categories if (labels == c).sum() >= 2]
+    if len(present) < 2:
+        raise InputError(source, "responses exist for fewer than two categories with two images each")
+    use = np.isin(labels, present)
+    x, labels = x[use], labels[use]
+    codes = np.array([present.index(c) for c in labels])
+    rng = np.random.default_rng(seed)
+    moments = S.category_moments(x, codes, len(present))
+    t, df = S.welch_t(moments)
+    _, p = S.permutation_test(x, codes, len(present), settings.n_permutations, rng, settings.alternative)
+    p_parametric = _parametric_p(t, df, settings.alternative)
+    dp, si = S.d_prime(moments), S.selectivity_index(moments)
+    lows, highs = np.empty_like(t), np.empty_like(t)
+    for c in range(len(present)):
+        lows[c], highs[c] = S.bootstrap_mean_ci(x[codes == c], settings.confidence, settings.n_bootstrap, rng)
+
+    rows = []
+    for c, category in enumerate(present):
+        for k, (hemi, roi, roi_class) in enumerate(keys):
+            rows.append({
+                "source": source, "hemi": hemi, "roi": roi, "roi_class": roi_class, "category": category,
+                "n": int(moments.n_in[c, 0]), "n_rest": int(moments.n_out[c, 0]),
+                "mean": moments.mean_in[c, k], "sd": np.sqrt(moments.var_in[c, k]),
+                "ci_low": lows[c, k], "ci_high": highs[c, k], "mean_rest": moments.mean_out[c, k],
+                "t": t[c, k], "df": df[c, k], "d_prime": dp[c, k], "selectivity_index": si[c, k],
+                "p_parametric": p_parametric[c, k], "p": p[c, k],
+                "preferred": bool(c == np.argmax(moments.mean_in[:, k])),
+                "expected": CLASS_CATEGORY.get(roi_class) == category,
+            })
+    table = pd.DataFrame(rows)
+    table["p_fdr"] = S.fdr_bh(table["p"].to_numpy())
+    table["significant"] = table["p_fdr"] < settings.alpha
+    return table
+
+
+def _parametric_p(t: np.ndarray, df: np.ndarray, alternative: str) -> np.ndarray:
+    """Welch's p from the t distribution, next to the permutation p for comparison."""
+    tails = {"greater": lambda: stats.t.sf(t, df), "less": lambda: stats.t.cdf(t, df),
+             "two-sided": lambda: 2 * stats.t.sf(np.abs(t), df)}
+    return tails[alternative]()
+
+
+def add_reliability(table: pd.DataFrame, reliable: pd.DataFrame | None) -> pd.DataFrame:
+    """Join the held-out reliability to predicted rows; ``supported`` = significant and reliable."""
+    table = table.copy()
+    if reliable is None or table.empty:
+        table["r_heldout"], table["reliable"] = np.nan, pd.array([pd.NA] * len(table), dtype="boolean")
+        table["supported"] = table["significant"]
+        return table
+    joined = table.merge(reliable[["hemi", "roi", "r_heldout", "reliable"]], on=["hemi", "roi"], how="left")
+    predicted = joined["source"].eq("predicted")
+    joined["r_heldout"] = joined["r_heldout"].where(predicted)
+    joined["reliable"] = joined["reliable"].astype("boolean").where(predicted)  # measured rows: not applicable
+    joined["supported"] = joined["significant"] & (~predicted | joined["reliable"].fillna(False)).astype(bool)
+    return joined
+
+
+def add_planted(table: pd.DataFrame, run: Run) -> pd.DataFrame:
+    """The virtual subject's planted preference of each ROI ('' for real subjects, 'none' for null ROIs)."""
+    table = table.copy()
+    if not has_ground_truth(run.subject.root):
+        table["planted"] = ""
+        return table
+    rois = load_ground_truth(run.subject.root).rois
+    table["planted"] = [rois.get(r, {}).get("preference") or "none" for r in table["roi"]]
+    return table
+
+
+# --------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------
+
+def choose_stimuli(run: Run, images: str | Path | None, labels: str | Path | None, categories: Sequence[str] | None,
+                   cache_dir: str | Path | None, seed: int = 0) -> StimulusSet:
+    """A labels file if given; else a virtual subject's held-out images; else the rendered localizer."""
+    if images is not None and labels is None:
+        raise InputError("--images", "needs --labels (a CSV with the columns image, category and optionally mask)")
+    if labels is not None:
+        stimuli = from_labels_csv(labels, images, categories)
+        stimuli.fmri_rows = subject_rows(run, stimuli.paths)
+        heldout = {("train", int(i)) for i in run.val_indices} | {("test", i) for i in range(run.subject.n_test)}
+        trained = sum(r is not None and r not in heldout for r in stimuli.fmri_rows)
+        if trained:
+            log.warning("%d labelled images are training images of the run: their predictions are fits, not "
+                        "predictions; prefer held-out images", trained)
+        return stimuli
+    if has_ground_truth(run.subject.root):
+        return subject_heldout(run)
+    from model.backbone import native_size
+    from model.features import default_cache_dir
+
+    log.info("no labels given and %s is not a virtual subject: using the rendered localizer", run.subject.root)
+    return localizer(cache_dir or default_cache_dir(), native_size(run.subject.train_images[0]), seed)
+
+
+def analyse(run: Run, stimuli: StimulusSet, settings: SelectivitySettings = SelectivitySettings(), seed: int = 0,
+            cache_dir: str | Path | None = None, attention: bool = True) -> dict:
+    """Selectivity of predicted (and measured) responses, and of attention, for one stimulus set.
+
+    Returns a dict with ``table`` (selectivity rows), ``attention``
+    (attention rows or None), ``reliability`` and ``responses``
+    (``(source, image, hemi, roi)``).
+    """
+    features = features_for(run, stimuli.paths, stimuli.fmri_rows, cache_dir)
+    sources = {"predicted": roi_means(predicted_vertices(run, features), run.subject)}
+    if stimuli.fmri_rows is not None:
+        measured = measured_vertices(run, stimuli.fmri_rows)
+        if measured is not None:
+            sources["measured"] = roi_means(measured, run.subject)
+    tables = []
+    for name, responses in sources.items():
+        try:
+            tables.append(selectivity_table(responses, stimuli.labels, stimuli.categories, settings, seed, name))
+        except InputError as exc:
+            if name == "predicted":
+                raise
+            log.info("measured responses not tested: %s", exc.problem)
+    _, held_pred, held_meas = heldout_responses(run, cache_dir)
+    reliable = reliability(held_pred, held_meas, settings.alpha) if held_pred is not None else None
+    table = add_planted(add_reliability(pd.concat(tables, ignore_index=True), reliable), run)
+    att = None
+    if attention and stimuli.masks is not None and hasattr(run.model.core, "layers"):
+        from .attention_selectivity import attention_table
+
+        att = add_planted(attention_table(run, features, stimuli, settings, seed), run)
+    elif attention:
+        log.info("attention selectivity skipped: %s", "no category masks" if stimuli.masks is None
+                 else f"the run is {run.config.encoder_arch!r}, not a transformer")
+    names = [p.name for p in stimuli.paths]
+    responses = xr.concat([r.assign_coords(image=names) for r in sources.values()], dim="source")
+    responses = responses.assign_coords(source=list(sources), label=("image", list(stimuli.labels)))
+    return {"table": table[COLUMNS], "attention": att, "reliability": reliable, "responses": responses}
+
+
+def to_dataset(result: dict, stimuli: StimulusSet) -> xr.Dataset:
+    """The tables as labelled arrays ``(source, hemi, roi, category)``, plus the per-image responses."""
+    table = result["table"]
+    order = {k: list(dict.fromkeys(table[k])) for k in ("source", "hemi", "roi", "category")}  # keep Algonauts order
+    numeric = ["n", "mean", "ci_low", "ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr", "significant"]
+    ds = table.set_index(list(order))[numeric].astype({"significant": "int8"}).to_xarray().reindex(order)
+    ds["responses"] = result["responses"].drop_vars("roi_class").reindex(roi=order["roi"], source=order["source"])
+    if result["attention"] is not None and len(result["attention"]):
+        att_cols = ["n", "mass", "chance", "ratio", "p", "p_fdr", "significant"]
+        att = result["attention"].set_index(["hemi", "roi", "category"])[att_cols].astype({"significant": "int8"})
+        ds = ds.merge(att.to_xarray().rename({c: f"attention_{c}" for c in att_cols}), join="left")
+    ds.attrs.update({"stimuli": stimuli.name, "alternative": "category > rest (one-sided)",
+                     "units": "ROI-mean response (z-scored per vertex)"})
+    return ds
+
+
+def write_outputs(result: dict, stimuli: StimulusSet, out_dir: Path) -> list[Path]:
+    """Every output file, each written atomically."""
+    from .selectivity_figures import plot_attention, plot_selectivity
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "selectivity.csv"]
+    write_csv(written[-1], result["table"])
+    if result["reliability"] is not None:
+        write_csv(out_dir / "reliability.csv", result["reliability"])
+        written.append(out_dir / "reliability.csv")
+    if result["attention"] is not None:
+        write_csv(out_dir / "attention_selectivity.csv", result["attention"])
+        written.append(out_dir / "attention_selectivity.csv")
+        if len(result["attention"]):
+            written.append(plot_attention(result["attention"], out_dir / "attention_selectivity.png"))
+    with atomic_path(out_dir / "selectivity.nc") as tmp:
+        to_dataset(result, stimuli).to_netcdf(tmp)
+    written.append(out_dir / "selectivity.nc")
+    written.append(plot_selectivity(result["table"], out_dir / "selectivity.png"))
+    return written
+
+
+def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path, subj: int | None = 1,
+                    images: str | Path | None = None, labels: str | Path | None = None,
+                    n_permutations: int = N_PERMUTATIONS, seed: int = 0, cache_dir: str | Path | None = None,
+                    categories: Sequence[str] | None = None, alpha: float = ALPHA,
+                    n_bootstrap: int = N_BOOTSTRAP, alternative: str = "greater") -> pd.DataFrame:
+    """ROI selectivity of a run's predictions (and the fMRI where the images have it).
+
+    Parameters
+    ----------
+    run_dir : path
+        A complete run directory.
+    data_dir : path or None
+        The data directory (None: the one the run was trained on).
+    out_dir : path
+        Folder for ``selectivity.csv``, ``attention_selectivity.csv``,
+        ``reliability.csv``, ``selectivity.nc`` and ``selectivity.png``.
+    subj : int or None
+        Subject number; must be the run's (None: the run's).
+    images, labels : path, optional
+        A folder of images and a labels CSV (``image``, ``category``, ``mask``).
+        Without them: a virtual subject's held-out images, else the localizer.
+    n_permutations : int
+        Label permutations per test.
+    seed : int
+        Seed of permutations and bootstrap.
+    cache_dir : path, optional
+        Feature cache (default ``$TBE_CACHE_DIR`` or ``~/.cache/tbe``).
+    categories : sequence of str, optional
+        Categories a labels file may use.
+    alpha : float
+        FDR level.
+    n_bootstrap : int
+        Bootstrap resamples of the confidence intervals.
+    alternative : str
+        ``greater`` (default), ``less`` or ``two-sided``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The selectivity table (one row per source x hemi x ROI x category).
+    """
+    settings = SelectivitySettings(n_permutations, n_bootstrap, alpha, alternative)
+    settings.check()
+    run = open_run(run_dir, data_dir)
+    if subj is not None and subj != run.config.subj:
+        raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
+    stimuli = choose_stimuli(run, images, labels, categories, cache_dir, seed)
+    result = analyse(run, stimuli, settings, seed, cache_dir)
+    for path in write_outputs(result, stimuli, Path(out_dir)):
+        log.info("wrote %s", path)
+    return result["table"]
