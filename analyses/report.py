@@ -1,0 +1,539 @@
+"""Reports: the parametrized notebooks of ``notebooks/``, executed by papermill, shared as HTML.
+
+``tbe report --run RUN --out reports/NAME`` runs each notebook of
+:data:`NOTEBOOKS` on a Jupyter kernel registered for the current Python
+environment (:func:`ensure_kernel`), exports every executed notebook to one
+self-contained HTML file (figures embedded as base64 PNG, so a report can be
+mailed) and writes ``index.html`` linking them::
+
+    reports/NAME/index.html                 one line per notebook: status, summary, thumbnail
+    reports/NAME/<notebook>.html            the rendered notebook
+    reports/NAME/report.json                the same, machine-readable (parameters, status, errors)
+    reports/NAME/notebooks/<notebook>.ipynb the executed notebook (open and re-run it in Jupyter)
+    reports/NAME/files/<notebook>/          tables (CSV), figures (PNG) and maps (NetCDF) it wrote
+    reports/NAME/logs/<notebook>.kernel.log the kernel's own messages
+
+A notebook that fails still leaves its executed copy and HTML; the index
+marks it failed with the failing cell's error, the other notebooks still
+run, and :attr:`Report.failed` names it (``tbe report`` then exits 1).
+
+Parameters: every notebook has one cell tagged ``parameters``. The report
+fills in what it knows (:data:`STANDARD_PARAMETERS`: the run, data and cache
+directories, the subject, where to write files); ``params`` sets any other
+parameter in every notebook that declares it, or in one notebook only when
+written ``notebook.name``.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import html
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.errors import InputError
+from model.files import atomic_path, write_json
+
+from .report_views import SUMMARY_KEY
+
+log = logging.getLogger(__name__)
+#: papermill's own INFO lines ("Input Notebook: ...") would drown the report's progress
+logging.getLogger("papermill").setLevel(logging.WARNING)
+
+#: Where the notebooks live (a checkout or an editable install of the project).
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """A report notebook: ``notebooks/<name>.ipynb``, its title and what it shows."""
+
+    title: str
+    description: str
+
+
+#: The report notebooks, in the order the index lists them.
+NOTEBOOKS: dict[str, Notebook] = {
+    "encoding_accuracy": Notebook(
+        "Encoding accuracy",
+        "test r per ROI against the ridge baseline and the noise ceiling; maps on the cortical surface"),
+    "attention_maps": Notebook(
+        "Attention maps",
+        "where each ROI query looks: decoder cross-attention over chosen images, head by head on request"),
+    "attributions": Notebook(
+        "Attributions",
+        "what pixels and tokens drive each ROI's predicted response (Captum), with convergence deltas"),
+    "map_checks": Notebook(
+        "Map checks",
+        "can the maps be trusted: sanity (randomisation), localization and faithfulness tables"),
+    "roi_selectivity": Notebook(
+        "ROI selectivity",
+        "category preferences of each ROI with permutation statistics; in-silico localizers on the surface"),
+}
+
+#: Parameters holding paths: made absolute (against the current directory) before they reach a kernel.
+PATH_PARAMETERS = frozenset({"run_dir", "data_dir", "cache_dir", "ridge_run", "out_dir", "test_fmri", "noise_ceiling",
+                             "stimuli_dir", "stimuli_labels", "checks_dir"})
+
+
+# --------------------------------------------------------------------------
+# The kernel
+# --------------------------------------------------------------------------
+
+def kernel_name(prefix: str | None = None) -> str:
+    """The kernel name of a Python environment: ``tbe-<hash of its sys.prefix>``."""
+    prefix = prefix or sys.prefix
+    return "tbe-" + hashlib.blake2b(os.path.realpath(prefix).encode(), digest_size=4).hexdigest()
+
+
+def ensure_kernel() -> str:
+    """Register this environment's Python as a Jupyter kernel (once) and return its name.
+
+    The kernel spec goes into ``sys.prefix/share/jupyter/kernels`` (found by
+    papermill and by any Jupyter started from this environment); where that is
+    not writable, into the user's Jupyter directory. An existing spec is
+    reused when it runs this interpreter.
+    """
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    name = kernel_name()
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+        if spec.argv and os.path.realpath(spec.argv[0]) == os.path.realpath(sys.executable):
+            return name
+    except NoSuchKernel:
+        pass
+    display = f"Python {platform.python_version()} (tbe, {sys.prefix})"
+    try:
+        install(kernel_name=name, display_name=display, prefix=sys.prefix)
+    except OSError:
+        install(kernel_name=name, display_name=display, user=True)
+    log.info("registered Jupyter kernel %s for %s", name, sys.executable)
+    return name
+
+
+def _kernel_manager_logging_to(path: Path) -> type:
+    """A kernel manager class whose kernel writes its own messages to ``path``, not to our terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._tbe_log = open(path, "w")  # noqa: SIM115 - closed at shutdown
+            kw.setdefault("stderr", self._tbe_log)
+            kw.setdefault("stdout", self._tbe_log)
+            return await super().start_kernel(**kw)
+
+        async def shutdown_kernel(self, *args: Any, **kw: Any) -> None:
+            try:
+                return await super().shutdown_kernel(*args, **kw)
+            finally:
+                log_file = getattr(self, "_tbe_log", None)
+                if log_file is not None:
+                    log_file.close()
+
+    return LoggedKernelManager
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+def notebook_path(name: str, notebook_dir: str | Path = NOTEBOOK_DIR) -> Path:
+    if name not in NOTEBOOKS:
+        raise InputError("--notebooks", f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
+    path = Path(notebook_dir) / f"{name}.ipynb"
+    if not path.is_file():
+        raise InputError(path, "missing notebook")
+    return path
+
+
+def declared_parameters(path: str | Path) -> dict[str, dict]:
+    """The parameters a notebook declares in its ``parameters`` cell: name -> {default, type, help}."""
+    import papermill
+
+    return {name: {"default": p["default"], "type": p["inferred_type_name"], "help": p["help"]}
+            for name, p in papermill.inspect_notebook(str(path)).items()}
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p`` value: YAML scalars and lists (``3``, ``0.5``, ``true``, ``null``, ``[V1v, FFA-1]``), else the text.
+
+    An empty value stays an empty string (the notebooks read it as "none").
+    """
+    import yaml
+
+    if not text.strip():
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def split_parameters(params: dict[str, Any], declared: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
+    """Route user parameters to notebooks: ``key`` to every notebook declaring it, ``notebook.key`` to one.
+
+    Raises :class:`InputError` for a parameter no selected notebook declares.
+    """
+    routed: dict[str, dict[str, Any]] = {name: {} for name in declared}
+    for key, value in params.items():
+        notebook, _, name = key.rpartition(".")
+        if notebook:
+            if notebook not in declared:
+                raise InputError("-p", f"{key}: notebook {notebook!r} is not in this report ({', '.join(declared)})")
+            if name not in declared[notebook]:
+                raise InputError("-p", f"{key}: {notebook} has no parameter {name!r}; it has {', '.join(declared[notebook])}")
+            routed[notebook][name] = value
+            continue
+        takers = [nb for nb, names in declared.items() if key in names]
+        if not takers:
+            known = sorted({n for names in declared.values() for n in names})
+            raise InputError("-p", f"no notebook in this report has a parameter {key!r}; parameters: {', '.join(known)}")
+        for nb in takers:
+            routed[nb].setdefault(key, value)
+    return routed
+
+
+def _absolute(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(Path(v).expanduser().resolve()) if k in PATH_PARAMETERS and isinstance(v, (str, Path)) and str(v)
+                else v) for k, v in params.items()}
+
+
+# --------------------------------------------------------------------------
+# Running one notebook
+# --------------------------------------------------------------------------
+
+@dataclass
+class Entry:
+    """What happened to one notebook of a report."""
+
+    name: str
+    title: str
+    status: str  # "ok" or "failed"
+    seconds: float
+    html: str | None = None  # file name inside the report folder
+    notebook: str | None = None  # executed copy, relative to the report folder
+    summary: str = ""
+    error: str = ""
+    failed_cell: int | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    n_figures: int = 0
+    thumbnail: str | None = None  # base64 PNG
+
+
+@dataclass
+class Report:
+    """A rendered report: its index and one :class:`Entry` per notebook."""
+
+    index: Path
+    entries: list[Entry]
+
+    @property
+    def failed(self) -> list[str]:
+        return [e.name for e in self.entries if e.status != "ok"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def execute(name: str, parameters: dict[str, Any], out: Path, kernel: str, notebook_dir: Path,
+            timeout: float | None = None) -> Entry:
+    """Execute one notebook into ``out`` and export it to HTML; failures are recorded, not raised."""
+    import nbformat
+    import papermill
+
+    source = notebook_path(name, notebook_dir)
+    executed = out / "notebooks" / f"{name}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    entry = Entry(name, NOTEBOOKS[name].title, "ok", 0.0, parameters=parameters,
+                  notebook=str(executed.relative_to(out)))
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source), str(executed), parameters=parameters, kernel_name=kernel, progress_bar=False,
+            log_output=False, cwd=str(notebook_dir), execution_timeout=timeout,
+            kernel_manager_class=_kernel_manager_logging_to(out / "logs" / f"{name}.kernel.log"))
+    except papermill.PapermillExecutionError as exc:
+        entry.status, entry.failed_cell = "failed", exc.exec_count
+        entry.error = f"{exc.ename}: {_first_line(exc.evalue)}"
+    except Exception as exc:  # noqa: BLE001 - a dead kernel, a timeout: record it, go on with the others
+        entry.status, entry.error = "failed", f"{type(exc).__name__}: {_first_line(str(exc))}"
+    entry.seconds = round(time.perf_counter() - start, 1)
+    if executed.is_file():
+        nb = nbformat.read(executed, as_version=4)
+        entry.summary = notebook_summary(nb)
+        pngs = figures(nb)
+        entry.n_figures = len(pngs)
+        entry.thumbnail = thumbnail(pngs[0]) if pngs else None
+        entry.html = f"{name}.html"
+        export_html(nb, out / entry.html, f"{NOTEBOOKS[name].title} - {entry.status}")
+    else:
+        entry.notebook = None
+    return entry
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+def notebook_summary(nb) -> str:
+    """The summary a notebook displayed with :func:`analyses.report_views.summary` (last one wins)."""
+    found = ""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            text = output.get("metadata", {}).get(SUMMARY_KEY)
+            if text:
+                found = str(text)
+    return found
+
+
+def figures(nb) -> list[str]:
+    """Every PNG (base64) a notebook displayed, in order."""
+    return [output["data"]["image/png"] for cell in nb.cells for output in cell.get("outputs", [])
+            if "image/png" in output.get("data", {})]
+
+
+def thumbnail(png_base64: str, width: int = 320) -> str:
+    """A smaller copy of a base64 PNG, for the index."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(png_base64)))
+    image.thumbnail((width, width))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+#: nbconvert's "lab" HTML without require.js: a blocking script from a CDN that only widgets need,
+#: so that a mailed report opens at once offline
+_HTML_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+"""
+
+
+def export_html(nb, out: Path, title: str) -> Path:
+    """One self-contained HTML file: figures are embedded as base64 PNG, no file next to it is needed."""
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"tbe_report.html.j2": _HTML_TEMPLATE})],
+                            template_file="tbe_report.html.j2")
+    exporter.log = _quiet_log  # it warns about images without alternative text, and adds a generic one
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    with atomic_path(out) as tmp:
+        tmp.write_text(body, encoding="utf-8")
+    return out
+
+
+_quiet_log = logging.getLogger("tbe.nbconvert")
+_quiet_log.setLevel(logging.ERROR)
+
+
+# --------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------
+
+def standard_parameters(run_dir: Path, data_dir: Path, subj: int, out: Path, name: str,
+                        ridge_run: Path | None, cache_dir: Path | None) -> dict[str, Any]:
+    """What the report fills in for every notebook that declares it."""
+    return {
+        "run_dir": str(run_dir), "data_dir": str(data_dir), "subj": subj,
+        "ridge_run": str(ridge_run) if ridge_run else "",
+        "cache_dir": str(cache_dir) if cache_dir else "",
+        "out_dir": str(out / "files" / name),
+    }
+
+
+#: The parameters the report sets (in the notebooks that declare them)
+STANDARD_PARAMETERS = ("run_dir", "data_dir", "subj", "ridge_run", "cache_dir", "out_dir")
+
+
+def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
+                params: dict[str, Any] | None = None, notebooks: list[str] | None = None,
+                ridge_run: str | Path | None = None, cache_dir: str | Path | None = None,
+                notebook_dir: str | Path = NOTEBOOK_DIR, timeout: float | None = None) -> Report:
+    """Execute the report notebooks on a run and write ``out_dir/index.html``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A complete run directory (``tbe train``).
+    data_dir : path or None
+        The data directory (``subjXX`` in the Algonauts layout); None: the run's.
+    out_dir : path
+        The report folder, e.g. ``reports/NAME`` (created; existing files are replaced).
+    params : dict, optional
+        Notebook parameters: ``name`` for every notebook declaring it, ``notebook.name`` for one.
+    notebooks : list of str, optional
+        Which notebooks of :data:`NOTEBOOKS` (default: all, in that order).
+    ridge_run : path, optional
+        A baseline run to compare with (encoding accuracy).
+    cache_dir : path, optional
+        The feature cache.
+    notebook_dir : path
+        Where the notebooks are (default: the project's ``notebooks/``).
+    timeout : float, optional
+        Seconds a single cell may run (default: no limit).
+
+    Returns
+    -------
+    Report
+        ``index`` (the index.html) and one entry per notebook; ``failed``
+        names the notebooks that failed.
+    """
+    from tqdm.auto import tqdm
+
+    from model.run import METRICS, read_config
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    config = read_config(run_dir)
+    if not (run_dir / METRICS).is_file():
+        raise InputError(run_dir, "training did not finish (no metrics.json)")
+    data_dir = Path(data_dir if data_dir is not None else config.data_dir).expanduser().resolve()
+    if not data_dir.is_dir():
+        raise InputError(data_dir, "data directory not found")
+    if ridge_run:
+        ridge_run = Path(ridge_run).expanduser().resolve()
+        read_config(ridge_run)
+    cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
+    notebook_dir = Path(notebook_dir).resolve()
+    names = list(notebooks) if notebooks else list(NOTEBOOKS)
+    declared = {name: declared_parameters(notebook_path(name, notebook_dir)) for name in names}
+    routed = split_parameters(dict(params or {}), declared)
+    subj = int((params or {}).get("subj", config.subj))
+
+    out = Path(out_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    kernel = ensure_kernel()
+    entries = []
+    for name in tqdm(names, desc="report", unit="notebook", disable=None):
+        standard = standard_parameters(run_dir, data_dir, subj, out, name, ridge_run, cache_dir)
+        parameters = {k: v for k, v in standard.items() if k in declared[name]}
+        parameters.update(routed[name])
+        parameters = _absolute(parameters)
+        log.info("report: running %s", name)
+        entry = execute(name, parameters, out, kernel, notebook_dir, timeout)
+        log.info("report: %s %s in %.0f s%s", name, entry.status, entry.seconds,
+                 f" ({entry.error})" if entry.error else "")
+        entries.append(entry)
+    context = {"run": str(run_dir), "data": str(data_dir), "subject": subj, "ridge_run": str(ridge_run or ""),
+               "backbone": _backbone_description(run_dir), "created": _dt.datetime.now().isoformat(timespec="seconds"),
+               "python": sys.executable, "kernel": kernel, "command": reproduce_command(run_dir, data_dir, out, params,
+                                                                                        notebooks, ridge_run, cache_dir)}
+    write_json(out / "report.json", {"context": context, "entries": [asdict(e) | {"thumbnail": None} for e in entries]})
+    index = out / "index.html"
+    with atomic_path(index) as tmp:
+        tmp.write_text(render_index(entries, context), encoding="utf-8")
+    return Report(index, entries)
+
+
+def _backbone_description(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("backbone", "")
+    except (OSError, json.JSONDecodeError):
+        return ""
+
+
+def reproduce_command(run_dir: Path, data_dir: Path, out: Path, params: dict[str, Any] | None,
+                      notebooks: list[str] | None, ridge_run: Path | None, cache_dir: Path | None) -> str:
+    """The ``tbe report`` command line that renders this report again."""
+    import shlex
+
+    parts = ["tbe", "report", "--run", str(run_dir), "--data-dir", str(data_dir), "--out", str(out)]
+    if notebooks:
+        parts += ["--notebooks", ",".join(notebooks)]
+    if ridge_run:
+        parts += ["--ridge-run", str(ridge_run)]
+    if cache_dir:
+        parts += ["--cache-dir", str(cache_dir)]
+    for key, value in (params or {}).items():
+        parts += ["-p", key, json.dumps(value) if not isinstance(value, str) else value]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# --------------------------------------------------------------------------
+# The index page
+# --------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+table.context td { padding: 1px 12px 1px 0; font-size: 0.9em; vertical-align: top; }
+table.notebooks { border-collapse: collapse; width: 100%; margin-top: 1.2em; }
+table.notebooks td, table.notebooks th { border-bottom: 1px solid #ddd; padding: 8px; vertical-align: top; text-align: left; }
+.ok { color: #116b2f; font-weight: 600; } .failed { color: #b3261e; font-weight: 600; }
+.summary { margin-top: 4px; } .description { color: #666; font-size: 0.85em; }
+.error { font-family: monospace; color: #b3261e; white-space: pre-wrap; margin-top: 4px; }
+img.thumb { width: 240px; border: 1px solid #ddd; }
+code { font-size: 0.85em; background: #f4f4f4; padding: 2px 4px; word-break: break-all; }
+"""
+
+
+def render_index(entries: list[Entry], context: dict[str, Any]) -> str:
+    """``index.html``: one row per notebook (status, one-line summary or error, thumbnail), inline CSS only."""
+    esc = html.escape
+    rows = []
+    for e in entries:
+        link = f'<a href="{esc(e.html)}">{esc(e.title)}</a>' if e.html else esc(e.title)
+        status = f'<span class="{esc(e.status)}">{esc(e.status)}</span>'
+        detail = f'<div class="summary">{esc(e.summary)}</div>' if e.summary else ""
+        if e.status != "ok":
+            cell = f" at cell [{e.failed_cell}]" if e.failed_cell is not None else ""
+            detail += f'<div class="error">failed{esc(cell)}: {esc(e.error)}</div>'
+        thumb = f'<img class="thumb" alt="{esc(e.name)}" src="data:image/png;base64,{e.thumbnail}">' if e.thumbnail else ""
+        notebook = f' &middot; <a href="{esc(e.notebook)}">notebook</a>' if e.notebook else ""
+        rows.append(f'<tr id="{esc(e.name)}"><td>{thumb}</td><td><b>{link}</b> {status}{notebook}'
+                    f'<div class="description">{esc(NOTEBOOKS[e.name].description)}</div>{detail}</td>'
+                    f'<td>{e.n_figures} figures<br>{e.seconds:.0f} s</td></tr>')
+    n_failed = sum(e.status != "ok" for e in entries)
+    headline = "all notebooks ran" if not n_failed else f"{n_failed} of {len(entries)} notebooks failed"
+    info = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(str(v))}</code></td></tr>" for k, v in context.items() if v != "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tbe report: {esc(Path(context['run']).name)}</title>
+<style>{_STYLE}</style></head>
+<body>
+<h1>Report: {esc(Path(context['run']).name)}</h1>
+<p class="{'ok' if not n_failed else 'failed'}">{esc(headline)}</p>
+<table class="context">{info}</table>
+<table class="notebooks"><tr><th></th><th>notebook</th><th></th></tr>
+{''.join(rows)}
+</table>
+</body></html>
+"""
+
+
+# --------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------
+
+def describe_parameters(notebook_dir: str | Path = NOTEBOOK_DIR) -> str:
+    """Every notebook's parameters with their defaults, as text (``tbe report --list``)."""
+    lines = []
+    for name, nb in NOTEBOOKS.items():
+        path = Path(notebook_dir) / f"{name}.ipynb"
+        if not path.is_file():
+            continue
+        lines.append(f"{name}: {nb.description}")
+        for param, info in declared_parameters(path).items():
+            tag = " (set by the report)" if param in STANDARD_PARAMETERS else ""
+            comment = f"  # {info['help']}" if info["help"] else ""
+            lines.append(f"    {param} = {info['default']}{tag}{comment}")
+    return "\n".join(lines)
+
+
+def params_from_pairs(pairs: list[tuple[str, str]] | None) -> dict[str, Any]:
+    """``-p KEY VALUE`` pairs -> parameters (values parsed by :func:`parse_value`)."""
+    return {key: parse_value(value) for key, value in (pairs or [])}

@@ -1,0 +1,327 @@
+"""Reports: every notebook under papermill on a small virtual subject, the index, failures, and the HTML in Chromium."""
+from __future__ import annotations
+
+import ast
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from analyses import report
+from analyses.report import NOTEBOOK_DIR, NOTEBOOKS
+from model.errors import InputError
+
+from .conftest import tbe
+
+#: Small parameters: every notebook runs in seconds on the small subject.
+SMALL = [
+    "-p", "n_images", "2",
+    "-p", "rois", "[V1v, FFA-1]",
+    "-p", "hemis", "[lh]",
+    "-p", "n_boot", "20",
+    "-p", "attention_maps.heads", "true",
+    "-p", "attributions.n_steps", "8",
+    "-p", "map_checks.methods", "[attention, saliency]",
+    "-p", "map_checks.sanity_methods", "[attention]",
+    "-p", "map_checks.n_steps", "4",
+    "-p", "map_checks.faithfulness_rois", "[FFA-1]",
+    "-p", "n_permutations", "200",
+]
+
+
+# --------------------------------------------------------------------------
+# The notebooks themselves
+# --------------------------------------------------------------------------
+
+def _parameters_cell(nb) -> list:
+    return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+@pytest.mark.parametrize("name", list(NOTEBOOKS))
+def test_notebook_has_one_parameters_cell_that_papermill_reads(name):
+    path = NOTEBOOK_DIR / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    cells = _parameters_cell(nb)
+    assert len(cells) == 1
+    assigned = [t.id for node in ast.parse(cells[0].source).body for t in node.targets]
+    assert list(report.declared_parameters(path)) == assigned  # papermill parses every line
+    assert {"run_dir", "data_dir", "subj", "seed", "out_dir"} <= set(assigned)
+    defaults = {k: v["default"] for k, v in report.declared_parameters(path).items()}
+    assert defaults["run_dir"] == '"../demo/runs/transformer"' and defaults["data_dir"] == '"../demo/data"'
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+
+
+def test_notebooks_read_demo_paths_relative_to_the_notebook_folder():
+    """Run by hand in Jupyter (cwd = notebooks/), the defaults name the folders `tbe demo --out demo` writes."""
+    for name in NOTEBOOKS:
+        declared = report.declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
+        for key in ("run_dir", "data_dir", "cache_dir", "ridge_run"):
+            if key in declared:
+                assert declared[key]["default"].strip('"').startswith("../demo/"), (name, key)
+
+
+def test_kernel_is_registered_for_this_environment():
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = report.ensure_kernel()
+    assert name == report.kernel_name() and name.startswith("tbe-")
+    spec = KernelSpecManager().get_kernel_spec(name)
+    assert os.path.realpath(spec.argv[0]) == os.path.realpath(sys.executable)
+    assert report.ensure_kernel() == name  # idempotent
+
+
+# --------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------
+
+def test_parameter_values_are_parsed_as_yaml():
+    assert report.parse_value("3") == 3 and report.parse_value("0.5") == 0.5
+    assert report.parse_value("true") is True
+    assert report.parse_value("[V1v, FFA-1]") == ["V1v", "FFA-1"]
+    assert report.parse_value("V1v,FFA-1") == "V1v,FFA-1"
+    assert report.parse_value("") == "" and report.parse_value("null") is None
+    assert report.parse_value("../demo/data") == "../demo/data"
+
+
+def test_parameters_are_routed_to_the_notebooks_declaring_them():
+    declared = {"a": {"rois": {}, "seed": {}}, "b": {"rois": {}, "heads": {}}}
+    routed = report.split_parameters({"rois": ["V1v"], "b.heads": True, "a.rois": ["PPA"]}, declared)
+    assert routed == {"a": {"rois": ["PPA"]}, "b": {"rois": ["V1v"], "heads": True}}
+    with pytest.raises(InputError, match="no notebook in this report has a parameter 'nope'"):
+        report.split_parameters({"nope": 1}, declared)
+    with pytest.raises(InputError, match="a has no parameter 'heads'"):
+        report.split_parameters({"a.heads": 1}, declared)
+    with pytest.raises(InputError, match="notebook 'c' is not in this report"):
+        report.split_parameters({"c.rois": 1}, declared)
+
+
+def test_bad_report_options_stop_with_one_line_before_any_kernel(trained_run, tmp_path, capsys):
+    assert tbe("report", "--run", trained_run, "--out", tmp_path / "r", "-p", "no_such_parameter", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: -p: no notebook in this report has a parameter 'no_such_parameter'")
+    assert tbe("report", "--run", trained_run, "--out", tmp_path / "r", "--notebooks", "nope") == 2
+    assert "unknown notebook 'nope'" in capsys.readouterr().err
+    assert tbe("report", "--run", tmp_path / "missing", "--out", tmp_path / "r") == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "index.html").exists()
+
+
+def test_list_shows_every_notebook_and_its_parameters(capsys):
+    assert tbe("report", "--list") == 0
+    out = capsys.readouterr().out
+    for name in NOTEBOOKS:
+        assert out.count(f"\n{name}: ") + out.startswith(f"{name}: ") == 1
+    assert "n_images = 4" in out and "(set by the report)" in out
+
+
+# --------------------------------------------------------------------------
+# A whole report on the small subject
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def baseline_run(trained_run, tmp_path_factory) -> Path:
+    """A stand-in baseline run: the trained run's files, labelled ridge, with noisier test predictions."""
+    out = tmp_path_factory.mktemp("baseline") / "ridge"
+    shutil.copytree(trained_run, out, ignore=shutil.ignore_patterns("checkpoint.safetensors"))
+    config = json.loads((out / "config.json").read_text())
+    config["encoder_arch"] = "ridge"
+    (out / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(0)
+    for hemi in ("lh", "rh"):
+        pred = np.load(out / f"{hemi}_pred_test.npy")
+        np.save(out / f"{hemi}_pred_test.npy", (pred + rng.normal(0, pred.std(), pred.shape)).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_report(trained_run, baseline_run, small_data, cache_dir, tmp_path_factory):
+    """Every notebook on the small subject: (report folder, exit status, report.json)."""
+    out = tmp_path_factory.mktemp("reports") / "small"
+    code = tbe("report", "--run", trained_run, "--data-dir", small_data, "--ridge-run", baseline_run,
+               "--cache-dir", cache_dir, "--out", out, *SMALL)
+    return out, code, json.loads((out / "report.json").read_text())
+
+
+def _outputs(nb) -> list:
+    return [o for cell in nb.cells for o in cell.get("outputs", [])]
+
+
+def test_every_notebook_executes_with_figures_and_no_error_output(small_report):
+    out, code, summary = small_report
+    failed = {e["name"]: e["error"] for e in summary["entries"] if e["status"] != "ok"}
+    assert code == 0 and not failed, failed
+    assert [e["name"] for e in summary["entries"]] == list(NOTEBOOKS)
+    for entry in summary["entries"]:
+        nb = nbformat.read(out / entry["notebook"], as_version=4)
+        outputs = _outputs(nb)
+        assert not [o for o in outputs if o.output_type == "error"], entry["name"]
+        stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
+        assert not stderr, (entry["name"], stderr)
+        pngs = report.figures(nb)
+        assert len(pngs) >= 2 and entry["n_figures"] == len(pngs), entry["name"]
+        assert entry["summary"], entry["name"]
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and str(out / "files" / entry["name"]) in injected[0].source
+        assert any((out / "files" / entry["name"]).iterdir()), f"{entry['name']} wrote no files"
+
+
+def test_notebooks_answer_what_they_are_asked(small_report):
+    out, _, summary = small_report
+    entries = {e["name"]: e for e in summary["entries"]}
+    assert "challenge score" in entries["encoding_accuracy"]["summary"] and "ridge" in entries["encoding_accuracy"]["summary"]
+    roi_table = (out / "files" / "encoding_accuracy" / "roi_accuracy.csv").read_text()
+    assert "FFA-1" in roi_table and "r_ceiling" in roi_table and "r_ridge" in roi_table
+    assert (out / "files" / "encoding_accuracy" / "transformer_minus_ridge_r.png").is_file()
+    assert (out / "files" / "attention_maps" / "heads_lh_V1v.png").is_file()  # head by head, as asked
+    assert not (out / "files" / "attention_maps" / "attention_rh.png").exists()  # hemis: [lh]
+    convergence = (out / "files" / "attributions" / "convergence.csv").read_text()
+    assert "integrated_gradients" in convergence and "relative_delta" in convergence
+    for table in ("sanity", "localization", "faithfulness"):
+        assert (out / "files" / "map_checks" / f"{table}.csv").is_file()
+
+
+def test_html_reports_embed_their_figures(small_report):
+    out, _, summary = small_report
+    index = (out / "index.html").read_text()
+    for entry in summary["entries"]:
+        html = (out / entry["html"]).read_text()
+        sources = [re.search(r'src="([^"]*)"', tag).group(1) for tag in re.findall(r"<img\b[^>]*>", html)]
+        assert len(sources) == entry["n_figures"], entry["name"]
+        prefix = "data:image/png;base64,"
+        assert all(src.startswith(prefix) for src in sources), "every figure is embedded, no file is linked"
+        for src in sources[:3]:
+            assert Image.open(io.BytesIO(base64.b64decode(src[len(prefix):]))).format == "PNG"
+        assert "require.min.js" not in html
+        assert f'href="{entry["html"]}"' in index
+        assert entry["summary"].split(";")[0] in index
+    assert index.count('src="data:image/png;base64,') == len(summary["entries"])  # one thumbnail each
+    assert "all notebooks ran" in index
+
+
+def test_a_failing_notebook_is_marked_and_the_others_complete(small_report, trained_run, small_data, cache_dir,
+                                                             tmp_path, capsys):
+    """attention_maps gets an unknown ROI; the others run after it (map_checks shows saved tables, no recomputing)."""
+    out = tmp_path / "reports" / "broken"
+    code = tbe("report", "--run", trained_run, "--data-dir", small_data, "--cache-dir", cache_dir, "--out", out,
+               "--notebooks", "attention_maps,encoding_accuracy,map_checks", "-p", "attention_maps.rois", "[NOPE]",
+               "-p", "surface_maps", "false", "-p", "n_boot", "0",
+               "-p", "checks_dir", small_report[0] / "files" / "map_checks")
+    assert code == 1
+    assert "attention_maps" in capsys.readouterr().err.strip().splitlines()[-1]
+    entries = {e["name"]: e for e in json.loads((out / "report.json").read_text())["entries"]}
+    assert entries["attention_maps"]["status"] == "failed"
+    assert "InputError" in entries["attention_maps"]["error"] and "NOPE" in entries["attention_maps"]["error"]
+    assert entries["encoding_accuracy"]["status"] == "ok" and entries["map_checks"]["status"] == "ok"
+    assert entries["map_checks"]["n_figures"] >= 2 and "sanity" in entries["map_checks"]["summary"]
+    executed = nbformat.read(out / entries["attention_maps"]["notebook"], as_version=4)
+    assert [o for o in _outputs(executed) if o.output_type == "error"]  # the executed copy shows where
+    assert all((out / f"{name}.html").is_file() for name in entries)
+    index = (out / "index.html").read_text()
+    assert "1 of 3 notebooks failed" in index
+    row = re.search(r'<tr id="attention_maps">.*?</tr>', index, re.S).group(0)
+    assert 'class="failed"' in row and "NOPE" in row
+
+
+def test_a_notebook_runs_by_hand_from_its_demo_defaults(trained_run, baseline_run, small_data, cache_dir, tmp_path):
+    """As in Jupyter: opened from notebooks/, nothing injected, demo/ laid out as `tbe demo --out demo` does."""
+    import papermill
+
+    demo = tmp_path / "demo"
+    (demo / "runs").mkdir(parents=True)
+    for link, target in {"data": small_data, "cache": cache_dir, "runs/transformer": trained_run,
+                         "runs/ridge": baseline_run}.items():
+        (demo / link).symlink_to(target, target_is_directory=True)
+    shutil.copytree(NOTEBOOK_DIR, tmp_path / "notebooks")
+    papermill.execute_notebook(str(tmp_path / "notebooks" / "attention_maps.ipynb"), str(tmp_path / "executed.ipynb"),
+                               kernel_name=report.ensure_kernel(), cwd=str(tmp_path / "notebooks"), progress_bar=False)
+    written = demo / "reports" / "files" / "attention_maps"
+    assert (written / "attention_lh.png").is_file() and (written / "attention_rh.png").is_file()
+    assert (written / "attention.nc").is_file()
+
+
+# --------------------------------------------------------------------------
+# In a browser
+# --------------------------------------------------------------------------
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("TBE_REQUIRE_CHROMIUM"):
+        pytest.fail("chromium is required (TBE_REQUIRE_CHROMIUM is set) but not installed")
+    pytest.skip("chromium not installed (apt-get install chromium)")
+
+
+#: Appended to a copy of a page: once loaded, the body records how many of its images decoded.
+_COUNT_IMAGES = ('<script>window.addEventListener("load", () => { const all = [...document.images]; '
+                 'document.body.setAttribute("data-images", all.filter(i => i.complete && i.naturalWidth > 0).length '
+                 '+ "/" + all.length); });</script></body>')
+
+
+def _headless(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args],
+                          capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize("page", ["index.html", "encoding_accuracy.html", "attention_maps.html"])
+def test_report_renders_in_headless_chromium(small_report, tmp_path, page):
+    out, _, _ = small_report
+    probe = out / f".probe-{page}"
+    probe.write_text((out / page).read_text().replace("</body>", _COUNT_IMAGES))
+    try:
+        dom = _headless("--dump-dom", probe.as_uri(), profile=tmp_path / "profile").stdout
+    finally:
+        probe.unlink()
+    loaded, total = map(int, re.search(r'data-images="(\d+)/(\d+)"', dom).groups())
+    assert total >= 2 and loaded == total, f"{page}: {loaded} of {total} images decoded"
+    shot = tmp_path / "page.png"
+    _headless(f"--screenshot={shot}", "--window-size=1200,1600", (out / page).as_uri(), profile=tmp_path / "profile")
+    pixels = np.asarray(Image.open(shot).convert("RGB"), float)
+    assert pixels.shape[:2] == (1600, 1200)
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3)[::97], axis=0)) > 50  # text and figures, not blank
+
+
+# --------------------------------------------------------------------------
+# What encoding_accuracy computes (also for real data without test fMRI)
+# --------------------------------------------------------------------------
+
+def test_accuracy_without_a_test_reference_falls_back_to_validation_r(trained_run, small_data):
+    from analyses import accuracy
+    from model.subject import load_subject
+
+    subject = load_subject(small_data, 1, check_images=False)
+    scores = accuracy.vertex_scores(trained_run, None, "transformer")
+    assert scores.split == "val" and scores.score is None and not scores.pred
+    table = accuracy.roi_table([scores], subject, None, ["V1v", "FFA-1"])
+    assert set(table.roi) == {"all", "V1v", "FFA-1"} and "r_ceiling" not in table
+    v1 = subject.roi_mask("V1v", "lh")
+    expected = np.nanmean(np.load(trained_run / "lh_val_corr.npy")[v1])
+    assert table.set_index(["hemi", "roi"]).loc[("lh", "V1v"), "r_transformer"] == pytest.approx(expected)
+    assert [m[1] for m in accuracy.surface_maps([scores])] == ["transformer_val_r"]
+
+
+def test_an_encoder_compared_with_itself_differs_by_nothing(trained_run, small_data):
+    from analyses import accuracy
+    from model.subject import load_subject
+
+    subject = load_subject(small_data, 1, check_images=False)
+    reference = accuracy.find_reference(subject)
+    a, b = accuracy.run_scores([trained_run, trained_run], reference)
+    assert a.name == "transformer (transformer)" and b.name == "transformer (transformer) #2"
+    diff = accuracy.bootstrap_difference(a, b, reference, subject, ["V1v"], n_boot=10, seed=0)
+    assert np.allclose(diff[["difference", "ci_low", "ci_high"]].to_numpy(), 0) and not diff.excludes_zero.any()
+    table = accuracy.roi_table([a], subject, reference, ["V1v"])
+    assert table.r_ceiling.between(0, 1).all() and table[f"score_{a.name}"].between(0, 100).all()
