@@ -46,6 +46,14 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
+def add_run_args(p: argparse.ArgumentParser, subj: bool = False) -> None:
+    """A trained run, and optionally another data directory (or subject) than the one it was trained on."""
+    p.add_argument("--run", type=Path, required=True, help="run directory written by tbe train")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
+    if subj:
+        p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's)")
+
+
 def backbone_config(args: argparse.Namespace):
     from model.backbone import BackboneConfig
 
@@ -172,10 +180,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=Path, required=True)
+    add_run_args(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="predictions: .nc (NetCDF) or .npz")
-    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.add_argument("--device", default="auto")
 
@@ -199,8 +206,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
+    add_run_args(p)
     p.add_argument("--test-fmri", type=Path, default=None,
                    help="folder with {lh,rh}_test_fmri.npy (default: the virtual subject's ground truth)")
     p.add_argument("--noise-ceiling", type=Path, default=None, help="folder with {lh,rh}_noise_ceiling.npy")
@@ -262,6 +268,165 @@ def _surface(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def add_map_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``tbe interpret`` and ``tbe check-maps``."""
+    from interpret.attribution import BASELINES, Settings
+    from interpret.pipeline import DEFAULT_METHODS, DEFAULT_ROIS
+
+    s = Settings()
+    add_run_args(p)
+    p.add_argument("--split", default="val", help="val or test images (default val)")
+    p.add_argument("--n-images", type=int, default=4)
+    p.add_argument("--containing", default=None,
+                   help="only images showing this category (face, body, word, object, place; virtual subjects)")
+    p.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
+                   help=f"comma-separated (default {','.join(DEFAULT_METHODS)}); nt_<method> adds SmoothGrad")
+    p.add_argument("--rois", type=_comma_list, default=list(DEFAULT_ROIS),
+                   help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
+    p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
+    p.add_argument("--n-steps", type=int, default=s.n_steps, help="integration steps of integrated gradients")
+    p.add_argument("--internal-batch-size", type=int, default=s.internal_batch_size)
+    p.add_argument("--baseline", choices=BASELINES, default=s.baseline)
+    p.add_argument("--cache-dir", type=Path, default=None)
+
+
+def map_job(args: argparse.Namespace):
+    from interpret.attribution import Settings
+    from interpret.pipeline import MapJob
+
+    if args.n_steps < 2:
+        raise InputError("--n-steps", f"must be at least 2, got {args.n_steps}")
+    rois = None if args.rois == ["all"] else tuple(args.rois)
+    return MapJob(args.split, args.n_images, tuple(args.methods), rois, args.map_size,
+                  Settings(n_steps=args.n_steps, internal_batch_size=args.internal_batch_size, baseline=args.baseline),
+                  containing=args.containing)
+
+
+def _interpret_args(p: argparse.ArgumentParser) -> None:
+    add_map_args(p)
+    p.add_argument("--out", type=Path, required=True, help="maps as NetCDF (.nc)")
+    p.add_argument("--overlays", type=int, default=2, help="overlay figures for this many images (default 2)")
+
+
+def _interpret(args: argparse.Namespace) -> int:
+    from interpret.overlay import overlay, rois_with_maps
+    from interpret.pipeline import compute_maps, prepare, save_maps
+    from model.run import open_run
+
+    if args.out.suffix != ".nc":
+        raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
+    run = open_run(args.run, args.data_dir)
+    job = map_job(args)
+    job.check(run)
+    inputs = prepare(run, job, args.cache_dir)
+    ds = compute_maps(run, job, inputs)
+    print(save_maps(ds, args.out))
+    for i in range(min(args.overlays, len(inputs.names))):
+        for hemi in ds.hemi.values:
+            rois = rois_with_maps(ds, str(hemi))[:6]
+            if rois:
+                path = args.out.with_name(f"{args.out.stem}_overlay_{i}_{hemi}.png")
+                print(overlay(ds, inputs.images[i], i, str(hemi), rois, path))
+    return 0
+
+
+def _check_maps_args(p: argparse.ArgumentParser) -> None:
+    add_map_args(p)
+    p.add_argument("--sanity-methods", type=_comma_list, default=None,
+                   help="methods for the (costly) randomisation cascade (default: --methods)")
+    p.add_argument("--faithfulness-rois", type=_comma_list, default=None,
+                   help="ROIs for the (costly) deletion and insertion curves (default: --rois)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV) and figures (PNG)")
+
+
+def _check_maps(args: argparse.Namespace) -> int:
+    from interpret.overlay import plot_faithfulness, plot_localization, plot_sanity
+    from interpret.pipeline import check_maps, prepare
+    from model.files import write_csv
+    from model.run import open_run
+
+    run = open_run(args.run, args.data_dir)
+    job = map_job(args)
+    job.check(run)
+    inputs = prepare(run, job, args.cache_dir)
+    tables = check_maps(run, job, inputs, tuple(args.sanity_methods) if args.sanity_methods else None,
+                        faithfulness_rois=tuple(args.faithfulness_rois) if args.faithfulness_rois else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    plots = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness}
+    for name, table in tables.items():
+        write_csv(args.out / f"{name}.csv", table)
+        print(args.out / f"{name}.csv")
+        if len(table):
+            print(plots[name](table, args.out / f"{name}.png"))
+    flagged = sorted(set(tables["sanity"].loc[tables["sanity"].flagged, "method"]))
+    if flagged:
+        print(f"flagged by the randomisation test (maps barely depend on the decoder): {', '.join(flagged)}")
+    return 0
+
+
+def _selectivity_args(p: argparse.ArgumentParser) -> None:
+    from analyses.selectivity import ALPHA, N_BOOTSTRAP, N_PERMUTATIONS
+    from analyses.stats import ALTERNATIVES
+
+    add_run_args(p, subj=True)
+    p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="CSV with columns image, category and optionally mask (default: a virtual subject's "
+                        "held-out images, else the rendered localizer)")
+    p.add_argument("--categories", type=_comma_list, default=None,
+                   help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
+    p.add_argument("--n-permutations", type=int, default=N_PERMUTATIONS, help=f"label permutations per test (default {N_PERMUTATIONS})")
+    p.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples of the intervals (default {N_BOOTSTRAP})")
+    p.add_argument("--alpha", type=float, default=ALPHA, help=f"FDR level (default {ALPHA})")
+    p.add_argument("--alternative", choices=list(ALTERNATIVES), default="greater",
+                   help="category vs rest: greater (a preference, default), less or two-sided")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=None)
+
+
+def _selectivity(args: argparse.Namespace) -> int:
+    from analyses.selectivity import run_selectivity
+
+    table = run_selectivity(args.run, args.data_dir, args.out, subj=args.subj, images=args.images, labels=args.labels,
+                            n_permutations=args.n_permutations, seed=args.seed, cache_dir=args.cache_dir,
+                            categories=args.categories, alpha=args.alpha, n_bootstrap=args.n_bootstrap,
+                            alternative=args.alternative)
+    found = table[table["supported"] & table["preferred"]]
+    for source, part in found.groupby("source", sort=False):
+        print(f"{source}: " + ", ".join(f"{h}:{r} {c}" for h, r, c in zip(part.hemi, part.roi, part.category)))
+    print(args.out / "selectivity.csv")
+    return 0
+
+
+def _localizer_args(p: argparse.ArgumentParser) -> None:
+    from analyses.localizer import ALPHA
+
+    add_run_args(p, subj=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for localizer.csv, the t-maps (NetCDF) and surface/")
+    p.add_argument("--n-per-category", type=int, default=48, help="localizer images per category (default 48)")
+    p.add_argument("--alpha", type=float, default=ALPHA, help=f"FDR level of the thresholded maps (default {ALPHA})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rendered localizer images")
+    p.add_argument("--no-surface", action="store_true", help="skip the surface figures (GIFTI files are still written)")
+    p.add_argument("--cache-dir", type=Path, default=None)
+
+
+def _localizer(args: argparse.Namespace) -> int:
+    from analyses.localizer import run_localizer
+
+    table = run_localizer(args.run, args.data_dir, args.out, subj=args.subj, seed=args.seed, cache_dir=args.cache_dir,
+                          n_per_category=args.n_per_category, alpha=args.alpha, surface=not args.no_surface)
+    shown = table[table["reference"] != ""].pivot_table(index=["contrast", "reference"], columns="hemi",
+                                                        values=["dice", "dice_ceiling", "auc"])
+    print(shown.round(3).to_string())
+    print(args.out / "localizer.csv")
+    return 0
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
     p.add_argument("--n-train", type=int, default=1000)
@@ -277,6 +442,41 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    from analyses.report import NOTEBOOKS
+
+    p.add_argument("--run", type=Path, help="the run directory to report on")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
+    p.add_argument("--out", type=Path, help="report folder, e.g. reports/NAME (index.html and one HTML per notebook)")
+    p.add_argument("--notebooks", type=_comma_list, default=None,
+                   help=f"comma-separated subset of {','.join(NOTEBOOKS)} (default: all)")
+    p.add_argument("--ridge-run", type=Path, default=None, help="baseline run to compare with (encoding accuracy)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                   help="notebook parameter (YAML value: 3, 0.5, true, '[V1v, FFA-1]'); "
+                        "NOTEBOOK.NAME sets it in one notebook only; repeatable")
+    p.add_argument("--timeout", type=float, default=None, help="seconds a single notebook cell may run (default: no limit)")
+    p.add_argument("--list", action="store_true", help="list every notebook's parameters and defaults, and exit")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from analyses.report import describe_parameters, make_report, params_from_pairs
+
+    if args.list:
+        print(describe_parameters())
+        return 0
+    for option, value in (("--run", args.run), ("--out", args.out)):
+        if value is None:
+            raise InputError(option, "required (see tbe report --help)")
+    report = make_report(args.run, args.data_dir, args.out, params_from_pairs(args.parameter), args.notebooks,
+                         args.ridge_run, args.cache_dir, timeout=args.timeout)
+    print(report.index)
+    if report.failed:
+        print(f"error: notebooks failed: {', '.join(report.failed)} (see {report.index})", file=sys.stderr)
+        return 1
+    return 0
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
     "synth": ("write a virtual subject in the Algonauts layout", _synth_args, _synth),
@@ -285,7 +485,14 @@ COMMANDS: dict[str, Command] = {
     "predict": ("predict responses to any folder of images with a trained run", _predict_args, _predict),
     "score": ("score a run's test predictions (virtual subject ground truth or your files)", _score_args, _score),
     "surface": ("put per-vertex values on fsaverage: a figure and GIFTI files", _surface_args, _surface),
+    "interpret": ("attention and attribution maps of a trained run (NetCDF + overlays)", _interpret_args, _interpret),
+    "check-maps": ("sanity, localization and faithfulness checks of the maps", _check_maps_args, _check_maps),
+    "selectivity": ("ROI selectivity of predicted (and measured) responses and of attention, with permutation statistics",
+                    _selectivity_args, _selectivity),
+    "localizer": ("in-silico fLoc localizer: per-vertex contrast t-maps, predicted ROIs, Dice/AUC against the ROI masks",
+                  _localizer_args, _localizer),
     "demo": ("run the whole suite on a virtual subject", _demo_args, _demo),
+    "report": ("execute the report notebooks on a run and render them to HTML", _report_args, _report),
 }
 
 

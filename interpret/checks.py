@@ -106,7 +106,9 @@ def sanity(encoder: torch.nn.Module, maps_of: MapsFn, seed: int = 0) -> pd.DataF
 
 
 def _map_variables(ds: xr.Dataset) -> list[str]:
-    return [n for n, v in ds.data_vars.items() if {"y", "x"} <= set(v.dims) and "roi" in v.dims]
+    """Per-ROI map variables; per-head attention is checked through its head average."""
+    return [n for n, v in ds.data_vars.items() if {"y", "x", "roi"} <= set(v.dims)
+            and not ("head" in v.dims and f"{n}_mean" in ds.data_vars)]
 
 
 def _mean_comparison(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float]:

@@ -105,14 +105,16 @@ def save_maps(ds: xr.Dataset, out: str | Path) -> Path:
 
 
 def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str, ...] | None = None,
-               maps: xr.Dataset | None = None, faithfulness_rois: tuple[str, ...] | None = None) -> dict[str, pd.DataFrame]:
+               maps: xr.Dataset | None = None, faithfulness_rois: tuple[str, ...] | None = None,
+               faithfulness_images: int | None = None) -> dict[str, pd.DataFrame]:
     """Sanity, localization (virtual subjects) and faithfulness tables.
 
     ``maps`` are the job's maps if already computed; ``sanity_methods`` the
     (cheaper) methods to recompute at every randomisation step;
-    ``faithfulness_rois`` the ROIs whose deletion and insertion curves are
-    measured (default: the job's), since every curve re-runs the backbone
-    once per step, image, method and ROI.
+    ``faithfulness_rois`` and ``faithfulness_images`` the ROIs and the number
+    of the job's images whose deletion and insertion curves are measured
+    (default: all), since every curve re-runs the backbone once per step,
+    image, method and ROI.
     """
     ds = compute_maps(run, job, inputs) if maps is None else maps
     tables: dict[str, pd.DataFrame] = {}
@@ -130,5 +132,7 @@ def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str,
         log.info("localization skipped: %s has no ground truth (not a virtual subject)", run.subject.root)
     rois = faithfulness_rois or job.rois
     targets = roi_targets(run, list(rois) if rois else None)
-    tables["faithfulness"] = checks.faithfulness(ds, inputs.backbone, run.model, targets, inputs.images, inputs.grid)
+    n = faithfulness_images or len(inputs.names)
+    tables["faithfulness"] = checks.faithfulness(ds.isel(image=slice(n)), inputs.backbone, run.model, targets,
+                                                 inputs.images[:n], inputs.grid)
     return tables
