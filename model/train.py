@@ -169,6 +169,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     procs = setup_processes(device)
     out = Path(out)
     arch = architecture(config.encoder_arch)
+    config.data_dir = str(Path(config.data_dir).resolve())  # a run must open from any working directory
     subject = load_subject(config.data_dir, config.subj)
     queries = build_queries(subject, config.readout_res)
     config.queries, config.n_vertices = queries.names, dict(queries.n_vertices)

@@ -169,3 +169,13 @@ def test_ddp_matches_single_process(small_data, cache_dir, tmp_path):
         assert torch.allclose(a[key], b[key], atol=5e-3), key
     p1, p2 = (np.load(tmp_path / r / "lh_pred_test.npy").ravel() for r in ("single", "ddp"))
     assert np.corrcoef(p1, p2)[0, 1] > 0.999  # the attention-gated readout passes reduction-order noise on
+
+
+def test_a_run_trained_from_a_relative_data_dir_opens_anywhere(small_data, cache_dir, tmp_path, monkeypatch):
+    """`tbe demo --out demo` passes relative paths; the run must still open from another folder."""
+    monkeypatch.chdir(small_data.parent)
+    out = tmp_path / "ridge"
+    assert tbe("-q", "train", "--data-dir", small_data.name, "--cache-dir", cache_dir, "--out", out,
+               "--encoder-arch", "ridge", *QUICK_TRAIN) == 0
+    monkeypatch.chdir(tmp_path)
+    assert open_run(out).config.data_dir == str(small_data.resolve())
