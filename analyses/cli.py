@@ -46,9 +46,12 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
-def add_run_args(p: argparse.ArgumentParser, subj: bool = False) -> None:
-    """A trained run, and optionally another data directory (or subject) than the one it was trained on."""
-    p.add_argument("--run", type=Path, required=True, help="run directory written by tbe train")
+def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool = True) -> None:
+    """A trained run, and optionally another data directory (or subject) than the one it was trained on.
+
+    ``required=False`` leaves the check to the command (``tbe report --list`` needs no run).
+    """
+    p.add_argument("--run", type=Path, required=required, help="run directory written by tbe train")
     p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
     if subj:
         p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's)")
@@ -344,9 +347,7 @@ def _check_maps_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_maps(args: argparse.Namespace) -> int:
-    from interpret.overlay import plot_faithfulness, plot_localization, plot_sanity
-    from interpret.pipeline import check_maps, prepare
-    from model.files import write_csv
+    from interpret.pipeline import check_maps, prepare, save_check_tables
     from model.run import open_run
 
     run = open_run(args.run, args.data_dir)
@@ -355,13 +356,8 @@ def _check_maps(args: argparse.Namespace) -> int:
     inputs = prepare(run, job, args.cache_dir)
     tables = check_maps(run, job, inputs, tuple(args.sanity_methods) if args.sanity_methods else None,
                         faithfulness_rois=tuple(args.faithfulness_rois) if args.faithfulness_rois else None)
-    args.out.mkdir(parents=True, exist_ok=True)
-    plots = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness}
-    for name, table in tables.items():
-        write_csv(args.out / f"{name}.csv", table)
-        print(args.out / f"{name}.csv")
-        if len(table):
-            print(plots[name](table, args.out / f"{name}.png"))
+    for path in save_check_tables(tables, args.out):
+        print(path)
     flagged = sorted(set(tables["sanity"].loc[tables["sanity"].flagged, "method"]))
     if flagged:
         print(f"flagged by the randomisation test (maps barely depend on the decoder): {', '.join(flagged)}")
@@ -445,8 +441,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _report_args(p: argparse.ArgumentParser) -> None:
     from analyses.report import NOTEBOOKS
 
-    p.add_argument("--run", type=Path, help="the run directory to report on")
-    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
+    add_run_args(p, required=False)
     p.add_argument("--out", type=Path, help="report folder, e.g. reports/NAME (index.html and one HTML per notebook)")
     p.add_argument("--notebooks", type=_comma_list, default=None,
                    help=f"comma-separated subset of {','.join(NOTEBOOKS)} (default: all)")

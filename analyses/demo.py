@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from interpret.attribution import Settings
-from interpret.overlay import overlay, plot_faithfulness, plot_localization, plot_sanity
-from interpret.pipeline import MapJob, check_maps, compute_maps, prepare, save_maps
+from interpret.overlay import overlay
+from interpret.pipeline import MapJob, check_maps, compute_maps, prepare, save_check_tables, save_maps
 from model.architectures import RidgeConfig
 from model.backbone import BackboneConfig
 from model.encoder import DecoderConfig
@@ -148,11 +148,7 @@ def interpret_demo(run_dir: Path, paths: DemoPaths) -> None:
     inputs = prepare(run, DEMO_CHECKS, paths.cache)
     tables = check_maps(run, DEMO_CHECKS, inputs, DEMO_SANITY_METHODS, faithfulness_rois=DEMO_FAITHFULNESS_ROIS,
                         faithfulness_images=DEMO_FAITHFULNESS_IMAGES)
-    checks_dir.mkdir(parents=True, exist_ok=True)
-    plots = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness}
-    for name, table in tables.items():
-        write_csv(checks_dir / f"{name}.csv", table)
-        plots[name](table, checks_dir / f"{name}.png")
+    save_check_tables(tables, checks_dir)
 
 
 def selectivity_demo(run_dir: Path, paths: DemoPaths) -> None:

@@ -192,10 +192,9 @@ def prepare_images(run, job, cache_dir: str | Path | None = None, images: Any = 
     ``random`` (``job.n_images`` drawn with ``seed``), or a list of file
     names or positions within the split.
     """
-    from interpret.maps import MapGrid, load_images, select_images
-    from interpret.pipeline import Inputs, prepare
+    from interpret.maps import select_images
+    from interpret.pipeline import load_inputs, prepare
     from model.errors import InputError
-    from model.features import extract_features
 
     chosen = as_list(images)
     if chosen is None:
@@ -214,10 +213,7 @@ def prepare_images(run, job, cache_dir: str | Path | None = None, images: Any = 
                 paths.append(pool[int(item)])
             else:
                 raise InputError("images", f"{item!r} is neither a {job.split} image name nor a position below {len(pool)}")
-    backbone = run.backbone()
-    feats = extract_features(backbone, paths, cache_dir, desc="features")
-    return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(feats.features),
-                  MapGrid.for_backbone(backbone, job.map_size), backbone)
+    return load_inputs(run, paths, job.map_size, cache_dir)
 
 
 def present_rois(ds, hemi: str, variable: str) -> list[str]:

@@ -29,7 +29,7 @@ from scipy.integrate import trapezoid
 from skimage.metrics import structural_similarity
 
 from model.backbone import Backbone
-from model.rois import EARLY_VISUAL, HEMIS
+from model.rois import EARLY_VISUAL
 from model.virtual.stimuli import CATEGORIES, FIELD_OF_VIEW_DEG
 from model.virtual.truth import GroundTruth
 
@@ -213,6 +213,10 @@ def masks_on_grid(masks: np.ndarray, grid: MapGrid) -> np.ndarray:
 # Faithfulness: deletion and insertion
 # --------------------------------------------------------------------------
 
+#: deletion: patches go from the image to its blurred copy; insertion: the other way
+FAITHFULNESS_MODES = ("deletion", "insertion")
+
+
 @torch.no_grad()
 def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, targets: Targets,
                  images: torch.Tensor, grid: MapGrid, steps: int = 8, seed: int = 0) -> pd.DataFrame:
@@ -230,30 +234,38 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
     rows_n, cols_n = -(-side // patch), -(-side // patch)
     n_patches = rows_n * cols_n
     fractions = np.linspace(0, 1, steps + 1)
+    counts = [int(round(f * n_patches)) for f in fractions[1:-1]]
     rng = np.random.default_rng(seed)
-    orders = {name: None for name in _map_variables(ds)}
-    orders["random"] = None
+    methods = _map_variables(ds)
     target_index = {(h, r): t for t, (h, r) in enumerate(zip(targets.hemis, targets.rois))}
+
+    def curve(i: int, mode: str, order: np.ndarray) -> np.ndarray:
+        """Outputs (steps - 1, targets) on the way between the intact and the blurred image, by ``order``."""
+        start, end = (images[i], blurred[i]) if mode == "deletion" else (blurred[i], images[i])
+        return model(torch.stack([_compose(start, end, order[:k], patch, cols_n) for k in counts])).numpy()
+
     rows = []
-    for (hemi, roi), t in target_index.items():
-        for i in range(len(images)):
-            for name in orders:
+    for i in range(len(images)):
+        intact, blank = model(torch.stack([images[i], blurred[i]])).numpy()
+        random_order = rng.permutation(n_patches)  # one per image: its curves serve every target at once
+        random_curves = {mode: curve(i, mode, random_order) for mode in FAITHFULNESS_MODES}
+        for (hemi, roi), t in target_index.items():
+            for name in (*methods, "random"):
                 if name == "random":
-                    order = rng.permutation(n_patches)
+                    inner = {mode: c[:, t] for mode, c in random_curves.items()}
                 else:
                     arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
                     m = torch.from_numpy(np.nan_to_num(arr.sel(hemi=hemi, roi=roi).values[i]))
                     order = np.argsort(-_patch_scores(m, rows_n, cols_n).numpy().ravel(), kind="stable")
-                curves = {}
-                for mode, start, end in (("deletion", images[i], blurred[i]), ("insertion", blurred[i], images[i])):
-                    batch = torch.stack([_compose(start, end, order[: int(round(f * n_patches))], patch, cols_n)
-                                         for f in fractions])
-                    f = model(batch)[:, t].numpy()
-                    intact, blank = (f[0], f[-1]) if mode == "deletion" else (f[-1], f[0])
-                    norm = (f - blank) / (intact - blank) if abs(intact - blank) > 1e-8 else np.full_like(f, np.nan)
-                    curves[mode] = float(trapezoid(norm, fractions))
-                rows.append({"method": name, "hemi": hemi, "roi": roi, "image": i,
-                             "deletion_auc": curves["deletion"], "insertion_auc": curves["insertion"]})
+                    inner = {mode: curve(i, mode, order)[:, t] for mode in FAITHFULNESS_MODES}
+                row = {"method": name, "hemi": hemi, "roi": roi, "image": i}
+                for mode, values in inner.items():
+                    first, last = (intact[t], blank[t]) if mode == "deletion" else (blank[t], intact[t])
+                    f = np.concatenate([[first], values, [last]])
+                    gap = intact[t] - blank[t]
+                    norm = (f - blank[t]) / gap if abs(gap) > 1e-8 else np.full_like(f, np.nan)
+                    row[f"{mode}_auc"] = float(trapezoid(norm, fractions))
+                rows.append(row)
     table = pd.DataFrame(rows)
     return table.groupby(["method", "hemi", "roi"], as_index=False)[["deletion_auc", "insertion_auc"]].mean()
 

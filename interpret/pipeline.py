@@ -12,7 +12,7 @@ import xarray as xr
 
 from model.errors import InputError
 from model.features import extract_features
-from model.files import atomic_path
+from model.files import atomic_path, write_csv
 from model.rois import EARLY_VISUAL, HEMIS
 from model.run import Run
 from model.virtual.truth import has_ground_truth, load_ground_truth
@@ -21,6 +21,7 @@ from . import checks
 from .attention import backbone_attention, decoder_attention
 from .attribution import Settings, attribute, method
 from .maps import MapGrid, load_images, roi_targets, select_images
+from .overlay import plot_faithfulness, plot_localization, plot_sanity
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,17 @@ class Inputs:
 
 
 def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str = "cpu") -> Inputs:
-    paths = select_images(run, job.split, job.n_images, job.containing)
+    """The job's images (see :func:`~interpret.maps.select_images`), their tokens and map grid."""
+    return load_inputs(run, select_images(run, job.split, job.n_images, job.containing), job.map_size, cache_dir, device)
+
+
+def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_dir: str | Path | None = None,
+                device: str = "cpu") -> Inputs:
+    """These images, their tokens (from the feature cache when there) and the map grid."""
     backbone = run.backbone()
     feats = extract_features(backbone, paths, cache_dir, device=device, desc="features")
     return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(feats.features),
-                  MapGrid.for_backbone(backbone, job.map_size), backbone)
+                  MapGrid.for_backbone(backbone, map_size), backbone)
 
 
 def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module | None = None) -> xr.Dataset:
@@ -123,11 +130,7 @@ def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str,
     log.info("sanity: cascading randomisation of the decoder")
     tables["sanity"] = checks.sanity(run.model, lambda enc: compute_maps(run, sanity_job, inputs, encoder=enc))
     if has_ground_truth(run.subject.root):
-        truth = load_ground_truth(run.subject.root)
-        folder = "train" if job.split == "val" else "test"
-        masks = checks.masks_on_grid(truth.masks(folder, inputs.names), inputs.grid)
-        roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values if r != "unknown"}
-        tables["localization"] = checks.localization(ds, truth, roi_masks, masks, inputs.grid)
+        tables["localization"] = localize(run, inputs, ds)
     else:
         log.info("localization skipped: %s has no ground truth (not a virtual subject)", run.subject.root)
     rois = faithfulness_rois or job.rois
@@ -136,3 +139,31 @@ def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str,
     tables["faithfulness"] = checks.faithfulness(ds.isel(image=slice(n)), inputs.backbone, run.model, targets,
                                                  inputs.images[:n], inputs.grid)
     return tables
+
+
+def localize(run: Run, inputs: Inputs, ds: xr.Dataset) -> pd.DataFrame:
+    """How well the maps ``ds`` of ``inputs`` point to what a virtual subject planted.
+
+    See :func:`interpret.checks.localization`; validation images are held-out
+    training images, so their truth lives with the training images.
+    """
+    truth = load_ground_truth(run.subject.root)
+    folder = "test" if ds.attrs.get("split") == "test" else "train"
+    masks = checks.masks_on_grid(truth.masks(folder, inputs.names), inputs.grid)
+    roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values if r != "unknown"}
+    return checks.localization(ds, truth, roi_masks, masks, inputs.grid)
+
+
+CHECK_PLOTS = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness}
+
+
+def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """Write each table of :func:`check_maps` as ``NAME.csv`` and, when not empty, its figure ``NAME.png``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        written.append(write_csv(out_dir / f"{name}.csv", table))
+        if len(table):
+            written.append(CHECK_PLOTS[name](table, out_dir / f"{name}.png"))
+    return written

@@ -118,7 +118,8 @@ def digest_json(obj: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def write_csv(path: str | os.PathLike, table) -> None:
-    """Write a pandas table as CSV (no index), atomically."""
+def write_csv(path: str | os.PathLike, table) -> Path:
+    """Write a pandas table as CSV (no index), atomically; returns the path."""
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
+    return Path(path)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES
+from .rois import HEMIS, NON_STREAM_CLASSES
 from .subject import Subject
 
 UNASSIGNED = "unknown"

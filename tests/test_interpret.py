@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -9,12 +10,10 @@ import xarray as xr
 from interpret import checks
 from interpret.attribution import ImageModel, Settings, baseline_images
 from interpret.maps import MapGrid, roi_targets
-from interpret.pipeline import MapJob, check_maps, compute_maps, prepare
+from interpret.pipeline import MapJob, check_maps, compute_maps, localize, prepare
 from model.encoder import BrainEncoder, DecoderConfig
-from model.errors import InputError
-from model.rois import EARLY_VISUAL, HEMIS
+from model.rois import EARLY_VISUAL
 from model.run import open_run
-from model.virtual.truth import load_ground_truth
 
 from .conftest import tbe
 from .test_encoder import _random_queries
@@ -108,13 +107,6 @@ def face_maps(trained_run, cache_dir):
     return run, job, inputs, compute_maps(run, job, inputs)
 
 
-def _localization(run, inputs, ds):
-    truth = load_ground_truth(run.subject.root)
-    masks = checks.masks_on_grid(truth.masks("train", inputs.names), inputs.grid)
-    roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values}
-    return checks.localization(ds, truth, roi_masks, masks, inputs.grid)
-
-
 def test_early_visual_maps_point_to_the_planted_quadrant(map_checks):
     _, _, _, _, tables = map_checks
     loc = tables["localization"]
@@ -129,7 +121,7 @@ def test_early_visual_maps_point_to_the_planted_quadrant(map_checks):
 def test_face_relevance_exceeds_chance(face_maps):
     run, _, inputs, ds = face_maps
     assert len(inputs.names) >= 3  # the small subject has few validation images with faces
-    loc = _localization(run, inputs, ds)
+    loc = localize(run, inputs, ds)
     mass = loc[loc.measure == "relevance_mass"]
     for name in LOCALIZED:
         rows = mass[mass.method == name]
@@ -139,15 +131,15 @@ def test_face_relevance_exceeds_chance(face_maps):
 def test_randomised_decoder_drops_to_chance(map_checks, face_maps):
     run, job, inputs, _, tables = map_checks
     *_, (_, random_encoder) = checks.randomised(run.model, seed=1)
-    loc = _localization(run, inputs, compute_maps(run, job, inputs, encoder=random_encoder))
+    loc = localize(run, inputs, compute_maps(run, job, inputs, encoder=random_encoder))
     trained = tables["localization"]
     for name in LOCALIZED:
         q_before = trained[(trained.method == name) & (trained.measure == "same_quadrant")].value.mean()
         q_after = loc[(loc.method == name) & (loc.measure == "same_quadrant")].value.mean()
         assert q_after < q_before - 0.2 and q_after < 0.45, (name, q_before, q_after)
     run, job, inputs, ds = face_maps
-    before = _localization(run, inputs, ds)
-    after = _localization(run, inputs, compute_maps(run, job, inputs, encoder=random_encoder))
+    before = localize(run, inputs, ds)
+    after = localize(run, inputs, compute_maps(run, job, inputs, encoder=random_encoder))
     for name in LOCALIZED:
         gain = [table[(table.method == name) & (table.measure == "relevance_mass")].eval("value / chance").mean()
                 for table in (before, after)]
@@ -162,6 +154,40 @@ def test_faithfulness_beats_random_order(map_checks):
     f = tables["faithfulness"].groupby("method")[["deletion_auc", "insertion_auc"]].mean()
     assert f.loc["token_integrated_gradients", "deletion_auc"] < f.loc["random", "deletion_auc"]
     assert f.loc["token_integrated_gradients", "insertion_auc"] > f.loc["random", "insertion_auc"]
+
+
+def test_faithfulness_curve_matches_its_definition(map_checks):
+    """One image, one ROI: the AUCs equal the curve built patch by patch from the definition."""
+    run, _, inputs, ds, _ = map_checks
+    one = ds[["token_integrated_gradients"]].isel(image=slice(1))
+    targets = roi_targets(run, ["hV4"])
+    table = checks.faithfulness(one, inputs.backbone, run.model, targets, inputs.images[:1], inputs.grid, steps=4)
+    model = ImageModel(inputs.backbone, run.model, targets).eval()
+    image = inputs.images[0]
+    blurred = baseline_images(inputs.images[:1], "blur", inputs.backbone)[0]
+    patch, side = inputs.backbone.patch, image.shape[-1]
+    cols = -(-side // patch)
+    score = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(one["token_integrated_gradients"].sel(hemi=targets.hemis[0], roi="hV4").values[0])[None, None],
+        (cols, cols)).ravel()
+    order = np.argsort(-score.numpy(), kind="stable")
+    fractions = np.linspace(0, 1, 5)
+    for mode, start, end in (("deletion", image, blurred), ("insertion", blurred, image)):
+        curve = []
+        for f in fractions:
+            x = start.clone()
+            for k in order[: int(round(f * cols * cols))]:
+                r, c = divmod(int(k), cols)
+                x[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = end[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+            with torch.no_grad():
+                curve.append(float(model(x[None])[0, 0]))
+        with torch.no_grad():
+            intact, blank = (float(v) for v in model(torch.stack([image, blurred]))[:, 0])
+        expected = np.trapezoid((np.array(curve) - blank) / (intact - blank), fractions)
+        row = (table.method == "token_integrated_gradients") & (table.hemi == targets.hemis[0])
+        got = table.loc[row, f"{mode}_auc"].item()
+        assert got == pytest.approx(expected, rel=1e-4, abs=1e-5), mode
+    assert set(table.method) == {"token_integrated_gradients", "random"}
 
 
 def test_maps_dataset_layout(map_checks):
@@ -181,6 +207,20 @@ def test_interpret_command_writes_netcdf_and_overlays(trained_run, cache_dir, tm
     assert np.isfinite(ds["attention"].values).all()  # the backbone's heads do not pad the decoder's
     assert ds.image.values[0].startswith("test-0001")
     assert (tmp_path / "maps_overlay_0_lh.png").stat().st_size > 5000
+
+
+def test_check_maps_command_writes_the_three_tables_and_figures(trained_run, cache_dir, tmp_path, capsys):
+    out = tmp_path / "checks"
+    assert tbe("-q", "check-maps", "--run", trained_run, "--split", "test", "--n-images", "2",
+               "--methods", "attention", "--rois", "V1v,FFA-1", "--faithfulness-rois", "V1v",
+               "--out", out, "--cache-dir", cache_dir) == 0
+    printed = capsys.readouterr().out.split()
+    for name in ("sanity", "localization", "faithfulness"):
+        table = pd.read_csv(out / f"{name}.csv")
+        assert len(table) and set(table.method) >= {"attention_mean"}, (name, table)
+        assert (out / f"{name}.png").stat().st_size > 5000 and str(out / f"{name}.png") in printed
+    loc = pd.read_csv(out / "localization.csv")  # test images: scored against the test images' truth
+    assert {"same_quadrant", "centre_error_deg"} <= set(loc[loc.roi == "V1v"].measure)
 
 
 @pytest.mark.parametrize("option, value, message", [
