@@ -4,8 +4,11 @@ Writes a virtual subject with NSD subject 1's sizes (fsaverage6 density, 19004 +
 20544 challenge vertices, 9841 training and 159 test images; 112-px images so
 features are quick), then trains one epoch of the transformer in a child
 process and prints its peak resident memory next to the size of the fMRI.
-Memory-mapped pages that training reads count towards the resident size, so
-"holds the fMRI at most once" means peak RSS < 2 x fMRI bytes.
+Training reads fMRI rows with plain file reads (``model.files.read_rows``),
+so the file stays in the kernel's page cache; pages read through a memory map
+would count towards the resident size, and the kernel maps far more than the
+rows asked for. "Holds the fMRI at most once" means peak RSS < 2 x fMRI bytes
+(torch alone takes about 0.5 GiB).
 
     python benchmarks/bench_memory.py [--work DIR] [--keep]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -123,3 +124,41 @@ def write_csv(path: str | os.PathLike, table) -> Path:
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
     return Path(path)
+
+
+def read_rows(array: np.ndarray, idx) -> np.ndarray:
+    """``array[idx]`` (``idx`` a slice or 1-D integer array of rows) as a new in-memory array.
+
+    A memory-mapped .npy array is read with plain file reads, not through
+    its map: pages faulted in through a map count towards the process's
+    resident memory, and the kernel maps far more than the rows asked for,
+    so an epoch over a memory-mapped fMRI would grow the process by about
+    the file's size. File reads leave those pages to the shared, reclaimable
+    page cache.
+    """
+    if not (isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.flags.c_contiguous):
+        return np.array(array[idx])
+    positions = np.arange(array.shape[0])[idx]
+    if positions.ndim != 1:
+        return np.array(array[idx])
+    out = np.empty((len(positions), *array.shape[1:]), array.dtype)
+    if out.size == 0:
+        return out
+    row_bytes = out.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    raw = out.reshape(len(positions), -1).view(np.uint8)
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1  # runs of consecutive rows: one read each
+    with open(array.filename, "rb", buffering=0) as f:
+        for run in np.split(np.arange(len(positions)), breaks):
+            if run.size:
+                f.seek(array.offset + int(positions[run[0]]) * row_bytes)
+                _read_exactly(f, memoryview(raw[run[0]:run[-1] + 1]).cast("B"), array.filename)
+    return out
+
+
+def _read_exactly(f, view: memoryview, name: str) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise OSError(f"{name}: file ended early (truncated?)")
+        done += n

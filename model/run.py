@@ -29,7 +29,7 @@ from .architectures import RidgeConfig, build_encoder
 from .backbone import BackboneConfig
 from .encoder import DecoderConfig
 from .errors import InputError
-from .files import atomic_path, write_json
+from .files import atomic_path, read_rows, write_json
 from .readout import QuerySet, build_queries
 from .subject import Subject, load_subject
 
@@ -219,7 +219,7 @@ def iter_batches(features: np.ndarray, indices: np.ndarray, batch_size: int) -> 
     """float32 tensors of ``features[indices]`` in batches (reads memory-mapped rows lazily)."""
     for start in range(0, len(indices), batch_size):
         idx = np.asarray(indices[start:start + batch_size])
-        yield torch.from_numpy(np.asarray(features[idx], np.float32))
+        yield torch.from_numpy(read_rows(features, idx).astype(np.float32, copy=False))
 
 
 # --------------------------------------------------------------------------

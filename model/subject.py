@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .files import read_rows
 from .rois import HEMIS, ROI_CLASSES, ROI_TO_CLASS, UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -296,12 +297,16 @@ def _load_array(path: Path, ndim: int, kind: str, mmap: bool = False) -> np.ndar
 
 
 def _check_nans(path: Path, data: np.ndarray, chunk_rows: int = 512) -> np.ndarray:
-    """Indices of all-NaN vertices; any other NaN is an error naming the first row."""
+    """Indices of all-NaN vertices; any other NaN is an error naming the first row.
+
+    Reads ``chunk_rows`` rows at a time with :func:`~model.files.read_rows`,
+    so scanning a memory-mapped fMRI leaves none of it resident.
+    """
     n_rows, n_cols = data.shape
     any_nan_col = np.zeros(n_cols, bool)
     all_nan_col = np.ones(n_cols, bool)
     for start in range(0, n_rows, chunk_rows):
-        isnan = np.isnan(data[start:start + chunk_rows])
+        isnan = np.isnan(read_rows(data, slice(start, start + chunk_rows)))
         any_nan_col |= isnan.any(0)
         all_nan_col &= isnan.all(0)
     partial = any_nan_col & ~all_nan_col

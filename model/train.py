@@ -29,11 +29,11 @@ from .architectures import architecture, build_encoder
 from .device import autocast, pick_device
 from .errors import InputError
 from .features import FeatureSet, subject_features
-from .files import atomic_path, save_npy, write_json
+from .files import atomic_path, read_rows, save_npy, write_json
 from .metrics import pearson_r, roi_summary
 from .readout import build_queries
 from .rois import HEMIS
-from .run import (CHECKPOINT, METRICS, VAL_INDICES, WEIGHTS, RunConfig, check_matches, iter_batches, load_weights,
+from .run import (CHECKPOINT, METRICS, VAL_INDICES, WEIGHTS, RunConfig, iter_batches, load_weights,
                   predict, read_config, save_weights, write_config)
 from .subject import Subject, load_subject, train_val_split
 
@@ -93,11 +93,14 @@ class Targets:
         self.valid = np.concatenate(valid)
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
+        """float32 rows ``idx`` of both hemispheres side by side, NaN (all-NaN vertices) as 0."""
         order = np.argsort(idx)  # sequential reads from the memory maps
-        rows = np.concatenate([np.asarray(f[idx[order]], np.float32) for f in self.fmri], axis=1)
-        out = np.empty_like(rows)
-        out[order] = rows
-        return np.nan_to_num(out, nan=0.0)
+        out = np.empty((len(idx), sum(f.shape[1] for f in self.fmri)), np.float32)
+        start = 0
+        for f in self.fmri:
+            out[order, start:start + f.shape[1]] = read_rows(f, idx[order])
+            start += f.shape[1]
+        return np.nan_to_num(out, copy=False, nan=0.0)
 
 
 def hemisphere_mse(pred: torch.Tensor, true: torch.Tensor, valid: torch.Tensor, bounds: list[slice]) -> torch.Tensor:
@@ -268,7 +271,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
             if len(shard) == 0:  # every process must step together; contribute nothing
                 shard, weight = batch[:1], 0.0
             rows = train_idx[shard]
-            x = torch.from_numpy(np.asarray(train_feats.features[rows], np.float32)).to(device)
+            x = torch.from_numpy(read_rows(train_feats.features, rows).astype(np.float32, copy=False)).to(device)
             y = torch.from_numpy(targets.rows(rows)).to(device)
             with autocast(device):
                 pred = net(x)["pred"]
@@ -287,7 +290,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "seconds": seconds, "images_per_second": n / seconds}
         if procs.main:
-            _, means = validation_r(predict(model, train_feats.features[val_idx], device=device), val_true, targets.valid, bounds)
+            _, means = validation_r(predict(model, read_rows(train_feats.features, val_idx), device=device), val_true, targets.valid, bounds)
             entry.update({"val_r_lh": means["lh"], "val_r_rh": means["rh"], "val_r": means["mean"]})
             if means["mean"] > state["best_r"]:
                 state["best_r"], state["best_epoch"] = means["mean"], epoch + 1
@@ -307,7 +310,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
 def _finish(model, config: RunConfig, subject: Subject, feats, targets: Targets, val_idx, bounds, out: Path,
             history, best_epoch, elapsed: float, procs: Processes) -> None:
     """Validation r, test predictions, and metrics.json (written last)."""
-    val_pred = predict(model, feats["train"].features[val_idx], device=procs.device)
+    val_pred = predict(model, read_rows(feats["train"].features, val_idx), device=procs.device)
     r, means = validation_r(val_pred, targets.rows(val_idx), targets.valid, bounds)
     test_pred = predict(model, feats["test"].features, device=procs.device)
     per_hemi = {}
