@@ -259,10 +259,10 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
                     order = np.argsort(-_patch_scores(m, rows_n, cols_n).numpy().ravel(), kind="stable")
                     inner = {mode: curve(i, mode, order)[:, t] for mode in FAITHFULNESS_MODES}
                 row = {"method": name, "hemi": hemi, "roi": roi, "image": i}
+                gap = intact[t] - blank[t]
                 for mode, values in inner.items():
                     first, last = (intact[t], blank[t]) if mode == "deletion" else (blank[t], intact[t])
                     f = np.concatenate([[first], values, [last]])
-                    gap = intact[t] - blank[t]
                     norm = (f - blank[t]) / gap if abs(gap) > 1e-8 else np.full_like(f, np.nan)
                     row[f"{mode}_auc"] = float(trapezoid(norm, fractions))
                 rows.append(row)

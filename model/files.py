@@ -149,9 +149,8 @@ def read_rows(array: np.ndarray, idx) -> np.ndarray:
     breaks = np.flatnonzero(np.diff(positions) != 1) + 1  # runs of consecutive rows: one read each
     with open(array.filename, "rb", buffering=0) as f:
         for run in np.split(np.arange(len(positions)), breaks):
-            if run.size:
-                f.seek(array.offset + int(positions[run[0]]) * row_bytes)
-                _read_exactly(f, memoryview(raw[run[0]:run[-1] + 1]).cast("B"), array.filename)
+            f.seek(array.offset + int(positions[run[0]]) * row_bytes)
+            _read_exactly(f, memoryview(raw[run[0]:run[-1] + 1]).cast("B"), array.filename)
     return out
 
 

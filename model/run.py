@@ -202,14 +202,15 @@ def check_matches(where: Path, config: RunConfig, queries: QuerySet) -> None:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, features: np.ndarray, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
-    """Predictions (N, V) float32 for cached features (N, T, C)."""
+def predict(model: torch.nn.Module, features: np.ndarray, indices: np.ndarray | None = None, batch_size: int = 64,
+            device: torch.device | str = "cpu") -> np.ndarray:
+    """Predictions (N, V) float32 for cached features (N, T, C), or for their rows ``indices``."""
     from .device import autocast
 
     device = torch.device(device)
     model = model.to(device).eval()
     out = []
-    for batch in iter_batches(features, np.arange(len(features)), batch_size):
+    for batch in iter_batches(features, np.arange(len(features)) if indices is None else indices, batch_size):
         with autocast(device):
             out.append(model(batch.to(device))["pred"].float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

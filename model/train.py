@@ -196,7 +196,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
 
     torch.manual_seed(config.train.seed)
     model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
-    model.set_feature_stats(feats["train"].features[np.sort(train_idx)[:STATS_IMAGES]])
+    model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
     start = time.perf_counter()
     if arch.closed_form:
         model.core.fit(lambda: (model.normalise(b) for b in iter_batches(feats["train"].features, train_idx, 256)),
@@ -290,7 +290,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
         seconds = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "seconds": seconds, "images_per_second": n / seconds}
         if procs.main:
-            _, means = validation_r(predict(model, read_rows(train_feats.features, val_idx), device=device), val_true, targets.valid, bounds)
+            _, means = validation_r(predict(model, train_feats.features, val_idx, device=device), val_true, targets.valid, bounds)
             entry.update({"val_r_lh": means["lh"], "val_r_rh": means["rh"], "val_r": means["mean"]})
             if means["mean"] > state["best_r"]:
                 state["best_r"], state["best_epoch"] = means["mean"], epoch + 1
@@ -310,7 +310,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
 def _finish(model, config: RunConfig, subject: Subject, feats, targets: Targets, val_idx, bounds, out: Path,
             history, best_epoch, elapsed: float, procs: Processes) -> None:
     """Validation r, test predictions, and metrics.json (written last)."""
-    val_pred = predict(model, read_rows(feats["train"].features, val_idx), device=procs.device)
+    val_pred = predict(model, feats["train"].features, val_idx, device=procs.device)
     r, means = validation_r(val_pred, targets.rows(val_idx), targets.valid, bounds)
     test_pred = predict(model, feats["test"].features, device=procs.device)
     per_hemi = {}

@@ -51,6 +51,8 @@ def test_safetensors_round_trip(trained_run, cache_dir):
     pred = predict(run.model, feats["test"].features)
     for hemi in HEMIS:
         assert np.allclose(pred[:, run.hemi_slice(hemi)], np.load(trained_run / f"{hemi}_pred_test.npy"), atol=1e-5)
+    rows = np.array([7, 2, 3, 0])  # predict reads only these rows of the memory-mapped features, in this order
+    assert np.allclose(predict(run.model, feats["test"].features, rows, batch_size=3), pred[rows], atol=1e-5)
 
 
 def test_corrupted_or_mismatched_checkpoint_is_refused(trained_run, tmp_path, small_data):
