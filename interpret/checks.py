@@ -225,7 +225,8 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
     Patches are the backbone's (one token each); removed patches are
     replaced by a blurred copy of the image. Curves are normalised so the
     intact image is 1 and the fully blurred one 0; deletion should fall
-    fast (low AUC), insertion rise fast (high AUC).
+    fast (low AUC), insertion rise fast (high AUC). Images are averaged
+    with weights ``|intact - blurred|`` (:func:`gap_weighted_mean`).
     """
     model = ImageModel(backbone, encoder, targets).eval()
     blurred = baseline_images(images, "blur", backbone)
@@ -258,16 +259,34 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
                     m = torch.from_numpy(np.nan_to_num(arr.sel(hemi=hemi, roi=roi).values[i]))
                     order = np.argsort(-_patch_scores(m, rows_n, cols_n).numpy().ravel(), kind="stable")
                     inner = {mode: curve(i, mode, order)[:, t] for mode in FAITHFULNESS_MODES}
-                row = {"method": name, "hemi": hemi, "roi": roi, "image": i}
                 gap = intact[t] - blank[t]
+                row = {"method": name, "hemi": hemi, "roi": roi, "image": i, "gap": gap}
                 for mode, values in inner.items():
                     first, last = (intact[t], blank[t]) if mode == "deletion" else (blank[t], intact[t])
                     f = np.concatenate([[first], values, [last]])
                     norm = (f - blank[t]) / gap if abs(gap) > 1e-8 else np.full_like(f, np.nan)
                     row[f"{mode}_auc"] = float(trapezoid(norm, fractions))
                 rows.append(row)
-    table = pd.DataFrame(rows)
-    return table.groupby(["method", "hemi", "roi"], as_index=False)[["deletion_auc", "insertion_auc"]].mean()
+    return gap_weighted_mean(pd.DataFrame(rows))
+
+
+def gap_weighted_mean(per_image: pd.DataFrame) -> pd.DataFrame:
+    """Per method x hemi x ROI, the images' AUCs averaged with weights ``|gap|``.
+
+    An image whose blurred copy changes the target little (gap near 0) has
+    a normalised curve that is mostly noise divided by almost nothing; a
+    plain mean let one such image put the AUC at 6. Weighting by ``|gap|``
+    is the ratio of summed areas to summed gaps, so those images count for
+    as little as they tell. ``mean_abs_gap`` is reported beside the AUCs.
+    """
+    weight = per_image["gap"].abs().where(per_image["gap"].abs() > 1e-8, 0.0)
+    aucs = [f"{mode}_auc" for mode in FAITHFULNESS_MODES]
+    weighted = per_image.assign(weight=weight, **{a: per_image[a].fillna(0) * weight for a in aucs})
+    out = weighted.groupby(["method", "hemi", "roi"], as_index=False).agg(
+        total=("weight", "sum"), mean_abs_gap=("weight", "mean"), **{a: (a, "sum") for a in aucs})
+    total = out.pop("total").where(lambda w: w > 0)
+    out[aucs] = out[aucs].div(total, axis=0)
+    return out[["method", "hemi", "roi", *aucs, "mean_abs_gap"]]
 
 
 def _patch_scores(m: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -190,6 +190,20 @@ def test_faithfulness_curve_matches_its_definition(map_checks):
     assert set(table.method) == {"token_integrated_gradients", "random"}
 
 
+def test_faithfulness_averages_images_by_their_gap():
+    """A near-zero gap cannot blow the mean up: images are weighted by |intact - blurred|."""
+    per_image = pd.DataFrame({
+        "method": ["m"] * 3, "hemi": ["lh"] * 3, "roi": ["V1v"] * 3,
+        "gap": [2.0, -1.0, 1e-4], "deletion_auc": [0.2, 0.5, 60.0], "insertion_auc": [0.8, 0.6, -40.0]})
+    out = checks.gap_weighted_mean(per_image).iloc[0]
+    assert out.deletion_auc == pytest.approx((2 * 0.2 + 1 * 0.5 + 1e-4 * 60) / (3 + 1e-4))
+    assert out.insertion_auc == pytest.approx((2 * 0.8 + 1 * 0.6 - 1e-4 * 40) / (3 + 1e-4))
+    assert out.mean_abs_gap == pytest.approx((3 + 1e-4) / 3)
+    assert 0 < out.deletion_auc < 1 and 0 < out.insertion_auc < 1
+    flat = checks.gap_weighted_mean(per_image.assign(gap=0.0, deletion_auc=np.nan, insertion_auc=np.nan))
+    assert flat[["deletion_auc", "insertion_auc"]].isna().all(axis=None)
+
+
 def test_maps_dataset_layout(map_checks):
     _, _, inputs, ds, _ = map_checks
     assert ds["attention"].dims == ("image", "hemi", "roi", "head", "y", "x")
