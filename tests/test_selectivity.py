@@ -139,7 +139,7 @@ def test_attention_mass_test_known_answers():
 # --------------------------------------------------------------------------
 
 def test_planted_selectivity_recovered_on_tiny_virtual_subject(tiny_data):
-    """Measured responses of every image: each planted ROI prefers its category, no null ROI prefers any."""
+    """Measured responses of every image: each planted ROI prefers its category; null ROIs at most at alpha."""
     subject = load_subject(tiny_data, 1)
     truth = load_ground_truth(subject.root)
     labels = scene_labels(truth.images)
@@ -153,7 +153,11 @@ def test_planted_selectivity_recovered_on_tiny_virtual_subject(tiny_data):
     assert len(planted) == 24  # every planted category ROI, in each hemisphere where it exists
     assert planted["significant"].all(), planted.loc[~planted["significant"], ["hemi", "roi", "t", "p_fdr"]]
     assert (planted["t"] > 0).all() and (planted["d_prime"] > 0.5).all()
-    assert not table.loc[table["planted"] == "none", "significant"].any()
+    # FDR bounds the expected share of false discoveries, not their number in one draw (with ~30 true
+    # discoveries a null test passes at p < ~0.007): allow 5% of the null tests; the rate over many
+    # seeds is measured by the calibration tests
+    null = table.loc[table["planted"] == "none", "significant"]
+    assert len(null) >= 30 and null.sum() <= np.ceil(0.05 * len(null)), table[(table["planted"] == "none") & table["significant"]]
     assert set(table.columns) >= {"hemi", "roi", "category", "n", "mean", "ci_low", "ci_high", "t", "d_prime",
                                   "selectivity_index", "p", "p_fdr"}
 
@@ -225,8 +229,10 @@ def test_bad_labels_give_one_clear_line_exit_2_and_write_nothing(trained_run, sm
 
 def test_selectivity_command_on_heldout_images(trained_run, small_data, cache_dir, tmp_path, capsys):
     out = tmp_path / "sel"
+    # the default 10,000 permutations: with 1,000, p >= 0.001 and the 4 place images' tests
+    # cannot pass BH-FDR over 450 tests
     assert tbe("-q", "selectivity", "--run", trained_run, "--data-dir", small_data, "--cache-dir", cache_dir,
-               "--out", out, "--n-permutations", "1000", "--n-bootstrap", "200") == 0
+               "--out", out, "--n-bootstrap", "200") == 0
     assert "selectivity.csv" in capsys.readouterr().out
     table = pd.read_csv(out / "selectivity.csv")
     required = ["hemi", "roi", "category", "n", "mean", "ci_low", "ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr"]
