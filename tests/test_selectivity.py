@@ -139,7 +139,7 @@ def test_attention_mass_test_known_answers():
 # --------------------------------------------------------------------------
 
 def test_planted_selectivity_recovered_on_tiny_virtual_subject(tiny_data):
-    """Measured responses of every image: each planted ROI prefers its category; null ROIs at most at alpha."""
+    """Measured responses of every image: each planted ROI prefers its category; null ROIs in at most 5% of tests."""
     subject = load_subject(tiny_data, 1)
     truth = load_ground_truth(subject.root)
     labels = scene_labels(truth.images)
@@ -229,8 +229,8 @@ def test_bad_labels_give_one_clear_line_exit_2_and_write_nothing(trained_run, sm
 
 def test_selectivity_command_on_heldout_images(trained_run, small_data, cache_dir, tmp_path, capsys):
     out = tmp_path / "sel"
-    # the default 10,000 permutations: with 1,000, p >= 0.001 and the 4 place images' tests
-    # cannot pass BH-FDR over 450 tests
+    # the default 10,000 permutations, so that the few place images' tests are not limited by
+    # the permutation resolution (with 1,000, p >= 0.001 did not pass BH over 450 tests)
     assert tbe("-q", "selectivity", "--run", trained_run, "--data-dir", small_data, "--cache-dir", cache_dir,
                "--out", out, "--n-bootstrap", "200") == 0
     assert "selectivity.csv" in capsys.readouterr().out
@@ -248,7 +248,7 @@ def test_selectivity_command_on_heldout_images(trained_run, small_data, cache_di
     # the 12-epoch run already predicts the place ROIs: preferred, significant and reliable
     places = predicted[(predicted["roi"].isin(["OPA", "PPA", "RSC"])) & (predicted["category"] == "place")]
     assert len(places) == 6 and places["supported"].all() and places["preferred"].all()
-    # measured responses of the held-out images recover the planted preferences (only 5 place images: p < 0.05)
+    # measured responses of the held-out images recover the planted preferences (few place images: p < 0.05)
     measured = table[(table["source"] == "measured") & (table["category"] == table["planted"])]
     assert measured[measured["planted"].isin(["face", "body"])]["significant"].all()
     assert (measured.loc[measured["planted"] == "place", "p"] < 0.05).all()

@@ -207,8 +207,8 @@ def _muted(rng: np.random.Generator) -> np.ndarray:
 def _paint_body(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
     """A headless body in a striped T-shirt: bare arms, trousers, shoes, in varied postures.
 
-    The torso is large and its stripes are near black or near white on a
-    muted shirt: with thinner limbs and low-contrast stripes, a frozen random
+    The torso is large and its stripes are near black or much lighter than
+    the muted shirt: with thinner limbs and low-contrast stripes, a frozen random
     ViT's tokens decoded body coverage at r 0.44 (faces 0.64), too weakly for
     a trained encoder's predictions to carry the body ROIs' preference; these
     proportions raise it to 0.60 (README, "The virtual subject's bodies").
