@@ -28,6 +28,7 @@ from himalaya.ridge import Ridge
 
 from analyses.demo import DEMO_BACKBONE
 from model.backbone import Backbone, build_backbone
+from model.metrics import pearson_r
 from model.virtual.stimuli import CATEGORIES, render_scene, sample_scene
 
 
@@ -53,11 +54,6 @@ def random_relu(tokens: torch.Tensor, n_train: int, n_features: int = 2048, seed
     return torch.relu_(x @ projection).numpy()
 
 
-def column_r(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=1000, help="scenes rendered; 3/4 train the probe")
@@ -73,8 +69,8 @@ def main() -> None:
     ridge = Ridge(alpha=10.0, fit_intercept=True).fit(features[:n_train].reshape(n_train * t, -1), coverage[:n_train].reshape(n_train * t, -1).numpy())
     predicted = ridge.predict(features[n_train:].reshape((n - n_train) * t, -1)).reshape(n - n_train, t, -1)
     truth = coverage[n_train:].numpy()
-    per_token = column_r(predicted.reshape(-1, len(CATEGORIES)), truth.reshape(-1, len(CATEGORIES)))
-    per_image = column_r(predicted.sum(1), truth.sum(1))
+    per_token = pearson_r(predicted.reshape(-1, len(CATEGORIES)), truth.reshape(-1, len(CATEGORIES)))
+    per_image = pearson_r(predicted.sum(1), truth.sum(1))
     print(f"{DEMO_BACKBONE.name} (random weights), block {backbone.block_index + 1} tokens, "
           f"{n_train} training / {n - n_train} held-out scenes, {time.perf_counter() - start:.0f} s")
     print(f"{'category':10s} {'r per token':>12s} {'r per image':>12s}")

@@ -280,11 +280,10 @@ def gap_weighted_mean(per_image: pd.DataFrame) -> pd.DataFrame:
     as little as they tell. ``mean_abs_gap`` is reported beside the AUCs.
     """
     gap = per_image["gap"].abs()
-    weight = gap.where(gap > 1e-8, 0.0)
     aucs = [f"{mode}_auc" for mode in FAITHFULNESS_MODES]
     columns = {"abs_gap": gap}
-    for a in aucs:  # an AUC that is NaN (a NaN prediction on the way) counts for nothing, not for 0
-        w = weight.where(per_image[a].notna(), 0.0)
+    for a in aucs:  # a NaN AUC (gap 0, or a NaN prediction on the way) counts for nothing, not for 0
+        w = gap.where(per_image[a].notna(), 0.0)
         columns[a], columns[f"{a}_weight"] = per_image[a].fillna(0) * w, w
     out = per_image[["method", "hemi", "roi"]].assign(**columns).groupby(["method", "hemi", "roi"], as_index=False).agg(
         mean_abs_gap=("abs_gap", "mean"), **{c: (c, "sum") for c in columns if c != "abs_gap"})
