@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from torch import nn
 from .errors import InputError
 from .rois import HEMIS, NON_STREAM_CLASSES
 from .subject import Subject
+
+if TYPE_CHECKING:
+    from .encoder import DecoderConfig
 
 UNASSIGNED = "unknown"
 
@@ -301,10 +305,18 @@ class LinearReadout(nn.Module):
     """The seed's readout: vertex v predicts ``w_v . sum_{q ∋ v} h_q + n_v b_v``.
 
     The queries' tokens are read out only where a vertex belongs to them
-    (:func:`membership_linear`), never for every vertex.
+    (:func:`membership_linear`), never for every vertex. Every readout is
+    built by :meth:`from_config` from the decoder configuration and declares
+    ``uses_attention`` (whether ``forward`` needs the last layer's
+    cross-attention); all can be restricted to some vertices (:meth:`subset`).
     """
 
     uses_attention = False
+
+    @classmethod
+    def from_config(cls, queries: QuerySet, cfg: "DecoderConfig", n_tokens: int) -> "LinearReadout":
+        """The readout that ``cfg`` (a :class:`~model.encoder.DecoderConfig`) describes, for ``n_tokens`` tokens."""
+        return cls(queries, cfg.hidden_dim)
 
     def __init__(self, queries: QuerySet, hidden: int):
         super().__init__()
@@ -361,6 +373,10 @@ class RetinotopicReadout(LinearReadout):
 
     uses_attention = True
 
+    @classmethod
+    def from_config(cls, queries: QuerySet, cfg: "DecoderConfig", n_tokens: int) -> "RetinotopicReadout":
+        return cls(queries, cfg.hidden_dim, n_tokens, cfg.readout_maps, cfg.readout_map_dim)
+
     def __init__(self, queries: QuerySet, hidden: int, n_tokens: int, n_maps: int = 4, map_dim: int = 64):
         super().__init__(queries, hidden)
         self.n_maps, self.map_dim = n_maps, map_dim
@@ -400,6 +416,10 @@ class HeadReadout(LinearReadout):
 
     uses_attention = True
 
+    @classmethod
+    def from_config(cls, queries: QuerySet, cfg: "DecoderConfig", n_tokens: int) -> "HeadReadout":
+        return cls(queries, cfg.hidden_dim, cfg.nheads, cfg.readout_map_dim)
+
     def __init__(self, queries: QuerySet, hidden: int, nheads: int, map_dim: int = 32):
         super().__init__(queries, hidden)
         self.map_dim = map_dim
@@ -419,6 +439,14 @@ class HeadReadout(LinearReadout):
 
 
 READOUTS = {"linear": LinearReadout, "retinotopic": RetinotopicReadout, "heads": HeadReadout}
+
+
+def with_readout_subset(core: nn.Module, vertices: np.ndarray) -> nn.Module:
+    """A shallow copy of ``core`` whose ``readout`` predicts only ``vertices``; every other part is shared."""
+    out = copy.copy(core)
+    out._modules = dict(core._modules)
+    out.readout = core.readout.subset(vertices)
+    return out
 
 
 def dense_linear_readout(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, memberships: torch.Tensor) -> torch.Tensor:

@@ -155,8 +155,8 @@ def test_readout_subset_predicts_the_same_values(name):
 
     queries = _random_queries(90, 4)
     torch.manual_seed(3)
-    extra = {"linear": {}, "retinotopic": {"n_tokens": 10, "n_maps": 2, "map_dim": 8}, "heads": {"nheads": 3, "map_dim": 5}}
-    readout = READOUTS[name](queries, 16, **extra[name])
+    cfg = DecoderConfig(hidden_dim=16, nheads=3, readout=name, readout_maps=2, readout_map_dim=8)
+    readout = READOUTS[name].from_config(queries, cfg, n_tokens=10)
     tokens, memory, heads = torch.randn(2, 4, 16), torch.randn(2, 10, 16), torch.rand(2, 3, 4, 10).softmax(-1)
     vertices = np.array([5, 80, 6, 41, 0])
     part = readout.subset(vertices)
@@ -164,3 +164,44 @@ def test_readout_subset_predicts_the_same_values(name):
     with torch.no_grad():
         assert torch.allclose(part(tokens, memory, heads), readout(tokens, memory, heads)[:, vertices], atol=1e-5)
 
+
+@pytest.mark.parametrize("arch", ["transformer", "spatial_feature", "linear", "ridge"])
+def test_architectures_do_what_their_capabilities_declare(arch):
+    """Declared, not probed: each declaration is checked against what the encoder really does."""
+    from model.architectures import ARCHITECTURES, RidgeConfig, build_encoder
+
+    queries = _random_queries(50, 4)
+    torch.manual_seed(4)
+    model = build_encoder(arch, queries, 8, (3, 4), DecoderConfig(hidden_dim=16, nheads=2, dim_feedforward=32, dropout=0.0),
+                          RidgeConfig(pool=2)).eval()
+    can = model.capabilities
+    assert can == ARCHITECTURES[arch].capabilities
+    x = torch.randn(2, 12, 8)
+    with torch.no_grad():
+        pred = model(x)["pred"]
+        assert pred.shape == (2, 50)
+        if can.decoder_attention:
+            assert model(x, return_attention=True)["attention"].shape == (2, 1, 2, 4, 12)
+            assert len(model.core.layers) == 1
+        if can.restrict_vertices:
+            vertices = np.array([7, 3, 41])
+            assert torch.allclose(model.restricted(vertices)(x)["pred"], pred[:, vertices], atol=1e-6)
+        else:
+            with pytest.raises(TypeError, match="cannot be restricted"):
+                model.restricted(np.array([0]))
+    if can.regularisation:
+        term = model.core.regularization()
+        assert term.ndim == 0 and term.requires_grad and term > 0
+    assert can.closed_form == hasattr(model.core, "fit")
+
+
+def test_each_architecture_is_built_from_its_own_section():
+    from model.architectures import RidgeConfig, build_encoder
+
+    queries = _random_queries(30, 3)
+    ridge = build_encoder("ridge", queries, 8, (4, 4), DecoderConfig(hidden_dim=12), RidgeConfig("pooled_squared", pool=2))
+    assert (ridge.core.kind, ridge.core.pool) == ("pooled_squared", 2)
+    decoder = DecoderConfig(hidden_dim=16, nheads=2, dec_layers=2, readout="heads", readout_map_dim=3)
+    transformer = build_encoder("transformer", queries, 8, (4, 4), decoder, RidgeConfig(pool=3))
+    assert transformer.core.cfg is decoder and len(transformer.core.layers) == 2
+    assert transformer.core.readout.head_weight.shape == (30, 2 * 3)
