@@ -235,7 +235,7 @@ def analyse(run: Run, stimuli: StimulusSet, settings: SelectivitySettings = Sele
     reliable = reliability(held_pred, held_meas, settings.alpha) if held_pred is not None else None
     table = add_planted(add_reliability(pd.concat(tables, ignore_index=True), reliable), run)
     att = None
-    if attention and stimuli.masks is not None and hasattr(run.model.core, "layers"):
+    if attention and stimuli.masks is not None and run.model.capabilities.decoder_attention:
         from .attention_selectivity import attention_table
 
         att = add_planted(attention_table(run, features, stimuli, settings, seed), run)

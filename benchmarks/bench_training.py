@@ -5,16 +5,18 @@ Prints, side by side in one run:
 1. decoder training images/s when batches come from the feature cache versus
    when every batch first runs the (frozen) backbone, on the default virtual
    subject's geometry (ViT-S/14 at 224 px, 16 x 16 tokens);
-2. forward + backward time of our grouped ``rois_all`` readout versus the
-   seed's compute-every-query-then-mask readout, at 50 queries x 20000
-   vertices, hidden 768, batch 16.
+2. forward + backward time and peak memory of our vectorised ``rois_all``
+   readout, of the per-group Python loop it replaced (kept here only for
+   this comparison) and of the seed's compute-every-query-then-mask
+   readout, at 50 queries x 20000 vertices, hidden 768, batch 16.
 
-    python benchmarks/bench_training.py [--steps 10] [--threads 2]
+    python benchmarks/bench_training.py [--steps 10] [--threads 2] [--readout-only]
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +37,26 @@ def random_queries(n_vertices: int, n_queries: int, overlap: float = 0.1, seed: 
     half = n_queries // 2
     return QuerySet(["lh"] * half + ["rh"] * (n_queries - half), [f"roi{i}" for i in range(n_queries)],
                     {"lh": n_vertices, "rh": 0}, member)
+
+
+def interleaved_times(steps: dict, rounds: int, sync=lambda: None) -> dict[str, float]:
+    """Fastest of ``rounds`` timings of each step, the steps taking turns.
+
+    On a machine shared with other jobs the load changes from second to
+    second; taking turns exposes every variant to the same load, and the
+    fastest round is the one least disturbed. ``sync`` waits for a GPU.
+    """
+    times = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(rounds):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 def time_steps(step, n: int) -> float:
@@ -75,34 +97,120 @@ def training_throughput(steps: int, batch: int = 16) -> None:
     print(f"  speed-up               : {slow / fast:7.1f}x")
 
 
-def readout_cost(steps: int, batch: int = 16, hidden: int = 768) -> None:
-    queries = random_queries(20000, 50)
-    readout = LinearReadout(queries, hidden)
-    member = torch.as_tensor(queries.memberships)
-    tokens = torch.randn(batch, 50, hidden, requires_grad=True)
+class _LoopGroupedLinear(torch.autograd.Function):
+    """The readout before it was vectorised, kept here for comparison only: one Python step per group.
 
-    def ours():
-        readout(tokens).sum().backward()
+    out[:, v] = inputs[:, g(v)] @ weight[v] for each vertex v of each group g.
+    """
 
-    def dense():
-        dense_linear_readout(tokens, readout.weight, readout.bias, member).sum().backward()
+    @staticmethod
+    def forward(ctx, inputs, weight, groups):
+        out = inputs.new_empty(inputs.shape[0], weight.shape[0])
+        for g, idx in enumerate(groups):
+            out[:, idx] = inputs[:, g] @ weight[idx].T
+        ctx.save_for_backward(inputs, weight)
+        ctx.groups = groups
+        return out
 
-    assert torch.allclose(readout(tokens), dense_linear_readout(tokens, readout.weight, readout.bias, member), atol=1e-4)
-    t_ours, t_dense = time_steps(ours, steps), time_steps(dense, max(2, steps // 3))
-    print(f"\nreadout, 50 queries x 20000 vertices, hidden {hidden}, batch {batch} (forward + backward)")
-    print(f"  grouped (ours)               : {1000 * t_ours:8.1f} ms")
-    print(f"  every query, then mask (seed): {1000 * t_dense:8.1f} ms")
-    print(f"  speed-up                     : {t_dense / t_ours:8.1f}x")
+    @staticmethod
+    def backward(ctx, grad_out):
+        inputs, weight = ctx.saved_tensors
+        grad_inputs, grad_weight = torch.zeros_like(inputs), torch.zeros_like(weight)
+        for g, idx in enumerate(ctx.groups):
+            go = grad_out[:, idx]
+            grad_inputs[:, g] = go @ weight[idx]
+            grad_weight[idx] = go.T @ inputs[:, g]
+        return grad_inputs, grad_weight, None
+
+
+def loop_readout(queries: QuerySet, device: torch.device | str = "cpu"):
+    """The per-group loop readout (vertices grouped by their set of queries) as a function of (tokens, weight, bias)."""
+    groups = queries.groups()
+    mixing = torch.zeros(len(groups), queries.n_queries)
+    for g, (q, _) in enumerate(groups):
+        mixing[g, torch.as_tensor(q)] = 1.0
+    mixing = mixing.to(device)
+    vertices = [torch.as_tensor(v, device=device) for _, v in groups]
+    counts = torch.as_tensor(queries.memberships.sum(1), dtype=torch.float32, device=device)
+
+    def readout(tokens, weight, bias):
+        summed = torch.einsum("gq,bqd->bgd", mixing, tokens)
+        return _LoopGroupedLinear.apply(summed, weight, vertices) + counts * bias
+
+    return readout, len(groups)
+
+
+def peak_rss_above(step) -> float:
+    """MiB of resident memory that ``step`` adds at its peak (Linux; NaN elsewhere)."""
+    try:
+        base = _rss_kib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    except OSError:
+        return float("nan")
+    step()
+    return (_rss_kib("VmHWM") - base) / 1024
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(field)
+
+
+SEED, LOOP, OURS = "every query, then mask (seed)", "per-group loop (before)", "vectorised (ours)"
+
+
+def readout_steps(queries: QuerySet, hidden: int, batch: int, device: torch.device | str = "cpu") -> dict:
+    """Forward + backward steps of the three readouts with the same weights and tokens; checked equal first."""
+    readout = LinearReadout(queries, hidden).to(device)
+    member = torch.as_tensor(queries.memberships, device=device)
+    tokens = torch.randn(batch, queries.n_queries, hidden, device=device, requires_grad=True)
+    loop, _ = loop_readout(queries, device)
+    variants = {
+        OURS: lambda: readout(tokens),
+        LOOP: lambda: loop(tokens, readout.weight, readout.bias),
+        SEED: lambda: dense_linear_readout(tokens, readout.weight, readout.bias, member),
+    }
+    dense = variants[SEED]()
+    for name, fn in variants.items():
+        assert torch.allclose(fn(), dense, atol=1e-4), f"{name} differs from the seed's definition"
+
+    def step(fn):
+        def run():
+            for p in (tokens, readout.weight, readout.bias):
+                p.grad = None  # as training does (zero_grad(set_to_none=True))
+            fn().sum().backward()
+        return run
+
+    return {name: step(fn) for name, fn in variants.items()}
+
+
+def readout_cost(steps: int, batch: int = 16, hidden: int = 768, n_vertices: int = 20000, n_queries: int = 50) -> dict:
+    """Forward + backward of the three readouts, side by side."""
+    queries = random_queries(n_vertices, n_queries)
+    variants = readout_steps(queries, hidden, batch)
+    peaks = {name: peak_rss_above(step) for name, step in variants.items()}
+    seconds = interleaved_times(variants, rounds=max(3, steps // 2))
+    print(f"\nreadout, {n_queries} queries x {n_vertices} vertices ({len(queries.groups())} groups of queries), "
+          f"hidden {hidden}, batch {batch} (forward + backward)")
+    print(f"  {'':30s} {'ms':>9s} {'peak MiB':>9s} {'vs seed':>8s} {'vs loop':>8s}")
+    for name in variants:
+        print(f"  {name:30s} {1000 * seconds[name]:9.1f} {peaks[name]:9.0f} {seconds[SEED] / seconds[name]:7.1f}x "
+              f"{seconds[LOOP] / seconds[name]:7.1f}x")
+    return {"seconds": seconds, "peak_mib": peaks}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--readout-only", action="store_true", help="skip the training-throughput comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
-    training_throughput(args.steps)
+    if not args.readout_only:
+        training_throughput(args.steps)
     readout_cost(args.steps)
 
 

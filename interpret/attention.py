@@ -33,7 +33,7 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
     over the token grid (less where tokens fall on padding).
     """
     core = run.model.core
-    if not hasattr(core, "layers"):
+    if not run.model.capabilities.decoder_attention:
         raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
     weights = []
     for start in range(0, len(features), batch_size):

@@ -14,8 +14,6 @@ bound (``internal_batch_size``), so memory stays flat as steps or samples grow.
 """
 from __future__ import annotations
 
-import copy
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -60,17 +58,10 @@ def _for_targets(encoder: torch.nn.Module, targets: Targets) -> tuple[torch.nn.M
     Encoders whose readout cannot be restricted are returned as they are.
     """
     weights = targets.weights.float()
-    readout = getattr(getattr(encoder, "core", None), "readout", None)
-    if not hasattr(readout, "subset"):
+    if not encoder.capabilities.restrict_vertices:
         return encoder, weights
     vertices = torch.nonzero(weights.abs().sum(0)).ravel().numpy()
-    core = copy.copy(encoder.core)
-    core._modules = dict(encoder.core._modules)
-    core.readout = readout.subset(vertices)
-    restricted = copy.copy(encoder)
-    restricted._modules = dict(encoder._modules)
-    restricted.core = core
-    return restricted, weights[:, vertices]
+    return encoder.restricted(vertices), weights[:, vertices]
 
 
 class ImageModel(torch.nn.Module):

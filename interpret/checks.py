@@ -48,7 +48,7 @@ def cascade(encoder: torch.nn.Module) -> list[str]:
     """Names of the encoder's top-level parts, from the output down (the order of randomisation)."""
     core = encoder.core
     parts = [name for name, module in core.named_children() if any(p.requires_grad for p in module.parameters())]
-    if hasattr(core, "layers"):  # transformer: readout, final norm, decoder layers from the top, queries, projection
+    if encoder.capabilities.decoder_attention:  # transformer: readout, final norm, decoder layers from the top, queries, projection
         layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]
         head = [p for p in ("readout", "norm") if p in parts]
         tail = [p for p in ("query_embed", "input_proj") if p in parts]

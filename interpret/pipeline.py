@@ -48,7 +48,7 @@ class MapJob:
         for name in self.methods:
             if name != ATTENTION:
                 method(name)
-        if ATTENTION in self.methods and not hasattr(run.model.core, "layers"):
+        if ATTENTION in self.methods and not run.model.capabilities.decoder_attention:
             raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
 
 

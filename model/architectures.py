@@ -1,13 +1,16 @@
 """``--encoder-arch`` names -> how to build each encoder (a registry, not an if-chain).
 
-Every encoder maps backbone tokens (B, T, C) to ``{'pred': (B, V)}``;
-gradient-trained ones go through the training loop, closed-form ones
-(``ridge``) are fit once.
+Every encoder maps backbone tokens (B, T, C) to ``{'pred': (B, V)}``, builds
+itself from its own configuration section and declares its capabilities
+(:mod:`model.interface`): gradient-trained ones go through the training
+loop, closed-form ones (``ridge``) are fit once. Adding an architecture: its
+class (``from_config``, ``capabilities``) and one entry in
+:data:`ARCHITECTURES`.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -16,6 +19,7 @@ from torch import nn
 from .baselines import LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
 from .encoder import BrainEncoder, DecoderConfig
 from .errors import InputError
+from .interface import Capabilities, EncoderInputs
 from .readout import QuerySet
 
 
@@ -33,25 +37,28 @@ class RidgeConfig:
 
 @dataclass(frozen=True)
 class Architecture:
-    build: Callable[[QuerySet, int, tuple[int, int], DecoderConfig, RidgeConfig], nn.Module]
-    closed_form: bool = False
-    uses_queries: bool = True
+    """One ``--encoder-arch``: the core's class and the section of the run configuration it is built from.
+
+    ``module.from_config(inputs, config)`` builds the core from
+    :class:`~model.interface.EncoderInputs` and its own section (``None``
+    when it takes no options); ``module.capabilities`` says what it offers.
+    """
+
+    module: type[nn.Module]
+    section: str | None = None  # a RunConfig field: "decoder", "ridge"
     description: str = ""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.module.capabilities
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "transformer": Architecture(
-        lambda q, dim, grid, dec, ridge: BrainEncoder(q, dim, grid, dec),
-        description="DETR-style decoder with one learned query per ROI"),
-    "spatial_feature": Architecture(
-        lambda q, dim, grid, dec, ridge: SpatialFeatureEncoder(q, dim, grid),
-        description="per-query softmax spatial pooling + vertex readout (the seed's)"),
-    "linear": Architecture(
-        lambda q, dim, grid, dec, ridge: LinearEncoder(q.n_total, dim, grid),
-        uses_queries=False, description="strided conv + linear layer over all tokens (the seed's)"),
-    "ridge": Architecture(
-        lambda q, dim, grid, dec, ridge: RidgeEncoder(q.n_total, dim, grid, ridge.features, ridge.pool, ridge.n_components),
-        closed_form=True, uses_queries=False, description="himalaya RidgeCV, one alpha per vertex"),
+    "transformer": Architecture(BrainEncoder, "decoder", "DETR-style decoder with one learned query per ROI"),
+    "spatial_feature": Architecture(SpatialFeatureEncoder, None,
+                                    "per-query softmax spatial pooling + vertex readout (the seed's)"),
+    "linear": Architecture(LinearEncoder, None, "strided conv + linear layer over all tokens (the seed's)"),
+    "ridge": Architecture(RidgeEncoder, "ridge", "himalaya RidgeCV, one alpha per vertex"),
 }
 
 
@@ -63,8 +70,14 @@ def architecture(name: str) -> Architecture:
 
 def build_encoder(name: str, queries: QuerySet, feature_dim: int, grid: tuple[int, int],
                   decoder: DecoderConfig = DecoderConfig(), ridge: RidgeConfig = RidgeConfig()) -> "NormalisedEncoder":
-    """A fresh encoder of architecture ``name``, behind the token standardisation."""
-    core = architecture(name).build(queries, feature_dim, tuple(grid), decoder, ridge)
+    """A fresh encoder of architecture ``name``, behind the token standardisation.
+
+    ``decoder`` and ``ridge`` are the run configuration's sections; the
+    architecture is given only the one it declares.
+    """
+    arch = architecture(name)
+    sections = {"decoder": decoder, "ridge": ridge, None: None}
+    core = arch.module.from_config(EncoderInputs(queries, feature_dim, tuple(grid)), sections[arch.section])
     return NormalisedEncoder(core, feature_dim)
 
 
@@ -87,6 +100,20 @@ class NormalisedEncoder(nn.Module):
         x = torch.as_tensor(np.asarray(features, np.float32)).flatten(0, 1).double()
         self.feature_mean.copy_(x.mean(0))
         self.feature_scale.copy_(x.std(0).clamp_min(1e-6))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the core declares it can do (:class:`~model.interface.Capabilities`)."""
+        return self.core.capabilities
+
+    def restricted(self, vertices: np.ndarray) -> "NormalisedEncoder":
+        """A copy predicting only ``vertices``, with identical values (``capabilities.restrict_vertices``)."""
+        if not self.capabilities.restrict_vertices:
+            raise TypeError(f"{type(self.core).__name__} cannot be restricted to vertices")
+        out = copy.copy(self)
+        out._modules = dict(self._modules)
+        out.core = self.core.restricted(vertices)
+        return out
 
     def normalise(self, features: torch.Tensor) -> torch.Tensor:
         return (features.float() - self.feature_mean) / self.feature_scale

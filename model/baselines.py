@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .readout import LinearReadout, QuerySet
+from .interface import Capabilities, EncoderInputs
+from .readout import LinearReadout, QuerySet, with_readout_subset
+
+if TYPE_CHECKING:
+    from .architectures import RidgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,11 @@ class LinearEncoder(nn.Module):
     """
 
     penalty = 0.02
+    capabilities = Capabilities(regularisation=True)
+
+    @classmethod
+    def from_config(cls, inputs: EncoderInputs, config: None = None) -> "LinearEncoder":
+        return cls(inputs.queries.n_total, inputs.feature_dim, inputs.grid)
 
     def __init__(self, n_vertices: int, feature_dim: int, grid: tuple[int, int], channels: int = 256):
         super().__init__()
@@ -55,10 +64,20 @@ class LinearEncoder(nn.Module):
 class SpatialFeatureEncoder(nn.Module):
     """The seed's ``spatial_feature`` encoder: per-query softmax spatial pooling, then the vertex readout."""
 
+    capabilities = Capabilities(restrict_vertices=True)
+
+    @classmethod
+    def from_config(cls, inputs: EncoderInputs, config: None = None) -> "SpatialFeatureEncoder":
+        return cls(inputs.queries, inputs.feature_dim, inputs.grid)
+
     def __init__(self, queries: QuerySet, feature_dim: int, grid: tuple[int, int]):
         super().__init__()
         self.spatial = nn.Embedding(queries.n_queries, grid[0] * grid[1])
         self.readout = LinearReadout(queries, feature_dim)
+
+    def restricted(self, vertices: np.ndarray) -> "SpatialFeatureEncoder":
+        """A copy predicting only ``vertices`` (its readout sliced; the spatial maps shared)."""
+        return with_readout_subset(self, vertices)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         weights = self.spatial.weight.softmax(dim=-1)  # (Q, T)
@@ -89,6 +108,13 @@ PCA_POOL = 8
 
 class RidgeEncoder(nn.Module):
     """Closed-form ridge on token features; ``fit`` with himalaya, predict with torch."""
+
+    capabilities = Capabilities(closed_form=True)
+
+    @classmethod
+    def from_config(cls, inputs: EncoderInputs, config: "RidgeConfig") -> "RidgeEncoder":
+        return cls(inputs.queries.n_total, inputs.feature_dim, inputs.grid, config.features, config.pool,
+                   config.n_components)
 
     def __init__(self, n_vertices: int, feature_dim: int, grid: tuple[int, int], kind: str = "pooled",
                  pool: int = 4, n_components: int = 512):

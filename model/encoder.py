@@ -12,10 +12,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from .readout import READOUTS, QuerySet
+from .interface import Capabilities, EncoderInputs
+from .readout import READOUTS, QuerySet, with_readout_subset
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class DecoderLayer(nn.Module):
 class BrainEncoder(nn.Module):
     """Backbone tokens -> per-vertex predictions (both hemispheres, lh first).
 
+    Its readout (``cfg.readout``, :data:`~model.readout.READOUTS`) builds
+    itself from ``cfg``.
+
     Parameters
     ----------
     queries : QuerySet
@@ -101,6 +106,8 @@ class BrainEncoder(nn.Module):
     cfg : DecoderConfig
     """
 
+    capabilities = Capabilities(decoder_attention=True, restrict_vertices=True)
+
     def __init__(self, queries: QuerySet, feature_dim: int, grid: tuple[int, int], cfg: DecoderConfig = DecoderConfig()):
         super().__init__()
         d = cfg.hidden_dim
@@ -110,14 +117,16 @@ class BrainEncoder(nn.Module):
         self.query_embed = nn.Embedding(queries.n_queries, d)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(d)
-        readout = READOUTS[cfg.readout]
-        extra = {
-            "linear": {},
-            "retinotopic": {"n_tokens": grid[0] * grid[1], "n_maps": cfg.readout_maps, "map_dim": cfg.readout_map_dim},
-            "heads": {"nheads": cfg.nheads, "map_dim": cfg.readout_map_dim},
-        }[cfg.readout]
-        self.readout = readout(queries, d, **extra)
+        self.readout = READOUTS[cfg.readout].from_config(queries, cfg, grid[0] * grid[1])
         self._reset_parameters()
+
+    @classmethod
+    def from_config(cls, inputs: EncoderInputs, cfg: DecoderConfig) -> "BrainEncoder":
+        return cls(inputs.queries, inputs.feature_dim, inputs.grid, cfg)
+
+    def restricted(self, vertices: np.ndarray) -> "BrainEncoder":
+        """A copy predicting only ``vertices`` (its readout sliced; the decoder shared)."""
+        return with_readout_subset(self, vertices)
 
     def _reset_parameters(self) -> None:
         for name, p in self.named_parameters():

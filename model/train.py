@@ -198,7 +198,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
     model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
     start = time.perf_counter()
-    if arch.closed_form:
+    if arch.capabilities.closed_form:
         model.core.fit(lambda: (model.normalise(b) for b in iter_batches(feats["train"].features, train_idx, 256)),
                        targets.rows(train_idx))
         history, best_epoch = [], None
@@ -253,7 +253,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     valid = torch.as_tensor(targets.valid, dtype=torch.float32, device=device)
     val_true = targets.rows(val_idx)
-    regularise = getattr(model.core, "regularization", None)
+    regularise = model.core.regularization if model.capabilities.regularisation else None
     n = len(train_idx)
     epochs = range(state["epoch"], tc.epochs)
     bar = tqdm(epochs, desc="training", unit="epoch", disable=None if procs.main else True)

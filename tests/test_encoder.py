@@ -7,8 +7,8 @@ import torch
 
 from model.encoder import BrainEncoder, DecoderConfig, PositionEmbeddingSine
 from model.errors import InputError
-from model.readout import (READOUT_RES, LinearReadout, QuerySet, RetinotopicReadout, build_queries,
-                           dense_linear_readout, grouped_linear)
+from model.readout import (READOUT_RES, LinearReadout, MembershipPlan, QuerySet, RetinotopicReadout, build_queries,
+                           dense_linear_readout, membership_linear)
 from model.rois import NON_STREAM_CLASSES
 from model.subject import load_subject
 
@@ -38,12 +38,26 @@ def test_linear_readout_equals_compute_every_query_then_mask(source, tiny_data):
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_grouped_linear_backward_matches_numerical_gradients():
+@pytest.mark.parametrize("chunk", [None, 1, 3, 64])
+def test_membership_linear_backward_matches_numerical_gradients(chunk):
+    """Several chunks per query, padded last chunks and vertices in up to all queries."""
     queries = _random_queries(40, 4)
-    groups = [torch.as_tensor(v) for _, v in queries.groups()]
-    inputs = torch.randn(2, len(groups), 6, dtype=torch.float64, requires_grad=True)
+    member = queries.memberships.copy()
+    member[:3] = True
+    plan = MembershipPlan.from_memberships(member, chunk)
+    assert plan.extra_slot.numel() > 0
+    inputs = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda i, w: grouped_linear(i, w, groups), (inputs, weight))
+    assert torch.autograd.gradcheck(lambda i, w: membership_linear(i, w, plan), (inputs, weight))
+    expected = torch.einsum("vq,bqd,vd->bv", torch.as_tensor(member, dtype=torch.float64), inputs, weight)
+    assert torch.allclose(membership_linear(inputs, weight, plan), expected, atol=1e-12)
+
+
+def test_membership_plan_needs_a_query_for_every_vertex():
+    member = np.zeros((5, 2), bool)
+    member[:4, 0] = True
+    with pytest.raises(InputError, match="at least one query"):
+        MembershipPlan.from_memberships(member)
 
 
 def test_retinotopic_readout_equals_its_dense_definition():
@@ -57,14 +71,23 @@ def test_retinotopic_readout_equals_its_dense_definition():
     heads = torch.rand(2, 3, 5, 12).softmax(-1)
     attention = heads.mean(1)
     member = torch.as_tensor(queries.memberships, dtype=torch.float32)  # (V, Q)
+    tokens.requires_grad_(True)
     maps = readout.maps(tokens, memory, attention)  # (B, Q, K, T)
     linear = dense_linear_readout(tokens, readout.weight, readout.bias, member)
     spatial = torch.einsum("vq,bqkt,vt,vk->bv", member, maps, readout.spatial, readout.channel)
-    assert torch.allclose(readout(tokens, memory, heads), linear + spatial, atol=1e-4)
+    ours = readout(tokens, memory, heads)
+    assert torch.allclose(ours, linear + spatial, atol=1e-4)
+    _assert_same_gradients(ours, linear + spatial, [tokens, readout.weight, readout.spatial, readout.channel])
     # the query's attention gates its maps: nothing passes where it does not look
     blind = attention.clone()
     blind[:, :, :6] = 0
     assert torch.all(readout.maps(tokens, memory, blind)[..., :6] == 0)
+
+
+def _assert_same_gradients(ours: torch.Tensor, dense: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    g = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, tensors, g, retain_graph=True), torch.autograd.grad(dense, tensors, g)):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_rois_all_has_a_query_per_roi_plus_unassigned(tiny_data):
@@ -120,7 +143,9 @@ def test_head_readout_equals_its_dense_definition():
     u = readout.head_weight.view(90, 3, 5)
     head_part = torch.einsum("vq,bhqt,btd,vhd->bv", member, heads, psi, u)
     linear = dense_linear_readout(tokens, readout.weight, readout.bias, member)
-    assert torch.allclose(readout(tokens, memory, heads), linear + head_part, atol=1e-4)
+    ours = readout(tokens, memory, heads)
+    assert torch.allclose(ours, linear + head_part, atol=1e-4)
+    _assert_same_gradients(ours, linear + head_part, [readout.weight, readout.head_weight, readout.token_mlp[1].weight])
 
 
 @pytest.mark.parametrize("name", ["linear", "retinotopic", "heads"])
@@ -130,11 +155,53 @@ def test_readout_subset_predicts_the_same_values(name):
 
     queries = _random_queries(90, 4)
     torch.manual_seed(3)
-    extra = {"linear": {}, "retinotopic": {"n_tokens": 10, "n_maps": 2, "map_dim": 8}, "heads": {"nheads": 3, "map_dim": 5}}
-    readout = READOUTS[name](queries, 16, **extra[name])
+    cfg = DecoderConfig(hidden_dim=16, nheads=3, readout=name, readout_maps=2, readout_map_dim=8)
+    readout = READOUTS[name].from_config(queries, cfg, n_tokens=10)
     tokens, memory, heads = torch.randn(2, 4, 16), torch.randn(2, 10, 16), torch.rand(2, 3, 4, 10).softmax(-1)
     vertices = np.array([5, 80, 6, 41, 0])
     part = readout.subset(vertices)
     assert part.n_vertices == 5 and readout.n_vertices == 90
     with torch.no_grad():
         assert torch.allclose(part(tokens, memory, heads), readout(tokens, memory, heads)[:, vertices], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "spatial_feature", "linear", "ridge"])
+def test_architectures_do_what_their_capabilities_declare(arch):
+    """Declared, not probed: each declaration is checked against what the encoder really does."""
+    from model.architectures import ARCHITECTURES, RidgeConfig, build_encoder
+
+    queries = _random_queries(50, 4)
+    torch.manual_seed(4)
+    model = build_encoder(arch, queries, 8, (3, 4), DecoderConfig(hidden_dim=16, nheads=2, dim_feedforward=32, dropout=0.0),
+                          RidgeConfig(pool=2)).eval()
+    can = model.capabilities
+    assert can == ARCHITECTURES[arch].capabilities
+    x = torch.randn(2, 12, 8)
+    with torch.no_grad():
+        pred = model(x)["pred"]
+        assert pred.shape == (2, 50)
+        if can.decoder_attention:
+            assert model(x, return_attention=True)["attention"].shape == (2, 1, 2, 4, 12)
+            assert len(model.core.layers) == 1
+        if can.restrict_vertices:
+            vertices = np.array([7, 3, 41])
+            assert torch.allclose(model.restricted(vertices)(x)["pred"], pred[:, vertices], atol=1e-6)
+        else:
+            with pytest.raises(TypeError, match="cannot be restricted"):
+                model.restricted(np.array([0]))
+    if can.regularisation:
+        term = model.core.regularization()
+        assert term.ndim == 0 and term.requires_grad and term > 0
+    assert can.closed_form == hasattr(model.core, "fit")
+
+
+def test_each_architecture_is_built_from_its_own_section():
+    from model.architectures import RidgeConfig, build_encoder
+
+    queries = _random_queries(30, 3)
+    ridge = build_encoder("ridge", queries, 8, (4, 4), DecoderConfig(hidden_dim=12), RidgeConfig("pooled_squared", pool=2))
+    assert (ridge.core.kind, ridge.core.pool) == ("pooled_squared", 2)
+    decoder = DecoderConfig(hidden_dim=16, nheads=2, dec_layers=2, readout="heads", readout_map_dim=3)
+    transformer = build_encoder("transformer", queries, 8, (4, 4), decoder, RidgeConfig(pool=3))
+    assert transformer.core.cfg is decoder and len(transformer.core.layers) == 2
+    assert transformer.core.readout.head_weight.shape == (30, 2 * 3)
