@@ -42,6 +42,7 @@ from typing import Any
 
 from model.errors import InputError
 from model.files import atomic_path, write_json
+from model.progress import progress
 
 from .report_views import SUMMARY_KEY
 
@@ -394,8 +395,6 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         ``index`` (the index.html) and one entry per notebook; ``failed``
         names the notebooks that failed.
     """
-    from tqdm.auto import tqdm
-
     from model.run import METRICS, read_config
 
     run_dir = Path(run_dir).expanduser().resolve()
@@ -419,7 +418,7 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     entries = []
-    for name in tqdm(names, desc="report", unit="notebook", disable=None):
+    for name in progress(names, desc="report", unit="notebook"):
         standard = standard_parameters(run_dir, data_dir, subj, out, name, ridge_run, cache_dir)
         parameters = {k: v for k, v in standard.items() if k in declared[name]}
         parameters.update(routed[name])
