@@ -29,6 +29,7 @@ from .device import autocast, pick_device
 from .errors import InputError
 from .features import FeatureSet, subject_features
 from .files import atomic_path, read_rows, save_npy, write_json
+from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
 from .readout import build_queries
@@ -187,6 +188,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     config.grid = tuple(feats["train"].grid)
     if procs.main:
         write_config(out, config)
+        write_run_manifest(out, config, feats, resume=resume)
 
     train_idx, val_idx = train_val_split(subject.n_train, config.train.val_fraction, config.train.split_seed)
     if procs.main:
