@@ -182,7 +182,8 @@ class LineProgress:
             return
         self._stop.set()
         if self._lines:
-            log.info("%s", self.line().replace(", ETA unknown", "") + " (done)")
+            ended = "done" if self.total is None or self.n >= self.total else "stopped"
+            log.info("%s", self.line().replace(", ETA unknown", "") + f" ({ended})")
 
     def __enter__(self) -> "LineProgress":
         return self
