@@ -103,7 +103,7 @@ class LineProgress:
     A daemon timer writes the line even while one item takes long; the loop
     itself also writes one when it advances past the interval. A loop that
     ends within the first interval writes nothing; a longer one ends with a
-    closing line.
+    closing line (``(done)``, or ``(stopped)`` short of its total).
     """
 
     def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, interval: float,
@@ -167,7 +167,8 @@ class LineProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if time.monotonic() - self._last >= self.interval:
+        finished = self.total is not None and self.n >= self.total  # close() says so
+        if not finished and time.monotonic() - self._last >= self.interval:
             self._emit()
 
     def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
@@ -181,7 +182,7 @@ class LineProgress:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._lines:
+        if self._lines or time.monotonic() - self.start >= self.interval:
             ended = "done" if self.total is None or self.n >= self.total else "stopped"
             log.info("%s", self.line().replace(", ETA unknown", "") + f" ({ended})")
 
