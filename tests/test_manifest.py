@@ -251,3 +251,32 @@ def test_tbe_env_bad_input_is_one_line_and_exit_2(case, recorded, tmp_path, caps
 def test_read_manifest_accepts_the_folder_or_the_file(recorded):
     assert read_manifest(recorded) == read_manifest(recorded / MANIFEST)
     assert read_manifest(recorded)["kind"] == "run"
+
+
+def test_pretrained_weights_are_identified_by_the_hub_cache_sha256(tmp_path, monkeypatch):
+    """The hub stores a file under its SHA-256 (blobs/<sha256>): the manifest reads it, no hashing."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    from model.backbone import BackboneConfig
+    from model.manifest import backbone_info
+
+    content = b"not really weights"
+    sha = hashlib.sha256(content).hexdigest()
+    repo = tmp_path / "models--timm--vit_small_patch14_dinov2.lvd142m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / sha).write_bytes(content)
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(repo / "blobs" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    info = backbone_info(BackboneConfig("vit_small_patch14_dinov2.lvd142m", "pretrained"), "timm:vit_small")
+    assert info["pretrained"] == {"cached": True, "hf_hub_id": "timm/vit_small_patch14_dinov2.lvd142m",
+                                  "file": "model.safetensors", "revision": "abc123", "sha256": sha,
+                                  "bytes": len(content)}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert backbone_info(BackboneConfig("vit_small_patch14_dinov2.lvd142m", "pretrained"), "x")["pretrained"]["cached"] is False
+    assert "pretrained" not in backbone_info(BackboneConfig(weights="random"), "random:seed=0")
