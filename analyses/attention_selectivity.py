@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from model.backbone import Backbone
+from model.progress import progress
 from model.rois import ROI_TO_CLASS
 from model.run import Run
 
@@ -50,7 +50,7 @@ def token_attention(run: Run, features: np.ndarray, layer: int = -1) -> tuple[np
     """
     run.model.eval()
     out = []
-    for start in tqdm(range(0, len(features), BATCH), desc="attention", unit="batch", disable=None):
+    for start in progress(range(0, len(features), BATCH), desc="attention", unit="batch"):
         x = torch.from_numpy(np.asarray(features[start:start + BATCH], np.float32))
         out.append(run.model(x, return_attention=True)["attention"][:, layer].mean(1).numpy())  # (B, Q, T)
     keep = [q for q, roi in enumerate(run.queries.rois) if roi != UNASSIGNED]

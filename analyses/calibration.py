@@ -36,10 +36,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from scipy import stats
-from tqdm.auto import tqdm
 
 from model.errors import InputError
 from model.files import write_csv
+from model.progress import progress
 from model.rois import HEMIS
 from model.run import Run, open_run
 from model.virtual import responses as virtual_responses
@@ -128,7 +128,7 @@ def fresh_null_measurements(run: Run, rois: list[tuple[str, str]], n_images: int
     repeats = int(truth.config.get("n_repeats", 3))
     masks = {hemi: [run.subject.roi_mask(roi, hemi) for h, roi in rois if h == hemi] for hemi in HEMIS}
     out = np.empty((n_seeds, n_images, len(rois)))
-    for s in tqdm(range(n_seeds), desc="fresh noise", unit="seed", disable=None):
+    for s in progress(range(n_seeds), desc="fresh noise", unit="seed"):
         column = 0
         for hemi in HEMIS:
             if not masks[hemi]:

@@ -472,6 +472,31 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env_args(p: argparse.ArgumentParser) -> None:
+    from model.environment import FORMATS
+
+    p.add_argument("--run", type=Path, default=None, help="a run directory (its manifest.json)")
+    p.add_argument("--report", type=Path, default=None, help="a report folder (its manifest.json)")
+    p.add_argument("--format", choices=list(FORMATS), default="pip",
+                   help="conda: an environment.yml for conda-forge; pip: a requirements.txt (default pip)")
+    p.add_argument("--out", type=Path, default=None, help="file to write (default: print it)")
+
+
+def _env(args: argparse.Namespace) -> int:
+    from model.environment import FORMATS, write_environment
+    from model.manifest import read_manifest
+
+    if (args.run is None) == (args.report is None):
+        raise InputError("--run/--report", "give exactly one of them: the run or the report whose environment to write")
+    source = args.run if args.run is not None else args.report
+    manifest = read_manifest(source)
+    if args.out is None:
+        print(FORMATS[args.format][0](manifest, str(source)), end="")
+        return 0
+    print(write_environment(manifest, args.format, args.out, str(source)))
+    return 0
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
     "synth": ("write a virtual subject in the Algonauts layout", _synth_args, _synth),
@@ -488,6 +513,7 @@ COMMANDS: dict[str, Command] = {
                   _localizer_args, _localizer),
     "demo": ("run the whole suite on a virtual subject", _demo_args, _demo),
     "report": ("execute the report notebooks on a run and render them to HTML", _report_args, _report),
+    "env": ("write the exact environment (conda or pip) of a run or report, from its manifest.json", _env_args, _env),
 }
 
 
@@ -503,8 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model.manifest import record_command
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="tbe: %(message)s", stream=sys.stderr)
+    record_command(["tbe", *(sys.argv[1:] if argv is None else argv)])  # for manifests written by this command
     try:
         return args.handler(args)
     except InputError as exc:
@@ -513,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        record_command(None)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from model.architectures import RidgeConfig
 from model.backbone import BackboneConfig
 from model.encoder import DecoderConfig
 from model.files import write_csv
+from model.progress import progress
 from model.rois import HEMIS
 from model.run import METRICS, RunConfig, TrainConfig, open_run
 from model.scoring import score, score_table, virtual_reference
@@ -98,7 +99,7 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
 
     log.info("step 4/8: surface maps of validation r in %s", paths.maps)
     paths.maps.mkdir(parents=True, exist_ok=True)
-    for name, run_dir in runs.items():
+    for name, run_dir in progress(list(runs.items()), desc="surface maps", unit="run"):
         values = {h: np.load(run_dir / f"{h}_val_corr.npy") for h in HEMIS}
         plot_surface(values, subject, paths.maps / f"{name}_val_r.png", title=f"{name}: validation r")
         save_gifti(values, subject, paths.maps / f"{name}_val_r", name="validation r")

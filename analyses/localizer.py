@@ -36,6 +36,7 @@ from model.backbone import native_size, read_image
 from model.errors import InputError
 from model.features import default_cache_dir
 from model.files import atomic_path, write_csv
+from model.progress import progress
 from model.rois import HEMIS, ROI_CLASSES
 from model.run import Run, open_run
 from model.virtual.stimuli import CATEGORIES as VIRTUAL_CATEGORIES
@@ -211,7 +212,7 @@ def write_maps(ds: xr.Dataset, run: Run, out_dir: Path, figures: bool = True) ->
 
     folder = out_dir / "surface"
     written = []
-    for contrast in ds.contrast.values:
+    for contrast in progress(ds.contrast.values, desc="localizer maps", unit="contrast"):
         t = {h: np.nan_to_num(ds[f"{h}_t"].sel(contrast=contrast).values) for h in HEMIS}
         roi = {h: ds[f"{h}_roi"].sel(contrast=contrast).values.astype(np.float32) for h in HEMIS}
         if figures:

@@ -9,6 +9,8 @@ mailed) and writes ``index.html`` linking them::
     reports/NAME/index.html                 one line per notebook: status, summary, thumbnail
     reports/NAME/<notebook>.html            the rendered notebook
     reports/NAME/report.json                the same, machine-readable (parameters, status, errors)
+    reports/NAME/manifest.json              what produced it: code, environment, seeds, data (model.manifest)
+    reports/NAME/environment.yml            that environment for conda, pinned; requirements.txt for pip
     reports/NAME/notebooks/<notebook>.ipynb the executed notebook (open and re-run it in Jupyter)
     reports/NAME/files/<notebook>/          tables (CSV), figures (PNG) and maps (NetCDF) it wrote
     reports/NAME/logs/<notebook>.kernel.log the kernel's own messages
@@ -42,6 +44,7 @@ from typing import Any
 
 from model.errors import InputError
 from model.files import atomic_path, write_json
+from model.progress import progress
 
 from .report_views import SUMMARY_KEY
 
@@ -394,8 +397,6 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         ``index`` (the index.html) and one entry per notebook; ``failed``
         names the notebooks that failed.
     """
-    from tqdm.auto import tqdm
-
     from model.run import METRICS, read_config
 
     run_dir = Path(run_dir).expanduser().resolve()
@@ -419,7 +420,7 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     entries = []
-    for name in tqdm(names, desc="report", unit="notebook", disable=None):
+    for name in progress(names, desc="report", unit="notebook"):
         standard = standard_parameters(run_dir, data_dir, subj, out, name, ridge_run, cache_dir)
         parameters = {k: v for k, v in standard.items() if k in declared[name]}
         parameters.update(routed[name])
@@ -434,10 +435,29 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
                "python": sys.executable, "kernel": kernel, "command": reproduce_command(run_dir, data_dir, out, params,
                                                                                         notebooks, ridge_run, cache_dir)}
     write_json(out / "report.json", {"context": context, "entries": [asdict(e) | {"thumbnail": None} for e in entries]})
+    write_reproducibility_files(out, run_dir, data_dir, subj, context["command"], {
+        e.name: e.parameters.get("seed", declared[e.name].get("seed", {}).get("default"))
+        for e in entries if "seed" in declared[e.name]})
     index = out / "index.html"
     with atomic_path(index) as tmp:
-        tmp.write_text(render_index(entries, context), encoding="utf-8")
+        tmp.write_text(render_index(entries, context, REPRODUCIBILITY_FILES), encoding="utf-8")
     return Report(index, entries)
+
+
+#: What the index links under "reproduce": the manifest and the environments made from it (``tbe env``)
+REPRODUCIBILITY_FILES = {"manifest": "manifest.json", "conda environment": "environment.yml",
+                         "pip requirements": "requirements.txt"}
+
+
+def write_reproducibility_files(out: Path, run_dir: Path, data_dir: Path, subj: int, command: str,
+                                seeds: dict[str, Any]) -> dict[str, Path]:
+    """``manifest.json`` of the report, and the exact ``environment.yml`` and ``requirements.txt`` it implies."""
+    from model.environment import write_environments
+    from model.manifest import MANIFEST, report_manifest
+
+    manifest = report_manifest(run_dir, data_dir, subj, command, seeds)
+    write_json(out / MANIFEST, manifest)
+    return {"manifest": out / MANIFEST, **write_environments(manifest, out, str(out))}
 
 
 def _backbone_description(run_dir: Path) -> str:
@@ -482,8 +502,11 @@ code { font-size: 0.85em; background: #f4f4f4; padding: 2px 4px; word-break: bre
 """
 
 
-def render_index(entries: list[Entry], context: dict[str, Any]) -> str:
-    """``index.html``: one row per notebook (status, one-line summary or error, thumbnail), inline CSS only."""
+def render_index(entries: list[Entry], context: dict[str, Any], files: dict[str, str] | None = None) -> str:
+    """``index.html``: one row per notebook (status, one-line summary or error, thumbnail), inline CSS only.
+
+    ``files`` (label -> file name in the report folder) are linked under the context, e.g. the manifest.
+    """
     esc = html.escape
     rows = []
     for e in entries:
@@ -501,6 +524,9 @@ def render_index(entries: list[Entry], context: dict[str, Any]) -> str:
     n_failed = sum(e.status != "ok" for e in entries)
     headline = "all notebooks ran" if not n_failed else f"{n_failed} of {len(entries)} notebooks failed"
     info = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(str(v))}</code></td></tr>" for k, v in context.items() if v != "")
+    if files:
+        links = " &middot; ".join(f'<a href="{esc(name)}">{esc(label)}</a>' for label, name in files.items())
+        info += f'<tr class="reproduce"><td>reproduce</td><td>{links}</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>tbe report: {esc(Path(context['run']).name)}</title>
 <style>{_STYLE}</style></head>

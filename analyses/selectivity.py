@@ -38,6 +38,7 @@ from scipy import stats
 
 from model.errors import InputError
 from model.files import atomic_path, write_csv
+from model.progress import progress
 from model.run import Run, open_run
 from model.virtual.truth import has_ground_truth, load_ground_truth
 
@@ -127,7 +128,7 @@ def selectivity_table(responses: xr.DataArray, labels: Sequence[str], categories
     p_parametric = _parametric_p(t, df, settings.alternative)
     dp, si = S.d_prime(moments), S.selectivity_index(moments)
     lows, highs = np.empty_like(t), np.empty_like(t)
-    for c in range(len(present)):
+    for c in progress(range(len(present)), desc=f"{source} bootstrap intervals", unit="category"):
         lows[c], highs[c] = S.bootstrap_mean_ci(x[codes == c], settings.confidence, settings.n_bootstrap, rng)
 
     rows = []

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from model.progress import progress
+
 #: How the alternative hypothesis turns a statistic into "at least as extreme".
 ALTERNATIVES = {
     "greater": lambda t: t,
@@ -133,12 +135,14 @@ def permutation_statistics(x: np.ndarray, codes: np.ndarray, n_categories: int, 
     categories = np.arange(n_categories)[None, :, None]
     out = np.empty((len(permutations), n_categories, k))
     step = max(1, chunk_elements // (n * n_categories))
-    for s in range(0, len(permutations), step):
-        labels = np.asarray(codes)[permutations[s:s + step]]  # (b, N)
-        b = len(labels)
-        onehot = (labels[:, None, :] == categories).reshape(b * n_categories, n).astype(float)
-        sums = (onehot @ both).reshape(b, n_categories, 2 * k)
-        out[s:s + b] = _welch_t_from_sums(sums[..., :k], sums[..., k:], counts, total, total_sq, n)
+    with progress(total=len(permutations), desc="permutations", unit="perm") as bar:
+        for s in range(0, len(permutations), step):
+            labels = np.asarray(codes)[permutations[s:s + step]]  # (b, N)
+            b = len(labels)
+            onehot = (labels[:, None, :] == categories).reshape(b * n_categories, n).astype(float)
+            sums = (onehot @ both).reshape(b, n_categories, 2 * k)
+            out[s:s + b] = _welch_t_from_sums(sums[..., :k], sums[..., k:], counts, total, total_sq, n)
+            bar.update(b)
     return out
 
 

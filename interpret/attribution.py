@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 from captum.attr import (GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency)
-from tqdm.auto import tqdm
 
 from model.backbone import Backbone
 from model.errors import InputError
+from model.progress import progress
 from model.rois import HEMIS
 from model.run import Run
 
@@ -226,7 +226,7 @@ def attribute(run: Run, backbone: Backbone, images: torch.Tensor, tokens: np.nda
     work = [(name, t) for name in methods for t in range(len(targets))]
     maps = {name: torch.zeros(len(images), len(targets), grid.size, grid.size) for name in methods}
     deltas = {name: torch.full((len(images), len(targets)), float("nan")) for name in methods}
-    for name, t in tqdm(work, desc="attributions", unit="map", disable=None):
+    for name, t in progress(work, desc="attributions", unit="map"):
         pixel = method(name)[0].level == "pixel"
         model, inputs = (pixel_model, images) if pixel else (token_model, token_input)
         attr, delta = _run_method(name, model, inputs.clone().requires_grad_(True), t, settings, ctx)

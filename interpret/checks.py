@@ -29,6 +29,7 @@ from scipy.integrate import trapezoid
 from skimage.metrics import structural_similarity
 
 from model.backbone import Backbone
+from model.progress import progress
 from model.rois import EARLY_VISUAL
 from model.virtual.stimuli import CATEGORIES, FIELD_OF_VIEW_DEG
 from model.virtual.truth import GroundTruth
@@ -246,7 +247,7 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
         return model(torch.stack([_compose(start, end, order[:k], patch, cols_n) for k in counts])).numpy()
 
     rows = []
-    for i in range(len(images)):
+    for i in progress(range(len(images)), desc="faithfulness", unit="image"):
         intact, blank = model(torch.stack([images[i], blurred[i]])).numpy()
         random_order = rng.permutation(n_patches)  # one per image: its curves serve every target at once
         random_curves = {mode: curve(i, mode, random_order) for mode in FAITHFULNESS_MODES}

@@ -19,11 +19,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .backbone import Backbone, image_batch
 from .device import autocast, pick_device
 from .files import atomic_directory, digest_files, digest_json, write_json
+from .progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def extract_features(backbone: Backbone, image_paths: Sequence[Path], cache_dir:
             out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                             shape=(len(image_paths), n_tokens, backbone.dim))
             starts = range(0, len(image_paths), batch_size)
-            for start in tqdm(starts, desc=desc, unit="batch", disable=None):
+            for start in progress(starts, desc=desc, unit="batch"):
                 batch = image_batch(image_paths[start:start + batch_size]).to(dev)
                 with torch.inference_mode(), autocast(dev):
                     feats = backbone(backbone.preprocess(batch))

@@ -2,6 +2,7 @@
 
 ```
 RUN/config.json            what was trained, on what, how (JSON)
+RUN/manifest.json          what produced it: code, environment, seeds, data and weights digests
 RUN/model.safetensors      encoder weights (the backbone is referenced, not copied)
 RUN/checkpoint.safetensors last epoch's weights + optimizer, for --resume
 RUN/val_indices.npy        the validation rows of the training fMRI

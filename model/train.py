@@ -23,14 +23,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from .architectures import architecture, build_encoder
 from .device import autocast, pick_device
 from .errors import InputError
 from .features import FeatureSet, subject_features
 from .files import atomic_path, read_rows, save_npy, write_json
+from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
+from .progress import activity, progress
 from .readout import build_queries
 from .rois import HEMIS
 from .run import (CHECKPOINT, METRICS, VAL_INDICES, WEIGHTS, RunConfig, iter_batches, load_weights,
@@ -187,6 +188,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     config.grid = tuple(feats["train"].grid)
     if procs.main:
         write_config(out, config)
+        write_run_manifest(out, config, feats, resume=resume)
 
     train_idx, val_idx = train_val_split(subject.n_train, config.train.val_fraction, config.train.split_seed)
     if procs.main:
@@ -199,8 +201,9 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
     start = time.perf_counter()
     if arch.capabilities.closed_form:
-        model.core.fit(lambda: (model.normalise(b) for b in iter_batches(feats["train"].features, train_idx, 256)),
-                       targets.rows(train_idx))
+        with activity(f"{config.encoder_arch} fit"):
+            model.core.fit(lambda: (model.normalise(b) for b in iter_batches(feats["train"].features, train_idx, 256)),
+                           targets.rows(train_idx))
         history, best_epoch = [], None
         if procs.main:
             save_weights(out / WEIGHTS, model, {"encoder_arch": config.encoder_arch})
@@ -256,7 +259,7 @@ def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Ta
     regularise = model.core.regularization if model.capabilities.regularisation else None
     n = len(train_idx)
     epochs = range(state["epoch"], tc.epochs)
-    bar = tqdm(epochs, desc="training", unit="epoch", disable=None if procs.main else True)
+    bar = progress(epochs, desc="training", unit="epoch", disable=not procs.main)
     for epoch in bar:
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return None, None

@@ -60,3 +60,90 @@ def test_imports_flow_one_way():
             text = path.read_text()
             for name in banned:
                 assert not re.search(rf"^\s*(from|import)\s+{name}\b", text, flags=re.M), f"{path} imports {name}"
+
+
+# --------------------------------------------------------------------------
+# Every third-party import is declared; every declared dependency is used
+# --------------------------------------------------------------------------
+
+#: Our own top-level packages and modules.
+FIRST_PARTY = {"model", "interpret", "analyses", "main"}
+#: Declared dependencies that nothing imports, each needed at run time for the reason given.
+RUNTIME_ONLY = {
+    "netcdf4": "xarray's engine for every .nc file we write and read (imported by xarray, not by us)",
+}
+
+
+def _code_sources() -> list[tuple[Path, str]]:
+    """The packages' modules, main.py, and the code cells of the notebooks (magics and shell lines removed)."""
+    import json
+
+    files = [p for package in ("model", "interpret", "analyses") for p in sorted((ROOT / package).rglob("*.py"))]
+    sources = [(p, p.read_text()) for p in [*files, ROOT / "main.py"]]
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        sources.append((nb, "\n".join(line for line in code.splitlines() if not line.lstrip().startswith(("%", "!")))))
+    return sources
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Top-level name of every third-party module imported anywhere in the code -> the files importing it."""
+    import ast
+    import sys
+
+    found: dict[str, set[str]] = {}
+    for path, text in _code_sources():
+        for node in ast.walk(ast.parse(text, filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY and top != "__future__":
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_import_is_declared_and_every_dependency_imported():
+    from importlib.metadata import packages_distributions
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = {_normalise(_split(r)[0]) for r in pyproject["project"]["dependencies"]}
+    providers = {module: {_normalise(d) for d in dists} for module, dists in packages_distributions().items()}
+    imports = third_party_imports()
+    assert {"torch", "numpy", "yaml", "huggingface_hub", "jinja2", "nbformat"} <= set(imports), "the scan finds imports"
+    undeclared, used = {}, set()
+    for module, where in sorted(imports.items()):
+        dists = providers.get(module)
+        assert dists, f"{module} (imported in {sorted(where)[0]}) is not installed: no distribution provides it"
+        if not dists & declared:
+            undeclared[module] = (sorted(dists), sorted(where)[:2])
+        used |= dists & declared
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    unused = declared - used - set(RUNTIME_ONLY)
+    assert not unused, f"declared but never imported (add a reason to RUNTIME_ONLY if needed at run time): {sorted(unused)}"
+    assert set(RUNTIME_ONLY) <= declared, "a runtime-only dependency must be declared"
+    assert not set(RUNTIME_ONLY) & used, "a runtime-only dependency that is imported needs no exception"
+
+
+def test_the_import_scan_would_catch_a_miss(monkeypatch):
+    """An import inside a function of an undeclared package (statsmodels is a test extra only) fails the check."""
+    import pytest
+
+    real = _code_sources()
+    extra = (ROOT / "model" / "extra.py", "def fit():\n    from statsmodels.api import OLS\n    return OLS\n")
+    monkeypatch.setattr(f"{__name__}._code_sources", lambda: [*real, extra])
+    with pytest.raises(AssertionError, match="imported but not declared.*statsmodels"):
+        test_every_import_is_declared_and_every_dependency_imported()
+    without_tqdm = [(path, text.replace("from tqdm.auto import tqdm", "")) for path, text in real]
+    monkeypatch.setattr(f"{__name__}._code_sources", lambda: without_tqdm)
+    with pytest.raises(AssertionError, match="declared but never imported.*tqdm"):
+        test_every_import_is_declared_and_every_dependency_imported()

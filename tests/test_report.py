@@ -209,6 +209,37 @@ def test_html_reports_embed_their_figures(small_report):
     assert "all notebooks ran" in index
 
 
+def test_a_report_records_what_made_it_and_links_its_environment(small_report, trained_run, small_data):
+    """manifest.json, environment.yml and requirements.txt next to index.html, which links all three."""
+    import importlib.metadata as metadata
+
+    import yaml
+    from packaging.requirements import Requirement
+
+    from model.manifest import data_fingerprint
+
+    out, _, summary = small_report
+    manifest = json.loads((out / "manifest.json").read_text())
+    run_manifest = json.loads((trained_run / "manifest.json").read_text())
+    assert manifest["kind"] == "report" and manifest["command"]["reproduce"].startswith("tbe report --run")
+    assert manifest["run"]["path"] == str(trained_run.resolve()) and manifest["run"]["manifest_digest"]
+    assert manifest["run"]["changed_distributions"] == {}, "the same environment trained and rendered"
+    assert manifest["seeds"]["run"] == run_manifest["seeds"]
+    assert manifest["seeds"]["notebooks"] and all(str(v) == "0" for v in manifest["seeds"]["notebooks"].values())
+    assert manifest["feature_cache"] == run_manifest["feature_cache"]
+    assert manifest["backbone"] == run_manifest["backbone"]
+    assert manifest["data"]["digest"] == data_fingerprint(small_data, 1)["digest"]
+    assert manifest["distributions"]["numpy"] == metadata.version("numpy")
+    env = yaml.safe_load((out / "environment.yml").read_text())
+    assert f"numpy=={metadata.version('numpy')}" in env["dependencies"]
+    requirements = [line for line in (out / "requirements.txt").read_text().splitlines()
+                    if line and not line.startswith(("#", "--"))]
+    assert f"numpy=={metadata.version('numpy')}" in requirements and all(Requirement(r) for r in requirements)
+    index = (out / "index.html").read_text()
+    for name in ("manifest.json", "environment.yml", "requirements.txt"):
+        assert f'href="{name}"' in index
+
+
 def test_a_failing_notebook_is_marked_and_the_others_complete(small_report, trained_run, small_data, cache_dir,
                                                              tmp_path, capsys):
     """attention_maps gets an unknown ROI; the others run after it (map_checks shows saved tables, no recomputing)."""

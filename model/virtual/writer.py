@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..files import atomic_directory, save_npy, write_json
+from ..progress import progress
 from ..rois import HEMIS, ROI_CLASSES, class_mapping
 from ..subject import SPLIT_DIRS
 from . import responses as R
@@ -88,7 +88,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
         energy = np.empty((n_total, R.GRID, R.GRID), np.float16)
         coverage = np.empty((n_total, len(CATEGORIES), R.GRID, R.GRID), np.float16)
         rows = []
-        bar = tqdm(total=n_total, desc="rendering stimuli", unit="img", disable=None)
+        bar = progress(total=n_total, desc="rendering stimuli", unit="img")
         for start in range(0, n_total, chunk):
             stop = min(n_total, start + chunk)
             images, masks = [], []
