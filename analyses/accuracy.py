@@ -20,7 +20,6 @@ from model.metrics import noise_normalised, pearson_r
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_TO_CLASS, UNKNOWN
 from model.scoring import Reference, check_shapes, file_reference, virtual_reference
 from model.subject import Subject
-from model.virtual.truth import has_ground_truth
 
 
 @dataclass
@@ -47,7 +46,7 @@ def find_reference(subject: Subject, test_fmri: str | Path | None = None,
     """The reference test predictions are scored against: the user's files, else a virtual subject's truth."""
     if test_fmri:
         return file_reference(test_fmri, noise_ceiling or None)
-    if has_ground_truth(subject.root):
+    if subject.truth is not None:
         return virtual_reference(subject)
     return None
 

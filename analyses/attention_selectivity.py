@@ -32,7 +32,6 @@ from model.rois import ROI_TO_CLASS
 from model.run import Run
 
 from . import stats as S
-from .responses import backbone_of
 from .stimuli import CLASS_CATEGORY, StimulusSet
 
 #: Images per forward pass.
@@ -114,7 +113,7 @@ def mass_test(att: np.ndarray, masks: np.ndarray, image: np.ndarray, n_permutati
 def attention_table(run: Run, features: np.ndarray, stimuli: StimulusSet, settings, seed: int = 0) -> pd.DataFrame:
     """One row per hemi x ROI query x category: ``n``, ``mass``, ``chance``, ``ratio``, ``p``, ``p_fdr``."""
     att, queries = token_attention(run, features)
-    masks, image = token_coverage(stimuli.masks, backbone_of(run))
+    masks, image = token_coverage(stimuli.masks, run.shared_backbone)
     rng = np.random.default_rng([seed, 2])
     rows = []
     for c, category in enumerate(stimuli.categories):

@@ -42,8 +42,6 @@ from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS
 from model.run import Run, open_run
-from model.virtual import responses as virtual_responses
-from model.virtual.truth import has_ground_truth, load_ground_truth
 
 from . import stats as S
 from .responses import heldout_responses, reliability
@@ -112,8 +110,7 @@ def shuffled_rows(x: np.ndarray, codes: np.ndarray, n_categories: int, source: s
 
 def null_rois(run: Run) -> list[tuple[str, str]]:
     """(hemi, ROI) of the ROIs planted to respond to nothing."""
-    truth = load_ground_truth(run.subject.root)
-    return [(hemi, roi) for roi, info in truth.rois.items() if info["preference"] is None
+    return [(hemi, roi) for roi, info in run.subject.truth.rois.items() if info["preference"] is None
             for hemi in info["hemis"] if hemi in HEMIS]
 
 
@@ -122,10 +119,9 @@ def fresh_null_measurements(run: Run, rois: list[tuple[str, str]], n_images: int
     """ROI means of fresh noise ``(seed, image, roi)``, drawn as the generator draws measurements.
 
     Null vertices have no signal, so a measurement is the average of
-    ``n_repeats`` z-scored noise trials (:func:`model.virtual.responses.noisy_average`).
+    ``n_repeats`` z-scored noise trials (:meth:`model.truth.GroundTruth.null_measurements`).
     """
-    truth = load_ground_truth(run.subject.root)
-    repeats = int(truth.config.get("n_repeats", 3))
+    truth = run.subject.truth
     masks = {hemi: [run.subject.roi_mask(roi, hemi) for h, roi in rois if h == hemi] for hemi in HEMIS}
     out = np.empty((n_seeds, n_images, len(rois)))
     for s in progress(range(n_seeds), desc="fresh noise", unit="seed"):
@@ -134,8 +130,7 @@ def fresh_null_measurements(run: Run, rois: list[tuple[str, str]], n_images: int
             if not masks[hemi]:
                 continue
             union = np.any(masks[hemi], axis=0)
-            ncsnr = truth.tuning[hemi].ncsnr[union]
-            noise = virtual_responses.noisy_average(np.zeros((n_images, union.sum()), np.float32), ncsnr, rng, repeats)
+            noise = truth.null_measurements(hemi, union, n_images, rng)
             for mask in masks[hemi]:
                 out[s, :, column] = noise[:, mask[union]].mean(1)
                 column += 1
@@ -153,7 +148,7 @@ def _order(rois: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def calibrate(run: Run, n_seeds: int = N_SEEDS, alpha: float = 0.05, cache_dir: str | Path | None = None,
               n_permutations: int = N_PERMUTATIONS, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The calibration table, and the selectivity table of the true labels it was measured with."""
-    if not has_ground_truth(run.subject.root):
+    if run.subject.truth is None:
         raise InputError(run.subject.root, "calibration needs a virtual subject (its ground truth says which ROIs are null)")
     if n_seeds < 1:
         raise InputError("--n-seeds", f"must be at least 1, got {n_seeds}")

@@ -7,6 +7,7 @@ arguments, what to run). Bad input ends with one line,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -57,6 +58,28 @@ def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool 
         p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's)")
 
 
+def add_settings_args(p: argparse.ArgumentParser, settings_class: type) -> None:
+    """One option per field of a settings dataclass: ``--n-steps`` for ``n_steps``.
+
+    A field's metadata (:func:`model.options.setting`) give the option's
+    ``help``, ``type`` and ``choices``; its default is the dataclass's, so
+    the two cannot drift apart.
+    """
+    from model.options import option_name
+
+    for f in dataclasses.fields(settings_class):
+        meta = f.metadata
+        text = meta.get("help", "")
+        p.add_argument(option_name(f.name), dest=f.name, default=f.default, type=meta.get("type"),
+                       choices=meta.get("choices"), metavar=None if meta.get("choices") else f.name.upper(),
+                       help=text if "default" in text else f"{text} (default %(default)s)")
+
+
+def settings_from_args(settings_class: type, args: argparse.Namespace):
+    """The settings dataclass made from the options :func:`add_settings_args` added."""
+    return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
+
+
 def backbone_config(args: argparse.Namespace):
     from model.backbone import BackboneConfig
 
@@ -71,7 +94,7 @@ def backbone_config(args: argparse.Namespace):
 # --------------------------------------------------------------------------
 
 def _synth_args(p: argparse.ArgumentParser) -> None:
-    from model.virtual.writer import VirtualConfig
+    from model.synthetic import VirtualConfig
 
     d = VirtualConfig()
     p.add_argument("--out", type=Path, required=True, help="folder to write subjXX into")
@@ -88,7 +111,7 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from model.virtual.writer import VirtualConfig, write_virtual_subject
+    from model.synthetic import VirtualConfig, write_virtual_subject
 
     config = VirtualConfig(args.subj, args.n_train, args.n_test, args.image_size, args.seed, surface=args.surface,
                            n_vertices=tuple(args.vertices) if args.vertices else None)
@@ -277,10 +300,9 @@ def _comma_list(text: str) -> list[str]:
 
 def add_map_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``tbe interpret`` and ``tbe check-maps``."""
-    from interpret.attribution import BASELINES, Settings
+    from interpret.attribution import Settings
     from interpret.pipeline import DEFAULT_METHODS, DEFAULT_ROIS
 
-    s = Settings()
     add_run_args(p)
     p.add_argument("--split", default="val", help="val or test images (default val)")
     p.add_argument("--n-images", type=int, default=4)
@@ -291,22 +313,17 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=_comma_list, default=list(DEFAULT_ROIS),
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
-    p.add_argument("--n-steps", type=int, default=s.n_steps, help="integration steps of integrated gradients")
-    p.add_argument("--internal-batch-size", type=int, default=s.internal_batch_size)
-    p.add_argument("--baseline", choices=BASELINES, default=s.baseline)
     p.add_argument("--cache-dir", type=Path, default=None)
+    add_settings_args(p.add_argument_group("method settings"), Settings)
 
 
-def map_job(args: argparse.Namespace):
+def map_job(args: argparse.Namespace, run):
+    """The job of ``tbe interpret`` / ``tbe check-maps``, checked against the run (:func:`interpret.pipeline.map_job`)."""
     from interpret.attribution import Settings
-    from interpret.pipeline import MapJob
+    from interpret.pipeline import map_job as checked_job
 
-    if args.n_steps < 2:
-        raise InputError("--n-steps", f"must be at least 2, got {args.n_steps}")
-    rois = None if args.rois == ["all"] else tuple(args.rois)
-    return MapJob(args.split, args.n_images, tuple(args.methods), rois, args.map_size,
-                  Settings(n_steps=args.n_steps, internal_batch_size=args.internal_batch_size, baseline=args.baseline),
-                  containing=args.containing)
+    return checked_job(run, args.split, args.n_images, args.methods, args.rois, settings_from_args(Settings, args),
+                       map_size=args.map_size, containing=args.containing)
 
 
 def _interpret_args(p: argparse.ArgumentParser) -> None:
@@ -323,8 +340,7 @@ def _interpret(args: argparse.Namespace) -> int:
     if args.out.suffix != ".nc":
         raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
     run = open_run(args.run, args.data_dir)
-    job = map_job(args)
-    job.check(run)
+    job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
     ds = compute_maps(run, job, inputs)
     print(save_maps(ds, args.out))
@@ -351,8 +367,7 @@ def _check_maps(args: argparse.Namespace) -> int:
     from model.run import open_run
 
     run = open_run(args.run, args.data_dir)
-    job = map_job(args)
-    job.check(run)
+    job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
     tables = check_maps(run, job, inputs, tuple(args.sanity_methods) if args.sanity_methods else None,
                         faithfulness_rois=tuple(args.faithfulness_rois) if args.faithfulness_rois else None)
@@ -365,8 +380,7 @@ def _check_maps(args: argparse.Namespace) -> int:
 
 
 def _selectivity_args(p: argparse.ArgumentParser) -> None:
-    from analyses.selectivity import ALPHA, N_BOOTSTRAP, N_PERMUTATIONS
-    from analyses.stats import ALTERNATIVES
+    from analyses.selectivity import SelectivitySettings
 
     add_run_args(p, subj=True)
     p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
@@ -376,22 +390,17 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", type=_comma_list, default=None,
                    help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
-    p.add_argument("--n-permutations", type=int, default=N_PERMUTATIONS, help=f"label permutations per test (default {N_PERMUTATIONS})")
-    p.add_argument("--n-bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples of the intervals (default {N_BOOTSTRAP})")
-    p.add_argument("--alpha", type=float, default=ALPHA, help=f"FDR level (default {ALPHA})")
-    p.add_argument("--alternative", choices=list(ALTERNATIVES), default="greater",
-                   help="category vs rest: greater (a preference, default), less or two-sided")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
+    add_settings_args(p.add_argument_group("statistics"), SelectivitySettings)
 
 
 def _selectivity(args: argparse.Namespace) -> int:
-    from analyses.selectivity import run_selectivity
+    from analyses.selectivity import SelectivitySettings, run_selectivity
 
-    table = run_selectivity(args.run, args.data_dir, args.out, subj=args.subj, images=args.images, labels=args.labels,
-                            n_permutations=args.n_permutations, seed=args.seed, cache_dir=args.cache_dir,
-                            categories=args.categories, alpha=args.alpha, n_bootstrap=args.n_bootstrap,
-                            alternative=args.alternative)
+    table = run_selectivity(args.run, args.data_dir, args.out, args.subj, settings_from_args(SelectivitySettings, args),
+                            images=args.images, labels=args.labels, categories=args.categories, seed=args.seed,
+                            cache_dir=args.cache_dir)
     found = table[table["supported"] & table["preferred"]]
     for source, part in found.groupby("source", sort=False):
         print(f"{source}: " + ", ".join(f"{h}:{r} {c}" for h, r, c in zip(part.hemi, part.roi, part.category)))

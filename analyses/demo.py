@@ -23,8 +23,8 @@ from model.rois import HEMIS
 from model.run import METRICS, RunConfig, TrainConfig, open_run
 from model.scoring import score, score_table, virtual_reference
 from model.subject import load_subject, subject_dir
+from model.synthetic import VirtualConfig, write_virtual_subject
 from model.train import train
-from model.virtual.writer import VirtualConfig, write_virtual_subject
 
 from .calibration import run_calibration
 from .localizer import run_localizer

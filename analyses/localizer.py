@@ -1,7 +1,7 @@
 """The in-silico functional localizer: ``tbe localizer``.
 
 The run predicts every vertex's response to the rendered fLoc-style
-localizer (:mod:`model.virtual.localizer`); each contrast of
+localizer (rendered by the virtual-subject generator, :func:`analyses.stimuli.localizer`); each contrast of
 :data:`CONTRASTS` (faces > bodies, places, words, objects; and so on) gives a
 per-vertex Welch t-map, as a GLM contrast would from an fLoc scan. Maps are
 thresholded into predicted ROIs: vertices that respond more to the category
@@ -39,8 +39,7 @@ from model.files import atomic_path, write_csv
 from model.progress import progress
 from model.rois import HEMIS, ROI_CLASSES
 from model.run import Run, open_run
-from model.virtual.stimuli import CATEGORIES as VIRTUAL_CATEGORIES
-from model.virtual.truth import has_ground_truth, load_ground_truth
+from model.vision import CATEGORIES
 
 from . import stats as S
 from .responses import features_for, predicted_vertices
@@ -111,12 +110,12 @@ def threshold(maps: dict[str, dict[str, np.ndarray]], alpha: float = ALPHA) -> d
 
 def true_responses(run: Run, stimuli: StimulusSet) -> dict[str, np.ndarray]:
     """A virtual subject's noise-free responses to the stimuli (masks from the rendered set)."""
-    truth = _truth(run)
+    truth = run.subject.truth
     images = np.stack([read_image(p) for p in stimuli.paths])
-    masks = np.zeros((len(stimuli), len(VIRTUAL_CATEGORIES), *stimuli.masks.shape[-2:]), np.float32)
+    masks = np.zeros((len(stimuli), len(CATEGORIES), *stimuli.masks.shape[-2:]), np.float32)
     for c, category in enumerate(stimuli.categories):
-        if category in VIRTUAL_CATEGORIES:  # 'scrambled' has no mask: nothing of any category is visible
-            masks[:, VIRTUAL_CATEGORIES.index(category)] = np.nan_to_num(stimuli.masks[:, c])
+        if category in CATEGORIES:  # 'scrambled' has no mask: nothing of any category is visible
+            masks[:, CATEGORIES.index(category)] = np.nan_to_num(stimuli.masks[:, c])
     return {hemi: truth.responses(hemi, images, masks) for hemi in HEMIS}
 
 
@@ -127,19 +126,12 @@ def references(run: Run, contrast: Contrast, hemi: str) -> dict[str, tuple[str, 
     if contrast.roi_class is not None:
         present = [r for r in ROI_CLASSES[contrast.roi_class] if run.subject.roi_mask(r, hemi).any()]
         refs["roi_masks"] = (",".join(present), run.subject.labels[contrast.roi_class][hemi] > 0)
-    if has_ground_truth(run.subject.root):
-        tuning = _truth(run).tuning[hemi]
-        planted = (tuning.preference[:, VIRTUAL_CATEGORIES.index(contrast.category)] >= 1) & ~tuning.null
+    if run.subject.truth is not None:
+        tuning = run.subject.truth.tuning[hemi]
+        planted = (tuning.preference[:, CATEGORIES.index(contrast.category)] >= 1) & ~tuning.null
         if planted.any():
             refs["planted"] = (f"vertices planted to prefer {contrast.category}", planted)
     return refs
-
-
-def _truth(run: Run):
-    """The run's ground truth, read once per run (its tables are cached on the object)."""
-    if not hasattr(run, "_ground_truth"):
-        run._ground_truth = load_ground_truth(run.subject.root)  # noqa: SLF001 - a cache on our own object
-    return run._ground_truth  # noqa: SLF001
 
 
 def compare(run: Run, contrast: Contrast, maps: dict, rois: dict[str, np.ndarray],
@@ -178,7 +170,7 @@ def localize(run: Run, stimuli: StimulusSet, cache_dir: str | Path | None = None
              alpha: float = ALPHA) -> tuple[pd.DataFrame, xr.Dataset]:
     """Every contrast's t-map, predicted ROI and comparisons; returns the table and the maps."""
     values = predicted_vertices(run, features_for(run, stimuli.paths, None, cache_dir))
-    truth = true_responses(run, stimuli) if has_ground_truth(run.subject.root) else None
+    truth = true_responses(run, stimuli) if run.subject.truth is not None else None
     rows, data = [], {f"{h}_{k}": [] for h in HEMIS for k in ("t", "t_min", "p_fdr", "roi", "true_t")}
     names = []
     for contrast in CONTRASTS:

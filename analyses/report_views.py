@@ -1,21 +1,21 @@
-"""What the report notebooks show: display helpers, figures and summary tables.
+"""What the report notebooks show: notebook set-up, figures, one-line summaries and tables arranged for reading.
 
 The notebooks in ``notebooks/`` stay thin: they call :mod:`model`,
-:mod:`interpret` and :mod:`analyses`, and this module for everything about
-showing results (figures as embedded PNG, one-line summaries the report index
-picks up, tables arranged for reading). Heavy imports happen inside the
-functions, so :func:`setup_notebook` can quiet warnings before any library
-that warns at import time is loaded.
+:mod:`interpret` and :mod:`analyses` for every number, and this module for
+showing them (figures as embedded PNG, one-line summaries the report index
+picks up, tables arranged for reading). Nothing here computes a result that
+is not on display: the analyses have their own modules and tests. Heavy
+imports happen inside the functions, so :func:`setup_notebook` can quiet
+warnings before any library that warns at import time is loaded.
 """
 from __future__ import annotations
 
-import io
 import logging
 import random
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,18 +77,17 @@ def show(figure: Any, save_as: str | Path | None = None) -> None:
     """
     from IPython.display import Image, display
 
+    from model.figures import png_bytes
+    from model.files import atomic_path
+
     if isinstance(figure, (str, Path)):
         display(Image(filename=str(figure)))
         return
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
+    data = png_bytes(figure)
     if save_as is not None:
-        Path(save_as).parent.mkdir(parents=True, exist_ok=True)
-        Path(save_as).write_bytes(buffer.getvalue())
-    display(Image(data=buffer.getvalue(), format="png"))
+        with atomic_path(save_as) as tmp:
+            tmp.write_bytes(data)
+    display(Image(data=data, format="png"))
 
 
 def summary(text: str) -> None:
@@ -185,37 +184,6 @@ def training_curve(metrics: dict) -> Any:
 # Images and maps
 # --------------------------------------------------------------------------
 
-def prepare_images(run, job, cache_dir: str | Path | None = None, images: Any = None, seed: int = 0):
-    """The job's images: the first ``job.n_images`` of its split, ``'random'`` ones, or the named/indexed ones.
-
-    ``images`` may be empty (the first ones, as ``tbe interpret``), the word
-    ``random`` (``job.n_images`` drawn with ``seed``), or a list of file
-    names or positions within the split.
-    """
-    from interpret.maps import select_images
-    from interpret.pipeline import load_inputs, prepare
-    from model.errors import InputError
-
-    chosen = as_list(images)
-    if chosen is None:
-        return prepare(run, job, cache_dir)
-    pool = select_images(run, job.split, 10**9)
-    if chosen == ["random"]:
-        idx = np.random.default_rng(seed).choice(len(pool), size=min(job.n_images, len(pool)), replace=False)
-        paths = [pool[i] for i in sorted(idx)]
-    else:
-        by_name = {p.name: p for p in pool}
-        paths = []
-        for item in chosen:
-            if item in by_name:
-                paths.append(by_name[item])
-            elif item.isdigit() and int(item) < len(pool):
-                paths.append(pool[int(item)])
-            else:
-                raise InputError("images", f"{item!r} is neither a {job.split} image name nor a position below {len(pool)}")
-    return load_inputs(run, paths, job.map_size, cache_dir)
-
-
 def present_rois(ds, hemi: str, variable: str) -> list[str]:
     """ROIs of a maps dataset that have maps in ``hemi``."""
     arr = ds[variable].sel(hemi=hemi)
@@ -273,33 +241,6 @@ def head_grid(ds, images, hemi: str, roi: str):
     return fig
 
 
-def attention_centres(ds, grid, variable: str = "attention_mean") -> pd.DataFrame:
-    """Per (hemi, ROI): the attention's centre of mass in degrees (mean over images), its spread, and focus.
-
-    ``focus`` is 1 minus the normalised entropy of the map: 0 for attention
-    spread evenly over the image, 1 for attention on a single cell.
-    """
-    from interpret.checks import centre_of_mass_deg
-
-    rows = []
-    arr = ds[variable]
-    cells = arr.sizes["y"] * arr.sizes["x"]
-    for hemi in arr.hemi.values:
-        for roi in arr.roi.values:
-            maps = arr.sel(hemi=hemi, roi=roi).values
-            if not np.isfinite(maps).all():
-                continue
-            centres = np.array([centre_of_mass_deg(m, grid) for m in maps])
-            p = np.clip(maps.reshape(len(maps), -1), 0, None)
-            p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
-            entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(1) / np.log(cells)
-            rows.append({"hemi": str(hemi), "roi": str(roi), "x_deg": float(np.nanmean(centres[:, 0])),
-                         "y_deg": float(np.nanmean(centres[:, 1])),
-                         "spread_deg": float(np.nanmean(np.hypot(*(centres - np.nanmean(centres, 0)).T))),
-                         "focus": float(np.mean(1 - entropy))})
-    return pd.DataFrame(rows)
-
-
 def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
     """Rows: ROIs; columns: methods; each map averaged over the images (signed maps in red/blue)."""
     import matplotlib.pyplot as plt
@@ -325,125 +266,6 @@ def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
     return fig
 
 
-def map_variables(ds, methods: Iterable[str]) -> list[str]:
-    """The dataset variables of the requested methods (``attention`` -> ``attention_mean``)."""
-    return [("attention_mean" if m == "attention" else m) for m in methods
-            if ("attention_mean" if m == "attention" else m) in ds]
-
-
-def convergence_table(ds, gaps: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Completeness errors of integrated-gradients methods per (method, hemi, ROI).
-
-    ``delta`` is the sum of the attributions minus ``f(x) - f(baseline)``;
-    the table gives its mean and largest absolute value over images and,
-    where ``gaps`` (from :func:`completeness_gaps`) has the method, the mean
-    ``|delta|`` relative to the mean ``|f(x) - f(baseline)|``.
-    """
-    rows = []
-    for name in [v for v in ds.data_vars if str(v).endswith("_delta")]:
-        method = str(name)[: -len("_delta")]
-        delta = ds[name]
-        for hemi in delta.hemi.values:
-            for roi in delta.roi.values:
-                d = np.abs(delta.sel(hemi=hemi, roi=roi).values)
-                if not np.isfinite(d).any():
-                    continue
-                row = {"method": method, "hemi": str(hemi), "roi": str(roi), "mean_abs_delta": float(np.nanmean(d)),
-                       "max_abs_delta": float(np.nanmax(d))}
-                if gaps is not None:
-                    g = gaps[(gaps.method == method) & (gaps.hemi == hemi) & (gaps.roi == roi)]
-                    if len(g):
-                        row["relative_delta"] = float(np.nanmean(d) / max(np.abs(g.gap.values).mean(), 1e-12))
-                rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def completeness_gaps(run, inputs, rois: list[str] | None, methods: list[str], baseline: str) -> pd.DataFrame:
-    """``f(x) - f(baseline)`` per image and target, for the pixel-level integrated-gradients methods."""
-    import torch
-
-    from interpret.attribution import ImageModel, baseline_images, method
-    from interpret.maps import roi_targets
-
-    pixel = [m for m in methods if m != "attention" and method(m)[0].convergence_delta and method(m)[0].level == "pixel"]
-    if not pixel:
-        return pd.DataFrame(columns=["method", "hemi", "roi", "image", "gap"])
-    targets = roi_targets(run, rois)
-    model = ImageModel(inputs.backbone, run.model, targets).eval()
-    with torch.no_grad():
-        gap = (model(inputs.images) - model(baseline_images(inputs.images, baseline, inputs.backbone))).numpy()
-    rows = [{"method": m, "hemi": h, "roi": r, "image": i, "gap": float(gap[i, t])}
-            for m in pixel for t, (h, r) in enumerate(zip(targets.hemis, targets.rois)) for i in range(len(gap))]
-    return pd.DataFrame(rows)
-
-
-def method_agreement(ds, variables: list[str]) -> pd.DataFrame:
-    """Mean Spearman rank correlation between the methods' maps (over images, hemispheres and ROIs).
-
-    Maps are compared by their absolute values (as in the sanity checks), so a
-    signed method and an unsigned one agree when they highlight the same places.
-    """
-    from scipy.stats import spearmanr
-
-    arrays = {}
-    for name in variables:
-        a = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
-        arrays[name] = np.abs(a.transpose("image", "hemi", "roi", "y", "x").values)
-    out = pd.DataFrame(np.eye(len(variables)), index=variables, columns=variables)
-    for i, a in enumerate(variables):
-        for b in variables[i + 1:]:
-            values = []
-            for idx in np.ndindex(*arrays[a].shape[:3]):
-                x, y = arrays[a][idx].ravel(), arrays[b][idx].ravel()
-                if np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0:
-                    values.append(spearmanr(x, y)[0])
-            out.loc[a, b] = out.loc[b, a] = float(np.mean(values)) if values else np.nan
-    return out
-
-
-# --------------------------------------------------------------------------
-# Map checks
-# --------------------------------------------------------------------------
-
-#: The tables of the map checks, as ``tbe check-maps`` writes them
-CHECK_TABLES = ("sanity", "localization", "faithfulness")
-
-
-def read_check_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
-    """The check tables (``<name>.csv``) of a ``tbe check-maps`` (or ``tbe demo``) output folder."""
-    from model.errors import InputError
-
-    folder = Path(folder)
-    for name in ("sanity", "faithfulness"):
-        if not (folder / f"{name}.csv").is_file():
-            raise InputError(folder / f"{name}.csv", "missing: not a folder written by tbe check-maps")
-    return {name: pd.read_csv(folder / f"{name}.csv") for name in CHECK_TABLES if (folder / f"{name}.csv").is_file()}
-
-
-def sanity_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: rank correlation with the original maps after the whole decoder is randomised."""
-    last = table[table.step == table.step.max()]
-    return last[["method", "randomised", "rank_correlation", "ssim", "flagged"]].reset_index(drop=True)
-
-
-def localization_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean of each localization measure per method, with its chance level."""
-    if table.empty:
-        return table
-    means = table.groupby(["measure", "method"])[["value", "chance"]].mean().reset_index()
-    means["above_chance"] = [None if pd.isna(c) else bool(v > c) for v, c in zip(means.value, means.chance)]
-    return means
-
-
-def faithfulness_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean deletion and insertion AUCs per method, and their differences from the random order."""
-    means = table.groupby("method")[["deletion_auc", "insertion_auc"]].mean()
-    if "random" in means.index:
-        means["deletion_vs_random"] = means.deletion_auc - means.loc["random", "deletion_auc"]
-        means["insertion_vs_random"] = means.insertion_auc - means.loc["random", "insertion_auc"]
-    return means.reset_index()
-
-
 # --------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------
@@ -457,53 +279,6 @@ def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int):
     if run.config.subj != int(subj):
         raise InputError("subj", f"the run {run_dir} was trained on subject {run.config.subj}, not {subj}")
     return run
-
-
-def map_job(run, split: str, n_images: int, methods: Any, rois: Any, n_steps: int | None = None,
-            baseline: str | None = None):
-    """An :class:`interpret.pipeline.MapJob` from notebook parameters, checked against the run before any work.
-
-    Unknown methods or ROI names stop here, before images are read.
-    """
-    from interpret.attribution import Settings
-    from interpret.maps import roi_targets
-    from interpret.pipeline import MapJob
-
-    wanted = as_list(rois)
-    settings = {k: v for k, v in (("n_steps", n_steps), ("baseline", baseline)) if v is not None}
-    job = MapJob(split, int(n_images), tuple(as_list(methods) or ()), tuple(wanted) if wanted else None,
-                 settings=Settings(**settings), backbone_attention=False)
-    job.check(run)
-    roi_targets(run, wanted)
-    return job
-
-
-# --------------------------------------------------------------------------
-# Expected visual-field quadrants (retinotopy of early visual cortex)
-# --------------------------------------------------------------------------
-
-#: Upper (+1) or lower (-1) visual field of each early visual ROI: ventral areas see the upper field
-VERTICAL_FIELD: dict[str, int] = {"V1v": 1, "V2v": 1, "V3v": 1, "hV4": 1, "V1d": -1, "V2d": -1, "V3d": -1}
-#: Right (+1) or left (-1) visual field of each hemisphere
-HORIZONTAL_FIELD: dict[str, int] = {"lh": 1, "rh": -1}
-
-
-def expected_quadrant(hemi: str, roi: str) -> tuple[int, int] | None:
-    """(x sign, y sign) of the visual-field quadrant an early visual ROI represents, else None."""
-    if roi not in VERTICAL_FIELD:
-        return None
-    return HORIZONTAL_FIELD[hemi], VERTICAL_FIELD[roi]
-
-
-def add_expected_quadrant(centres: pd.DataFrame) -> pd.DataFrame:
-    """Mark whether each early visual ROI's attention centre lies in the quadrant it represents."""
-    centres = centres.copy()
-    hits = []
-    for row in centres.itertuples():
-        q = expected_quadrant(row.hemi, row.roi)
-        hits.append(np.nan if q is None else float(np.sign(row.x_deg) == q[0] and np.sign(row.y_deg) == q[1]))
-    centres["in_expected_quadrant"] = hits
-    return centres
 
 
 # --------------------------------------------------------------------------

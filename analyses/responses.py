@@ -29,7 +29,6 @@ from model.files import digest_json
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES, ROI_TO_CLASS
 from model.run import Run, predict
 from model.subject import Subject
-from model.virtual.truth import has_ground_truth, load_ground_truth
 
 from .stats import fdr_bh
 
@@ -70,13 +69,6 @@ def roi_means(values: dict[str, np.ndarray], subject: Subject,
 # Features and predictions
 # --------------------------------------------------------------------------
 
-def backbone_of(run: Run):
-    """The run's backbone, built once per opened run (building one takes seconds)."""
-    if getattr(run, "_analysis_backbone", None) is None:
-        run._analysis_backbone = run.backbone()  # noqa: SLF001 - a cache on the caller's own object
-    return run._analysis_backbone  # noqa: SLF001
-
-
 def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
                  cache_dir: str | Path | None = None) -> np.ndarray:
     """Backbone features ``(N, tokens, C)`` of ``paths``.
@@ -86,7 +78,7 @@ def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int]
     them), those rows are read from the cache instead of recomputing.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    backbone = backbone_of(run)
+    backbone = run.shared_backbone
     if rows is not None and all(r is not None for r in rows):
         entries = {}
         for split in {r[0] for r in rows}:
@@ -110,10 +102,8 @@ def measured_vertices(run: Run, rows: Sequence[tuple[str, int] | None]) -> dict[
     Training (and validation) images have the training fMRI; test images
     have fMRI only in a virtual subject's ground truth.
     """
-    test = None
-    if has_ground_truth(run.subject.root):
-        truth = load_ground_truth(run.subject.root)
-        test = {hemi: truth.array("test_fmri", hemi) for hemi in HEMIS}
+    truth = run.subject.truth
+    test = {hemi: truth.array("test_fmri", hemi) for hemi in HEMIS} if truth is not None else None
     sources = {"train": run.subject.fmri, "test": test}
     if not any(r is not None and sources[r[0]] is not None for r in rows):
         return None
@@ -135,7 +125,7 @@ def heldout_rows(run: Run) -> list[tuple[str, int]]:
     """(split, index) of images with fMRI that the run never trained on: validation rows, and a
     virtual subject's test images."""
     rows = [("train", int(i)) for i in run.val_indices]
-    if has_ground_truth(run.subject.root):
+    if run.subject.truth is not None:
         rows += [("test", i) for i in range(run.subject.n_test)]
     return rows
 

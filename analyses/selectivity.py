@@ -39,8 +39,8 @@ from scipy import stats
 from model.errors import InputError
 from model.files import atomic_path, write_csv
 from model.progress import progress
+from model.options import check_settings, setting
 from model.run import Run, open_run
-from model.virtual.truth import has_ground_truth, load_ground_truth
 
 from . import stats as S
 from .responses import (features_for, heldout_responses, measured_vertices, predicted_vertices, reliability,
@@ -60,21 +60,18 @@ COLUMNS = ["source", "hemi", "roi", "roi_class", "category", "n", "n_rest", "mea
 
 @dataclass(frozen=True)
 class SelectivitySettings:
-    """How the contrasts are tested."""
+    """How the contrasts are tested; each field is also a ``tbe selectivity`` option (``--n-permutations`` ...)."""
 
-    n_permutations: int = N_PERMUTATIONS
-    n_bootstrap: int = N_BOOTSTRAP
-    alpha: float = ALPHA
-    alternative: str = "greater"
-    confidence: float = 0.95
+    n_permutations: int = setting(N_PERMUTATIONS, "label permutations per test", minimum=1)
+    n_bootstrap: int = setting(N_BOOTSTRAP, "bootstrap resamples of the confidence intervals", minimum=1)
+    alpha: float = setting(ALPHA, "FDR level", minimum=0, maximum=1)
+    alternative: str = setting("greater", "category vs rest: greater (a preference), less or two-sided",
+                               choices=tuple(S.ALTERNATIVES))
+    confidence: float = setting(0.95, "level of the bootstrap confidence intervals", minimum=0, maximum=1)
 
     def check(self) -> None:
-        if self.n_permutations < 1:
-            raise InputError("--n-permutations", f"must be at least 1, got {self.n_permutations}")
-        if not 0 < self.alpha < 1:
-            raise InputError("--alpha", f"must be between 0 and 1, got {self.alpha}")
-        if self.alternative not in S.ALTERNATIVES:
-            raise InputError("--alternative", f"choose from {', '.join(S.ALTERNATIVES)}")
+        """One clear error naming the option of the first setting out of range."""
+        check_settings(self)
 
 
 # --------------------------------------------------------------------------
@@ -175,10 +172,10 @@ def add_reliability(table: pd.DataFrame, reliable: pd.DataFrame | None) -> pd.Da
 def add_planted(table: pd.DataFrame, run: Run) -> pd.DataFrame:
     """The virtual subject's planted preference of each ROI ('' for real subjects, 'none' for null ROIs)."""
     table = table.copy()
-    if not has_ground_truth(run.subject.root):
+    if run.subject.truth is None:
         table["planted"] = ""
         return table
-    rois = load_ground_truth(run.subject.root).rois
+    rois = run.subject.truth.rois
     table["planted"] = [rois.get(r, {}).get("preference") or "none" for r in table["roi"]]
     return table
 
@@ -201,7 +198,7 @@ def choose_stimuli(run: Run, images: str | Path | None, labels: str | Path | Non
             log.warning("%d labelled images are training images of the run: their predictions are fits, not "
                         "predictions; prefer held-out images", trained)
         return stimuli
-    if has_ground_truth(run.subject.root):
+    if run.subject.truth is not None:
         return subject_heldout(run)
     from model.backbone import native_size
     from model.features import default_cache_dir
@@ -288,10 +285,9 @@ def write_outputs(result: dict, stimuli: StimulusSet, out_dir: Path) -> list[Pat
 
 
 def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path, subj: int | None = 1,
-                    images: str | Path | None = None, labels: str | Path | None = None,
-                    n_permutations: int = N_PERMUTATIONS, seed: int = 0, cache_dir: str | Path | None = None,
-                    categories: Sequence[str] | None = None, alpha: float = ALPHA,
-                    n_bootstrap: int = N_BOOTSTRAP, alternative: str = "greater") -> pd.DataFrame:
+                    settings: SelectivitySettings = SelectivitySettings(), images: str | Path | None = None,
+                    labels: str | Path | None = None, categories: Sequence[str] | None = None, seed: int = 0,
+                    cache_dir: str | Path | None = None) -> pd.DataFrame:
     """ROI selectivity of a run's predictions (and the fMRI where the images have it).
 
     Parameters
@@ -305,30 +301,24 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
         ``reliability.csv``, ``selectivity.nc`` and ``selectivity.png``.
     subj : int or None
         Subject number; must be the run's (None: the run's).
+    settings : SelectivitySettings
+        Permutations, bootstrap resamples, FDR level, the alternative and
+        the confidence level (checked before anything is read).
     images, labels : path, optional
         A folder of images and a labels CSV (``image``, ``category``, ``mask``).
         Without them: a virtual subject's held-out images, else the localizer.
-    n_permutations : int
-        Label permutations per test.
-    seed : int
-        Seed of permutations and bootstrap.
-    cache_dir : path, optional
-        Feature cache (default ``$TBE_CACHE_DIR`` or ``~/.cache/tbe``).
     categories : sequence of str, optional
         Categories a labels file may use.
-    alpha : float
-        FDR level.
-    n_bootstrap : int
-        Bootstrap resamples of the confidence intervals.
-    alternative : str
-        ``greater`` (default), ``less`` or ``two-sided``.
+    seed : int
+        Seed of permutations, bootstrap and the rendered localizer.
+    cache_dir : path, optional
+        Feature cache (default ``$TBE_CACHE_DIR`` or ``~/.cache/tbe``).
 
     Returns
     -------
     pandas.DataFrame
         The selectivity table (one row per source x hemi x ROI x category).
     """
-    settings = SelectivitySettings(n_permutations, n_bootstrap, alpha, alternative)
     settings.check()
     run = open_run(run_dir, data_dir)
     if subj is not None and subj != run.config.subj:

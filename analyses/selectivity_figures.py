@@ -3,24 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from model.figures import figure, save_figure
+from model.rois import HEMIS
 
-from model.files import atomic_path  # noqa: E402
-from model.rois import HEMIS  # noqa: E402
+DPI = 100
 
 
-def _save(fig: plt.Figure, out: Path) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return out
+def _save(fig, out: str | Path) -> Path:
+    return save_figure(fig, out, dpi=DPI)
 
 
 def _marks(part: pd.DataFrame) -> pd.Series:
@@ -36,9 +30,8 @@ def plot_selectivity(table: pd.DataFrame, out: str | Path) -> Path:
     rois = list(dict.fromkeys(table["roi"]))
     categories = list(dict.fromkeys(table["category"]))
     limit = float(np.nanpercentile(np.abs(table["d_prime"]), 98)) if len(table) else 1.0
-    fig, axes = plt.subplots(len(sources), len(HEMIS), figsize=(2.2 + 0.9 * len(categories) * len(HEMIS),
-                                                                 0.8 + 0.28 * len(rois) * len(sources)),
-                             squeeze=False, sharey=True)
+    fig = figure(figsize=(2.2 + 0.9 * len(categories) * len(HEMIS), 0.8 + 0.28 * len(rois) * len(sources)))
+    axes = fig.subplots(len(sources), len(HEMIS), squeeze=False, sharey=True)
     for i, source in enumerate(sources):
         for j, hemi in enumerate(HEMIS):
             part = table[(table["source"] == source) & (table["hemi"] == hemi)].assign(mark=_marks)
@@ -60,8 +53,8 @@ def plot_attention(table: pd.DataFrame, out: str | Path) -> Path:
     """Attention mass on each category relative to chance (log2 ratio), ROI x category per hemisphere."""
     rois = list(dict.fromkeys(table["roi"]))
     categories = list(dict.fromkeys(table["category"]))
-    fig, axes = plt.subplots(1, len(HEMIS), figsize=(2 + 0.9 * len(categories) * len(HEMIS), 0.6 + 0.28 * len(rois)),
-                             squeeze=False, sharey=True)
+    fig = figure(figsize=(2 + 0.9 * len(categories) * len(HEMIS), 0.6 + 0.28 * len(rois)))
+    axes = fig.subplots(1, len(HEMIS), squeeze=False, sharey=True)
     limit = float(np.nanmax(np.abs(np.log2(table["ratio"])))) if len(table) else 1.0
     for j, hemi in enumerate(HEMIS):
         part = table[table["hemi"] == hemi]
@@ -77,7 +70,8 @@ def plot_attention(table: pd.DataFrame, out: str | Path) -> Path:
 def plot_calibration(table: pd.DataFrame, out: str | Path, alpha: float) -> Path:
     """False-positive rates with their exact binomial intervals, against the nominal level."""
     rates = table[table["kind"] == "false_positive_rate"].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * len(rates)))
+    fig = figure(figsize=(7, 0.6 + 0.45 * len(rates)))
+    ax = fig.subplots()
     y = np.arange(len(rates))
     sns.scatterplot(x=rates["rate"], y=y, ax=ax, color="k", zorder=3)
     ax.errorbar(rates["rate"], y, xerr=[rates["rate"] - rates["ci_low"], rates["ci_high"] - rates["rate"]],

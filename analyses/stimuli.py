@@ -9,7 +9,7 @@ Three sources, one :class:`StimulusSet`:
 * :func:`subject_heldout`: a virtual subject's validation and test images
   (never trained on), labelled from its ground truth;
 * :func:`localizer`: the fLoc-style set rendered by the virtual-subject
-  generator (:mod:`model.virtual.localizer`).
+  generator (:mod:`model.synthetic`).
 
 Every problem with a labels file is one :class:`~model.errors.InputError`
 naming the file and the line, raised before anything is computed or written.
@@ -29,10 +29,8 @@ from PIL import Image, UnidentifiedImageError
 
 from model.errors import InputError
 from model.run import Run
-from model.virtual.localizer import LOCALIZER_CATEGORIES, LocalizerConfig, write_localizer
-from model.virtual.stimuli import CATEGORIES as VIRTUAL_CATEGORIES
-from model.virtual.stimuli import OBJECT_CATEGORIES
-from model.virtual.truth import has_ground_truth, load_ground_truth
+from model.synthetic import LocalizerConfig, write_localizer
+from model.vision import CATEGORIES, LOCALIZER_CATEGORIES, OBJECT_CATEGORIES
 
 log = logging.getLogger(__name__)
 
@@ -277,10 +275,9 @@ def heldout_images(run: Run) -> list[tuple[str, int]]:
 
 def subject_heldout(run: Run) -> StimulusSet:
     """The virtual subject's held-out images that show one category, with their true masks."""
-    root = run.subject.root
-    if not has_ground_truth(root):
+    root, truth = run.subject.root, run.subject.truth
+    if truth is None:
         raise InputError(root, "has no ground truth to label its images: pass --images and --labels")
-    truth = load_ground_truth(root)
     table = truth.images.set_index("image")
     rows = heldout_images(run)
     paths = [run.subject.images(split)[i] for split, i in rows]
@@ -293,7 +290,7 @@ def subject_heldout(run: Run) -> StimulusSet:
         picked = [j for j, k in enumerate(keep) if rows[k][0] == folder]
         if picked:
             full = truth.masks(folder, [kept_paths[j].name for j in picked])  # (n, CATEGORIES, S, S)
-            columns = [VIRTUAL_CATEGORIES.index(c) for c in order]
+            columns = [CATEGORIES.index(c) for c in order]
             masks[picked] = masks_to_grid(full[:, columns])
     label_list = [str(labels[k]) for k in keep]
     check_categories(root / "ground_truth" / "images.csv", label_list)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-
-from model.errors import InputError  # noqa: E402
-from model.files import atomic_path  # noqa: E402
-from model.rois import HEMIS  # noqa: E402
-from model.subject import Subject  # noqa: E402
+from model.errors import InputError
+from model.figures import figure, save_figure
+from model.files import atomic_path
+from model.rois import HEMIS
+from model.subject import Subject
 
 #: fsaverage meshes by vertex count per hemisphere
 MESHES = {10242: "fsaverage5", 40962: "fsaverage6", 163842: "fsaverage"}
@@ -65,8 +64,8 @@ def plot_surface(values: dict[str, np.ndarray], subject: Subject, out: str | Pat
         vmax = float(np.nanpercentile(np.abs(finite), 99)) if finite.size else 1.0
     if vmin is None:
         vmin = -vmax if symmetric or (finite.size and finite.min() < 0) else 0.0
-    fig, axes = plt.subplots(len(HEMIS), len(VIEWS), figsize=(4 * len(VIEWS), 3.4 * len(HEMIS)),
-                             subplot_kw={"projection": "3d"})
+    fig = figure(figsize=(4 * len(VIEWS), 3.4 * len(HEMIS)))
+    axes = fig.subplots(len(HEMIS), len(VIEWS), subplot_kw={"projection": "3d"})
     for row, hemi in enumerate(HEMIS):
         side = _NILEARN_HEMI[hemi]
         for col, view in enumerate(VIEWS):
@@ -76,14 +75,11 @@ def plot_surface(values: dict[str, np.ndarray], subject: Subject, out: str | Pat
                 mesh[f"infl_{side}"], data, hemi=side, view=view, bg_map=mesh[f"sulc_{side}"],
                 axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=vmin, vmax=vmax)
             ax.set_title(f"{hemi} {view}", fontsize=10)
-    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(vmin, vmax))
+    sm = ScalarMappable(cmap=cmap, norm=Normalize(vmin, vmax))
     fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.6, label=title)
     if title:
         fig.suptitle(title)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def save_gifti(values: dict[str, np.ndarray], subject: Subject, prefix: str | Path, name: str = "value") -> list[Path]:

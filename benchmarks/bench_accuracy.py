@@ -36,7 +36,7 @@ from model.run import METRICS, RunConfig
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.train import train
-from model.virtual.writer import VirtualConfig, write_virtual_subject
+from model.synthetic import VirtualConfig, write_virtual_subject
 
 
 def encoders(data: Path) -> dict[str, RunConfig]:

@@ -15,7 +15,7 @@ import time
 import torch
 
 from model.backbone import BackboneConfig, build_backbone
-from model.virtual.writer import VirtualConfig, write_virtual_subject
+from model.synthetic import VirtualConfig, write_virtual_subject
 
 CASES = [
     # (backbone, native size, enc_output_layer)

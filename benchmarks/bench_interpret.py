@@ -34,12 +34,14 @@ from model.backbone import build_backbone
 from model.run import open_run
 
 ROIS = ["V1v"]
+#: The Captum methods (attention is read from the forward pass: nothing to time per ROI)
+ATTRIBUTIONS = [name for name, spec in METHODS.items() if spec.explainer is not None]
 
 
 def make_run(work: Path) -> Path:
     from analyses.demo import demo_runs
     from model.train import train
-    from model.virtual.writer import VirtualConfig, write_virtual_subject
+    from model.synthetic import VirtualConfig, write_virtual_subject
 
     write_virtual_subject(work / "data", VirtualConfig(n_train=40, n_test=8))
     config = demo_runs(work / "data")["transformer"]
@@ -86,13 +88,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tbe-bench-interpret-"))
     run_dir = args.run or make_run(work)
     run = open_run(run_dir)
-    inputs = prepare(run, MapJob("val", 2, tuple(METHODS)), work / "cache")
+    inputs = prepare(run, MapJob("val", 2, tuple(ATTRIBUTIONS)), work / "cache")
     settings = Settings()
     print(f"{run.config.backbone.name}, block {inputs.backbone.block_index + 1}/{inputs.backbone.depth}, "
           f"{inputs.grid.image_side} px; {torch.get_num_threads()} threads, CPU\n")
     print("seconds per image per ROI at default settings")
     timings = {}
-    for name in METHODS:
+    for name in ATTRIBUTIONS:
         timings[name] = seconds_per_map(run, inputs, [name], settings)
         print(f"  {name:28s} {timings[name]:8.3f}")
     print(f"\npixel-level vs token-level IG: {timings['integrated_gradients']:.3f} s vs "

@@ -78,7 +78,7 @@ def make_run(work: Path) -> tuple[Path, Path, Path]:
     from model.encoder import DecoderConfig
     from model.run import RunConfig, TrainConfig
     from model.train import train
-    from model.virtual.writer import VirtualConfig, write_virtual_subject
+    from model.synthetic import VirtualConfig, write_virtual_subject
 
     data, cache = work / "data", work / "cache"
     write_virtual_subject(data, VirtualConfig(n_train=240, n_test=40, image_size=112, seed=5))

@@ -10,6 +10,7 @@ attention off, which is done only while extracting.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from model.errors import InputError
 from model.rois import HEMIS
 from model.run import Run
 
-from .maps import MapGrid, Targets, by_hemi_roi, map_array
+from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array
 
 
 @torch.no_grad()
@@ -49,6 +50,20 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
         "attention": map_array(arranged, ("image", "hemi", "roi", "head", "y", "x"), coords, grid, "attention", attrs),
         "attention_mean": map_array(arranged.mean(3), ("image", "hemi", "roi", "y", "x"), coords, grid, "attention_mean", attrs),
     })
+
+
+def query_attention(run: Run, inputs: Inputs, targets: Targets, methods: list[str], settings=None,
+                    encoder: torch.nn.Module | None = None) -> xr.Dataset:
+    """The map method ``attention``: :func:`decoder_attention` of the targets' ROI queries.
+
+    ``encoder`` replaces the run's (e.g. a randomised copy for the sanity
+    checks); ``methods`` and ``settings`` are the registry's common
+    arguments, which attention does not need.
+    """
+    source = run if encoder is None else dataclasses.replace(run, model=encoder)
+    att = decoder_attention(source, inputs.tokens, inputs.grid, inputs.names)
+    wanted = set(targets.rois)
+    return att.sel(roi=[r for r in att.roi.values if r in wanted])
 
 
 @contextlib.contextmanager

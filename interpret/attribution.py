@@ -1,4 +1,12 @@
-"""What drives each ROI's predicted response: Captum attributions.
+"""The map methods (:data:`METHODS`), and what drives each ROI's predicted response: Captum attributions.
+
+Every map method, the decoder's own ``attention`` included, is one entry of
+:data:`METHODS`: a :class:`Method` says how its maps are computed
+(``compute``), which dataset variable holds its per-ROI maps
+(``variable``) and whether it needs an encoder with decoder attention.
+The pipeline, the CLI and the notebooks look methods up there and nowhere
+else; a method's options are fields of :class:`Settings`, which the CLI
+turns into flags.
 
 The explained quantity is a scalar target (the mean predicted response of
 an ROI in one hemisphere, or of one vertex, see :func:`~interpret.maps.roi_targets`).
@@ -8,9 +16,9 @@ use. ``token_integrated_gradients`` attributes to the backbone tokens at the
 decoder input instead (LayerIntegratedGradients at that layer, computed from
 the cached tokens without running the backbone: far cheaper).
 
-Methods are looked up in :data:`METHODS`; ``nt_<method>`` wraps any pixel
-method in a NoiseTunnel (SmoothGrad). Every method's work is batched with a
-bound (``internal_batch_size``), so memory stays flat as steps or samples grow.
+``nt_<method>`` wraps any pixel method in a NoiseTunnel (SmoothGrad). Every
+method's work is batched with a bound (``internal_batch_size``), so memory
+stays flat as steps or samples grow.
 """
 from __future__ import annotations
 
@@ -26,26 +34,38 @@ from captum.attr import (GradientShap, InputXGradient, IntegratedGradients, Nois
 from model.backbone import Backbone
 from model.errors import InputError
 from model.progress import progress
+from model.options import check_settings, setting
 from model.rois import HEMIS
 from model.run import Run
 
-from .maps import MapGrid, Targets, by_hemi_roi, map_array
+from .attention import query_attention
+from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array
 
 BASELINES = ("black", "grey", "blur")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Method settings; the defaults are modest so a CPU can afford them."""
+    """Method settings; the defaults are modest so a CPU can afford them.
 
-    n_steps: int = 32
-    internal_batch_size: int = 16
-    baseline: str = "black"
-    shap_samples: int = 16
-    nt_samples: int = 8
-    nt_stdev: float = 0.1
-    occlusion_window: int | None = None  # pixels; default: one backbone patch
-    occlusion_stride: int | None = None
+    Each field is also an option of ``tbe interpret`` and ``tbe check-maps``
+    (``--n-steps`` for ``n_steps``), made from its metadata (:mod:`model.options`).
+    """
+
+    n_steps: int = setting(32, "integration steps of integrated gradients", minimum=2)
+    internal_batch_size: int = setting(16, "inputs per forward pass inside a method (bounds memory)", minimum=1)
+    baseline: str = setting("black", "baseline image of integrated gradients and occlusion", choices=BASELINES)
+    shap_samples: int = setting(16, "samples of gradient_shap", minimum=1)
+    nt_samples: int = setting(8, "noisy samples of a SmoothGrad (nt_<method>) map", minimum=1)
+    nt_stdev: float = setting(0.1, "noise of SmoothGrad, as a fraction of the [0, 1] pixel range", minimum=0)
+    occlusion_window: int | None = setting(None, "side of the occluded patch in pixels (default: one backbone patch)",
+                                           minimum=1, kind=int)
+    occlusion_stride: int | None = setting(None, "stride of occlusion in pixels (default: the window)", minimum=1,
+                                           kind=int)
+
+    def check(self) -> None:
+        """One clear error naming the option of the first setting out of range."""
+        check_settings(self)
 
 
 # --------------------------------------------------------------------------
@@ -107,27 +127,43 @@ def baseline_images(images: torch.Tensor, kind: str, backbone: Backbone) -> torc
 
 
 # --------------------------------------------------------------------------
-# Methods: which Captum class, with which arguments
+# Methods: the registry
 # --------------------------------------------------------------------------
 
 Kwargs = Callable[[Settings, dict, int], dict]
+#: ``compute(run, inputs, targets, methods, settings, encoder)``: the maps of the listed methods as one dataset
+Compute = Callable[[Run, Inputs, Targets, list, Settings, "torch.nn.Module | None"], xr.Dataset]
+
+
+def attribute_maps(run: Run, inputs: Inputs, targets: Targets, methods: list[str], settings: Settings = Settings(),
+                   encoder: torch.nn.Module | None = None) -> xr.Dataset:
+    """The Captum methods' maps of a job's inputs (see :func:`attribute`)."""
+    return attribute(run, inputs.backbone, inputs.images, inputs.tokens, targets, methods, inputs.grid, inputs.names,
+                     settings, encoder=encoder)
 
 
 @dataclass(frozen=True)
 class Method:
-    """A Captum attribution class and its arguments.
+    """A map method: what it computes, how, and what the encoder must offer.
 
-    ``kwargs(settings, context, batch)`` gives the ``attribute`` arguments;
+    ``compute`` gives the maps of every listed method that shares it, as one
+    dataset (Captum methods share :func:`attribute_maps`, which gives
+    ``explainer`` the arguments ``kwargs(settings, context, batch)``);
+    ``variable`` is the dataset variable that holds the method's
+    ``(image, hemi, roi, y, x)`` maps (default: the method's name);
     ``sampled`` methods take ``n_samples`` and are run in chunks whose
     results are averaged, so memory does not grow with the number of samples.
     """
 
-    explainer: type
-    kwargs: Kwargs
-    level: str  # "pixel" or "token"
     description: str
+    level: str  # "pixel" or "token": attributions to the image or to the decoder's input; "query": read from the decoder
+    compute: Compute = attribute_maps
+    explainer: type | None = None
+    kwargs: Kwargs = lambda s, c, b: {}
     convergence_delta: bool = False
     sampled: bool = False
+    variable: str = ""
+    needs_attention: bool = False  # only encoders with decoder cross-attention (the transformer) have it
 
 
 def _per_eval(s: Settings, batch: int) -> int:
@@ -135,24 +171,28 @@ def _per_eval(s: Settings, batch: int) -> int:
 
 
 METHODS: dict[str, Method] = {
+    "attention": Method(
+        "decoder cross-attention of each ROI query, from the forward pass that predicts", "query",
+        compute=query_attention, variable="attention_mean", needs_attention=True),
     "integrated_gradients": Method(
-        IntegratedGradients, lambda s, c, b: dict(baselines=c["baseline"], n_steps=s.n_steps,
-                                                  internal_batch_size=s.internal_batch_size),
-        "pixel", "IntegratedGradients from a black, grey or blurred baseline", convergence_delta=True),
+        "IntegratedGradients from a black, grey or blurred baseline", "pixel", explainer=IntegratedGradients,
+        kwargs=lambda s, c, b: dict(baselines=c["baseline"], n_steps=s.n_steps, internal_batch_size=s.internal_batch_size),
+        convergence_delta=True),
     "gradient_shap": Method(
-        GradientShap, lambda s, c, b: dict(baselines=c["references"], stdevs=0.05),
-        "pixel", "GradientShap over black, mean-grey and blurred references", sampled=True),
-    "saliency": Method(Saliency, lambda s, c, b: dict(abs=True), "pixel", "absolute gradient"),
-    "input_x_gradient": Method(InputXGradient, lambda s, c, b: {}, "pixel", "input x gradient"),
+        "GradientShap over black, mean-grey and blurred references", "pixel", explainer=GradientShap,
+        kwargs=lambda s, c, b: dict(baselines=c["references"], stdevs=0.05), sampled=True),
+    "saliency": Method("absolute gradient", "pixel", explainer=Saliency, kwargs=lambda s, c, b: dict(abs=True)),
+    "input_x_gradient": Method("input x gradient", "pixel", explainer=InputXGradient),
     "occlusion": Method(
-        Occlusion, lambda s, c, b: dict(sliding_window_shapes=(3, c["window"], c["window"]),
-                                        strides=(3, c["stride"], c["stride"]), baselines=c["baseline"],
-                                        perturbations_per_eval=_per_eval(s, b)),
-        "pixel", "drop of the target when a patch is replaced by the baseline"),
+        "drop of the target when a patch is replaced by the baseline", "pixel", explainer=Occlusion,
+        kwargs=lambda s, c, b: dict(sliding_window_shapes=(3, c["window"], c["window"]),
+                                    strides=(3, c["stride"], c["stride"]), baselines=c["baseline"],
+                                    perturbations_per_eval=_per_eval(s, b))),
     "token_integrated_gradients": Method(
-        IntegratedGradients, lambda s, c, b: dict(baselines=c["token_baseline"], n_steps=s.n_steps,
-                                                  internal_batch_size=s.internal_batch_size),
-        "token", "IntegratedGradients at the decoder input (backbone tokens)", convergence_delta=True),
+        "IntegratedGradients at the decoder input (backbone tokens)", "token", explainer=IntegratedGradients,
+        kwargs=lambda s, c, b: dict(baselines=c["token_baseline"], n_steps=s.n_steps,
+                                    internal_batch_size=s.internal_batch_size),
+        convergence_delta=True),
 }
 NOISE_TUNNEL = "nt_"
 
@@ -164,8 +204,38 @@ def method(name: str) -> tuple[Method, bool]:
     base = name[len(NOISE_TUNNEL):] if name.startswith(NOISE_TUNNEL) else None
     if base in tunnelable():
         return METHODS[base], True
-    known = ["attention", *METHODS, *(NOISE_TUNNEL + m for m in tunnelable())]
+    known = [*METHODS, *(NOISE_TUNNEL + m for m in tunnelable())]
     raise InputError("--methods", f"unknown method {name!r}; choose from {', '.join(known)}")
+
+
+def map_variable(name: str) -> str:
+    """The dataset variable holding the per-ROI maps of method ``name`` (``attention`` -> ``attention_mean``)."""
+    return method(name)[0].variable or name
+
+
+def method_variables(ds: xr.Dataset, methods: list[str]) -> list[str]:
+    """The per-ROI map variables of the listed methods that ``ds`` holds, in the order asked."""
+    return [map_variable(m) for m in methods if map_variable(m) in ds]
+
+
+def compute_methods(run: Run, inputs: Inputs, targets: Targets, methods: list[str], settings: Settings = Settings(),
+                    encoder: torch.nn.Module | None = None) -> list[xr.Dataset]:
+    """The maps of every listed method: one dataset per way of computing them, in the registry's order.
+
+    ``encoder`` replaces the run's encoder (e.g. a randomised copy for the sanity checks).
+    """
+    groups: dict[Compute, list[str]] = {}
+    for name in methods:  # within a group, the order asked for
+        groups.setdefault(method(name)[0].compute, []).append(name)
+    order = list(METHODS)
+    first = {compute: min(order.index(_base_name(n)) for n in names) for compute, names in groups.items()}
+    return [compute(run, inputs, targets, names, settings, encoder)
+            for compute, names in sorted(groups.items(), key=lambda group: first[group[0]])]
+
+
+def _base_name(name: str) -> str:
+    spec, tunnel = method(name)
+    return name[len(NOISE_TUNNEL):] if tunnel else name
 
 
 def tunnelable() -> list[str]:

@@ -31,11 +31,11 @@ from skimage.metrics import structural_similarity
 from model.backbone import Backbone
 from model.progress import progress
 from model.rois import EARLY_VISUAL
-from model.virtual.stimuli import CATEGORIES, FIELD_OF_VIEW_DEG
-from model.virtual.truth import GroundTruth
+from model.truth import GroundTruth
+from model.vision import CATEGORIES
 
 from .attribution import ImageModel, baseline_images
-from .maps import MapGrid, Targets
+from .maps import MapGrid, Targets, centre_of_mass_deg, per_roi_variables
 
 MapsFn = Callable[[torch.nn.Module], xr.Dataset]
 FLAG_RANK_CORRELATION = 0.5
@@ -97,19 +97,13 @@ def sanity(encoder: torch.nn.Module, maps_of: MapsFn, seed: int = 0) -> pd.DataF
     rows = []
     for step, (part, model) in enumerate(randomised(encoder, seed), start=1):
         maps = maps_of(model)
-        for name in _map_variables(original):
+        for name in per_roi_variables(original):
             rho, ssim = _mean_comparison(original[name], maps[name])
             rows.append({"method": name, "step": step, "randomised": part, "rank_correlation": rho, "ssim": ssim})
     table = pd.DataFrame(rows)
     last = table[table.step == table.step.max()].set_index("method")
     table["flagged"] = table.method.map(lambda m: bool(last.loc[m, "rank_correlation"] > FLAG_RANK_CORRELATION))
     return table
-
-
-def _map_variables(ds: xr.Dataset) -> list[str]:
-    """Per-ROI map variables; per-head attention is checked through its head average."""
-    return [n for n, v in ds.data_vars.items() if {"y", "x", "roi"} <= set(v.dims)
-            and not ("head" in v.dims and f"{n}_mean" in ds.data_vars)]
 
 
 def _mean_comparison(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float]:
@@ -128,16 +122,6 @@ def _mean_comparison(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float]:
 # Localization against the virtual subject's ground truth
 # --------------------------------------------------------------------------
 
-def centre_of_mass_deg(m: np.ndarray, grid: MapGrid) -> tuple[float, float]:
-    """Centre of mass of a map's positive part, in degrees (x right, y up)."""
-    w = np.clip(np.nan_to_num(m), 0, None)
-    if w.sum() <= 0:
-        return np.nan, np.nan
-    c = grid.coords / grid.image_side  # cell centres as fractions of the image
-    cy, cx = (w.sum(1) @ c) / w.sum(), (w.sum(0) @ c) / w.sum()
-    return float((cx - 0.5) * FIELD_OF_VIEW_DEG), float((0.5 - cy) * FIELD_OF_VIEW_DEG)
-
-
 def localization(ds: xr.Dataset, truth: GroundTruth, roi_masks: dict[tuple[str, str], np.ndarray],
                  category_masks: np.ndarray, grid: MapGrid) -> pd.DataFrame:
     """Localization scores of every map variable against the planted truth.
@@ -151,7 +135,7 @@ def localization(ds: xr.Dataset, truth: GroundTruth, roi_masks: dict[tuple[str, 
     """
     rows = []
     preference = {roi: info["preference"] for roi, info in truth.rois.items()}
-    for name in _map_variables(ds):
+    for name in per_roi_variables(ds):
         arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
         for hemi in arr.hemi.values:
             for roi in arr.roi.values:
@@ -238,7 +222,7 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
     fractions = np.linspace(0, 1, steps + 1)
     counts = [int(round(f * n_patches)) for f in fractions[1:-1]]
     rng = np.random.default_rng(seed)
-    methods = _map_variables(ds)
+    methods = per_roi_variables(ds)
     target_index = {(h, r): t for t, (h, r) in enumerate(zip(targets.hemis, targets.rois))}
 
     def curve(i: int, mode: str, order: np.ndarray) -> np.ndarray:
@@ -304,3 +288,31 @@ def _compose(start: torch.Tensor, end: torch.Tensor, patches: np.ndarray, patch:
         r, c = divmod(int(k), cols)
         out[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = end[:, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
     return out
+
+
+# --------------------------------------------------------------------------
+# Each check summarised per method
+# --------------------------------------------------------------------------
+
+def sanity_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method: rank correlation with the original maps after the whole decoder is randomised."""
+    last = table[table.step == table.step.max()]
+    return last[["method", "randomised", "rank_correlation", "ssim", "flagged"]].reset_index(drop=True)
+
+
+def localization_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean of each localization measure per method, with its chance level."""
+    if table.empty:
+        return table
+    means = table.groupby(["measure", "method"])[["value", "chance"]].mean().reset_index()
+    means["above_chance"] = [None if pd.isna(c) else bool(v > c) for v, c in zip(means.value, means.chance)]
+    return means
+
+
+def faithfulness_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean deletion and insertion AUCs per method, and their differences from the random order."""
+    means = table.groupby("method")[["deletion_auc", "insertion_auc"]].mean()
+    if "random" in means.index:
+        means["deletion_vs_random"] = means.deletion_auc - means.loc["random", "deletion_auc"]
+        means["insertion_vs_random"] = means.insertion_auc - means.loc["random", "insertion_auc"]
+    return means.reset_index()

@@ -19,6 +19,7 @@ from model.backbone import Backbone, image_batch
 from model.errors import InputError
 from model.rois import HEMIS
 from model.run import Run
+from model.vision import CATEGORIES, FIELD_OF_VIEW_DEG
 
 SPLITS = ("val", "test")
 
@@ -106,13 +107,11 @@ def select_images(run: Run, split: str, n_images: int, containing: str | None = 
 
 
 def _containing(run: Run, split: str, paths: list[Path], category: str) -> list[Path]:
-    from model.virtual.truth import CATEGORIES, has_ground_truth, load_ground_truth
-
-    if not has_ground_truth(run.subject.root):
+    if run.subject.truth is None:
         raise InputError("--containing", f"{run.subject.root} has no ground truth (only virtual subjects know what images show)")
     if category not in CATEGORIES:
         raise InputError("--containing", f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
-    masks = load_ground_truth(run.subject.root).masks("train" if split == "val" else "test", [p.name for p in paths])
+    masks = run.subject.truth.masks("train" if split == "val" else "test", [p.name for p in paths])
     shown = masks[:, CATEGORIES.index(category)].reshape(len(paths), -1).any(1)
     return [p for p, keep in zip(paths, shown) if keep]
 
@@ -165,6 +164,28 @@ class MapGrid:
         return out.reshape(*lead, self.size, self.size)
 
 
+@dataclass
+class Inputs:
+    """The images of one map job, their backbone tokens and the grid their maps are stored on."""
+
+    names: list[str]
+    paths: list[Path]
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1]
+    tokens: np.ndarray  # (N, tokens, channels): the decoder's input
+    grid: MapGrid
+    backbone: Backbone
+
+
+def centre_of_mass_deg(m: np.ndarray, grid: MapGrid) -> tuple[float, float]:
+    """Centre of mass of a map's positive part, in degrees of visual angle (x right, y up)."""
+    w = np.clip(np.nan_to_num(m), 0, None)
+    if w.sum() <= 0:
+        return np.nan, np.nan
+    c = grid.coords / grid.image_side  # cell centres as fractions of the image
+    cy, cx = (w.sum(1) @ c) / w.sum(), (w.sum(0) @ c) / w.sum()
+    return float((cx - 0.5) * FIELD_OF_VIEW_DEG), float((0.5 - cy) * FIELD_OF_VIEW_DEG)
+
+
 def map_array(values: np.ndarray | torch.Tensor, dims: tuple[str, ...], coords: dict, grid: MapGrid,
               name: str, attrs: dict | None = None) -> xr.DataArray:
     """A labelled map array; ``y``/``x`` get the grid's pixel coordinates."""
@@ -172,6 +193,16 @@ def map_array(values: np.ndarray | torch.Tensor, dims: tuple[str, ...], coords: 
     coords = {**coords, "y": grid.coords, "x": grid.coords}
     return xr.DataArray(values.astype(np.float32), dims=dims, coords={k: v for k, v in coords.items() if k in dims},
                         name=name, attrs=attrs or {})
+
+
+def per_roi_variables(ds: xr.Dataset) -> list[str]:
+    """The per-ROI map variables ``(..., hemi, roi, ..., y, x)`` of a maps dataset, in its order.
+
+    A per-head variable is represented by its head average ``<name>_mean``
+    where the dataset has one (decoder attention: ``attention_mean``).
+    """
+    return [n for n, v in ds.data_vars.items() if {"hemi", "roi", "y", "x"} <= set(v.dims)
+            and not ("head" in v.dims and f"{n}_mean" in ds.data_vars)]
 
 
 def by_hemi_roi(values: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, list[str]]:

@@ -3,30 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import xarray as xr  # noqa: E402
+from model.figures import figure, save_figure
 
-from model.files import atomic_path  # noqa: E402
-
-
-def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return out
+from .maps import per_roi_variables
 
 
 def map_variables(ds: xr.Dataset) -> list[str]:
-    """The (image, hemi, roi, y, x) map variables of a maps dataset, attention first."""
-    names = [n for n, v in ds.data_vars.items() if {"hemi", "roi", "y", "x"} <= set(v.dims) and n != "attention"]
-    return sorted(names, key=lambda n: (n != "attention_mean", n))
+    """The per-ROI map variables of a maps dataset (head averages, not single heads), attention first."""
+    return sorted(per_roi_variables(ds), key=lambda n: (n != "attention_mean", n))
 
 
 def rois_with_maps(ds: xr.Dataset, hemi: str) -> list[str]:
@@ -42,8 +31,8 @@ def overlay(ds: xr.Dataset, image: torch.Tensor | np.ndarray, image_index: int, 
     methods = methods or map_variables(ds)
     img = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     side = img.shape[0]
-    fig, axes = plt.subplots(len(rois), len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 2.2 * len(rois)),
-                             squeeze=False)
+    fig = figure(figsize=(2.2 * (len(methods) + 1), 2.2 * len(rois)))
+    axes = fig.subplots(len(rois), len(methods) + 1, squeeze=False)
     for row, roi in enumerate(rois):
         axes[row, 0].imshow(img)
         axes[row, 0].set_ylabel(f"{hemi} {roi}", fontsize=9)
@@ -60,12 +49,13 @@ def overlay(ds: xr.Dataset, image: torch.Tensor | np.ndarray, image_index: int, 
         ax.set_xticks([]), ax.set_yticks([])
     axes[0, 0].set_title(str(ds.image.values[image_index]), fontsize=7)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_sanity(table: pd.DataFrame, out: str | Path) -> Path:
     """Rank correlation with the original maps as the decoder is randomised from the top."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for name, rows in table.groupby("method"):
         ax.plot(rows["step"], rows["rank_correlation"], marker="o", label=name + (" (flagged)" if rows["flagged"].iloc[0] else ""))
     steps = table.drop_duplicates("step").sort_values("step")
@@ -74,13 +64,14 @@ def plot_sanity(table: pd.DataFrame, out: str | Path) -> Path:
     ax.set_xlabel("randomised (cumulative, from the top)")
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(fontsize=7)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_localization(table: pd.DataFrame, out: str | Path) -> Path:
     """Each localization measure per method, next to its chance level."""
     measures = [m for m in ("same_quadrant", "coverage_correlation", "pointing_game", "relevance_mass") if m in set(table.measure)]
-    fig, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures), 3.2), squeeze=False)
+    fig = figure(figsize=(3.2 * len(measures), 3.2))
+    axes = fig.subplots(1, len(measures), squeeze=False)
     for ax, measure in zip(axes[0], measures):
         rows = table[table.measure == measure].groupby("method")[["value", "chance"]].mean()
         x = np.arange(len(rows))
@@ -90,17 +81,18 @@ def plot_localization(table: pd.DataFrame, out: str | Path) -> Path:
         ax.set_title(measure.replace("_", " "), fontsize=9)
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def plot_faithfulness(table: pd.DataFrame, out: str | Path) -> Path:
     """Deletion (lower is better) and insertion (higher is better) AUCs per method."""
     means = table.groupby("method")[["deletion_auc", "insertion_auc"]].mean()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     x = np.arange(len(means))
     ax.bar(x - 0.2, means["deletion_auc"], width=0.4, label="deletion AUC (lower: more faithful)")
     ax.bar(x + 0.2, means["insertion_auc"], width=0.4, label="insertion AUC (higher: more faithful)")
     ax.set_xticks(x, means.index, rotation=30, ha="right", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,17 +16,15 @@ from model.features import extract_features
 from model.files import atomic_path, write_csv
 from model.rois import EARLY_VISUAL, HEMIS
 from model.run import Run
-from model.virtual.truth import has_ground_truth, load_ground_truth
 
 from . import checks
-from .attention import backbone_attention, decoder_attention
-from .attribution import Settings, attribute, method
-from .maps import MapGrid, load_images, roi_targets, select_images
+from .attention import backbone_attention
+from .attribution import Settings, compute_methods, method
+from .maps import Inputs, MapGrid, load_images, roi_targets, select_images
 from .overlay import plot_faithfulness, plot_localization, plot_sanity
 
 log = logging.getLogger(__name__)
 
-ATTENTION = "attention"
 DEFAULT_METHODS = ("attention", "integrated_gradients", "saliency", "token_integrated_gradients")
 #: ROIs explained by default: early visual cortex and one planted ROI per category
 DEFAULT_ROIS = (*EARLY_VISUAL, "FFA-1", "EBA", "PPA", "VWFA-1")
@@ -45,28 +44,62 @@ class MapJob:
     containing: str | None = None  # only images showing this category (virtual subjects)
 
     def check(self, run: Run) -> None:
+        """Unknown methods, methods the run's encoder cannot give and settings out of range stop here."""
         for name in self.methods:
-            if name != ATTENTION:
-                method(name)
-        if ATTENTION in self.methods and not run.model.capabilities.decoder_attention:
-            raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
+            if method(name)[0].needs_attention and not run.model.capabilities.decoder_attention:
+                raise InputError("--methods", f"{name} needs the transformer; this run is {run.config.encoder_arch!r}")
+        self.settings.check()
 
 
-@dataclass
-class Inputs:
-    """The images, their tokens and the map grid of one job."""
+def map_job(run: Run, split: str = "val", n_images: int = 4, methods: Sequence[str] | None = DEFAULT_METHODS,
+            rois: Sequence[str] | None = DEFAULT_ROIS, settings: Settings = Settings(), map_size: int | None = None,
+            containing: str | None = None, backbone_attention: bool = True) -> MapJob:
+    """A :class:`MapJob`, checked against the run before any image is read (``tbe interpret``, the notebooks).
 
-    names: list[str]
-    paths: list[Path]
-    images: torch.Tensor
-    tokens: np.ndarray
-    grid: MapGrid
-    backbone: object
+    ``methods`` None means :data:`DEFAULT_METHODS`; ``rois`` None, empty or
+    ``['all']`` means every query of the run. Unknown methods or ROI names,
+    methods the run's encoder cannot give and settings out of range stop
+    here with one clear error.
+    """
+    wanted = None if not rois or list(rois) == ["all"] else tuple(rois)
+    job = MapJob(split, int(n_images), tuple(methods) if methods is not None else DEFAULT_METHODS, wanted, map_size,
+                 settings, backbone_attention, containing)
+    job.check(run)
+    roi_targets(run, list(wanted) if wanted else None)
+    return job
 
 
-def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str = "cpu") -> Inputs:
-    """The job's images (see :func:`~interpret.maps.select_images`), their tokens and map grid."""
-    return load_inputs(run, select_images(run, job.split, job.n_images, job.containing), job.map_size, cache_dir, device)
+def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str = "cpu",
+            images: Sequence[str] | None = None, seed: int = 0) -> Inputs:
+    """The job's images, their tokens and map grid.
+
+    ``images`` None (or empty): the first ``job.n_images`` of the split (see
+    :func:`~interpret.maps.select_images`); ``['random']``: ``job.n_images``
+    of them drawn with ``seed``; else file names or positions within the split.
+    """
+    if not images:
+        paths = select_images(run, job.split, job.n_images, job.containing)
+    else:
+        paths = choose_images(select_images(run, job.split, 10**9, job.containing), list(images), job.n_images, seed,
+                              job.split)
+    return load_inputs(run, paths, job.map_size, cache_dir, device)
+
+
+def choose_images(pool: list[Path], chosen: list[str], n_images: int, seed: int = 0, split: str = "val") -> list[Path]:
+    """``n_images`` of ``pool`` drawn with ``seed`` (``chosen == ['random']``), else the named or numbered ones."""
+    if chosen == ["random"]:
+        idx = np.random.default_rng(seed).choice(len(pool), size=min(n_images, len(pool)), replace=False)
+        return [pool[i] for i in sorted(idx)]
+    by_name = {p.name: p for p in pool}
+    paths = []
+    for item in chosen:
+        if item in by_name:
+            paths.append(by_name[item])
+        elif item.isdigit() and int(item) < len(pool):
+            paths.append(pool[int(item)])
+        else:
+            raise InputError("images", f"{item!r} is neither a {split} image name nor a position below {len(pool)}")
+    return paths
 
 
 def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_dir: str | Path | None = None,
@@ -81,25 +114,14 @@ def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_
 def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module | None = None) -> xr.Dataset:
     """Every requested map as one dataset (see :mod:`interpret.attention`, :mod:`interpret.attribution`)."""
     job.check(run)
-    parts = []
-    attributions = [m for m in job.methods if m != ATTENTION]
     targets = roi_targets(run, list(job.rois) if job.rois else None)
-    if ATTENTION in job.methods:
-        att = decoder_attention(run if encoder is None else _with_encoder(run, encoder), inputs.tokens, inputs.grid, inputs.names)
-        parts.append(att.sel(roi=[r for r in att.roi.values if r in set(targets.rois)]))
-    if attributions:
-        parts.append(attribute(run, inputs.backbone, inputs.images, inputs.tokens, targets, attributions, inputs.grid,
-                               inputs.names, job.settings, encoder=encoder))
+    parts = compute_methods(run, inputs, targets, list(job.methods), job.settings, encoder)
     if job.backbone_attention and encoder is None:
         parts.append(backbone_attention(inputs.backbone, inputs.images, inputs.grid, inputs.names))
     ds = xr.merge(parts, compat="override", join="outer")
     ds.attrs.update({"run": str(run.path), "split": job.split, "backbone": inputs.backbone.describe(),
                      "image_side_px": inputs.grid.image_side})
     return ds
-
-
-def _with_encoder(run: Run, encoder: torch.nn.Module) -> Run:
-    return Run(run.path, run.config, run.subject, run.queries, encoder)
 
 
 def save_maps(ds: xr.Dataset, out: str | Path) -> Path:
@@ -129,7 +151,7 @@ def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str,
                         backbone_attention=False)
     log.info("sanity: cascading randomisation of the decoder")
     tables["sanity"] = checks.sanity(run.model, lambda enc: compute_maps(run, sanity_job, inputs, encoder=enc))
-    if has_ground_truth(run.subject.root):
+    if run.subject.truth is not None:
         tables["localization"] = localize(run, inputs, ds)
     else:
         log.info("localization skipped: %s has no ground truth (not a virtual subject)", run.subject.root)
@@ -147,7 +169,9 @@ def localize(run: Run, inputs: Inputs, ds: xr.Dataset) -> pd.DataFrame:
     See :func:`interpret.checks.localization`; validation images are held-out
     training images, so their truth lives with the training images.
     """
-    truth = load_ground_truth(run.subject.root)
+    truth = run.subject.truth
+    if truth is None:
+        raise InputError(run.subject.root / "ground_truth", "missing: only a virtual subject's maps can be localized")
     folder = "test" if ds.attrs.get("split") == "test" else "train"
     masks = checks.masks_on_grid(truth.masks(folder, inputs.names), inputs.grid)
     roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values if r != "unknown"}
@@ -155,6 +179,8 @@ def localize(run: Run, inputs: Inputs, ds: xr.Dataset) -> pd.DataFrame:
 
 
 CHECK_PLOTS = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness}
+#: The tables of the map checks, as :func:`save_check_tables` writes them
+CHECK_TABLES = tuple(CHECK_PLOTS)
 
 
 def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
@@ -167,3 +193,12 @@ def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> l
         if len(table):
             written.append(CHECK_PLOTS[name](table, out_dir / f"{name}.png"))
     return written
+
+
+def read_check_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
+    """The check tables (``<name>.csv``) of a ``tbe check-maps`` (or ``tbe demo``) output folder."""
+    folder = Path(folder)
+    for name in ("sanity", "faithfulness"):
+        if not (folder / f"{name}.csv").is_file():
+            raise InputError(folder / f"{name}.csv", "missing: not a folder written by tbe check-maps")
+    return {name: pd.read_csv(folder / f"{name}.csv") for name in CHECK_TABLES if (folder / f"{name}.csv").is_file()}

@@ -178,6 +178,11 @@ class Run:
 
         return build_backbone(self.config.backbone, native_size(self.subject.train_images[0]))
 
+    @cached_property
+    def shared_backbone(self):
+        """The run's backbone, built once per opened run and shared by the analyses (it is frozen)."""
+        return self.backbone()
+
 
 def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
     """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on."""

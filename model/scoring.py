@@ -33,10 +33,11 @@ class Reference:
 
 
 def virtual_reference(subject: Subject) -> Reference:
-    """The ground truth of a virtual subject."""
-    from .virtual.truth import load_ground_truth
-
-    truth = load_ground_truth(subject.root)
+    """The ground truth of a virtual subject (an error naming the folder for a real one)."""
+    truth = subject.truth
+    if truth is None:
+        raise InputError(subject.root / "ground_truth",
+                         "missing: this is not a virtual subject (no ground truth to compare with)")
     return Reference({h: truth.array("test_fmri", h) for h in HEMIS},
                      {h: truth.array("noise_ceiling", h) for h in HEMIS},
                      {h: truth.array("test_clean", h) for h in HEMIS},

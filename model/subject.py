@@ -14,7 +14,9 @@ import logging
 import pickle
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -22,6 +24,9 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InputError
 from .files import read_rows
 from .rois import HEMIS, ROI_CLASSES, ROI_TO_CLASS, UNKNOWN
+
+if TYPE_CHECKING:
+    from .truth import GroundTruth
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,13 @@ class Subject:
     def nsd_ids(self, split: str) -> np.ndarray:
         """The NSD image ids encoded in the file names."""
         return np.array([int(IMAGE_NAME.match(p.name)["nsd"]) for p in self.images(split)])
+
+    @cached_property
+    def truth(self) -> GroundTruth | None:
+        """What a virtual subject planted (:class:`model.truth.GroundTruth`), read once; None for real data."""
+        from .truth import GroundTruth, has_ground_truth
+
+        return GroundTruth(self.root) if has_ground_truth(self.root) else None
 
 
 def load_subject(data_dir: str | Path, subj: int = 1, check_images: bool = True) -> Subject:

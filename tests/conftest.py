@@ -15,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 from model.backbone import BackboneConfig  # noqa: E402
-from model.virtual.writer import VirtualConfig, write_virtual_subject  # noqa: E402
+from model.synthetic import VirtualConfig, write_virtual_subject  # noqa: E402
 
 TINY = VirtualConfig(subj=1, n_train=60, n_test=12, image_size=112, seed=3)
 #: A small random backbone: 8x8 tokens at 112 px, 7 of 12 blocks.

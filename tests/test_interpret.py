@@ -10,8 +10,10 @@ import xarray as xr
 from interpret import checks
 from interpret.attribution import ImageModel, Settings, baseline_images
 from interpret.maps import MapGrid, roi_targets
-from interpret.pipeline import MapJob, check_maps, compute_maps, localize, prepare
+from interpret.completeness import completeness_gaps, convergence_table
+from interpret.pipeline import DEFAULT_METHODS, MapJob, check_maps, compute_maps, localize, map_job, prepare
 from model.encoder import BrainEncoder, DecoderConfig
+from model.errors import InputError
 from model.rois import EARLY_VISUAL
 from model.run import open_run
 
@@ -79,6 +81,37 @@ def test_integrated_gradients_are_complete(trained_run, cache_dir):
     delta = np.abs(ds["integrated_gradients_delta"].values)
     assert np.nanmax(delta) < 0.05 * float(gap.max()) + 1e-3
     assert np.nanmax(np.abs(ds["token_integrated_gradients_delta"].values)) < 1e-2
+
+
+def test_completeness_gaps_are_what_integrated_gradients_explain(trained_run, cache_dir):
+    """f(x) - f(baseline) per image and target, and the completeness error relative to it."""
+    run = open_run(trained_run)
+    job = map_job(run, "val", 2, ["integrated_gradients", "saliency"], ["V1v"], Settings(n_steps=48, baseline="grey"),
+                  backbone_attention=False)
+    inputs = prepare(run, job, cache_dir)
+    ds = compute_maps(run, job, inputs)
+    gaps = completeness_gaps(run, inputs, ["V1v"], list(job.methods), "grey")
+    targets = roi_targets(run, ["V1v"])
+    model = ImageModel(inputs.backbone, run.model, targets).eval()
+    with torch.no_grad():
+        direct = (model(inputs.images) - model(baseline_images(inputs.images, "grey", inputs.backbone))).numpy()
+    assert set(gaps.method) == {"integrated_gradients"} and len(gaps) == 2 * len(targets)
+    for row in gaps.itertuples():
+        t = [i for i, h in enumerate(targets.hemis) if h == row.hemi][0]
+        assert row.gap == pytest.approx(float(direct[row.image, t]), rel=1e-5, abs=1e-6)
+    table = convergence_table(ds, gaps)
+    assert set(table.method) == {"integrated_gradients"} and (table.relative_delta < 0.1).all(), table
+    assert completeness_gaps(run, inputs, ["V1v"], ["saliency", "attention"], "grey").empty
+
+
+def test_one_job_builder_checks_against_the_run_before_any_image(trained_run):
+    run = open_run(trained_run)
+    job = map_job(run, rois=["all"], methods=None)
+    assert job.rois is None and job.methods == DEFAULT_METHODS and job.backbone_attention
+    with pytest.raises(InputError, match="no query for ROI 'NOPE'"):
+        map_job(run, rois=["V1v", "NOPE"])
+    with pytest.raises(InputError, match="--n-steps"):
+        map_job(run, methods=["integrated_gradients"], settings=Settings(n_steps=1))
 
 
 #: attention, and integrated gradients at the decoder input (LayerIntegratedGradients over the
@@ -246,6 +279,7 @@ def test_check_maps_command_writes_the_three_tables_and_figures(trained_run, cac
     ("--methods", "gradcam", "unknown method 'gradcam'"),
     ("--split", "train", "unknown split 'train'"),
     ("--containing", "car", "unknown category 'car'"),
+    ("--n-steps", "1", "--n-steps: must be at least 2, got 1"),
 ])
 def test_bad_input_is_a_clear_error(trained_run, tmp_path, capsys, option, value, message):
     args = {"--rois": "V1v", "--methods": "saliency", "--split": "val", option: value}

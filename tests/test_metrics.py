@@ -9,7 +9,7 @@ from model.metrics import challenge_score, noise_normalised, pearson_r, roi_summ
 from model.rois import HEMIS
 from model.scoring import file_reference, score, virtual_reference
 from model.subject import load_subject
-from model.virtual.truth import load_ground_truth
+from model.truth import load_ground_truth
 
 
 def test_pearson_r_matches_scipy():

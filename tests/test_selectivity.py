@@ -16,7 +16,7 @@ from analyses.stimuli import from_labels_csv, scene_labels
 from model.rois import NON_STREAM_CLASSES
 from model.subject import load_subject
 from model.virtual.localizer import LOCALIZER_CATEGORIES, LocalizerConfig, render_localizer, write_localizer
-from model.virtual.truth import load_ground_truth
+from model.truth import load_ground_truth
 
 from .conftest import tbe
 
@@ -312,7 +312,8 @@ def test_selectivity_without_ground_truth_uses_the_localizer(trained_run, small_
     data = tmp_path / "data"
     shutil.copytree(small_data, data)
     shutil.rmtree(data / "subj01" / "ground_truth")
-    table = run_selectivity(trained_run, data, tmp_path / "out", n_permutations=500, cache_dir=cache_dir, n_bootstrap=100)
+    settings = SelectivitySettings(n_permutations=500, n_bootstrap=100)
+    table = run_selectivity(trained_run, data, tmp_path / "out", settings=settings, cache_dir=cache_dir)
     assert set(table["source"]) == {"predicted"} and (table["planted"] == "").all()
     assert set(table["category"]) == set(LOCALIZER_CATEGORIES)
     assert table["r_heldout"].notna().any()  # from the validation images, which have fMRI

@@ -9,8 +9,8 @@ import pytest
 from model.rois import HEMIS, ROI_CLASSES
 from model.subject import load_subject
 from model.virtual.stimuli import CATEGORIES, ObjectSpec, SceneSpec, render_scene
-from model.virtual.truth import load_ground_truth
-from model.virtual.writer import VirtualConfig, write_virtual_subject
+from model.truth import load_ground_truth
+from model.synthetic import VirtualConfig, write_virtual_subject
 
 SMALL = dict(n_train=24, n_test=6, image_size=64)
 

@@ -27,11 +27,8 @@ import pandas as pd
 from PIL import Image
 
 from ..files import atomic_directory, digest_json
-from .stimuli import CATEGORIES, OBJECT_CATEGORIES, ObjectSpec, SceneSpec, render_scene
-
-#: The localizer's categories in fLoc order ("word" stands for fLoc's characters).
-LOCALIZER_CATEGORIES: tuple[str, ...] = ("face", "body", "place", "word", "object", "scrambled")
-SCRAMBLED = "scrambled"
+from ..vision import CATEGORIES, LOCALIZER_CATEGORIES, OBJECT_CATEGORIES, SCRAMBLED
+from .stimuli import ObjectSpec, SceneSpec, render_scene
 #: The background of single-exemplar images; fLoc's are phase-scrambled, ours textured.
 EXEMPLAR_BACKGROUND = "texture"
 LABELS_FILE = "labels.csv"

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from .stimuli import CATEGORIES, FIELD_OF_VIEW_DEG
+from ..vision import CATEGORIES, FIELD_OF_VIEW_DEG
 from .surface import EARLY_VISUAL_SECTORS, HemiLayout, CATEGORY_PATCHES
 
 GRID = 64  # pRFs are evaluated on a GRID x GRID lattice over the image

@@ -7,7 +7,7 @@ set samples them at random. Painters are looked up in registries
 (:data:`BACKGROUNDS`, :data:`PAINTERS`), so a new category is one function
 and one table entry.
 
-Images span :data:`FIELD_OF_VIEW_DEG` degrees of visual angle, as the NSD
+Images span :data:`model.vision.FIELD_OF_VIEW_DEG` degrees of visual angle, as the NSD
 images did.
 """
 from __future__ import annotations
@@ -20,11 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-FIELD_OF_VIEW_DEG = 8.4
-
-#: Category names in the order of their bit in a saved mask (bit i = 1 << i).
-CATEGORIES: tuple[str, ...] = ("face", "body", "word", "object", "place")
-OBJECT_CATEGORIES: tuple[str, ...] = ("face", "body", "word", "object")
+from ..vision import CATEGORIES, OBJECT_CATEGORIES
 
 
 @dataclass(frozen=True)

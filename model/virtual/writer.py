@@ -20,8 +20,9 @@ from ..files import atomic_directory, save_npy, write_json
 from ..progress import progress
 from ..rois import HEMIS, ROI_CLASSES, class_mapping
 from ..subject import SPLIT_DIRS
+from ..vision import CATEGORIES, FIELD_OF_VIEW_DEG
 from . import responses as R
-from .stimuli import CATEGORIES, FIELD_OF_VIEW_DEG, render_scene, sample_scene
+from .stimuli import render_scene, sample_scene
 from .surface import CATEGORY_PATCHES, EARLY_VISUAL_SECTORS, SURFACES, build_layout
 
 log = logging.getLogger(__name__)

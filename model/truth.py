@@ -1,8 +1,12 @@
-"""Read a virtual subject's ground truth (``subjXX/ground_truth/``).
+"""A subject's known truth: the one interface through which the suite reads what was planted.
 
-The data reader ignores this folder; scoring, the map checks and the
-selectivity calibration use it to compare what a model recovered with what
-was planted.
+A virtual subject (:mod:`model.virtual`) writes its truth to
+``subjXX/ground_truth/``; real subjects have none. The data reader ignores
+that folder; :attr:`model.subject.Subject.truth` reads it lazily, once per
+subject (None for real data), and scoring, the map checks, the selectivity
+analyses and their calibration use it to compare what a model recovered
+with what was planted. Nothing outside :mod:`model` imports the simulator
+itself.
 """
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ import pandas as pd
 import xarray as xr
 from PIL import Image
 
-from ..errors import InputError
-from ..rois import HEMIS
-from .responses import GRID, Tuning, clean_responses, prf_weights
-from .stimuli import CATEGORIES, unpack_mask_bits
+from .errors import InputError
+from .rois import HEMIS
+from .virtual.responses import GRID, Tuning, clean_responses, noisy_average, prf_weights
+from .virtual.stimuli import unpack_mask_bits
 
 
 @dataclass
@@ -59,7 +63,7 @@ class GroundTruth:
         return np.load(self.folder / f"{hemi}_{name}.npy", allow_pickle=False)
 
     def masks(self, split: str, names: list[str] | None = None) -> np.ndarray:
-        """Category masks (N, category, S, S) bool of ``split`` images, in :data:`CATEGORIES` order."""
+        """Category masks (N, category, S, S) bool of ``split`` images, in :data:`model.vision.CATEGORIES` order."""
         folder = self.folder / "masks" / split
         files = names if names is not None else sorted(p.name for p in folder.iterdir())
         bits = np.stack([np.asarray(Image.open(folder / n)) for n in files])
@@ -78,8 +82,20 @@ class GroundTruth:
         w = prf_weights(t.prf_x[active], t.prf_y[active], t.prf_sigma[active], grid)
         return w.sum(0).reshape(grid, grid)
 
+    def null_measurements(self, hemi: str, vertices: np.ndarray, n_images: int, rng: np.random.Generator) -> np.ndarray:
+        """Fresh measurements ``(n_images, vertices)`` of vertices without signal, drawn as the generator draws them.
+
+        Each is the average of the subject's number of repeats of z-scored
+        noise trials at the vertices' ncsnr; ``vertices`` is a boolean mask
+        over ``hemi``'s challenge vertices.
+        """
+        repeats = int(self.config.get("n_repeats", 3))
+        clean = np.zeros((n_images, int(np.count_nonzero(vertices))), np.float32)
+        return noisy_average(clean, self.tuning[hemi].ncsnr[vertices], rng, repeats)
+
 
 def has_ground_truth(subject_root: str | Path) -> bool:
+    """Whether ``subject_root`` (a ``subjXX`` folder) holds a virtual subject's ground truth."""
     return (Path(subject_root) / "ground_truth" / "config.json").is_file()
 
 
@@ -91,4 +107,4 @@ def load_ground_truth(subject_root: str | Path) -> GroundTruth:
     return GroundTruth(root)
 
 
-__all__ = ["GroundTruth", "has_ground_truth", "load_ground_truth", "CATEGORIES"]
+__all__ = ["GroundTruth", "has_ground_truth", "load_ground_truth"]
