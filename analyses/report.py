@@ -441,9 +441,11 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
 
 
 def _backbone_description(run_dir: Path) -> str:
+    from model.run import read_metrics
+
     try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("backbone", "")
-    except (OSError, json.JSONDecodeError):
+        return str(read_metrics(run_dir).get("backbone", ""))
+    except InputError:
         return ""
 
 
