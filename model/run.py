@@ -349,7 +349,7 @@ def check_feature_key(where: Path, config: RunConfig) -> None:
                 "weights": (named or "file:", key["weights"] if named else key["weights"][:5])}
     for name, (now, then) in compared.items():
         if now != then:
-            shown = {"layer": (now_block, then_block), "weights": (b.weights, key["weights"])}.get(name, (now, then))
+            shown = {"weights": (named or b.weights, key["weights"])}.get(name, (now, then))
             raise InputError(where, f"backbone.{name} gives {shown[0]!r}, but the run was trained on features with {shown[1]!r} "
                                     f"(feature_key in {CONFIG}); the file was edited or belongs to another run")
 
