@@ -52,13 +52,9 @@ def find_reference(subject: Subject, test_fmri: str | Path | None = None,
 
 
 def _load_run_arrays(run_dir: Path, stem: str) -> dict[str, np.ndarray]:
-    out = {}
-    for hemi in HEMIS:
-        path = Path(run_dir) / f"{hemi}_{stem}.npy"
-        if not path.is_file():
-            raise InputError(path, "missing file (did training finish?)")
-        out[hemi] = np.load(path, allow_pickle=False)
-    return out
+    from model.run import load_run_array
+
+    return {hemi: load_run_array(run_dir, f"{{hemi}}_{stem}.npy", hemi) for hemi in HEMIS}
 
 
 def vertex_scores(run_dir: str | Path, reference: Reference | None, name: str | None = None) -> VertexScores:
@@ -170,15 +166,10 @@ def _mean(x: np.ndarray) -> float:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
-    """A run's ``metrics.json``."""
-    import json
+    """A run's ``metrics.json`` (:func:`model.run.read_metrics`)."""
+    from model.run import read_metrics as read
 
-    from model.run import METRICS
-
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        raise InputError(path, "missing: training did not finish")
-    return json.loads(path.read_text())
+    return read(run_dir)
 
 
 def compare_scores(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:

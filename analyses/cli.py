@@ -1,23 +1,45 @@
 """The ``tbe`` command: one subcommand per job, each a thin call into the layers.
 
 Subcommands are registered in :data:`COMMANDS` (name -> how to add its
-arguments, what to run). Bad input ends with one line,
-``error: <file or option>: <problem>``, and exit status 2.
+arguments, what to run). Every error ends with one line and exit status 2:
+bad input as ``error: <file or option>: <problem>`` (the library names
+configuration parameters, :data:`CONFIG_FLAGS` turns them into flags), a
+file-system error as ``error: <file>: <what the OS said>``, and anything
+unexpected as ``error: internal error: ...`` with a hint how to see the
+traceback (``--traceback`` or ``TBE_TRACEBACK=1``).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from model.errors import InputError
+from model.errors import InputError, OptionError
 
 log = logging.getLogger("tbe")
+
+#: configuration parameter -> the flag that sets it (``tbe train``; the backbone ones in every command
+#: that computes features). tests/test_reliability.py checks that every config field has one.
+CONFIG_FLAGS = {
+    "data_dir": "--data-dir", "subj": "--subj", "readout_res": "--readout-res", "encoder_arch": "--encoder-arch",
+    "backbone.name": "--backbone", "backbone.weights": "--backbone-weights", "backbone.seed": "--backbone-seed",
+    "backbone.layer": "--enc-output-layer", "backbone.feature": "--feature", "backbone.image_size": "--image-size",
+    "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr",
+    "train.weight_decay": "--weight-decay", "train.lr_drop": "--lr-drop", "train.clip_max_norm": "--clip-max-norm",
+    "train.seed": "--seed", "train.split_seed": "--split-seed", "train.val_fraction": "--val-fraction",
+    "decoder.hidden_dim": "--hidden-dim", "decoder.nheads": "--nheads", "decoder.dec_layers": "--dec-layers",
+    "decoder.dim_feedforward": "--dim-feedforward", "decoder.dropout": "--dropout",
+    "decoder.query_self_attention": "--query-self-attention", "decoder.readout": "--readout",
+    "decoder.readout_maps": "--readout-maps", "decoder.readout_map_dim": "--readout-map-dim",
+    "ridge.features": "--ridge-features", "ridge.pool": "--ridge-pool", "ridge.n_components": "--ridge-components",
+}
+#: set to 1 to print the traceback of an internal error
+TRACEBACK_ENV = "TBE_TRACEBACK"
 
 
 # --------------------------------------------------------------------------
@@ -80,13 +102,24 @@ def settings_from_args(settings_class: type, args: argparse.Namespace):
     return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
 
 
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
+def config_section(cls, section: str, args: argparse.Namespace):
+    """One config dataclass from the flags of :data:`CONFIG_FLAGS` (``section.field`` -> flag)."""
+    return cls(**{f.name: getattr(args, _dest(CONFIG_FLAGS[f"{section}.{f.name}"])) for f in dataclasses.fields(cls)})
+
+
 def backbone_config(args: argparse.Namespace):
     from model.backbone import BackboneConfig
 
     if args.backbone_weights is not None and args.no_pretrained:
         raise InputError("--backbone-weights", "cannot be combined with --no-pretrained")
     weights = str(args.backbone_weights) if args.backbone_weights else ("random" if args.no_pretrained else "pretrained")
-    return BackboneConfig(args.backbone, weights, args.backbone_seed, args.enc_output_layer, args.feature, args.image_size)
+    values = {f.name: getattr(args, _dest(CONFIG_FLAGS[f"backbone.{f.name}"])) for f in dataclasses.fields(BackboneConfig)
+              if f.name != "weights"}
+    return BackboneConfig(weights=weights, **values)
 
 
 # --------------------------------------------------------------------------
@@ -174,24 +207,19 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ridge baseline")
     g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features)
     g.add_argument("--ridge-pool", type=int, default=r.pool)
+    g.add_argument("--ridge-components", type=int, default=r.n_components, help="PCA components (--ridge-features pca)")
 
 
 def run_config(args: argparse.Namespace):
+    """The :class:`~model.run.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.train.train`)."""
     from model.architectures import RidgeConfig
     from model.encoder import DecoderConfig
     from model.run import RunConfig, TrainConfig
 
-    for name in ("epochs", "batch_size", "dec_layers", "hidden_dim", "nheads"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')}", f"must be at least 1, got {getattr(args, name)}")
     return RunConfig(
         data_dir=str(args.data_dir), subj=args.subj, readout_res=args.readout_res, encoder_arch=args.encoder_arch,
-        backbone=backbone_config(args),
-        decoder=DecoderConfig(args.hidden_dim, args.nheads, args.dec_layers, args.dim_feedforward, args.dropout,
-                              args.query_self_attention, args.readout, args.readout_maps, args.readout_map_dim),
-        train=TrainConfig(args.epochs, args.batch_size, args.lr, args.weight_decay, args.lr_drop, args.clip_max_norm,
-                          args.seed, args.split_seed, args.val_fraction),
-        ridge=RidgeConfig(args.ridge_features, args.ridge_pool))
+        backbone=backbone_config(args), decoder=config_section(DecoderConfig, "decoder", args),
+        train=config_section(TrainConfig, "train", args), ridge=config_section(RidgeConfig, "ridge", args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -200,9 +228,6 @@ def _train(args: argparse.Namespace) -> int:
     out = train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device)
     print(out)
     return 0
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -215,14 +240,14 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from model.features import extract_features
+    from model.files import usable_directory
+    from model.images import list_images
     from model.rois import HEMIS
-    from model.run import open_run, predict, save_predictions
+    from model.run import check_prediction_path, open_run, predict, save_predictions
 
-    if not args.images.is_dir():
-        raise InputError(args.images, "not a folder of images")
-    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise InputError(args.images, f"no images ({', '.join(IMAGE_SUFFIXES)})")
+    check_prediction_path(args.out)
+    usable_directory(args.out.parent, where=args.out)
+    paths = list_images(args.images)
     run = open_run(args.run, args.data_dir)
     feats = extract_features(run.backbone(), paths, args.cache_dir, device=args.device, desc="image features")
     pred = predict(run.model, feats.features)
@@ -240,24 +265,22 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from model.files import write_json
+    from model.files import usable_directory, write_json
     from model.rois import HEMIS
-    from model.run import read_config
+    from model.run import PRED_TEST, TEST_SCORES, check_trained_on, load_run_array, read_config
     from model.scoring import check_shapes, file_reference, score, score_table, virtual_reference
     from model.subject import load_subject
 
+    out = args.out or args.run / TEST_SCORES
+    usable_directory(out.parent, where=out)
     config = read_config(args.run)
     subject = load_subject(args.data_dir or config.data_dir, config.subj)
-    preds = {}
-    for hemi in HEMIS:
-        path = args.run / f"{hemi}_pred_test.npy"
-        if not path.is_file():
-            raise InputError(path, "missing test predictions (did training finish?)")
-        preds[hemi] = np.load(path, allow_pickle=False)
+    check_trained_on(args.run, config, subject)
+    preds = {h: load_run_array(args.run, PRED_TEST, h, subject.n_vertices(h), subject.n_test) for h in HEMIS}
     ref = file_reference(args.test_fmri, args.noise_ceiling) if args.test_fmri else virtual_reference(subject)
     check_shapes(preds, ref, str(args.run))
     scores = score(preds, subject, ref)
-    write_json(args.out or args.run / "test_scores.json", scores)
+    write_json(out, scores)
     table = score_table(scores).pivot_table(index=["measure", "group"], columns="hemi", values="value")
     print(table.round(3).to_string())
     if "challenge_score" in scores:
@@ -276,18 +299,14 @@ def _surface_args(p: argparse.ArgumentParser) -> None:
 
 def _surface(args: argparse.Namespace) -> int:
     from analyses.surface import plot_surface, save_gifti
+    from model.files import load_npy
     from model.rois import HEMIS
     from model.subject import load_subject
 
     subject = load_subject(args.data_dir, args.subj, check_images=False)
     if "{hemi}" not in args.values:
         raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
-    values = {}
-    for hemi in HEMIS:
-        path = Path(args.values.format(hemi=hemi))
-        if not path.is_file():
-            raise InputError(path, "missing file")
-        values[hemi] = np.load(path, allow_pickle=False)
+    values = {hemi: load_npy(Path(args.values.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
     png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap)
     for path in [png, *save_gifti(values, subject, args.out, name=args.title or "value")]:
         print(path)
@@ -529,12 +548,36 @@ COMMANDS: dict[str, Command] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tbe", description="Transformer encoders of human visual cortex")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--traceback", action="store_true",
+                        help=f"print the Python traceback of an internal error (or set {TRACEBACK_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(handler=run)
     return parser
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line an error is reported with (without the ``error: `` prefix)."""
+    from model.files import describe_os_error
+
+    if isinstance(exc, OptionError):
+        problem = exc.problem
+        for parameter, flag in CONFIG_FLAGS.items():
+            if "." in parameter:  # a section's field named in the text, e.g. "must divide decoder.hidden_dim"
+                problem = problem.replace(parameter, flag)
+        return f"{CONFIG_FLAGS.get(exc.parameter, exc.parameter)}: {problem}"
+    if isinstance(exc, InputError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where, problem = describe_os_error(exc)
+        return f"{where}: {problem}"
+    if isinstance(exc, MemoryError):
+        return "out of memory (try a smaller --batch-size, or fewer images)"
+    text = " ".join(str(exc).split())[:300]
+    return (f"internal error: {type(exc).__name__}: {text} (a bug: rerun with --traceback or {TRACEBACK_ENV}=1 "
+            "to see where, and please report it)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -545,12 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     record_command(["tbe", *(sys.argv[1:] if argv is None else argv)])  # for manifests written by this command
     try:
         return args.handler(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every error is one line and exit status 2
+        expected = isinstance(exc, (InputError, OSError, MemoryError))
+        if not expected and (args.traceback or os.environ.get(TRACEBACK_ENV, "0") not in ("", "0")):
+            traceback.print_exc()
+        print(f"error: {error_line(exc)}", file=sys.stderr)
+        return 2
     finally:
         record_command(None)
 

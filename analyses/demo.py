@@ -9,8 +9,6 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from interpret.attribution import Settings
 from interpret.overlay import overlay
 from interpret.pipeline import MapJob, check_maps, compute_maps, prepare, save_check_tables, save_maps
@@ -20,7 +18,7 @@ from model.encoder import DecoderConfig
 from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS
-from model.run import METRICS, RunConfig, TrainConfig, open_run
+from model.run import CHECKPOINT, METRICS, PRED_TEST, VAL_CORR, RunConfig, TrainConfig, load_run_array, open_run
 from model.scoring import score, score_table, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
@@ -86,13 +84,13 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
             log.info("step 2/8: %s already trained in %s", name, run_dir)
             continue
         log.info("step 2/8: training %s into %s", name, run_dir)
-        train(run_config, run_dir, paths.cache, resume=(run_dir / "checkpoint.safetensors").is_file(), device=device)
+        train(run_config, run_dir, paths.cache, resume=(run_dir / CHECKPOINT).is_file(), device=device)
 
     log.info("step 3/8: scoring test predictions against the ground truth")
     subject = load_subject(paths.data, config.subj)
     reference = virtual_reference(subject)
     for name, run_dir in runs.items():
-        scores = score({h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}, subject, reference)
+        scores = score({h: load_run_array(run_dir, PRED_TEST, h) for h in HEMIS}, subject, reference)
         table = score_table(scores)
         write_csv(run_dir / "test_scores.csv", table)
         log.info("  %-12s challenge score %.1f", name, scores["challenge_score"])
@@ -100,7 +98,7 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
     log.info("step 4/8: surface maps of validation r in %s", paths.maps)
     paths.maps.mkdir(parents=True, exist_ok=True)
     for name, run_dir in progress(list(runs.items()), desc="surface maps", unit="run"):
-        values = {h: np.load(run_dir / f"{h}_val_corr.npy") for h in HEMIS}
+        values = {h: load_run_array(run_dir, VAL_CORR, h) for h in HEMIS}
         plot_surface(values, subject, paths.maps / f"{name}_val_r.png", title=f"{name}: validation r")
         save_gifti(values, subject, paths.maps / f"{name}_val_r", name="validation r")
 

@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from model.backbone import native_size, read_image
+from model.images import native_size, read_image
 from model.errors import InputError
 from model.features import default_cache_dir
 from model.files import atomic_path, write_csv

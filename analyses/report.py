@@ -461,9 +461,11 @@ def write_reproducibility_files(out: Path, run_dir: Path, data_dir: Path, subj: 
 
 
 def _backbone_description(run_dir: Path) -> str:
+    from model.run import read_metrics
+
     try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("backbone", "")
-    except (OSError, json.JSONDecodeError):
+        return str(read_metrics(run_dir).get("backbone", ""))
+    except InputError:
         return ""
 
 

@@ -200,7 +200,7 @@ def choose_stimuli(run: Run, images: str | Path | None, labels: str | Path | Non
         return stimuli
     if run.subject.truth is not None:
         return subject_heldout(run)
-    from model.backbone import native_size
+    from model.images import native_size
     from model.features import default_cache_dir
 
     log.info("no labels given and %s is not a virtual subject: using the rendered localizer", run.subject.root)

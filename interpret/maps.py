@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from model.backbone import Backbone, image_batch
+from model.backbone import Backbone
 from model.errors import InputError
+from model.images import image_batch
 from model.rois import HEMIS
 from model.run import Run
 from model.vision import CATEGORIES, FIELD_OF_VIEW_DEG

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .baselines import LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
+from .baselines import RIDGE_FEATURES, LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
 from .encoder import BrainEncoder, DecoderConfig
-from .errors import InputError
+from .errors import InputError, check_fields, positive_int
 from .interface import Capabilities, EncoderInputs
 from .readout import QuerySet
 
@@ -33,6 +33,14 @@ class RidgeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``ridge.<field>``)."""
+        check_fields("ridge", self, (
+            ("features", lambda v: v in RIDGE_FEATURES, f"must be one of {', '.join(RIDGE_FEATURES)}"),
+            ("pool", positive_int, "must be a whole number of tokens >= 1"),
+            ("n_components", positive_int, "must be a whole number >= 1"),
+        ))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,11 @@ up to that one are kept and run. The feature is that block's output tokens
 """
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 import socket
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,11 +29,11 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, OptionError, check_fields, is_int
 from .files import digest_files
+from .images import to_side
 
 DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
 WEIGHT_SOURCES = ("pretrained", "random")  # or a path to a checkpoint file
@@ -57,33 +60,69 @@ class BackboneConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def validate(self) -> None:
+        """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``backbone.<field>``).
+
+        Checks values only (the model's depth and patch size come from a
+        weightless copy); whether a weights file exists is checked when the
+        backbone is built.
+        """
+        check_fields("backbone", self, (
+            ("name", lambda v: isinstance(v, str) and _timm_model_known(v), "must be a timm ViT name"),
+            ("weights", lambda v: isinstance(v, str) and v != "", "must be 'pretrained', 'random' or a checkpoint file"),
+            ("seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
+            ("feature", lambda v: v in FEATURES, f"must be one of {', '.join(FEATURES)}"),
+        ))
+        depth, patch = _shape_of(self.name)
+        check_fields("backbone", self, (
+            ("layer", lambda v: is_int(v) and 1 <= abs(v) <= depth,
+             f"must count blocks from the end, 1 (last) to {depth} (first) for {self.name}"),
+            ("image_size", lambda v: v is None or (is_int(v) and v >= patch),
+             f"must be a side in pixels of at least one patch ({patch} px), or unset for the native size"),
+        ))
+
 
 # --------------------------------------------------------------------------
 # Features: a block's output, or its attention queries
 # --------------------------------------------------------------------------
 
-def _block_tokens(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return block(x)
+class BlockQueries(nn.Module):
+    """Stands in for the last block kept: its attention queries instead of its output.
+
+    Holds the block's own ``norm1`` and ``attn`` (so parameter names and
+    hooks on ``attn`` stay those of timm's block) and returns the queries of
+    every token, heads concatenated, after timm's ``q_norm`` and before
+    scaling: (B, N, C), the shape of a block's output, so timm's
+    ``forward_intermediates`` passes them on like any block output.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.norm1 = block.norm1
+        self.attn = block.attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = self.attn
+        qkv = attn.qkv(self.norm1(x))
+        b, n, _ = qkv.shape
+        q = qkv.reshape(b, n, 3, attn.num_heads, -1)[:, :, 0]
+        return attn.q_norm(q).reshape(b, n, -1)
 
 
-def _block_queries(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The attention queries of ``block`` for input ``x``: heads concatenated, before scaling."""
-    attn = block.attn
-    qkv = attn.qkv(block.norm1(x))
-    b, n, _ = qkv.shape
-    q = qkv.reshape(b, n, 3, attn.num_heads, -1)[:, :, 0]
-    q = attn.q_norm(q)
-    return q.reshape(b, n, -1)
-
-
-FEATURES: dict[str, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
-    "tokens": _block_tokens,
-    "q": _block_queries,
+#: ``--feature`` -> what replaces the last block kept (its output is the feature)
+FEATURES: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "tokens": lambda block: block,
+    "q": BlockQueries,
 }
 
 
 class Backbone(nn.Module):
     """A frozen, truncated timm ViT: images (B, 3, H, W) -> tokens (B, h*w, C).
+
+    Built on timm's public feature API: ``prune_intermediate_layers`` drops
+    the blocks after the one used (and the final norm and head), and
+    ``forward_intermediates`` returns that block's patch tokens without the
+    prefix (class, register) tokens.
 
     Attributes
     ----------
@@ -97,15 +136,12 @@ class Backbone(nn.Module):
         super().__init__()
         depth = len(vit.blocks)
         index = resolve_layer(config.layer, depth)
-        vit.blocks = vit.blocks[: index + 1]
-        for unused in ("norm", "fc_norm", "head", "head_drop"):
-            if hasattr(vit, unused):
-                setattr(vit, unused, nn.Identity())
+        vit.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
+        vit.blocks[index] = FEATURES[config.feature](vit.blocks[index])
         self.vit = vit.eval().requires_grad_(False)
         self.config = config
         self.depth = depth
         self.block_index = index
-        self.feature_fn = FEATURES[config.feature]
         self.input_size = input_size
         self.image_side = config.image_size or native_side  # every image is brought to this side first
         self.patch = vit.patch_embed.patch_size[0]
@@ -127,25 +163,13 @@ class Backbone(nn.Module):
         side of the images the backbone was built for), normalised with the
         backbone's mean and SD, then zero-padded at the bottom and right.
         """
-        x = images.float() / 255 if images.dtype == torch.uint8 else images
-        if x.shape[-2:] != (self.image_side, self.image_side):
-            x = F.interpolate(x, size=(self.image_side,) * 2, mode="bicubic", antialias=True, align_corners=False)
-        x = (x - self.mean) / self.std
+        x = (to_side(images, self.image_side) - self.mean) / self.std
         pad_h, pad_w = self.input_size - x.shape[-2], self.input_size - x.shape[-1]
         return F.pad(x, (0, pad_w, 0, pad_h))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding with position embedding and prefix tokens."""
-        vit = self.vit
-        return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))  # noqa: SLF001 - timm's own step
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised input (from :meth:`preprocess`) -> patch features (B, h*w, C)."""
-        x = self.embed(x)
-        for block in self.vit.blocks[:-1]:
-            x = block(x)
-        x = self.feature_fn(self.vit.blocks[-1], x)
-        return x[:, self.num_prefix_tokens:]
+        return self.vit.forward_intermediates(x, indices=[self.block_index], output_fmt="NLC", intermediates_only=True)[0]
 
     def describe(self) -> str:
         """One line for logs and reports, saying plainly when weights are random."""
@@ -153,6 +177,12 @@ class Backbone(nn.Module):
         weights = source.get(self.config.weights, f"weights from {self.config.weights}")
         return (f"{self.config.name} with {weights}; feature '{self.config.feature}' of block "
                 f"{self.block_index + 1}/{self.depth}; input {self.input_size} px -> {self.grid[0]}x{self.grid[1]} tokens x {self.dim}")
+
+
+def named_weights_digest(config: BackboneConfig) -> str | None:
+    """The weights' identity for random and timm-pretrained weights; ``None`` for a file (its bytes are hashed)."""
+    return {"random": f"random:seed={config.seed}:layerscale={RANDOM_LAYERSCALE}",
+            "pretrained": f"timm:{config.name}"}.get(config.weights)
 
 
 def resolve_layer(layer: int, depth: int) -> int:
@@ -185,35 +215,39 @@ def build_backbone(config: BackboneConfig, native_size: int) -> Backbone:
         raise InputError("--feature", f"unknown feature {config.feature!r}; choose from {', '.join(FEATURES)}")
     if not timm.is_model(config.name):
         raise InputError("--backbone", f"unknown timm model {config.name!r}")
-    patch = _patch_size(config.name)
+    patch = _shape_of(config.name)[1]
     size = input_size_for(native_size, config.image_size, patch)
     kwargs = dict(img_size=size, num_classes=0)
     if config.weights == "random":
         torch.manual_seed(config.seed)
         vit = timm.create_model(config.name, pretrained=False, init_values=RANDOM_LAYERSCALE, **kwargs)
-        digest = f"random:seed={config.seed}:layerscale={RANDOM_LAYERSCALE}"
     elif config.weights == "pretrained":
         vit = _create_pretrained(config.name, kwargs)
-        digest = f"timm:{config.name}"
     else:
-        path = Path(config.weights)
         vit = timm.create_model(config.name, pretrained=False, **kwargs)
-        load_checkpoint(vit, path)
-        digest = f"file:{digest_files([path])}"
+        load_checkpoint(vit, Path(config.weights))
+    digest = named_weights_digest(config) or f"file:{digest_files([Path(config.weights)])}"
     if not hasattr(vit, "blocks") or not hasattr(vit.blocks[0], "attn"):
         raise InputError("--backbone", f"{config.name} is not a ViT with attention blocks")
     return Backbone(vit, config, native_size, size, digest)
 
 
-def _patch_size(name: str) -> int:
-    """Patch size of a timm model, from a weightless copy on the meta device."""
+def _timm_model_known(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_of(name: str) -> tuple[int, int]:
+    """(blocks, patch size) of a timm ViT, from a weightless copy on the meta device."""
     import timm
 
     with torch.device("meta"):
         probe = timm.create_model(name, pretrained=False, num_classes=0)
-    if not hasattr(probe, "patch_embed"):
-        raise InputError("--backbone", f"{name} is not a vision transformer (no patch embedding)")
-    return int(probe.patch_embed.patch_size[0])
+    if not hasattr(probe, "patch_embed") or not hasattr(probe, "blocks"):
+        raise OptionError("backbone.name", f"{name} is not a vision transformer (no patch embedding)")
+    return len(probe.blocks), int(probe.patch_embed.patch_size[0])
 
 
 def _create_pretrained(name: str, kwargs: dict) -> nn.Module:
@@ -252,7 +286,12 @@ def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or ``.pth`` file (the latter with torch's weights-only loader)."""
+    """Tensors of a ``.safetensors`` or ``.pth`` file (the latter with torch's weights-only loader).
+
+    Failures are explained in our own words: torch's message for a file its
+    weights-only reader refuses suggests turning that safety off, which this
+    suite never does.
+    """
     if not path.is_file():
         raise InputError(path, "missing checkpoint file")
     try:
@@ -260,9 +299,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(path, f"unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(path, "unreadable checkpoint: corrupt, or holding Python objects besides tensors, which are "
+                               "never unpickled here; supply a plain state dict of tensors (.pth) or a .safetensors file") from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip archives, bad headers, ...
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch"
+        raise InputError(path, f"unreadable checkpoint: corrupt, truncated or not a {kind} file ({type(exc).__name__})") from None
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -284,36 +329,3 @@ def load_checkpoint(vit: nn.Module, path: Path) -> None:
     needed = [k for k in missing if k.startswith(("blocks.", "patch_embed.", "pos_embed", "cls_token"))]
     if needed:
         raise InputError(path, f"missing {len(needed)} backbone tensors (e.g. {needed[0]}): not a checkpoint of this model")
-
-
-# --------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image as (H, W, 3) uint8; a clear error for an unreadable file."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable image ({type(exc).__name__})") from None
-
-
-def image_batch(paths: list[Path]) -> torch.Tensor:
-    """Images (B, 3, H, W) uint8; all must share one size."""
-    arrays = [read_image(p) for p in paths]
-    first = arrays[0].shape
-    for path, arr in zip(paths, arrays):
-        if arr.shape != first:
-            raise InputError(path, f"image size {arr.shape[:2]} differs from {first[:2]} of {paths[0].name}")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-
-
-def native_size(path: Path) -> int:
-    """The side of a (square) image, read from its header."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(path, f"unreadable image ({type(exc).__name__})") from None
-    return max(w, h)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import OptionError, check_fields, is_number, positive_int
 from .interface import Capabilities, EncoderInputs
 from .readout import READOUTS, QuerySet, with_readout_subset
 
@@ -36,6 +37,23 @@ class DecoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``decoder.<field>``)."""
+        check_fields("decoder", self, (
+            ("hidden_dim", lambda v: positive_int(v) and v % 4 == 0,
+             "must be a positive multiple of 4 (the 2D sine position encoding splits it in four)"),
+            ("nheads", positive_int, "must be a whole number >= 1"),
+            ("dec_layers", positive_int, "must be a whole number >= 1"),
+            ("dim_feedforward", positive_int, "must be a whole number >= 1"),
+            ("dropout", lambda v: is_number(v) and 0 <= v < 1, "must be a probability in [0, 1)"),
+            ("query_self_attention", lambda v: isinstance(v, bool), "must be true or false"),
+            ("readout", lambda v: v in READOUTS, f"must be one of {', '.join(READOUTS)}"),
+            ("readout_maps", positive_int, "must be a whole number >= 1"),
+            ("readout_map_dim", positive_int, "must be a whole number >= 1"),
+        ))
+        if self.hidden_dim % self.nheads:
+            raise OptionError("decoder.nheads", f"must divide decoder.hidden_dim ({self.hidden_dim}) into equal heads, got {self.nheads}")
 
 
 class PositionEmbeddingSine(nn.Module):

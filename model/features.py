@@ -6,9 +6,20 @@ files' bytes), holds ``features.npy`` (images x tokens x channels, float16,
 memory-mapped on read) and ``meta.json``, and is written under a temporary
 name and renamed into place only when complete, so an interrupted
 extraction never leaves an entry that looks complete.
+
+Writing never goes through a memory map (a full disk would kill the process
+with SIGBUS): the file is preallocated, then written with plain writes, and
+a full disk is one clear error. Leftovers of killed extractions are removed
+by the next extraction (:func:`model.files.remove_stale_partials`). Every
+entry is verified when opened: its meta.json, the array's shape against
+meta.json and the file size, and digests of :data:`SAMPLED_ROWS` rows
+stored at write time (catching zeroed or overwritten files); a damaged entry
+is rebuilt with a warning.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -20,14 +31,23 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .backbone import Backbone, image_batch
+from .backbone import Backbone
 from .device import autocast, pick_device
-from .files import atomic_directory, digest_files, digest_json, write_json
+from .errors import InputError
+from .files import (NO_SPACE, atomic_directory, digest_files, digest_json, read_rows, remove_stale_partials,
+                    usable_directory, write_json)
+from .images import image_batch
 from .progress import progress
 
 log = logging.getLogger(__name__)
 
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 2
+FEATURES_FILE = "features.npy"
+META_FILE = "meta.json"
+#: what identifies a backbone's features; every run records these (``feature_key`` in config.json)
+FEATURE_KEY_FIELDS = ("format", "backbone", "weights", "block", "depth", "feature", "image_size", "input_size")
+#: rows of an entry whose digests are stored in meta.json and checked on every open
+SAMPLED_ROWS = 8
 
 
 def default_cache_dir() -> Path:
@@ -51,9 +71,14 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def key(self) -> dict:
+        """The backbone part of this entry's key (see :data:`FEATURE_KEY_FIELDS`)."""
+        return {k: self.meta.get(k) for k in FEATURE_KEY_FIELDS}
 
-def cache_key(backbone: Backbone, image_paths: Sequence[Path]) -> dict:
-    """Everything the features depend on."""
+
+def feature_key(backbone: Backbone) -> dict:
+    """What the features of any image depend on (the backbone, its weights, block, feature and input size)."""
     return {
         "format": FEATURE_FORMAT,
         "backbone": backbone.config.name,
@@ -63,69 +88,150 @@ def cache_key(backbone: Backbone, image_paths: Sequence[Path]) -> dict:
         "feature": backbone.config.feature,
         "image_size": backbone.config.image_size,
         "input_size": backbone.input_size,
-        "images": digest_files(image_paths),
-        "n_images": len(image_paths),
     }
 
 
-def open_entry(path: Path) -> FeatureSet:
-    meta = json.loads((path / "meta.json").read_text())
-    features = np.load(path / "features.npy", mmap_mode="r")
-    return FeatureSet(path, features, meta["names"], tuple(meta["grid"]), meta)
+def cache_key(backbone: Backbone, image_paths: Sequence[Path]) -> dict:
+    """Everything the features depend on: :func:`feature_key` and the images' bytes."""
+    return {**feature_key(backbone), "images": digest_files(image_paths), "n_images": len(image_paths)}
+
+
+class DamagedEntry(Exception):
+    """A cache entry that fails verification (the message says how)."""
+
+
+def sampled_rows(n: int) -> np.ndarray:
+    """Rows whose digests an entry stores: evenly spaced, first and last included."""
+    return np.unique(np.linspace(0, n - 1, min(n, SAMPLED_ROWS)).round().astype(int))
+
+
+def _row_digest(row: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=12).hexdigest()
+
+
+def open_entry(path: Path, key: dict | None = None) -> FeatureSet:
+    """Open a complete entry and verify it; :class:`DamagedEntry` if it fails any check."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        names, grid, dim, digests = meta["names"], tuple(meta["grid"]), int(meta["dim"]), meta["row_digests"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedEntry(f"{META_FILE} is unreadable ({type(exc).__name__})") from None
+    if key is not None and any(meta.get(k) != v for k, v in key.items()):
+        raise DamagedEntry(f"{META_FILE} does not match the entry's key")
+    file = path / FEATURES_FILE
+    try:
+        features = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DamagedEntry(f"{FEATURES_FILE} is truncated or unreadable ({type(exc).__name__})") from None
+    expected = (len(names), grid[0] * grid[1], dim)
+    if features.shape != expected or features.dtype != np.float16:
+        raise DamagedEntry(f"{FEATURES_FILE} holds {features.dtype} {features.shape}, {META_FILE} says float16 {expected}")
+    if file.stat().st_size != features.offset + features.nbytes:
+        raise DamagedEntry(f"{FEATURES_FILE} has {file.stat().st_size} bytes, its shape needs {features.offset + features.nbytes}")
+    rows = sampled_rows(len(names))
+    if sorted(int(r) for r in digests) != rows.tolist():
+        raise DamagedEntry(f"{META_FILE} lists other sampled rows than expected")
+    for row, values in zip(rows, read_rows(features, rows)):
+        if _row_digest(values) != digests[str(row)]:
+            raise DamagedEntry(f"row {row} of {FEATURES_FILE} differs from its digest (zeroed or overwritten)")
+    return FeatureSet(path, features, names, grid, meta)
 
 
 def extract_features(backbone: Backbone, image_paths: Sequence[Path], cache_dir: str | Path | None = None,
                      batch_size: int = 16, device: str = "auto", desc: str = "backbone features") -> FeatureSet:
-    """Features of ``image_paths`` from the cache, computing them only on a miss."""
+    """Features of ``image_paths`` from the cache, computing them only on a miss (or a damaged entry)."""
     image_paths = [Path(p) for p in image_paths]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    usable_directory(cache_dir, write=False)
     key = cache_key(backbone, image_paths)
     entry = cache_dir / digest_json(key)
-    if (entry / "meta.json").is_file():
-        log.info("feature cache hit: %s", entry)
-        return open_entry(entry)
+    if cache_dir.is_dir():
+        for stale in remove_stale_partials(cache_dir):
+            log.info("removed %s, left by a feature extraction that died", stale)
+    if entry.is_dir():
+        try:
+            fs = open_entry(entry, key)
+            log.info("feature cache hit: %s", entry)
+            return fs
+        except DamagedEntry as why:
+            log.warning("%s: damaged feature cache entry (%s); rebuilding it", entry, why)
+            _discard(entry)
 
+    usable_directory(cache_dir)
     dev = pick_device(device)
     backbone = backbone.to(dev)
-    n_tokens = backbone.grid[0] * backbone.grid[1]
     try:
         with atomic_directory(entry) as tmp:
-            out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                            shape=(len(image_paths), n_tokens, backbone.dim))
-            starts = range(0, len(image_paths), batch_size)
-            for start in progress(starts, desc=desc, unit="batch"):
-                batch = image_batch(image_paths[start:start + batch_size]).to(dev)
-                with torch.inference_mode(), autocast(dev):
-                    feats = backbone(backbone.preprocess(batch))
-                out[start:start + len(batch)] = feats.float().cpu().numpy().astype(np.float16)
-            out.flush()
-            del out
-            write_json(tmp / "meta.json", {**key, "names": [p.name for p in image_paths],
-                                           "grid": list(backbone.grid), "dim": backbone.dim,
-                                           "describe": backbone.describe()})
+            digests = _write_features(tmp / FEATURES_FILE, backbone, image_paths, batch_size, dev, desc)
+            write_json(tmp / META_FILE, {**key, "names": [p.name for p in image_paths], "grid": list(backbone.grid),
+                                         "dim": backbone.dim, "row_digests": digests, "describe": backbone.describe()})
     except FileExistsError:
         pass  # another process (e.g. a DDP rank) completed the same entry first
-    except OSError:
-        if not (entry / "meta.json").is_file():
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            size = len(image_paths) * backbone.grid[0] * backbone.grid[1] * backbone.dim * 2
+            raise InputError(cache_dir, f"no room for the feature cache ({exc.strerror}; this entry needs {size / 2**30:.2f} GiB); "
+                                        "free space or choose another --cache-dir (or TBE_CACHE_DIR)") from None
+        if not (exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and (entry / META_FILE).is_file()):
             raise
-    return open_entry(entry)
+    try:
+        return open_entry(entry, key)
+    except DamagedEntry as why:  # written a moment ago: the storage itself is failing
+        raise InputError(entry, f"feature cache entry damaged right after writing ({why})") from None
 
 
-def clear_partial(cache_dir: str | Path) -> int:
-    """Remove leftovers of killed extractions; returns how many were removed."""
-    removed = 0
-    for path in Path(cache_dir).glob(".*.partial-*"):
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
-    return removed
+def _write_features(path: Path, backbone: Backbone, image_paths: list[Path], batch_size: int, dev: torch.device,
+                    desc: str) -> dict[str, str]:
+    """Write features.npy with plain writes (never through a memory map); returns the sampled rows' digests."""
+    shape = (len(image_paths), backbone.grid[0] * backbone.grid[1], backbone.dim)
+    sample = set(sampled_rows(len(image_paths)).tolist())
+    digests = {}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                                                 "fortran_order": False, "shape": shape})
+        _preallocate(f, f.tell() + int(np.prod(shape)) * 2)
+        for start in progress(range(0, len(image_paths), batch_size), desc=desc, unit="batch"):
+            batch = image_batch(image_paths[start:start + batch_size], backbone.image_side).to(dev)
+            with torch.inference_mode(), autocast(dev):
+                feats = backbone(backbone.preprocess(batch))
+            values = feats.float().cpu().numpy().astype(np.float16)
+            for i in sample.intersection(range(start, start + len(values))):
+                digests[str(i)] = _row_digest(values[i - start])
+            f.write(values.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    return digests
+
+
+def _preallocate(f, size: int) -> None:
+    """Reserve the file's blocks now, so a full disk fails before any work (where the OS can)."""
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in NO_SPACE:
+                raise
+            # file systems without fallocate: plain writes still report a full disk
+
+
+def _discard(entry: Path) -> None:
+    """Remove a damaged entry (renamed aside first, so no reader sees it half-removed)."""
+    aside = entry.with_name(f".{entry.name}.damaged-{os.getpid()}")
+    try:
+        os.replace(entry, aside)
+    except OSError:
+        return  # already replaced or removed by another process
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def subject_features(data_dir: str | Path, subj: int, config, cache_dir: str | Path | None = None,
                      batch_size: int = 16, device: str = "auto") -> dict[str, FeatureSet]:
     """Training and test features of one subject (from the cache where possible)."""
-    from .backbone import build_backbone, native_size
+    from .backbone import build_backbone
+    from .images import native_size
     from .subject import load_subject
 
+    config.validate()
     subject = load_subject(data_dir, subj)
     backbone = build_backbone(config, native_size(subject.train_images[0]))
     log.info("backbone: %s", backbone.describe())

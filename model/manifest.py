@@ -42,8 +42,8 @@ from typing import Any, Iterable
 
 from .errors import InputError
 from .files import digest_json, write_json
+from .run import MANIFEST
 
-MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 SUITE = "transformer-brain-encoder"
 #: Files up to this size are hashed whole; larger ones are sampled.

@@ -1,7 +1,7 @@
 """The run directory: everything a trained encoder is, readable without pickle.
 
 ```
-RUN/config.json            what was trained, on what, how (JSON)
+RUN/config.json            what was trained, on what data and features, how (JSON)
 RUN/manifest.json          what produced it: code, environment, seeds, data and weights digests
 RUN/model.safetensors      encoder weights (the backbone is referenced, not copied)
 RUN/checkpoint.safetensors last epoch's weights + optimizer, for --resume
@@ -9,13 +9,19 @@ RUN/val_indices.npy        the validation rows of the training fMRI
 RUN/metrics.json           written last: its presence means the run is complete
 RUN/{lh,rh}_val_corr.npy   per-vertex validation r
 RUN/{lh,rh}_pred_test.npy  the challenge submission (float32, test images x vertices)
+RUN/.lock                  held (an OS lock) by the job writing the run
 ```
-Every file is written atomically. :func:`open_run` rebuilds the encoder from
-the run and the data directory and refuses a run that does not match the data.
+Every file is written atomically. A run records what it was trained on: a
+fingerprint of the subject's data (:meth:`model.subject.Subject.fingerprint`)
+and the key of its features (backbone, weights digest, block, feature kind,
+input size). :func:`open_run` rebuilds the encoder from the run and the data
+directory and refuses, naming the file, a run opened against other data or
+whose config.json no longer describes the features it was trained on.
 """
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,22 +30,35 @@ from typing import Iterator
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .architectures import RidgeConfig, build_encoder
-from .backbone import BackboneConfig
+from .architectures import ARCHITECTURES, RidgeConfig, build_encoder
+from .backbone import BackboneConfig, named_weights_digest
 from .encoder import DecoderConfig
-from .errors import InputError
-from .files import atomic_path, read_rows, write_json
-from .readout import QuerySet, build_queries
-from .subject import Subject, load_subject
+from .errors import InputError, OptionError, check_fields, is_int, is_number, positive_int
+from .files import atomic_path, load_npy, read_rows, save_safetensors, write_json
+from .readout import READOUT_RES, QuerySet, build_queries
+from .subject import Subject, load_subject, split_sizes
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.json"
 VAL_INDICES = "val_indices.npy"
-RUN_FORMAT = 1
+VAL_CORR = "{hemi}_val_corr.npy"
+PRED_TEST = "{hemi}_pred_test.npy"
+TEST_SCORES = "test_scores.json"
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+#: files a training job writes from its first checkpoint on
+RESULT_FILES = (WEIGHTS, CHECKPOINT, METRICS, *(t.format(hemi=h) for t in (VAL_CORR, PRED_TEST) for h in ("lh", "rh")))
+#: every file a training job writes into a run directory (those not in RESULT_FILES come before the first checkpoint)
+RUN_FILES = (CONFIG, MANIFEST, VAL_INDICES, *RESULT_FILES)
+#: format 2 added the data fingerprint and the feature key; format 1 runs stay readable
+RUN_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -55,6 +74,31 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     val_fraction: float = 0.1
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def validate(self, n_images: int | None = None) -> None:
+        """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``train.<field>``).
+
+        With ``n_images`` (the subject's training images), also refuse a
+        ``val_fraction`` that leaves no training or too few validation images.
+        """
+        check_fields("train", self, (
+            ("epochs", positive_int, "must be a whole number >= 1"),
+            ("batch_size", positive_int, "must be a whole number >= 1"),
+            ("lr", lambda v: is_number(v) and v > 0, "must be a positive number"),
+            ("weight_decay", lambda v: is_number(v) and v >= 0, "must be a number >= 0"),
+            ("lr_drop", positive_int, "must be a whole number of epochs >= 1"),
+            ("clip_max_norm", lambda v: is_number(v) and v >= 0, "must be a number >= 0 (0 turns clipping off)"),
+            ("seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
+            ("split_seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
+            ("val_fraction", lambda v: is_number(v) and 0 < v < 1, "must be a fraction between 0 and 1"),
+        ))
+        if n_images is not None:
+            split_sizes(n_images, self.val_fraction)
 
 
 @dataclass
@@ -73,7 +117,12 @@ class RunConfig:
     n_vertices: dict[str, int] = field(default_factory=dict)
     feature_dim: int = 0
     grid: tuple[int, int] = (0, 0)
+    data_fingerprint: dict[str, str] = field(default_factory=dict)  # Subject.fingerprint() of the training data
+    feature_key: dict = field(default_factory=dict)  # model.features.feature_key() of the backbone used
     format: int = RUN_FORMAT
+
+    #: sections and the dataclass each is read into
+    SECTIONS = {"backbone": BackboneConfig, "decoder": DecoderConfig, "train": TrainConfig, "ridge": RidgeConfig}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -83,32 +132,83 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         d = dict(d)
-        d["backbone"] = BackboneConfig(**d["backbone"])
-        d["decoder"] = DecoderConfig(**d["decoder"])
-        d["train"] = TrainConfig(**d["train"])
-        d["ridge"] = RidgeConfig(**d["ridge"])
+        for name, section in cls.SECTIONS.items():
+            d[name] = section(**d[name])
         d["grid"] = tuple(d["grid"])
         return cls(**d)
 
+    def validate(self, n_images: int | None = None) -> None:
+        """Check every parameter; :class:`~model.errors.OptionError` names the first bad one (e.g. ``train.lr``).
+
+        ``n_images`` (the subject's training images) also checks the
+        train/validation split. Nothing is read or written.
+        """
+        check_fields("", self, (
+            ("subj", positive_int, "must be a subject number >= 1"),
+            ("encoder_arch", lambda v: v in ARCHITECTURES, f"must be one of {', '.join(ARCHITECTURES)}"),
+            ("readout_res", lambda v: v in READOUT_RES, f"must be one of {', '.join(READOUT_RES)}"),
+            ("format", lambda v: v in READABLE_FORMATS, f"must be one of {READABLE_FORMATS} (a newer version wrote it?)"),
+        ))
+        for name in self.SECTIONS:
+            section = getattr(self, name)
+            if name == "train":
+                section.validate(n_images)
+            else:
+                section.validate()
+
     def comparable(self) -> dict:
-        """The fields that must agree when resuming (not the epoch budget)."""
+        """The fields that must agree when resuming (not the epoch budget, nor what is known only later)."""
         d = self.to_dict()
         d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
+        for later in ("feature_dim", "grid", "feature_key", "format"):
+            d.pop(later)
         return d
 
 
 def read_config(run: Path) -> RunConfig:
+    """A run's config.json, parsed and validated; any problem names the file."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise InputError(path, "missing: not a run directory")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        config = RunConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(path, f"unreadable run configuration ({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        raise InputError(path, f"unreadable ({exc.strerror or exc})") from None
+    try:
+        config.validate()
+    except OptionError as exc:
+        raise InputError(path, f"{exc.parameter} {exc.problem}") from None
+    return config
 
 
 def write_config(run: Path, config: RunConfig) -> None:
     write_json(Path(run) / CONFIG, config.to_dict())
+
+
+def read_metrics(run: str | Path) -> dict:
+    """A complete run's ``metrics.json``; a missing or corrupt file is one error naming it."""
+    path = Path(run) / METRICS
+    if not path.is_file():
+        raise InputError(path, "missing: training did not finish (continue it with tbe train --resume)")
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable ({type(exc).__name__})") from None
+    if not isinstance(metrics, dict):
+        raise InputError(path, "expected a JSON object")
+    return metrics
+
+
+def load_run_array(run: str | Path, template: str, hemi: str, n_vertices: int | None = None,
+                   n_rows: int | None = None) -> np.ndarray:
+    """A per-hemisphere array of a run (``VAL_CORR`` or ``PRED_TEST``), checked against the expected shape."""
+    path = Path(run) / template.format(hemi=hemi)
+    what = "test predictions" if template == PRED_TEST else "per-vertex values"
+    ndim = 2 if template == PRED_TEST else 1
+    shape = (n_rows, n_vertices) if ndim == 2 else (n_vertices,)
+    return load_npy(path, ndim=ndim, kinds="f", shape=shape, what=what)
 
 
 # --------------------------------------------------------------------------
@@ -116,10 +216,9 @@ def write_config(run: Path, config: RunConfig) -> None:
 # --------------------------------------------------------------------------
 
 def save_weights(path: Path, module: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """The module's state dict as safetensors, atomically."""
+    """The module's state dict as safetensors, atomically (identical weights give identical bytes)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+    save_safetensors(path, state, metadata)
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -163,20 +262,27 @@ class Run:
 
     @cached_property
     def val_indices(self) -> np.ndarray:
-        return np.load(self.path / VAL_INDICES, allow_pickle=False)
+        path = self.path / VAL_INDICES
+        idx = load_npy(path, ndim=1, kinds="iu", what="validation indices")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.subject.n_train or np.unique(idx).size != idx.size):
+            raise InputError(path, f"validation indices must be distinct rows 0..{self.subject.n_train - 1} of the training fMRI")
+        return idx
 
     @cached_property
     def metrics(self) -> dict:
-        return json.loads((self.path / METRICS).read_text())
+        return read_metrics(self.path)
 
     def hemi_slice(self, hemi: str) -> slice:
         return self.queries.vertex_slice(hemi)
 
     def backbone(self, device: str = "cpu"):
-        """The run's backbone (built anew from its reference: name, weights, layer)."""
-        from .backbone import build_backbone, native_size
+        """The run's backbone (built anew from its reference: name, weights, layer), checked against the run."""
+        from .backbone import build_backbone
+        from .images import native_size
 
-        return build_backbone(self.config.backbone, native_size(self.subject.train_images[0]))
+        backbone = build_backbone(self.config.backbone, native_size(self.subject.train_images[0]))
+        check_backbone(self.path, self.config, backbone)
+        return backbone
 
     @cached_property
     def shared_backbone(self):
@@ -185,14 +291,22 @@ class Run:
 
 
 def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
-    """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on."""
+    """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on.
+
+    Refused, with one line naming the file: an unfinished run, a config.json
+    that does not describe the features the run was trained on, data other
+    than the run's (vertex counts, ROI queries, or the data fingerprint), and
+    weights that do not fit the encoder.
+    """
     run = Path(run)
     config = read_config(run)
     if not (run / METRICS).is_file():
         raise InputError(run, "training did not finish (no metrics.json); continue it with --resume")
+    check_feature_key(run / CONFIG, config)
     subject = load_subject(data_dir if data_dir is not None else config.data_dir, config.subj)
     queries = build_queries(subject, config.readout_res)
     check_matches(run / CONFIG, config, queries)
+    check_trained_on(run, config, subject)
     model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
     load_weights(run / WEIGHTS, model)
     return Run(run, config, subject, queries, model.eval())
@@ -205,6 +319,63 @@ def check_matches(where: Path, config: RunConfig, queries: QuerySet) -> None:
     if list(config.queries) != queries.names:
         diff = sorted(set(config.queries) ^ set(queries.names))
         raise InputError(where, f"run's ROI queries differ from the data directory's (e.g. {diff[:3]})")
+
+
+def check_trained_on(run: Path, config: RunConfig, subject: Subject) -> None:
+    """The subject's data must be the data the run was trained on (its fingerprint); names the first file that differs.
+
+    Runs written before fingerprints were recorded (format 1) are not checked.
+    """
+    recorded = config.data_fingerprint
+    if not recorded:
+        log.info("%s: no data fingerprint recorded (an older run); the data it is used with is not checked", run)
+        return
+    now = subject.fingerprint()
+    for part in sorted(set(recorded) | set(now)):
+        if recorded.get(part) != now.get(part):
+            state = "differs from" if part in recorded and part in now else ("is missing from" if part in recorded else "is not in")
+            raise InputError(subject.root / part, f"{state} the data the run {run} was trained on "
+                                                  f"(fingerprint in its {CONFIG}); use the data directory it was trained on")
+
+
+def check_feature_key(where: Path, config: RunConfig) -> None:
+    """config.json's backbone section must describe the features the run was trained on (cheap: nothing is built).
+
+    The weights of a checkpoint file are compared when the backbone is built
+    (:func:`check_backbone`).
+    """
+    key = config.feature_key
+    if not key:
+        return
+    b = config.backbone
+    named = named_weights_digest(b)
+    then_block = f"block {key['block'] + 1} of {key['depth']}"
+    now_block = f"block {key['depth'] - abs(b.layer) + 1} of {key['depth']}"
+    compared = {"name": (b.name, key["backbone"]), "feature": (b.feature, key["feature"]),
+                "image_size": (b.image_size, key["image_size"]), "layer": (now_block, then_block),
+                "weights": (named or "file:", key["weights"] if named else key["weights"][:5])}
+    for name, (now, then) in compared.items():
+        if now != then:
+            shown = {"weights": (named or b.weights, key["weights"])}.get(name, (now, then))
+            raise InputError(where, f"backbone.{name} gives {shown[0]!r}, but the run was trained on features with {shown[1]!r} "
+                                    f"(feature_key in {CONFIG}); the file was edited or belongs to another run")
+
+
+def check_backbone(run: Path, config: RunConfig, backbone) -> None:
+    """A built backbone must give the features the run was trained on (its key, else its shape)."""
+    from .features import feature_key
+
+    where = run / CONFIG
+    if config.feature_key:
+        now = feature_key(backbone)
+        diff = [k for k in config.feature_key if config.feature_key[k] != now.get(k)]
+        if diff == ["weights"] and config.backbone.weights not in ("random", "pretrained"):
+            raise InputError(config.backbone.weights, f"not the weights the run {run} was trained with (their digest differs)")
+        if diff:
+            raise InputError(where, f"backbone gives other features than the run was trained on ({', '.join(diff)} differ)")
+    if backbone.dim != config.feature_dim or tuple(backbone.grid) != tuple(config.grid):
+        raise InputError(where, f"backbone {config.backbone.name} gives {backbone.grid[0]}x{backbone.grid[1]} tokens x {backbone.dim}, "
+                                f"the run's encoder was trained on {config.grid[0]}x{config.grid[1]} x {config.feature_dim}")
 
 
 @torch.no_grad()
@@ -250,11 +421,16 @@ def _save_npz(path: Path, preds: dict[str, np.ndarray], names: list[str]) -> Non
 PREDICTION_WRITERS = {".nc": _save_netcdf, ".npz": _save_npz}
 
 
+def check_prediction_path(path: str | Path) -> None:
+    """Refuse an output name of unknown format (before any work is done)."""
+    path = Path(path)
+    if path.suffix not in PREDICTION_WRITERS:
+        raise InputError(path, f"unknown output format {path.suffix!r}; use {' or '.join(PREDICTION_WRITERS)}")
+
+
 def save_predictions(path: str | Path, preds: dict[str, np.ndarray], names: list[str]) -> Path:
     """Per-hemisphere predictions (images x vertices) with the image names, as NetCDF or npz."""
     path = Path(path)
-    writer = PREDICTION_WRITERS.get(path.suffix)
-    if writer is None:
-        raise InputError(path, f"unknown output format {path.suffix!r}; use {' or '.join(PREDICTION_WRITERS)}")
-    writer(path, preds, names)
+    check_prediction_path(path)
+    PREDICTION_WRITERS[path.suffix](path, preds, names)
     return path

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .files import load_npy
 from .metrics import challenge_score, pearson_r, within_roi_r
 from .rois import EARLY_VISUAL, HEMIS, NON_STREAM_CLASSES
 from .subject import Subject
@@ -60,15 +61,7 @@ def file_reference(test_fmri_dir: str | Path, noise_ceiling_dir: str | Path | No
 
 
 def _load(path: Path, ndim: int) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(path, "missing file")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(path, f"unreadable .npy file ({exc})") from None
-    if arr.ndim != ndim:
-        raise InputError(path, f"expected a {ndim}-D array, found shape {arr.shape}")
-    return arr.astype(np.float64)
+    return load_npy(path, ndim=ndim, kinds="fiu").astype(np.float64)
 
 
 def check_shapes(pred: dict[str, np.ndarray], ref: Reference, where: str) -> None:

@@ -8,6 +8,7 @@ the file. fMRI is memory-mapped, never copied: real subjects hold up to
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import logging
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
-from .files import read_rows
+from .files import load_npy, read_rows
 from .rois import HEMIS, ROI_CLASSES, ROI_TO_CLASS, UNKNOWN
 
 if TYPE_CHECKING:
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 
 IMAGE_NAME = re.compile(r"^(?P<split>train|test)-(?P<index>\d+)_nsd-(?P<nsd>\d+)\.png$")
 SPLIT_DIRS = {"train": "training_split/training_images", "test": "test_split/test_images"}
+FMRI_DIR = "training_split/training_fmri"
+MASKS_DIR = "roi_masks"
+#: largest |value| accepted in the training fMRI. Algonauts fMRI is z-scored per
+#: vertex within each scan session; a z-score over n values cannot exceed
+#: sqrt(n) in magnitude (27 for a 750-trial NSD session), so 1000 would need a
+#: million trials: anything larger is not z-scored data (or is corrupt).
+FMRI_MAX_ABS = 1000.0
+#: training fMRI rows hashed for the subject's fingerprint (evenly spaced, first and last included)
+FINGERPRINT_ROWS = 16
 
 
 def subject_dir(data_dir: str | Path, subj: int) -> Path:
@@ -189,6 +199,35 @@ class Subject:
 
         return GroundTruth(self.root) if has_ground_truth(self.root) else None
 
+    def fmri_path(self, hemi: str) -> Path:
+        return self.root / FMRI_DIR / f"{hemi}_training_fmri.npy"
+
+    def fingerprint(self) -> dict[str, str]:
+        """What identifies this subject's data, cheaply enough to check whenever a run is opened.
+
+        One digest per part, so a mismatch can name its file: each hemisphere's
+        training fMRI (shape, file size and the bytes of
+        :data:`FINGERPRINT_ROWS` evenly spaced rows: reading all of a real
+        subject's 1.5 GB on every open would cost seconds), each ROI mask and
+        mapping file (all bytes: they are small), and each image list (every
+        file name and size; names carry the NSD ids).
+        """
+        out = {}
+        for hemi in HEMIS:
+            fmri = self.fmri[hemi]
+            rows = np.unique(np.linspace(0, fmri.shape[0] - 1, FINGERPRINT_ROWS).round().astype(int))
+            h = hashlib.blake2b(f"{fmri.shape}|{fmri.dtype}|{self.fmri_path(hemi).stat().st_size}".encode(), digest_size=12)
+            h.update(np.ascontiguousarray(read_rows(fmri, rows)).tobytes())
+            out[f"{FMRI_DIR}/{hemi}_training_fmri.npy"] = h.hexdigest()
+        for path in sorted((self.root / MASKS_DIR).glob("*.npy")):
+            out[f"{MASKS_DIR}/{path.name}"] = hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
+        for split, folder in SPLIT_DIRS.items():
+            h = hashlib.blake2b(digest_size=12)
+            for path in self.images(split):
+                h.update(f"{path.name}|{path.stat().st_size}\n".encode())
+            out[folder] = h.hexdigest()
+        return out
+
 
 def load_subject(data_dir: str | Path, subj: int = 1, check_images: bool = True) -> Subject:
     """Read and check one subject of the Algonauts 2023 layout.
@@ -215,15 +254,15 @@ def load_subject(data_dir: str | Path, subj: int = 1, check_images: bool = True)
 
     fmri, nan_vertices = {}, {}
     for hemi in HEMIS:
-        path = root / "training_split" / "training_fmri" / f"{hemi}_training_fmri.npy"
+        path = root / FMRI_DIR / f"{hemi}_training_fmri.npy"
         fmri[hemi] = _load_array(path, ndim=2, kind="f", mmap=True)
         if fmri[hemi].shape[0] != len(train_images):
             raise InputError(path, f"{fmri[hemi].shape[0]} rows but {len(train_images)} training images in {root / SPLIT_DIRS['train']}")
-        nan_vertices[hemi] = _check_nans(path, fmri[hemi])
+        nan_vertices[hemi] = _check_values(path, fmri[hemi])
     if fmri["lh"].shape[0] != fmri["rh"].shape[0]:
-        raise InputError(root / "training_split" / "training_fmri", "lh and rh fMRI have different numbers of rows")
+        raise InputError(root / FMRI_DIR, "lh and rh fMRI have different numbers of rows")
 
-    masks_dir = root / "roi_masks"
+    masks_dir = root / MASKS_DIR
     fsaverage_masks = {}
     for hemi in HEMIS:
         path = masks_dir / f"{hemi}.all-vertices_fsaverage_space.npy"
@@ -293,34 +332,34 @@ def check_image(path: Path) -> None:
 
 
 def _load_array(path: Path, ndim: int, kind: str, mmap: bool = False) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(path, "missing file")
-    try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as exc:
-        raise InputError(path, f"not a plain numeric .npy array ({exc})") from None
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(path, f"unreadable .npy file ({exc})") from None
-    if arr.ndim != ndim:
-        raise InputError(path, f"expected a {ndim}-D array, found shape {arr.shape}")
-    if arr.dtype.kind not in kind:
-        raise InputError(path, f"unexpected dtype {arr.dtype}")
-    return arr
+    return load_npy(path, ndim=ndim, kinds=kind, mmap=mmap)
 
 
-def _check_nans(path: Path, data: np.ndarray, chunk_rows: int = 512) -> np.ndarray:
-    """Indices of all-NaN vertices; any other NaN is an error naming the first row.
+def _check_values(path: Path, data: np.ndarray, chunk_rows: int = 512) -> np.ndarray:
+    """Indices of all-NaN vertices; an error naming the first row for any other NaN, an Inf or an absurd value.
 
     Reads ``chunk_rows`` rows at a time with :func:`~model.files.read_rows`,
-    so scanning a memory-mapped fMRI leaves none of it resident.
+    so scanning a memory-mapped fMRI leaves none of it resident. Values
+    beyond +-:data:`FMRI_MAX_ABS` are refused: they are not z-scored data,
+    and their squares overflow float32 losses into Inf and NaN.
     """
     n_rows, n_cols = data.shape
     any_nan_col = np.zeros(n_cols, bool)
     all_nan_col = np.ones(n_cols, bool)
     for start in range(0, n_rows, chunk_rows):
-        isnan = np.isnan(read_rows(data, slice(start, start + chunk_rows)))
+        rows = read_rows(data, slice(start, start + chunk_rows))
+        isnan = np.isnan(rows)
         any_nan_col |= isnan.any(0)
         all_nan_col &= isnan.all(0)
+        with np.errstate(invalid="ignore"):
+            absurd = np.abs(rows) > FMRI_MAX_ABS  # Inf included, NaN not
+        if absurd.any():
+            row, col = np.argwhere(absurd)[0]
+            value = rows[row, col]
+            what = "infinite values" if np.isinf(value) else f"values of absurd magnitude (e.g. {value:.3g})"
+            raise InputError(path, f"{what} at {int(absurd.sum())} entries in rows {start}-{start + len(rows) - 1} "
+                                   f"(first: row {start + row}, vertex {col}); fMRI must be finite z-scores, "
+                                   f"|value| <= {FMRI_MAX_ABS:g}")
     partial = any_nan_col & ~all_nan_col
     if partial.any():
         rows = np.flatnonzero(np.isnan(data[:, np.flatnonzero(partial)]).any(1))
@@ -329,13 +368,34 @@ def _check_nans(path: Path, data: np.ndarray, chunk_rows: int = 512) -> np.ndarr
     return np.flatnonzero(all_nan_col)
 
 
+#: fewest validation images (a correlation needs two) and training images a split may leave
+MIN_VAL_IMAGES, MIN_TRAIN_IMAGES = 2, 1
+
+
+def split_sizes(n_images: int, val_fraction: float) -> tuple[int, int]:
+    """(training, validation) image counts of :func:`train_val_split`, checked.
+
+    Raises :class:`~model.errors.OptionError` for ``val_fraction`` outside
+    (0, 1) or one that leaves fewer than :data:`MIN_TRAIN_IMAGES` training or
+    :data:`MIN_VAL_IMAGES` validation images.
+    """
+    from .errors import OptionError
+
+    if not 0 < val_fraction < 1:
+        raise OptionError("train.val_fraction", f"must be between 0 and 1, got {val_fraction}")
+    n_val = max(1, int(round(n_images * val_fraction)))
+    n_train = n_images - n_val
+    if n_train < MIN_TRAIN_IMAGES or n_val < MIN_VAL_IMAGES:
+        raise OptionError("train.val_fraction", f"{val_fraction} of {n_images} training images leaves {n_train} for training "
+                                                f"and {n_val} for validation; need at least {MIN_TRAIN_IMAGES} and {MIN_VAL_IMAGES}")
+    return n_train, n_val
+
+
 def train_val_split(n_images: int, val_fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of training rows into (train, validation) indices.
 
     Both index arrays are sorted, so memory-mapped reads stay sequential.
     """
-    if not 0 < val_fraction < 1:
-        raise InputError("--val-fraction", f"must be between 0 and 1, got {val_fraction}")
+    _, n_val = split_sizes(n_images, val_fraction)
     order = np.random.default_rng(seed).permutation(n_images)
-    n_val = max(1, int(round(n_images * val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])

@@ -22,20 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .architectures import architecture, build_encoder
 from .device import autocast, pick_device
 from .errors import InputError
-from .features import FeatureSet, subject_features
-from .files import atomic_path, read_rows, save_npy, write_json
+from .features import FeatureSet, default_cache_dir, subject_features
+from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
 from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
 from .readout import build_queries
 from .rois import HEMIS
-from .run import (CHECKPOINT, METRICS, VAL_INDICES, WEIGHTS, RunConfig, iter_batches, load_weights,
-                  predict, read_config, save_weights, write_config)
+from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, WEIGHTS, RunConfig, iter_batches,
+                  load_weights, predict, save_weights, write_config)
+from .rundir import Claim, DivergedError, claim_run_directory
 from .subject import Subject, load_subject, train_val_split
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> Non
             tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     meta = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"]),
             "scheduler": json.dumps(scheduler.state_dict())}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(path, tensors, meta)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
@@ -163,172 +163,220 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 # The training job
 # --------------------------------------------------------------------------
 
+@dataclass
+class Job:
+    """What the steps of one training job share."""
+
+    config: RunConfig
+    out: Path
+    procs: Processes
+    claim: Claim
+    feats: dict[str, FeatureSet]
+    subject: Subject
+    targets: Targets
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    bounds: list[slice]
+
+
 def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = None, resume: bool = False,
           device: str = "auto", stop_after_epoch: int | None = None) -> Path:
     """Train (or fit) the encoder described by ``config`` into the run directory ``out``.
 
-    ``stop_after_epoch`` ends the job after that many epochs as if it had been
-    interrupted (used to test ``resume``).
+    Every option and input is checked before anything is written; the run
+    directory is held by this job alone (see :mod:`model.rundir`), and a
+    failed fresh run leaves nothing behind. ``stop_after_epoch`` ends the job
+    after that many epochs as if it had been interrupted (used to test
+    ``resume``).
     """
-    procs = setup_processes(device)
     out = Path(out)
-    arch = architecture(config.encoder_arch)
-    config.data_dir = str(Path(config.data_dir).resolve())  # a run must open from any working directory
-    subject = load_subject(config.data_dir, config.subj)
-    queries = build_queries(subject, config.readout_res)
-    config.queries, config.n_vertices = queries.names, dict(queries.n_vertices)
-    _prepare_directory(out, config, resume, procs)
-
-    if procs.main:
-        feats = subject_features(config.data_dir, config.subj, config.backbone, cache_dir, device=str(procs.device))
-    procs.barrier()
-    if not procs.main:
-        feats = subject_features(config.data_dir, config.subj, config.backbone, cache_dir, device=str(procs.device))
-    config.feature_dim = int(feats["train"].features.shape[-1])
-    config.grid = tuple(feats["train"].grid)
-    if procs.main:
-        write_config(out, config)
-        write_run_manifest(out, config, feats, resume=resume)
-
-    train_idx, val_idx = train_val_split(subject.n_train, config.train.val_fraction, config.train.split_seed)
-    if procs.main:
-        save_npy(out / VAL_INDICES, val_idx)
-    targets = Targets(subject)
-    bounds = [queries.vertex_slice(h) for h in HEMIS]
-
-    torch.manual_seed(config.train.seed)
-    model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
-    model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
-    start = time.perf_counter()
-    if arch.capabilities.closed_form:
-        with activity(f"{config.encoder_arch} fit"):
-            model.core.fit(lambda: (model.normalise(b) for b in iter_batches(feats["train"].features, train_idx, 256)),
-                           targets.rows(train_idx))
-        history, best_epoch = [], None
+    subject = _check_before_writing(config, out, cache_dir)
+    procs = setup_processes(device)
+    with claim_run_directory(out, config, resume, writer=procs.main) as claim:
+        feats = _features(config, cache_dir, procs)
+        _record_features(config, feats, claim)
+        train_idx, val_idx = train_val_split(subject.n_train, config.train.val_fraction, config.train.split_seed)
         if procs.main:
-            save_weights(out / WEIGHTS, model, {"encoder_arch": config.encoder_arch})
-    else:
-        history, best_epoch = _fit_gradient(model, config, feats["train"], targets, train_idx, val_idx, bounds,
-                                            out, resume, procs, stop_after_epoch)
-        if history is None:  # interrupted on purpose
-            return out
-    elapsed = time.perf_counter() - start
-    if procs.main:
-        load_weights(out / WEIGHTS, model)
-        _finish(model, config, subject, feats, targets, val_idx, bounds, out, history, best_epoch, elapsed, procs)
-    procs.barrier()
+            write_config(out, config)
+            write_run_manifest(out, config, feats, resume=resume)
+            save_npy(out / VAL_INDICES, val_idx)
+        queries = build_queries(subject, config.readout_res)
+        job = Job(config, out, procs, claim, feats, subject, Targets(subject), train_idx, val_idx,
+                  [queries.vertex_slice(h) for h in HEMIS])
+        torch.manual_seed(config.train.seed)
+        model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
+        model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
+        start = time.perf_counter()
+        if architecture(config.encoder_arch).capabilities.closed_form:
+            history, best_epoch = _fit_closed_form(job, model), None
+        else:
+            history, best_epoch = _fit_gradient(job, model, stop_after_epoch)
+            if history is None:  # interrupted on purpose
+                return out
+        elapsed = time.perf_counter() - start
+        if procs.main:
+            load_weights(out / WEIGHTS, model)
+            _finish(job, model, history, best_epoch, elapsed)
+        procs.barrier()
     return out
 
 
-def _prepare_directory(out: Path, config: RunConfig, resume: bool, procs: Processes) -> None:
-    if resume:
-        if not (out / CHECKPOINT).is_file() and not (out / WEIGHTS).is_file():
-            raise InputError(out, "nothing to resume (no checkpoint.safetensors)")
-        old = read_config(out)
-        mine = config.comparable()
-        theirs = old.comparable()
-        for key in ("feature_dim", "grid"):
-            mine.pop(key), theirs.pop(key)
-        if mine != theirs:
-            diff = [k for k in mine if mine[k] != theirs.get(k)]
-            raise InputError(out / "config.json", f"--resume with different settings ({', '.join(diff)}); use a new --out")
-        return
-    if out.exists() and any(out.iterdir()):
-        hint = "it holds an interrupted run: add --resume" if (out / CHECKPOINT).is_file() else "choose another --out"
-        raise InputError(out, f"run directory is not empty; {hint}")
-    if procs.main:
-        out.mkdir(parents=True, exist_ok=True)
+def _check_before_writing(config: RunConfig, out: Path, cache_dir: str | Path | None) -> Subject:
+    """Every check that needs no writing: options, data, split, weights file, folders. Fills in what the data decides."""
+    config.validate()
+    config.data_dir = str(Path(config.data_dir).resolve())  # a run must open from any working directory
+    subject = load_subject(config.data_dir, config.subj)
+    config.train.validate(subject.n_train)
+    queries = build_queries(subject, config.readout_res)
+    config.queries, config.n_vertices = queries.names, dict(queries.n_vertices)
+    config.data_fingerprint = subject.fingerprint()
+    weights = config.backbone.weights
+    if weights not in ("random", "pretrained") and not Path(weights).is_file():
+        raise InputError(weights, "missing checkpoint file (backbone weights)")
+    usable_directory(cache_dir if cache_dir is not None else default_cache_dir(), write=False)
+    usable_directory(out)
+    return subject
 
 
-def _fit_gradient(model, config: RunConfig, train_feats: FeatureSet, targets: Targets, train_idx, val_idx, bounds,
-                  out: Path, resume: bool, procs: Processes, stop_after_epoch: int | None):
-    tc = config.train
-    device = procs.device
-    model.to(device)
+def _features(config: RunConfig, cache_dir, procs: Processes) -> dict[str, FeatureSet]:
+    """The subject's features: computed by the main process, then read from the cache by the others."""
+    def compute():
+        return subject_features(config.data_dir, config.subj, config.backbone, cache_dir, device=str(procs.device))
+
+    feats = compute() if procs.main else None
+    procs.barrier()
+    return feats if procs.main else compute()
+
+
+def _record_features(config: RunConfig, feats: dict[str, FeatureSet], claim: Claim) -> None:
+    """Store the feature key and shape in the config (and refuse to resume on other features)."""
+    config.feature_dim = int(feats["train"].features.shape[-1])
+    config.grid = tuple(feats["train"].grid)
+    config.feature_key = feats["train"].key
+    previous = claim.previous.feature_key if claim.previous is not None else {}
+    if previous and previous != config.feature_key:
+        diff = ", ".join(k for k in previous if previous[k] != config.feature_key.get(k))
+        raise InputError(claim.path / CONFIG, f"--resume with other backbone features ({diff} differ); use a new --out")
+
+
+def _fit_closed_form(job: Job, model) -> list:
+    with activity(f"{job.config.encoder_arch} fit"):
+        model.core.fit(lambda: (model.normalise(b) for b in iter_batches(job.feats["train"].features, job.train_idx, 256)),
+                       job.targets.rows(job.train_idx))
+    if job.procs.main:
+        save_weights(job.out / WEIGHTS, model, {"encoder_arch": job.config.encoder_arch})
+    return []
+
+
+def _optimiser(model, tc) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, tc.lr_drop, gamma=0.5)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, tc.lr_drop, gamma=0.5)
+
+
+def _fit_gradient(job: Job, model, stop_after_epoch: int | None):
+    """Epochs of AdamW from the checkpoint (if resuming); returns (history, best epoch), or (None, None) when stopped."""
+    tc, procs = job.config.train, job.procs
+    model.to(procs.device)
+    optimizer, scheduler = _optimiser(model, tc)
     state = {"epoch": 0, "best_r": -math.inf, "best_epoch": None, "history": []}
-    if resume and (out / CHECKPOINT).is_file():
-        state = load_checkpoint(out / CHECKPOINT, model, optimizer, scheduler)
+    if job.claim.resuming and (job.out / CHECKPOINT).is_file():
+        state = load_checkpoint(job.out / CHECKPOINT, model, optimizer, scheduler)
         log.info("resuming after epoch %d", state["epoch"])
     net = model
     if procs.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    valid = torch.as_tensor(targets.valid, dtype=torch.float32, device=device)
-    val_true = targets.rows(val_idx)
-    regularise = model.core.regularization if model.capabilities.regularisation else None
-    n = len(train_idx)
-    epochs = range(state["epoch"], tc.epochs)
-    bar = progress(epochs, desc="training", unit="epoch", disable=not procs.main)
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+    val_true = job.targets.rows(job.val_idx)
+    bar = progress(range(state["epoch"], tc.epochs), desc="training", unit="epoch", disable=not procs.main)
     for epoch in bar:
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             return None, None
-        torch.manual_seed(_epoch_seed(tc.seed, epoch) + procs.rank)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(tc.seed, epoch))).numpy()
-        model.train()
-        t0, total, seen = time.perf_counter(), 0.0, 0
-        for start in range(0, n, tc.batch_size):
-            batch = order[start:start + tc.batch_size]
-            shard = batch[procs.rank::procs.world]
-            weight = len(shard) * procs.world / len(batch)
-            if len(shard) == 0:  # every process must step together; contribute nothing
-                shard, weight = batch[:1], 0.0
-            rows = train_idx[shard]
-            x = torch.from_numpy(read_rows(train_feats.features, rows).astype(np.float32, copy=False)).to(device)
-            y = torch.from_numpy(targets.rows(rows)).to(device)
-            with autocast(device):
-                pred = net(x)["pred"]
-            per_image = hemisphere_mse(pred, y, valid, bounds)
-            loss = per_image.mean() * weight
-            if regularise is not None:
-                loss = loss + regularise()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.clip_max_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_max_norm)
-            optimizer.step()
-            if weight:
-                total, seen = total + float(per_image.detach().sum()), seen + len(shard)
+        entry = _train_epoch(job, net, model, optimizer, epoch)
         scheduler.step()
-        seconds = time.perf_counter() - t0
-        entry = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "seconds": seconds, "images_per_second": n / seconds}
         if procs.main:
-            _, means = validation_r(predict(model, train_feats.features, val_idx, device=device), val_true, targets.valid, bounds)
-            entry.update({"val_r_lh": means["lh"], "val_r_rh": means["rh"], "val_r": means["mean"]})
-            if means["mean"] > state["best_r"]:
-                state["best_r"], state["best_epoch"] = means["mean"], epoch + 1
-                save_weights(out / WEIGHTS, model, {"encoder_arch": config.encoder_arch, "epoch": str(epoch + 1)})
-                entry["best"] = True
-            bar.set_postfix(val_r=f"{means['mean']:.3f}", best=f"{state['best_r']:.3f}")
-            log.info("epoch %d/%d: loss %.4f, val r %.4f%s", epoch + 1, tc.epochs, entry["train_loss"], means["mean"],
-                     " (best)" if entry.get("best") else "")
+            _validate_epoch(job, model, val_true, epoch, state, entry)
+            bar.set_postfix(val_r=f"{entry['val_r']:.3f}", best=f"{state['best_r']:.3f}")
         state["history"].append(entry)
         state["epoch"] = epoch + 1
         if procs.main:
-            save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, state)
+            save_checkpoint(job.out / CHECKPOINT, model, optimizer, scheduler, state)
         procs.barrier()
     return state["history"], state["best_epoch"]
 
 
-def _finish(model, config: RunConfig, subject: Subject, feats, targets: Targets, val_idx, bounds, out: Path,
-            history, best_epoch, elapsed: float, procs: Processes) -> None:
+def _train_epoch(job: Job, net, model, optimizer, epoch: int) -> dict:
+    """One pass over the training images in this epoch's seeded order; stops on a non-finite loss."""
+    tc, procs = job.config.train, job.procs
+    torch.manual_seed(_epoch_seed(tc.seed, epoch) + procs.rank)
+    n = len(job.train_idx)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(tc.seed, epoch))).numpy()
+    valid = torch.as_tensor(job.targets.valid, dtype=torch.float32, device=procs.device)
+    regularise = model.core.regularization if model.capabilities.regularisation else None
+    model.train()
+    t0, total, seen = time.perf_counter(), 0.0, 0
+    for step, start in enumerate(range(0, n, tc.batch_size)):
+        batch = order[start:start + tc.batch_size]
+        shard = batch[procs.rank::procs.world]
+        weight = len(shard) * procs.world / len(batch)
+        if len(shard) == 0:  # every process must step together; contribute nothing
+            shard, weight = batch[:1], 0.0
+        rows = job.train_idx[shard]
+        x = torch.from_numpy(read_rows(job.feats["train"].features, rows).astype(np.float32, copy=False)).to(procs.device)
+        y = torch.from_numpy(job.targets.rows(rows)).to(procs.device)
+        with autocast(procs.device):
+            pred = net(x)["pred"]
+        per_image = hemisphere_mse(pred, y, valid, job.bounds)
+        loss = per_image.mean() * weight
+        if regularise is not None:
+            loss = loss + regularise()
+        if not math.isfinite(float(loss.detach())):
+            raise DivergedError(job.out, f"training diverged: the loss became {float(loss.detach())} in epoch {epoch + 1}, "
+                                         f"batch {step + 1}; nothing was kept (try a lower learning rate than {tc.lr:g})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_max_norm)
+        optimizer.step()
+        if weight:
+            total, seen = total + float(per_image.detach().sum()), seen + len(shard)
+    seconds = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "seconds": seconds, "images_per_second": n / seconds}
+
+
+def _validate_epoch(job: Job, model, val_true: np.ndarray, epoch: int, state: dict, entry: dict) -> None:
+    """Validation r of this epoch into ``entry``; the best epoch's weights are saved."""
+    pred = predict(model, job.feats["train"].features, job.val_idx, device=job.procs.device)
+    _, means = validation_r(pred, val_true, job.targets.valid, job.bounds)
+    entry.update({"val_r_lh": means["lh"], "val_r_rh": means["rh"], "val_r": means["mean"]})
+    if means["mean"] > state["best_r"]:
+        state["best_r"], state["best_epoch"] = means["mean"], epoch + 1
+        save_weights(job.out / WEIGHTS, model, {"encoder_arch": job.config.encoder_arch, "epoch": str(epoch + 1)})
+        entry["best"] = True
+    log.info("epoch %d/%d: loss %.4f, val r %.4f%s", epoch + 1, job.config.train.epochs, entry["train_loss"], means["mean"],
+             " (best)" if entry.get("best") else "")
+
+
+def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
     """Validation r, test predictions, and metrics.json (written last)."""
-    val_pred = predict(model, feats["train"].features, val_idx, device=procs.device)
-    r, means = validation_r(val_pred, targets.rows(val_idx), targets.valid, bounds)
-    test_pred = predict(model, feats["test"].features, device=procs.device)
+    config, out, feats, device = job.config, job.out, job.feats, job.procs.device
+    val_pred = predict(model, feats["train"].features, job.val_idx, device=device)
+    test_pred = predict(model, feats["test"].features, device=device)
+    if not (np.isfinite(val_pred).all() and np.isfinite(test_pred).all()):
+        raise DivergedError(out, "training diverged: the encoder predicts non-finite values; nothing was kept "
+                                 f"(try a lower learning rate than {config.train.lr:g})")
+    r, means = validation_r(val_pred, job.targets.rows(job.val_idx), job.targets.valid, job.bounds)
     per_hemi = {}
-    for hemi, s in zip(HEMIS, bounds):
-        save_npy(out / f"{hemi}_val_corr.npy", r[s].astype(np.float32))
-        save_npy(out / f"{hemi}_pred_test.npy", test_pred[:, s].astype(np.float32))
+    for hemi, s in zip(HEMIS, job.bounds):
+        save_npy(out / VAL_CORR.format(hemi=hemi), r[s].astype(np.float32))
+        save_npy(out / PRED_TEST.format(hemi=hemi), test_pred[:, s].astype(np.float32))
         per_hemi[hemi] = r[s]
-    summary = roi_summary(per_hemi, subject.labels, subject.mappings, name="val_r")
+    summary = roi_summary(per_hemi, job.subject.labels, job.subject.mappings, name="val_r")
     write_json(out / METRICS, {
         "encoder_arch": config.encoder_arch,
         "readout_res": config.readout_res,
         "backbone": feats["train"].meta.get("describe", ""),
-        "n_train": int(subject.n_train - len(val_idx)),
-        "n_val": int(len(val_idx)),
-        "n_test": int(subject.n_test),
+        "n_train": int(job.subject.n_train - len(job.val_idx)),
+        "n_val": int(len(job.val_idx)),
+        "n_test": int(job.subject.n_test),
         "best_epoch": best_epoch,
         "val_r": means,
         "fit_seconds": round(elapsed, 2),

@@ -57,3 +57,27 @@ def test_surface_rejects_wrong_lengths(small_data):
     s = load_subject(small_data, 1)
     with pytest.raises(InputError, match="lh values"):
         to_fsaverage(np.zeros(5), s, "lh")
+
+
+def test_predict_a_folder_of_mixed_sizes(trained_run, small_data, cache_dir, tmp_path):
+    """Images of any size are brought to the run's input size, as preprocessing does; 16-bit PNGs are scaled."""
+    from PIL import Image
+
+    test_images = sorted((small_data / "subj01" / "test_split" / "test_images").iterdir())[:2]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    originals = [Image.open(p).convert("RGB") for p in test_images]
+    originals[0].save(folder / "a_native.png")
+    originals[0].resize((300, 300), Image.BICUBIC).save(folder / "b_larger.png")
+    originals[1].save(folder / "c_native.png")
+    grey = np.asarray(originals[1].convert("L"), np.uint16) * 257
+    Image.fromarray(grey).save(folder / "d_grey16.png")
+    originals[1].convert("L").convert("RGB").save(folder / "e_grey8.png")
+    out = tmp_path / "pred.npz"
+    assert tbe("-q", "predict", "--run", trained_run, "--images", folder, "--out", out, "--cache-dir", cache_dir) == 0
+    with np.load(out, allow_pickle=False) as f:
+        names, lh = list(f["images"]), f["lh"]
+    assert names == ["a_native.png", "b_larger.png", "c_native.png", "d_grey16.png", "e_grey8.png"]
+    assert np.allclose(lh[0], np.load(trained_run / "lh_pred_test.npy")[0], atol=1e-5), "native images as before"
+    assert np.corrcoef(lh[0], lh[1])[0, 1] > 0.95, "a larger copy predicts nearly the same"
+    assert np.allclose(lh[3], lh[4], atol=1e-5), "a 16-bit grey image predicts as its 8-bit version"

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from model import features as feature_module
-from model.backbone import build_backbone, image_batch
+from model.backbone import build_backbone
 from model.errors import InputError
 from model.features import extract_features
+from model.images import image_batch
 from model.subject import load_subject
 
 from .conftest import TINY_BACKBONE
@@ -82,11 +83,11 @@ def test_interrupted_extraction_leaves_no_entry(tiny_data, tmp_path, monkeypatch
     images = load_subject(tiny_data, 1).train_images[:24]
     calls = {"n": 0}
 
-    def interrupted(paths):
+    def interrupted(paths, *side):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return image_batch(paths)
+        return image_batch(paths, *side)
 
     monkeypatch.setattr(feature_module, "image_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
