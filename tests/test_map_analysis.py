@@ -21,6 +21,7 @@ from interpret.maps import MapGrid, centre_of_mass_deg, per_roi_variables
 from interpret.pipeline import MapJob
 from interpret.retinotopy import add_expected_quadrant, expected_quadrant
 from model.errors import InputError
+from model.interface import Capabilities
 from model.vision import FIELD_OF_VIEW_DEG
 
 #: 8 x 8 cells over an 8-pixel image: cell (row, col) has its centre at ((col + 0.5) / 8, (row + 0.5) / 8)
@@ -149,7 +150,8 @@ def test_methods_are_computed_in_groups_in_registry_order(monkeypatch):
 
 
 def test_a_method_needing_attention_is_refused_for_other_encoders():
-    ridge = SimpleNamespace(model=SimpleNamespace(core=object()), config=SimpleNamespace(encoder_arch="ridge"))
+    ridge = SimpleNamespace(model=SimpleNamespace(capabilities=Capabilities(closed_form=True)),
+                            config=SimpleNamespace(encoder_arch="ridge"))
     with pytest.raises(InputError, match="attention needs the transformer; this run is 'ridge'"):
         MapJob(methods=("saliency", "attention")).check(ridge)
     MapJob(methods=("saliency",)).check(ridge)  # the others are fine
