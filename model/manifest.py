@@ -19,17 +19,16 @@ report folder holds one::
 (:mod:`model.environment`).
 
 Fingerprints stay cheap at real size (about 1.5 GB of fMRI and 9841 images
-per subject): a file up to :data:`FULL_HASH_BYTES` is hashed whole; a larger
-one is identified by its size and a hash of :data:`SAMPLE_BLOCKS` blocks of
-:data:`SAMPLE_BLOCK_BYTES` spread evenly over it, first and last included
-(16 MiB read per file, whatever its size). Image folders are fingerprinted
-by their file names and sizes, not their pixels (the feature-cache key
-already holds a digest of every image's bytes).
+per subject): see :func:`model.files.file_fingerprint` (small files hashed
+whole, large ones by their size and evenly spaced blocks) and
+:func:`model.files.image_list_fingerprint` (file names and sizes; the
+feature-cache key already holds a digest of every image's bytes). They are
+the same digests a run's ``config.json`` records
+(:meth:`model.subject.Subject.fingerprint`).
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata as metadata
 import json
 import os
@@ -41,15 +40,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import InputError
-from .files import digest_json, write_json
+from .files import digest_json, file_fingerprint, image_list_fingerprint, write_json
 from .run import MANIFEST
 
 MANIFEST_FORMAT = 1
 SUITE = "transformer-brain-encoder"
 #: Files up to this size are hashed whole; larger ones are sampled.
-FULL_HASH_BYTES = 64 * 2**20
-SAMPLE_BLOCKS = 16
-SAMPLE_BLOCK_BYTES = 2**20
 
 _command: list[str] | None = None
 
@@ -159,44 +155,6 @@ def distributions() -> tuple[dict[str, str], dict[str, dict]]:
 # --------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------
-
-def file_fingerprint(path: str | Path, root: str | Path | None = None, full_limit: int = FULL_HASH_BYTES) -> dict[str, Any]:
-    """Size and BLAKE2b of a file: of all its bytes up to ``full_limit``, else of evenly spaced blocks.
-
-    A sampled hash reads :data:`SAMPLE_BLOCKS` blocks of
-    :data:`SAMPLE_BLOCK_BYTES` (first and last included) and the size; it
-    tells files apart that differ anywhere in those blocks or in length,
-    which an edited, truncated or regenerated fMRI file does.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        if size <= full_limit:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-            method = "full"
-        else:
-            last = size - SAMPLE_BLOCK_BYTES
-            for k in range(SAMPLE_BLOCKS):
-                f.seek(last * k // (SAMPLE_BLOCKS - 1))
-                h.update(f.read(SAMPLE_BLOCK_BYTES))
-            h.update(str(size).encode())
-            method = f"sampled: {SAMPLE_BLOCKS} blocks of {SAMPLE_BLOCK_BYTES} bytes and the size"
-    name = str(path.relative_to(root)) if root is not None else str(path)
-    return {"path": name, "bytes": size, "blake2b": h.hexdigest(), "hashed": method}
-
-
-def image_list_fingerprint(folder: str | Path) -> dict[str, Any]:
-    """An image folder by its file names and sizes (not its pixels): count, total bytes and a digest."""
-    folder = Path(folder)
-    entries = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    h = hashlib.blake2b(digest_size=16)
-    for name, size in entries:
-        h.update(f"{name}\0{size}\n".encode())
-    return {"path": folder.name, "n_files": len(entries), "bytes": sum(s for _, s in entries),
-            "blake2b": h.hexdigest(), "hashed": "file names and sizes"}
-
 
 def data_fingerprint(data_dir: str | Path, subj: int) -> dict[str, Any]:
     """Fingerprint of one subject in the Algonauts layout, cheap at real size.

@@ -8,7 +8,6 @@ the file. fMRI is memory-mapped, never copied: real subjects hold up to
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import logging
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
-from .files import load_npy, read_rows
+from .files import file_fingerprint, image_list_fingerprint, load_npy, read_rows
 from .rois import HEMIS, ROI_CLASSES, ROI_TO_CLASS, UNKNOWN
 
 if TYPE_CHECKING:
@@ -40,8 +39,6 @@ MASKS_DIR = "roi_masks"
 #: sqrt(n) in magnitude (27 for a 750-trial NSD session), so 1000 would need a
 #: million trials: anything larger is not z-scored data (or is corrupt).
 FMRI_MAX_ABS = 1000.0
-#: training fMRI rows hashed for the subject's fingerprint (evenly spaced, first and last included)
-FINGERPRINT_ROWS = 16
 
 
 def subject_dir(data_dir: str | Path, subj: int) -> Path:
@@ -205,27 +202,20 @@ class Subject:
     def fingerprint(self) -> dict[str, str]:
         """What identifies this subject's data, cheaply enough to check whenever a run is opened.
 
-        One digest per part, so a mismatch can name its file: each hemisphere's
-        training fMRI (shape, file size and the bytes of
-        :data:`FINGERPRINT_ROWS` evenly spaced rows: reading all of a real
-        subject's 1.5 GB on every open would cost seconds), each ROI mask and
-        mapping file (all bytes: they are small), and each image list (every
-        file name and size; names carry the NSD ids).
+        One digest per part, so a mismatch can name its file: each training
+        fMRI file and each ROI mask and mapping file
+        (:func:`~model.files.file_fingerprint`: small files hashed whole, the
+        fMRI by its size and 16 evenly spaced blocks of 1 MiB, since reading
+        all of a real subject's 1.5 GB on every open would cost seconds), and
+        each image folder (:func:`~model.files.image_list_fingerprint`: file
+        names and sizes; names carry the NSD ids). These are the digests the
+        run's ``manifest.json`` records too.
         """
         out = {}
-        for hemi in HEMIS:
-            fmri = self.fmri[hemi]
-            rows = np.unique(np.linspace(0, fmri.shape[0] - 1, FINGERPRINT_ROWS).round().astype(int))
-            h = hashlib.blake2b(f"{fmri.shape}|{fmri.dtype}|{self.fmri_path(hemi).stat().st_size}".encode(), digest_size=12)
-            h.update(np.ascontiguousarray(read_rows(fmri, rows)).tobytes())
-            out[f"{FMRI_DIR}/{hemi}_training_fmri.npy"] = h.hexdigest()
-        for path in sorted((self.root / MASKS_DIR).glob("*.npy")):
-            out[f"{MASKS_DIR}/{path.name}"] = hashlib.blake2b(path.read_bytes(), digest_size=12).hexdigest()
-        for split, folder in SPLIT_DIRS.items():
-            h = hashlib.blake2b(digest_size=12)
-            for path in self.images(split):
-                h.update(f"{path.name}|{path.stat().st_size}\n".encode())
-            out[folder] = h.hexdigest()
+        for path in [self.fmri_path(h) for h in HEMIS] + sorted((self.root / MASKS_DIR).glob("*.npy")):
+            out[str(path.relative_to(self.root))] = file_fingerprint(path)["blake2b"]
+        for folder in SPLIT_DIRS.values():
+            out[folder] = image_list_fingerprint(self.root / folder)["blake2b"]
         return out
 
 

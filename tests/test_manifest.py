@@ -15,7 +15,8 @@ from packaging.requirements import Requirement
 
 from model.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY, normalise
 from model.features import FeatureSet
-from model.manifest import (MANIFEST, SAMPLE_BLOCK_BYTES, SUITE, data_fingerprint, file_fingerprint,
+from model.files import SAMPLE_BLOCK_BYTES, file_fingerprint
+from model.manifest import (MANIFEST, SUITE, data_fingerprint,
                             read_manifest, suite_info, write_run_manifest)
 from model.run import read_config
 from model.subject import load_subject
