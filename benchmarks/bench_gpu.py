@@ -113,7 +113,7 @@ REAL = Scale("real", "vit_base_patch14_dinov2.lvd142m", 425, 1, 64, {"float32": 
 SMALL = Scale("small", "vit_small_patch14_dinov2.lvd142m", 112, 9, 16, {"float32": 16, "bfloat16": 16}, 16,
               96, (500, 600), DecoderConfig(hidden_dim=64, nheads=4, dim_feedforward=128, readout_maps=2,
                                              readout_map_dim=16),
-              16, 2, 60.0, (1, 1), (2, 2), 8, 8, 3, 2, 4, section_timeout=120.0, readout_vertices=2000)
+              16, 2, 60.0, (1, 1), (2, 2), 8, 8, 3, 2, 4, section_timeout=240.0, readout_vertices=2000)
 PRECISIONS = ("float32", "bfloat16")
 READOUTS = ("retinotopic", "linear")
 
@@ -564,22 +564,80 @@ def roi_targets(queries: QuerySet, n: int):
 # 5. DDP under torch.distributed.run
 # --------------------------------------------------------------------------
 
+#: environment a parent process may carry (launched by torchrun itself, or left by a test) that would make the
+#: launcher or its workers join another job's rendezvous instead of their own
+INHERITED_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+#: tries of the launch: a port picked free can be taken by another process before the launcher binds it
+DDP_TRIES = 2
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_command(processes: int, out: Path, device: torch.device, small: bool, port: int) -> list[str]:
+    """torch.distributed.run on one node, its rendezvous on an explicit loopback port.
+
+    Not ``--standalone``: that advertises the host's fully qualified name
+    as the workers' MASTER_ADDR (a name lookup, which on a sandboxed or busy
+    machine can be slow or resolve to an interface the workers cannot
+    reach), whereas here every address is the loopback's.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={processes}",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint={LOOPBACK}:{port}", f"--rdzv-id=tbe-bench-{os.getpid()}-{port}",
+               f"--local-addr={LOOPBACK}", "--max-restarts=0",
+               str(Path(__file__).resolve()), "--ddp-worker", str(out), "--device", device.type]
+    return command + (["--small"] if small else [])
+
+
+def ddp_env() -> dict[str, str]:
+    """This process's environment without another job's distributed settings; gloo on the loopback (Linux)."""
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC_")}
+    env.update({"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"})
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
+def _tail(text: str | bytes | None, lines: int = 25) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def launch_ddp(processes: int, out: Path, device: torch.device, small: bool, timeout: float) -> float:
+    """Run the DDP workers; returns the launch's wall time. A failure raises with torchrun's stderr tail."""
+    failures = []
+    for attempt in range(1, DDP_TRIES + 1):
+        port = free_port()
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(ddp_command(processes, out, device, small, port), env=ddp_env(), capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"torch.distributed.run (port {port}) did not finish in {timeout:.0f} s; its stderr ends:\n"
+                               f"{_tail(exc.stderr)}") from None
+        if done.returncode == 0 and out.is_file():
+            return time.perf_counter() - start
+        failures.append(f"try {attempt} (rendezvous port {port}) exited {done.returncode}; its stderr ends:\n"
+                        f"{_tail(done.stderr) or _tail(done.stdout)}")
+        print(f"DDP: {failures[-1]}", file=sys.stderr, flush=True)
+    raise RuntimeError("torch.distributed.run failed: " + "\n".join(failures))
+
+
 def ddp(report: Report, scale: Scale, device: torch.device) -> None:
     section = "DDP"
     processes = torch.cuda.device_count() if device.type == "cuda" else scale.ddp_cpu_processes
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ddp.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   str(Path(__file__).resolve()), "--ddp-worker", str(out), "--device", device.type]
-        if scale is SMALL:
-            command.append("--small")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": "1"}
-        start = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=scale.section_timeout)
-        wall = time.perf_counter() - start
-        if done.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"torch.distributed.run exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
+        wall = launch_ddp(processes, out, device, scale is SMALL, scale.section_timeout)
         result = json.loads(out.read_text())
     report.add(section, "processes (world size)", float(result["world_size"]), "", f"backend {result['backend']}")
     report.add(section, "seconds per step", result["seconds_per_step"], "s",
