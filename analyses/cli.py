@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from model.device import add_device_arg, pick_device
 from model.errors import InputError, OptionError
 
 log = logging.getLogger("tbe")
@@ -66,7 +67,7 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
     g.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
-    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    add_device_arg(g)
 
 
 def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool = True) -> None:
@@ -173,6 +174,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from model.architectures import ARCHITECTURES, RidgeConfig
     from model.baselines import RIDGE_FEATURES
     from model.encoder import DecoderConfig
+    from model.features import RESIDENCY, RESIDENT_SHARE
     from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
 
@@ -183,6 +185,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all")
     p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--features-on-device", choices=list(RESIDENCY), default="auto",
+                   help="keep the training features on the GPU (auto: when they take at most "
+                        f"{RESIDENT_SHARE:.0%} of its free memory; never on the CPU); results are the same (default auto)")
     g = p.add_argument_group("optimisation (defaults: the seed's)")
     g.add_argument("--epochs", type=int, default=t.epochs)
     g.add_argument("--batch-size", type=int, default=t.batch_size)
@@ -225,7 +230,8 @@ def run_config(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from model.train import train
 
-    out = train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device)
+    out = train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device,
+                features_on_device=args.features_on_device)
     print(out)
     return 0
 
@@ -235,7 +241,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="predictions: .nc (NetCDF) or .npz")
     p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--device", default="auto")
+    add_device_arg(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -248,7 +254,7 @@ def _predict(args: argparse.Namespace) -> int:
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
     paths = list_images(args.images)
-    run = open_run(args.run, args.data_dir)
+    run = open_run(args.run, args.data_dir, args.device)
     feats = extract_features(run.backbone(), paths, args.cache_dir, device=args.device, desc="image features")
     pred = predict(run.model, feats.features)
     save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths])
@@ -333,6 +339,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
     p.add_argument("--cache-dir", type=Path, default=None)
+    add_device_arg(p)
     add_settings_args(p.add_argument_group("method settings"), Settings)
 
 
@@ -358,7 +365,7 @@ def _interpret(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".nc":
         raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
-    run = open_run(args.run, args.data_dir)
+    run = open_run(args.run, args.data_dir, args.device)
     job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
     ds = compute_maps(run, job, inputs)
@@ -385,7 +392,7 @@ def _check_maps(args: argparse.Namespace) -> int:
     from interpret.pipeline import check_maps, prepare, save_check_tables
     from model.run import open_run
 
-    run = open_run(args.run, args.data_dir)
+    run = open_run(args.run, args.data_dir, args.device)
     job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
     tables = check_maps(run, job, inputs, tuple(args.sanity_methods) if args.sanity_methods else None,
@@ -411,6 +418,7 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=None)
+    add_device_arg(p)
     add_settings_args(p.add_argument_group("statistics"), SelectivitySettings)
 
 
@@ -419,7 +427,7 @@ def _selectivity(args: argparse.Namespace) -> int:
 
     table = run_selectivity(args.run, args.data_dir, args.out, args.subj, settings_from_args(SelectivitySettings, args),
                             images=args.images, labels=args.labels, categories=args.categories, seed=args.seed,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, device=args.device)
     found = table[table["supported"] & table["preferred"]]
     for source, part in found.groupby("source", sort=False):
         print(f"{source}: " + ", ".join(f"{h}:{r} {c}" for h, r, c in zip(part.hemi, part.roi, part.category)))
@@ -437,13 +445,15 @@ def _localizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered localizer images")
     p.add_argument("--no-surface", action="store_true", help="skip the surface figures (GIFTI files are still written)")
     p.add_argument("--cache-dir", type=Path, default=None)
+    add_device_arg(p)
 
 
 def _localizer(args: argparse.Namespace) -> int:
     from analyses.localizer import run_localizer
 
     table = run_localizer(args.run, args.data_dir, args.out, subj=args.subj, seed=args.seed, cache_dir=args.cache_dir,
-                          n_per_category=args.n_per_category, alpha=args.alpha, surface=not args.no_surface)
+                          n_per_category=args.n_per_category, alpha=args.alpha, surface=not args.no_surface,
+                          device=args.device)
     shown = table[table["reference"] != ""].pivot_table(index=["contrast", "reference"], columns="hemi",
                                                         values=["dice", "dice_ceiling", "auc"])
     print(shown.round(3).to_string())
@@ -456,7 +466,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_device_arg(p)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -475,6 +485,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset of {','.join(NOTEBOOKS)} (default: all)")
     p.add_argument("--ridge-run", type=Path, default=None, help="baseline run to compare with (encoding accuracy)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
+    add_device_arg(p)
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="notebook parameter (YAML value: 3, 0.5, true, '[V1v, FFA-1]'); "
                         "NOTEBOOK.NAME sets it in one notebook only; repeatable")
@@ -492,7 +503,7 @@ def _report(args: argparse.Namespace) -> int:
         if value is None:
             raise InputError(option, "required (see tbe report --help)")
     report = make_report(args.run, args.data_dir, args.out, params_from_pairs(args.parameter), args.notebooks,
-                         args.ridge_run, args.cache_dir, timeout=args.timeout)
+                         args.ridge_run, args.cache_dir, timeout=args.timeout, device=args.device)
     print(report.index)
     if report.failed:
         print(f"error: notebooks failed: {', '.join(report.failed)} (see {report.index})", file=sys.stderr)
@@ -587,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="tbe: %(message)s", stream=sys.stderr)
     record_command(["tbe", *(sys.argv[1:] if argv is None else argv)])  # for manifests written by this command
     try:
+        if getattr(args, "device", None) is not None:  # every command that computes: refused before any work
+            args.device = str(pick_device(args.device))
         return args.handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

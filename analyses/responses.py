@@ -87,7 +87,8 @@ def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int]
                 entries[split] = open_entry(entry).features
         if len(entries) == len({r[0] for r in rows}):
             return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
-    return np.asarray(extract_features(backbone, list(paths), cache_dir, desc="stimulus features").features, np.float32)
+    return np.asarray(extract_features(backbone, list(paths), cache_dir, device=str(run.device), desc="stimulus features").features,
+                      np.float32)
 
 
 def predicted_vertices(run: Run, features: np.ndarray) -> dict[str, np.ndarray]:
