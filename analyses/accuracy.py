@@ -153,10 +153,10 @@ def bootstrap_difference(a: VertexScores, b: VertexScores, reference: Reference,
         s = samples[(hemi, roi)]
         observed = _mean(a.r[hemi][mask] - b.r[hemi][mask])
         rows.append({"hemi": hemi, "roi": roi, "difference": observed,
-                     "ci_low": float(np.nanpercentile(s, lo)) if n_boot else np.nan,
-                     "ci_high": float(np.nanpercentile(s, hi)) if n_boot else np.nan})
+                     "difference_ci_low": float(np.nanpercentile(s, lo)) if n_boot else np.nan,
+                     "difference_ci_high": float(np.nanpercentile(s, hi)) if n_boot else np.nan})
     table = pd.DataFrame(rows)
-    table["excludes_zero"] = (table.ci_low > 0) | (table.ci_high < 0)
+    table["excludes_zero"] = (table.difference_ci_low > 0) | (table.difference_ci_high < 0)
     return table
 
 
@@ -186,12 +186,12 @@ def surface_maps(scores: list[VertexScores]) -> list[tuple[dict[str, np.ndarray]
     """
     first = scores[0]
     stem = first.name.replace(" ", "_").replace("(", "").replace(")", "")
-    maps = [(first.r, f"{stem}_{first.split}_r", f"{first.name}: {first.split} r", {})]
+    maps = [(first.r, f"{stem}_{first.split}_r", f"{first.name}: {first.split} r", {"signed": True})]
     for other in scores[1:]:
         diff = {h: first.r[h] - other.r[h] for h in HEMIS}
         maps.append((diff, f"{stem}_minus_{other.name.split()[0]}_r", f"{first.name} - {other.name}: {first.split} r",
-                     {"cmap": "RdBu_r", "symmetric": True}))
+                     {"signed": True}))
     if first.score is not None:
         maps.append((first.score, f"{stem}_percent_of_ceiling", f"{first.name}: % of noise ceiling",
-                     {"vmin": 0.0, "vmax": 100.0}))
+                     {"signed": False, "vmin": 0.0, "vmax": 100.0}))
     return maps

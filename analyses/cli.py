@@ -293,8 +293,11 @@ def _surface_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--values", required=True,
                    help="per-vertex .npy files with {hemi} for lh/rh, e.g. 'RUN/{hemi}_val_corr.npy'")
     p.add_argument("--out", type=Path, required=True, help="output prefix: PREFIX.png and PREFIX.{lh,rh}.func.gii")
-    p.add_argument("--title", default="")
-    p.add_argument("--cmap", default="inferno")
+    p.add_argument("--title", default="", help="figure title and GIFTI name (default: the --values file stem)")
+    p.add_argument("--signed", choices=["auto", "yes", "no"], default="auto",
+                   help="signed values get a diverging colour map centred on 0, others a sequential one from 0 "
+                        "(default auto: signed if any value is negative)")
+    p.add_argument("--cmap", default=None, help="override the colour map (default: chosen by --signed)")
 
 
 def _surface(args: argparse.Namespace) -> int:
@@ -307,7 +310,8 @@ def _surface(args: argparse.Namespace) -> int:
     if "{hemi}" not in args.values:
         raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
     values = {hemi: load_npy(Path(args.values.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
-    png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap)
+    png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap,
+                       signed={"auto": None, "yes": True, "no": False}[args.signed])
     for path in [png, *save_gifti(values, subject, args.out, name=args.title or "value")]:
         print(path)
     return 0
@@ -382,15 +386,16 @@ def _check_maps_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_maps(args: argparse.Namespace) -> int:
-    from interpret.pipeline import check_maps, prepare, save_check_tables
+    from interpret.pipeline import check_maps, check_settings, prepare, save_check_tables
     from model.run import open_run
 
     run = open_run(args.run, args.data_dir)
     job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
-    tables = check_maps(run, job, inputs, tuple(args.sanity_methods) if args.sanity_methods else None,
-                        faithfulness_rois=tuple(args.faithfulness_rois) if args.faithfulness_rois else None)
-    for path in save_check_tables(tables, args.out):
+    sanity = tuple(args.sanity_methods) if args.sanity_methods else None
+    faithfulness = tuple(args.faithfulness_rois) if args.faithfulness_rois else None
+    tables = check_maps(run, job, inputs, sanity, faithfulness_rois=faithfulness)
+    for path in save_check_tables(tables, args.out, check_settings(job, inputs, sanity, faithfulness)):
         print(path)
     flagged = sorted(set(tables["sanity"].loc[tables["sanity"].flagged, "method"]))
     if flagged:
@@ -480,6 +485,9 @@ def _report_args(p: argparse.ArgumentParser) -> None:
                         "NOTEBOOK.NAME sets it in one notebook only; repeatable")
     p.add_argument("--timeout", type=float, default=None, help="seconds a single notebook cell may run (default: no limit)")
     p.add_argument("--list", action="store_true", help="list every notebook's parameters and defaults, and exit")
+    p.add_argument("--show-code", action="store_true",
+                   help="show the notebooks' code cells in the HTML (default: hidden; a reader sees text, tables, "
+                        "figures and the parameters)")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -492,7 +500,7 @@ def _report(args: argparse.Namespace) -> int:
         if value is None:
             raise InputError(option, "required (see tbe report --help)")
     report = make_report(args.run, args.data_dir, args.out, params_from_pairs(args.parameter), args.notebooks,
-                         args.ridge_run, args.cache_dir, timeout=args.timeout)
+                         args.ridge_run, args.cache_dir, timeout=args.timeout, show_code=args.show_code)
     print(report.index)
     if report.failed:
         print(f"error: notebooks failed: {', '.join(report.failed)} (see {report.index})", file=sys.stderr)
