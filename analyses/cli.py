@@ -131,13 +131,13 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 
     d = VirtualConfig()
     p.add_argument("--out", type=Path, required=True, help="folder to write subjXX into")
-    p.add_argument("--subj", type=int, default=d.subj)
-    p.add_argument("--n-train", type=int, default=d.n_train)
-    p.add_argument("--n-test", type=int, default=d.n_test)
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--subj", type=int, default=d.subj, help="subject number: writes subjXX")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="training images (with fMRI)")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="test images (fMRI withheld, as in the challenge)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="side of the painted images in pixels")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the images, ROIs, tuning and noise")
     p.add_argument("--surface", choices=["fsaverage5", "fsaverage6"], default=d.surface,
-                   help="fsaverage6 density (subdivided fsaverage5) allows real-size subjects, for benchmarks")
+                   help="surface density; fsaverage6 (subdivided fsaverage5) allows real-size subjects, for benchmarks")
     p.add_argument("--vertices", type=int, nargs=2, metavar=("LH", "RH"), default=None,
                    help="exact numbers of challenge vertices (e.g. 19004 20544 as NSD subject 1, with --surface fsaverage6)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing subject")
@@ -156,7 +156,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _features_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_backbone_args(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass of the backbone")
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -180,33 +180,38 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     add_backbone_args(p)
     t, d, r = TrainConfig(), DecoderConfig(), RidgeConfig()
     p.add_argument("--out", type=Path, required=True, help="run directory to create")
-    p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all")
-    p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer")
+    p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all",
+                   help="which ROIs get a query: " + "; ".join(f"{k}: {v.description}" for k, v in READOUT_RES.items()))
+    p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer",
+                   help="the encoder: " + "; ".join(f"{k}: {v.description}" for k, v in ARCHITECTURES.items()))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g = p.add_argument_group("optimisation (defaults: the seed's)")
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size)
-    g.add_argument("--lr", type=float, default=t.lr)
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    g.add_argument("--epochs", type=int, default=t.epochs, help="passes over the training images")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per optimisation step")
+    g.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW weight decay")
     g.add_argument("--lr-drop", type=int, default=t.lr_drop, help="halve the learning rate every N epochs")
-    g.add_argument("--clip-max-norm", type=float, default=t.clip_max_norm)
+    g.add_argument("--clip-max-norm", type=float, default=t.clip_max_norm, help="gradient-norm clipping (0: none)")
     g.add_argument("--seed", type=int, default=t.seed, help="initialisation, data order and dropout")
     g.add_argument("--split-seed", type=int, default=t.split_seed, help="train/validation split")
-    g.add_argument("--val-fraction", type=float, default=t.val_fraction)
+    g.add_argument("--val-fraction", type=float, default=t.val_fraction,
+                   help="share of the training images held out for validation")
     g = p.add_argument_group("transformer decoder (defaults: the seed's)")
-    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim)
-    g.add_argument("--nheads", type=int, default=d.nheads)
-    g.add_argument("--dec-layers", type=int, default=d.dec_layers)
-    g.add_argument("--dim-feedforward", type=int, default=d.dim_feedforward)
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--query-self-attention", action="store_true")
+    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the decoder")
+    g.add_argument("--nheads", type=int, default=d.nheads, help="attention heads (must divide --hidden-dim)")
+    g.add_argument("--dec-layers", type=int, default=d.dec_layers, help="decoder layers")
+    g.add_argument("--dim-feedforward", type=int, default=d.dim_feedforward, help="width of the feed-forward blocks")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout in the decoder")
+    g.add_argument("--query-self-attention", action="store_true",
+                   help="let the ROI queries attend to each other before the cross-attention (default: off)")
     g.add_argument("--readout", choices=list(READOUTS), default=d.readout,
                    help="vertex readout: the seed's linear one, or linear + per-vertex spatial pooling (default)")
     g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
     g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim, help="token embedding size of those maps")
     g = p.add_argument_group("ridge baseline")
-    g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features)
-    g.add_argument("--ridge-pool", type=int, default=r.pool)
+    g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features,
+                   help="ridge inputs: " + "; ".join(f"{k}: {v}" for k, v in RIDGE_FEATURES.items()))
+    g.add_argument("--ridge-pool", type=int, default=r.pool, help="side of the pooled token grid (pooled features)")
     g.add_argument("--ridge-components", type=int, default=r.n_components, help="PCA components (--ridge-features pca)")
 
 
@@ -234,8 +239,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="predictions: .nc (NetCDF) or .npz")
-    p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -243,7 +248,7 @@ def _predict(args: argparse.Namespace) -> int:
     from model.files import usable_directory
     from model.images import list_images
     from model.rois import HEMIS
-    from model.run import check_prediction_path, open_run, predict, save_predictions
+    from model.run import check_prediction_path, open_run, predict, save_predictions, vertex_coordinates
 
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
@@ -251,7 +256,8 @@ def _predict(args: argparse.Namespace) -> int:
     run = open_run(args.run, args.data_dir)
     feats = extract_features(run.backbone(), paths, args.cache_dir, device=args.device, desc="image features")
     pred = predict(run.model, feats.features)
-    save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths])
+    save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths],
+                     vertex_coordinates(run.subject))
     print(args.out)
     return 0
 
@@ -328,7 +334,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
 
     add_run_args(p)
     p.add_argument("--split", default="val", help="val or test images (default val)")
-    p.add_argument("--n-images", type=int, default=4)
+    p.add_argument("--n-images", type=int, default=4, help="number of images of --split")
     p.add_argument("--containing", default=None,
                    help="only images showing this category (face, body, word, object, place; virtual subjects)")
     p.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
@@ -336,7 +342,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=_comma_list, default=list(DEFAULT_ROIS),
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
     add_settings_args(p.add_argument_group("method settings"), Settings)
 
 
@@ -414,8 +420,8 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", type=_comma_list, default=None,
                    help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations, the bootstrap and rendered images")
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
     add_settings_args(p.add_argument_group("statistics"), SelectivitySettings)
 
 
@@ -441,7 +447,7 @@ def _localizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=ALPHA, help=f"FDR level of the thresholded maps (default {ALPHA})")
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered localizer images")
     p.add_argument("--no-surface", action="store_true", help="skip the surface figures (GIFTI files are still written)")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
 
 
 def _localizer(args: argparse.Namespace) -> int:
@@ -458,10 +464,10 @@ def _localizer(args: argparse.Namespace) -> int:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
-    p.add_argument("--n-train", type=int, default=1000)
-    p.add_argument("--n-test", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--n-train", type=int, default=1000, help="training images of the demo's virtual subject")
+    p.add_argument("--n-test", type=int, default=200, help="test images of the demo's virtual subject")
+    p.add_argument("--seed", type=int, default=0, help="seed of the virtual subject and the training")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -562,8 +568,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
+        show_defaults(p)
         p.set_defaults(handler=run)
     return parser
+
+
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Append ``(default X)`` to every option's help that does not state its default already.
+
+    argparse lists an option's choices itself (``{a,b,c}``); flags
+    (``store_true``) default to off and say so by being flags.
+    """
+    for action in p._actions:
+        if action.help in (None, argparse.SUPPRESS) or action.default in (None, False, argparse.SUPPRESS):
+            continue
+        if "default" not in action.help.lower():
+            default = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else "%(default)s"
+            action.help += f" (default {default})" if default else " (default: none)"
 
 
 def error_line(exc: BaseException) -> str:
