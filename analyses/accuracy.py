@@ -182,6 +182,25 @@ def read_metrics(run_dir: str | Path) -> dict:
     return read(run_dir)
 
 
+def summary_row(scores: dict) -> dict:
+    """One row of an accuracy table from :func:`model.scoring.score`'s output.
+
+    ``challenge score`` (the challenge's definition) and ``score_nc_positive``
+    (ours), then r per ROI class (early visual, category ROIs, all) against
+    the measured and, where known, the clean responses, and the within-ROI r
+    averaged over the early visual ROIs; hemispheres averaged.
+    """
+    hemis = scores["hemis"]
+    row = {"challenge score": scores.get("challenge_score", np.nan),
+           "score_nc_positive": scores.get("score_nc_positive", np.nan)}
+    for group, label in (("early visual", "EV"), ("category ROIs", "category"), ("all", "all")):
+        row[f"r {label}"] = float(np.mean([hemis[h]["r"][group] for h in HEMIS]))
+        if all("r_clean" in hemis[h] for h in HEMIS):
+            row[f"r_clean {label}"] = float(np.mean([hemis[h]["r_clean"][group] for h in HEMIS]))
+    row["within-ROI r EV"] = float(np.mean([np.mean(list(hemis[h]["within_roi_r"].values())) for h in HEMIS]))
+    return row
+
+
 def compare_scores(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """:func:`model.scoring.score_table` outputs of several encoders side by side: (measure, group) x (encoder, hemi)."""
     both = pd.concat({name: t for name, t in tables.items()}, names=["encoder"]).reset_index(level=0)

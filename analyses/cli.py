@@ -239,10 +239,23 @@ def run_config(args: argparse.Namespace):
     from model.encoder import DecoderConfig
     from model.run import RunConfig, TrainConfig
 
+    args = _one_run(args)
     return RunConfig(
         data_dir=str(args.data_dir), subj=args.subj, readout_res=args.readout_res, encoder_arch=args.encoder_arch,
         backbone=backbone_config(args), decoder=config_section(DecoderConfig, "decoder", args),
         train=config_section(TrainConfig, "train", args), ridge=config_section(RidgeConfig, "ridge", args))
+
+
+def _one_run(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the list options of ``tbe train`` (``--subj``, ``--enc-output-layer``) as single values."""
+    args = argparse.Namespace(**vars(args))
+    for name, flag in (("subj", "--subj"), ("enc_output_layer", "--enc-output-layer")):
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise InputError(flag, f"one value for one run, got {value} (tbe train trains a grid of them)")
+            setattr(args, name, value[0])
+    return args
 
 
 def _train(args: argparse.Namespace) -> int:

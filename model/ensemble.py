@@ -138,7 +138,8 @@ def _best(r: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _mean(r: np.ndarray, temperature: float) -> np.ndarray:
-    return np.full_like(r, 1.0 / len(r))
+    finite = np.isfinite(r)
+    return finite / np.maximum(finite.sum(0), 1)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Weighting:
 WEIGHTINGS: dict[str, Weighting] = {
     "softmax": Weighting(_softmax, "softmax(temperature x validation r) over members, per vertex"),
     "best": Weighting(_best, "the member with the highest validation r, per vertex"),
-    "mean": Weighting(_mean, "equal weights"),
+    "mean": Weighting(_mean, "equal weights (over the members with a validation r at the vertex)"),
 }
 
 
@@ -390,7 +391,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "exists and is not empty; choose another --out")
-    usable_directory(out.parent if out.parent != Path("") else Path("."), where=out)
+    usable_directory(out.parent, where=out)
     subject, members, val_idx = check_members(runs, data_dir)
     targets = Targets(subject)
     true = targets.rows(val_idx)
@@ -414,7 +415,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
         r[..., ~targets.valid] = np.nan
     best = np.argmax(np.where(np.isfinite(members_r), members_r, -np.inf), axis=0)
     layers = [m.config.backbone.layer for m in members]
-    config = EnsembleConfig([str(m.path) for m in members], weighting, float(temperature), str(Path(subject.root).parent),
+    config = EnsembleConfig([str(m.path) for m in members], weighting, float(temperature), str(subject.root.resolve().parent),
                             subject.subj, {h: subject.n_vertices(h) for h in HEMIS}, subject.fingerprint(),
                             [m.label for m in members])
     member_means = [validation_means(r, targets.valid, bounds) for r in members_r]

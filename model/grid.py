@@ -134,8 +134,9 @@ def train_grid(base: RunConfig, members: Sequence[GridMember], cache_dir: str | 
     main = int(os.environ.get("RANK", "0")) == 0
     done = []
     bar = progress(list(members), desc="grid", unit="run", disable=not main)
-    for member in bar:
+    for number, member in enumerate(bar, start=1):
         bar.set_postfix(run=member.label)
+        log.info("grid run %d of %d: %s", number, len(members), member.out)
         config = member_config(base, member)
         state = member_state(member.out)
         if state == "complete":
