@@ -46,12 +46,26 @@ TRACEBACK_ENV = "TBE_TRACEBACK"
 # Shared option groups
 # --------------------------------------------------------------------------
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--data-dir`` and ``--subj`` (``several``: a list or range of subjects, e.g. 1-8 or 1,2)."""
     p.add_argument("--data-dir", type=Path, required=True, help="folder holding subjXX in the Algonauts 2023 layout")
-    p.add_argument("--subj", type=int, default=1, help="subject number (default 1)")
+    if several:
+        p.add_argument("--subj", type=_int_list, default=[1], metavar="SUBJ",
+                       help="subject number, or several (1-8, 1,2): one run per subject in OUT/subjXX (default 1)")
+    else:
+        p.add_argument("--subj", type=int, default=1, help="subject number (default 1)")
 
 
-def add_backbone_args(p: argparse.ArgumentParser) -> None:
+def _int_list(text: str) -> list[int]:
+    from model.grid import int_list
+
+    try:
+        return int_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) -> None:
     from model.backbone import DEFAULT_BACKBONE, FEATURES
 
     g = p.add_argument_group("backbone")
@@ -60,8 +74,13 @@ def add_backbone_args(p: argparse.ArgumentParser) -> None:
                    help="local checkpoint (official DINOv2 .pth or .safetensors) instead of downloading")
     g.add_argument("--no-pretrained", action="store_true", help="seeded random weights (LayerScale 1.0)")
     g.add_argument("--backbone-seed", type=int, default=0, help="seed of the random weights (default 0)")
-    g.add_argument("--enc-output-layer", type=int, default=1,
-                   help="block whose features are used, counted from the end: 1 = last (default 1)")
+    if several_layers:
+        g.add_argument("--enc-output-layer", type=_int_list, default=[1], metavar="LAYER",
+                       help="block whose features are used, counted from the end: 1 = last (default 1); several "
+                            "(1,3,5,7) train one run per layer into OUT/layer{L}_seed{S}")
+    else:
+        g.add_argument("--enc-output-layer", type=int, default=1,
+                       help="block whose features are used, counted from the end: 1 = last (default 1)")
     g.add_argument("--feature", choices=sorted(FEATURES), default="q", help="block output tokens or attention queries (default q)")
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
@@ -176,10 +195,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
 
-    add_data_args(p)
-    add_backbone_args(p)
+    add_data_args(p, several=True)
+    add_backbone_args(p, several_layers=True)
     t, d, r = TrainConfig(), DecoderConfig(), RidgeConfig()
-    p.add_argument("--out", type=Path, required=True, help="run directory to create")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run directory to create (a folder of runs for several subjects, layers or seeds)")
     p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all",
                    help="which ROIs get a query: " + "; ".join(f"{k}: {v.description}" for k, v in READOUT_RES.items()))
     p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer",
@@ -193,6 +213,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-drop", type=int, default=t.lr_drop, help="halve the learning rate every N epochs")
     g.add_argument("--clip-max-norm", type=float, default=t.clip_max_norm, help="gradient-norm clipping (0: none)")
     g.add_argument("--seed", type=int, default=t.seed, help="initialisation, data order and dropout")
+    g.add_argument("--seeds", type=_int_list, default=None, metavar="SEEDS",
+                   help="several seeds (0-4, 0,1): one run per seed (and layer) into OUT/layer{L}_seed{S}; "
+                        "complete runs are skipped, interrupted ones resumed")
     g.add_argument("--split-seed", type=int, default=t.split_seed, help="train/validation split")
     g.add_argument("--val-fraction", type=float, default=t.val_fraction,
                    help="share of the training images held out for validation")
@@ -221,17 +244,40 @@ def run_config(args: argparse.Namespace):
     from model.encoder import DecoderConfig
     from model.run import RunConfig, TrainConfig
 
+    args = _one_run(args)
     return RunConfig(
         data_dir=str(args.data_dir), subj=args.subj, readout_res=args.readout_res, encoder_arch=args.encoder_arch,
         backbone=backbone_config(args), decoder=config_section(DecoderConfig, "decoder", args),
         train=config_section(TrainConfig, "train", args), ridge=config_section(RidgeConfig, "ridge", args))
 
 
+def _one_run(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the list options of ``tbe train`` (``--subj``, ``--enc-output-layer``) as single values."""
+    args = argparse.Namespace(**vars(args))
+    for name, flag in (("subj", "--subj"), ("enc_output_layer", "--enc-output-layer")):
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise InputError(flag, f"one value for one run, got {value} (tbe train trains a grid of them)")
+            setattr(args, name, value[0])
+    return args
+
+
 def _train(args: argparse.Namespace) -> int:
+    """One run; or a grid (several subjects, layers or seeds: :mod:`model.grid`)."""
+    from model.grid import grid_members, train_grid
     from model.train import train
 
-    out = train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device)
-    print(out)
+    subjects, layers = args.subj, args.enc_output_layer
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    per_member = args.seeds is not None or len(layers) > 1
+    args.subj, args.enc_output_layer, args.seed = subjects[0], layers[0], seeds[0]
+    if len(subjects) == 1 and not per_member:
+        print(train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device))
+        return 0
+    members = grid_members(args.out, subjects, layers, seeds, per_member)
+    for out in train_grid(run_config(args), members, args.cache_dir, device=args.device):
+        print(out)
     return 0
 
 
@@ -244,7 +290,6 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from model.features import extract_features
     from model.files import usable_directory
     from model.images import list_images
     from model.rois import HEMIS
@@ -253,9 +298,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
     paths = list_images(args.images)
-    run = open_run(args.run, args.data_dir)
-    feats = extract_features(run.backbone(), paths, args.cache_dir, device=args.device, desc="image features")
-    pred = predict(run.model, feats.features)
+    run = open_run(args.run, args.data_dir)  # an ensemble: each member from its own features, then the weighted sum
+    pred = predict(run.model, run.features(paths, args.cache_dir, device=args.device, desc="image features"))
     save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths],
                      vertex_coordinates(run.subject))
     print(args.out)
@@ -265,33 +309,65 @@ def _predict(args: argparse.Namespace) -> int:
 def _score_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     p.add_argument("--test-fmri", type=Path, default=None,
-                   help="folder with {lh,rh}_test_fmri.npy (default: the virtual subject's ground truth)")
-    p.add_argument("--noise-ceiling", type=Path, default=None, help="folder with {lh,rh}_noise_ceiling.npy")
-    p.add_argument("--out", type=Path, default=None, help="scores as JSON (default RUN/test_scores.json)")
+                   help="folder with {lh,rh}_test_fmri.npy (default: the virtual subject's ground truth); "
+                        "for a folder of subject runs, a folder holding subjXX/ folders")
+    p.add_argument("--noise-ceiling", type=Path, default=None,
+                   help="folder with {lh,rh}_noise_ceiling.npy (subjXX/ folders for a folder of subject runs)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="scores as JSON (default RUN/test_scores.json; RUN may be a folder of subjXX runs)")
 
 
 def _score(args: argparse.Namespace) -> int:
-    from model.files import usable_directory, write_json
-    from model.rois import HEMIS
-    from model.run import PRED_TEST, TEST_SCORES, check_trained_on, load_run_array, read_config
-    from model.scoring import check_shapes, file_reference, score, score_table, virtual_reference
-    from model.subject import load_subject
+    """Score a run or ensemble; a folder of subject runs (``tbe train --subj``) per subject and pooled."""
+    import numpy as np
 
+    from model.files import usable_directory, write_json
+    from model.run import TEST_SCORES, expand_subjects
+    from model.scoring import SCORES, pool_scores, score_lines, score_table
+    from model.submission import subject_folder
+
+    runs = expand_subjects(args.run)
     out = args.out or args.run / TEST_SCORES
     usable_directory(out.parent, where=out)
-    config = read_config(args.run)
-    subject = load_subject(args.data_dir or config.data_dir, config.subj)
-    check_trained_on(args.run, config, subject)
-    preds = {h: load_run_array(args.run, PRED_TEST, h, subject.n_vertices(h), subject.n_test) for h in HEMIS}
-    ref = file_reference(args.test_fmri, args.noise_ceiling) if args.test_fmri else virtual_reference(subject)
-    check_shapes(preds, ref, str(args.run))
-    scores = score(preds, subject, ref)
-    write_json(out, scores)
-    table = score_table(scores).pivot_table(index=["measure", "group"], columns="hemi", values="value")
-    print(table.round(3).to_string())
-    if "challenge_score" in scores:
-        print(f"challenge score: {scores['challenge_score']:.2f}")
+    if len(runs) == 1:
+        scores = _score_run(runs[0], args.data_dir, args.test_fmri, args.noise_ceiling)
+        write_json(out, scores)
+        table = score_table(scores).pivot_table(index=["measure", "group"], columns="hemi", values="value", sort=False)
+        print(table.round(3).to_string(na_rep=""))
+        for line in score_lines(scores):
+            print(line)
+        return 0
+    per_subject = {}
+    for run in runs:
+        folder = subject_folder(int(run.name[4:]))
+        fmri = args.test_fmri / folder if args.test_fmri else None
+        ceiling = args.noise_ceiling / folder if args.noise_ceiling else None
+        per_subject[folder] = _score_run(run, args.data_dir, fmri, ceiling)
+        write_json(run / TEST_SCORES, per_subject[folder])
+    pooled = pool_scores(list(per_subject.values()))
+    write_json(out, {"subjects": per_subject, "pooled": pooled})
+    for folder, scores in per_subject.items():
+        print(f"{folder}: " + "; ".join(f"{name} {scores[name]:.2f}" for name in SCORES if name in scores)
+              + f"; mean r {np.mean([scores['hemis'][h]['r']['all'] for h in scores['hemis']]):.3f}")
+    print(f"pooled over the vertices of {len(per_subject)} subjects:")
+    for line in score_lines(pooled):
+        print(line)
     return 0
+
+
+def _score_run(run: Path, data_dir: Path | None, test_fmri: Path | None, noise_ceiling: Path | None) -> dict:
+    from model.rois import HEMIS
+    from model.run import PRED_TEST, check_trained_on, load_run_array, read_config
+    from model.scoring import check_shapes, file_reference, score, virtual_reference
+    from model.subject import load_subject
+
+    config = read_config(run)
+    subject = load_subject(data_dir or config.data_dir, config.subj)
+    check_trained_on(run, config, subject)
+    preds = {h: load_run_array(run, PRED_TEST, h, subject.n_vertices(h), subject.n_test) for h in HEMIS}
+    ref = file_reference(test_fmri, noise_ceiling) if test_fmri else virtual_reference(subject)
+    check_shapes(preds, ref, str(run))
+    return score(preds, subject, ref)
 
 
 def _surface_args(p: argparse.ArgumentParser) -> None:
@@ -320,6 +396,54 @@ def _surface(args: argparse.Namespace) -> int:
                        signed={"auto": None, "yes": True, "no": False}[args.signed])
     for path in [png, *save_gifti(values, subject, args.out, name=args.title or "value")]:
         print(path)
+    return 0
+
+
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
+    from model.ensemble import DEFAULT_TEMPERATURE, WEIGHTINGS
+
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="complete runs of one subject with one validation split (e.g. OUT/layer*_seed* of a grid)")
+    p.add_argument("--out", type=Path, required=True, help="ensemble directory to create (readable as a run)")
+    p.add_argument("--weighting", choices=list(WEIGHTINGS), default="softmax",
+                   help="per-vertex member weights: " + "; ".join(f"{k}: {w.description}" for k, w in WEIGHTINGS.items())
+                        + " (default softmax)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"softmax temperature (default {DEFAULT_TEMPERATURE:g}, the original's; 0 = mean)")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the runs')")
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from model.ensemble import make_ensemble
+    from model.run import read_metrics
+
+    out = make_ensemble(args.runs, args.out, args.weighting, args.temperature, args.data_dir)
+    m = read_metrics(out)
+    print(f"validation r, cross-fitted: {m['val_r']['mean']:.4f} (in-sample, flattering: {m['val_r_in_sample']['mean']:.4f}; "
+          f"best member {m['best_member']}: {m['best_member_val_r']:.4f})")
+    print(out)
+    return 0
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="one run or ensemble per subject (or a folder of subjXX runs)")
+    p.add_argument("--out", type=Path, required=True, help="the archive to write (.zip)")
+    p.add_argument("--allow-partial", action="store_true", help="write an archive without all eight subjects")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from model.files import usable_directory
+    from model.submission import collect, subject_folder, write_submission
+
+    if args.out.suffix != ".zip":
+        raise InputError(args.out, "the submission is a zip archive: use a .zip file name")
+    usable_directory(args.out.parent, where=args.out)
+    entries = collect(args.runs, args.allow_partial)
+    write_submission(entries, args.out)
+    for e in entries:
+        print(f"{subject_folder(e.subj)}: {e.run} ({' + '.join('x'.join(map(str, e.preds[h].shape)) for h in e.preds)})")
+    print(args.out)
     return 0
 
 
@@ -545,7 +669,12 @@ COMMANDS: dict[str, Command] = {
     "features": ("compute (or find in the cache) backbone features of a subject's images", _features_args, _features),
     "train": ("train an encoder (or fit a baseline) into a run directory", add_train_args, _train),
     "predict": ("predict responses to any folder of images with a trained run", _predict_args, _predict),
-    "score": ("score a run's test predictions (virtual subject ground truth or your files)", _score_args, _score),
+    "ensemble": ("combine runs of one subject per vertex by their validation r (a run directory itself)",
+                 _ensemble_args, _ensemble),
+    "score": ("score a run's test predictions: the challenge score and ours (virtual subject ground truth or your files)",
+              _score_args, _score),
+    "submit": ("write the Algonauts 2023 submission archive (subj01..subj08 test predictions, float32)",
+               _submit_args, _submit),
     "surface": ("put per-vertex values on fsaverage: a figure and GIFTI files", _surface_args, _surface),
     "interpret": ("attention and attribution maps of a trained run (NetCDF + overlays)", _interpret_args, _interpret),
     "check-maps": ("sanity, localization and faithfulness checks of the maps", _check_maps_args, _check_maps),

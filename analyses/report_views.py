@@ -365,6 +365,17 @@ def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int):
 # One-line summaries
 # --------------------------------------------------------------------------
 
+def run_note(run_dir, config, metrics: dict) -> str:
+    """What the encoding-accuracy report says about the run: its backbone and epochs, or an ensemble's two validation r."""
+    if metrics.get("kind") == "ensemble":
+        return (f"**Ensemble** `{run_dir}`: {metrics['n_members']} runs, {metrics['weighting']} weighting; validation r "
+                f"{metrics['val_r']['mean']:.3f} cross-fitted (weights chosen on other validation images), "
+                f"{metrics['val_r_in_sample']['mean']:.3f} in-sample (weights chosen on the images scored: flattering); "
+                f"best member {metrics['best_member']}: {metrics['best_member_val_r']:.3f}.")
+    return (f"**Run** `{run_dir}`: {metrics.get('backbone', '')}; best epoch {metrics.get('best_epoch')} "
+            f"of {config.train.epochs}, validation r {metrics['val_r']['mean']:.3f}.")
+
+
 def accuracy_summary(models: list, challenge: dict[str, float], difference: pd.DataFrame | None) -> str:
     """E.g. 'challenge score 54.1 (ridge 38.2); mean test r 0.31 (ridge 0.22); transformer higher in 18 of 25 ROIs'."""
     first, others = models[0], models[1:]

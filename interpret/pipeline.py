@@ -12,7 +12,6 @@ import torch
 import xarray as xr
 
 from model.errors import InputError
-from model.features import extract_features
 from model.files import atomic_path, write_csv, write_json
 from model.rois import EARLY_VISUAL, HEMIS
 from model.run import Run
@@ -105,9 +104,9 @@ def choose_images(pool: list[Path], chosen: list[str], n_images: int, seed: int 
 def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_dir: str | Path | None = None,
                 device: str = "cpu") -> Inputs:
     """These images, their tokens (from the feature cache when there) and the map grid."""
-    backbone = run.backbone()
-    feats = extract_features(backbone, paths, cache_dir, device=device, desc="features")
-    return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(feats.features),
+    backbone = run.shared_backbone
+    tokens = run.features(paths, cache_dir, device=device, desc="features")
+    return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(tokens),
                   MapGrid.for_backbone(backbone, map_size), backbone)
 
 

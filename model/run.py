@@ -8,6 +8,7 @@ RUN/checkpoint.safetensors last epoch's weights + optimizer, for --resume
 RUN/val_indices.npy        the validation rows of the training fMRI
 RUN/metrics.json           written last: its presence means the run is complete
 RUN/{lh,rh}_val_corr.npy   per-vertex validation r
+RUN/{lh,rh}_val_pred.npy   validation predictions (float32, validation images x vertices, rows as val_indices.npy)
 RUN/{lh,rh}_pred_test.npy  the challenge submission (float32, test images x vertices)
 RUN/.lock                  held (an OS lock) by the job writing the run
 ```
@@ -17,15 +18,22 @@ and the key of its features (backbone, weights digest, block, feature kind,
 input size). :func:`open_run` rebuilds the encoder from the run and the data
 directory and refuses, naming the file, a run opened against other data or
 whose config.json no longer describes the features it was trained on.
+
+An *ensemble* of runs (:mod:`model.ensemble`, ``tbe ensemble``) is a run
+directory too: ``ensemble.json`` in place of ``config.json``, and the same
+``metrics.json``, ``val_indices.npy``, per-vertex ``val_corr`` and
+``pred_test`` files. :func:`read_config` and :func:`open_run` read either
+kind, so every command that reads a run reads an ensemble.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +48,9 @@ from .files import atomic_path, load_npy, read_rows, save_safetensors, write_jso
 from .readout import READOUT_RES, QuerySet, build_queries
 from .subject import Subject, load_subject, split_sizes
 
+if TYPE_CHECKING:
+    from .ensemble import EnsembleConfig
+
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
@@ -48,12 +59,18 @@ CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.json"
 VAL_INDICES = "val_indices.npy"
 VAL_CORR = "{hemi}_val_corr.npy"
+VAL_PRED = "{hemi}_val_pred.npy"
 PRED_TEST = "{hemi}_pred_test.npy"
 TEST_SCORES = "test_scores.json"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+#: what marks an ensemble of runs (:mod:`model.ensemble`); it has no config.json
+ENSEMBLE = "ensemble.json"
+#: the folder of one subject's run in a multi-subject folder (``tbe train --subj 1-8 --out DIR``: DIR/subj01)
+SUBJECT_FOLDER = re.compile(r"subj\d\d")
 #: files a training job writes from its first checkpoint on
-RESULT_FILES = (WEIGHTS, CHECKPOINT, METRICS, *(t.format(hemi=h) for t in (VAL_CORR, PRED_TEST) for h in ("lh", "rh")))
+RESULT_FILES = (WEIGHTS, CHECKPOINT, METRICS,
+                *(t.format(hemi=h) for t in (VAL_CORR, VAL_PRED, PRED_TEST) for h in ("lh", "rh")))
 #: every file a training job writes into a run directory (those not in RESULT_FILES come before the first checkpoint)
 RUN_FILES = (CONFIG, MANIFEST, VAL_INDICES, *RESULT_FILES)
 #: format 2 added the data fingerprint and the feature key; format 1 runs stay readable
@@ -165,8 +182,39 @@ class RunConfig:
         return d
 
 
-def read_config(run: Path) -> RunConfig:
-    """A run's config.json, parsed and validated; any problem names the file."""
+def is_ensemble(run: str | Path) -> bool:
+    """Whether ``run`` is an ensemble of runs (it holds ``ensemble.json``, not ``config.json``)."""
+    return (Path(run) / ENSEMBLE).is_file() and not (Path(run) / CONFIG).is_file()
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run or an ensemble directory (complete or not)."""
+    return (Path(path) / CONFIG).is_file() or is_ensemble(path)
+
+
+def expand_subjects(path: str | Path) -> list[Path]:
+    """A run (or ensemble) as ``[path]``; a folder of subject runs (``subjXX/``, ``tbe train --subj``) as those runs.
+
+    Anything else comes back as ``[path]``, for the reader to refuse with its own message.
+    """
+    path = Path(path)
+    if is_run(path) or not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and SUBJECT_FOLDER.fullmatch(p.name) and is_run(p))
+    return found or [path]
+
+
+def read_config(run: Path) -> "RunConfig | EnsembleConfig":
+    """A run's config.json (or an ensemble's ensemble.json), parsed and validated; any problem names the file.
+
+    An ensemble gives a :class:`model.ensemble.EnsembleConfig`, which has the
+    fields that every reader of a run uses (``subj``, ``data_dir``,
+    ``data_fingerprint``, ``n_vertices``, ``encoder_arch`` = ``'ensemble'``).
+    """
+    if is_ensemble(run):
+        from .ensemble import read_ensemble_config
+
+        return read_ensemble_config(run)
     path = Path(run) / CONFIG
     if not path.is_file():
         raise InputError(path, "missing: not a run directory")
@@ -289,6 +337,19 @@ class Run:
         """The run's backbone, built once per opened run and shared by the analyses (it is frozen)."""
         return self.backbone()
 
+    def features(self, paths: Sequence[Path], cache_dir: str | Path | None = None, device: str = "auto",
+                 rows: Sequence[tuple[str, int] | None] | None = None, desc: str = "features"):
+        """The encoder's input for these images: backbone tokens (N, T, C), from the feature cache where possible.
+
+        ``rows`` ((split, index) of each image among the subject's, where it
+        is one) lets cached rows of the subject's own splits be read instead
+        of computed (:func:`model.features.image_features`). Ensembles give
+        every member's tokens side by side (:class:`model.ensemble.EnsembleRun`).
+        """
+        from .features import image_features
+
+        return image_features(self.shared_backbone, self.subject, paths, rows, cache_dir, device, desc)
+
 
 def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
     """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on.
@@ -296,9 +357,14 @@ def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
     Refused, with one line naming the file: an unfinished run, a config.json
     that does not describe the features the run was trained on, data other
     than the run's (vertex counts, ROI queries, or the data fingerprint), and
-    weights that do not fit the encoder.
+    weights that do not fit the encoder. An ensemble directory opens as a
+    :class:`model.ensemble.EnsembleRun` (every member opened and checked).
     """
     run = Path(run)
+    if is_ensemble(run):
+        from .ensemble import open_ensemble
+
+        return open_ensemble(run, data_dir)
     config = read_config(run)
     if not (run / METRICS).is_file():
         raise InputError(run, "training did not finish (no metrics.json); continue it with --resume")

@@ -393,4 +393,5 @@ def test_an_encoder_compared_with_itself_differs_by_nothing(trained_run, small_d
     diff = accuracy.bootstrap_difference(a, b, reference, subject, ["V1v"], n_boot=10, seed=0)
     assert np.allclose(diff[["difference", "difference_ci_low", "difference_ci_high"]].to_numpy(), 0) and not diff.excludes_zero.any()
     table = accuracy.roi_table([a], subject, reference, ["V1v"])
-    assert table.r_ceiling.between(0, 1).all() and table[f"score_{a.name}"].between(0, 100).all()
+    assert table.r_ceiling.between(0, 1).all() and table[f"score_nc_positive_{a.name}"].between(0, 100).all()
+    assert table[f"challenge_score_{a.name}"].between(0, 100).all()
