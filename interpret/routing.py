@@ -146,11 +146,11 @@ def location_test(att: np.ndarray, grid: tuple[int, int], n_permutations: int, r
         raise ValueError(f"{t} tokens do not make a {grid[0]}x{grid[1]} grid")
     spectra = torch.fft.fft2(torch.from_numpy(d.reshape(n, q, *grid)).float()).reshape(n, q, t)
     spectra = spectra.permute(2, 0, 1).contiguous()  # (K, n, Q)
-    phases = _shift_phases(grid)  # (shift, K)
+    phases = _shift_phases(grid).T.contiguous()  # (K, shift)
 
     def summed_energy(shifts: np.ndarray) -> np.ndarray:
         """||sum_i shift(d_i)||^2 per row of shifts (B, n), by Parseval."""
-        ph = phases[torch.from_numpy(shifts)].permute(2, 0, 1)  # (K, B, n)
+        ph = phases[:, torch.from_numpy(shifts)]  # (K, B, n), contiguous: a strided complex bmm is 100x slower
         z = torch.bmm(ph, spectra)  # (K, B, Q)
         return ((z.real**2 + z.imag**2).sum(0) / t).double().numpy()
 

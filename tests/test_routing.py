@@ -8,10 +8,13 @@ positions on the torus, so a content map has no fixed window at all.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
 from interpret import routing as R
+
+from .conftest import tbe
 
 GRID = (8, 8)
 FAST = R.RoutingSettings(n_permutations=199, n_bootstrap=200)
@@ -99,3 +102,49 @@ def test_without_masks_only_location_is_tested():
 def test_location_test_rejects_a_wrong_grid():
     with pytest.raises(ValueError, match="8x7"):
         R.location_test(np.ones((3, 1, 64)), (8, 7), 9, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------
+# tbe routing on the small trained virtual subject
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def routed(trained_run, small_data, cache_dir, tmp_path_factory):
+
+
+    out = tmp_path_factory.mktemp("routing")
+    assert tbe("-q", "routing", "--run", trained_run, "--cache-dir", cache_dir, "--out", out,
+               "--n-permutations", "199", "--n-bootstrap", "200") == 0
+
+
+    return pd.read_csv(out / "routing.csv", keep_default_na=False), out
+
+
+def test_routing_command_writes_its_table_and_figure(routed):
+    table, out = routed
+    for column in ["hemi", "roi", "n_images", "location_index", "location_ci_low", "location_ci_high", "content_index",
+                   "content_p", "content_p_fdr", "routing", "x_deg", "y_deg", "entropy", "planted"]:
+        assert column in table.columns
+    assert (out / "routing.png").stat().st_size > 0
+    assert set(table["routing"]) <= set(R.LABELS.values())
+    assert (table["location_ci_low"] <= table["location_index"]).all()
+
+
+def test_early_visual_routes_by_location_and_faces_and_words_by_content(routed):
+    from model.rois import EARLY_VISUAL
+
+    table, _ = routed
+    early = table[table["roi"].isin(EARLY_VISUAL)]
+    category = table[table["planted"] == "content"]
+    assert early["location_index"].median() > category["location_index"].median()
+    for roi in ("FFA-1", "VWFA-1"):
+        labels = table.loc[(table["roi"] == roi), "routing"]
+        assert labels.isin(R.CONTENT_ROUTED).any(), table.loc[table["roi"] == roi].to_string()
+
+
+def test_routing_refuses_split_with_images(trained_run, tmp_path, capsys):
+
+
+    assert tbe("routing", "--run", trained_run, "--split", "val", "--images", tmp_path, "--out", tmp_path / "o") == 2
+    assert "--split" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
