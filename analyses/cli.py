@@ -562,6 +562,67 @@ def _selectivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routing_args(p: argparse.ArgumentParser) -> None:
+    from interpret.routing import RoutingSettings
+
+    add_run_args(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=("val", "test"), default=None,
+                        help="the run's validation or test images (default val; a virtual subject's masks come with them)")
+    source.add_argument("--labels", type=Path, default=None,
+                        help="CSV with columns image, category and optionally mask (masks enable the content test)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="any folder of images (without --labels: no masks, so only the location test)")
+    p.add_argument("--n-images", type=int, default=None, help="use the first N images (default all)")
+    p.add_argument("--out", type=Path, required=True, help="folder for routing.csv and routing.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    add_settings_args(p.add_argument_group("statistics"), RoutingSettings)
+
+
+def _routing(args: argparse.Namespace) -> int:
+    from analyses.routing import run_routing
+    from interpret.routing import RoutingSettings
+
+    if args.split is not None and args.images is not None:
+        raise InputError("--split", "give either --split or --images, not both")
+    table = run_routing(args.run, args.data_dir, args.out, settings_from_args(RoutingSettings, args), images=args.images,
+                        labels=args.labels, split=args.split, n_images=args.n_images, seed=args.seed,
+                        cache_dir=args.cache_dir)
+    for label, part in table.groupby("routing", sort=False):
+        print(f"{label}: " + ", ".join(f"{h}:{r}" for h, r in zip(part.hemi, part.roi)))
+    print(args.out / "routing.csv")
+    return 0
+
+
+def _claims_args(p: argparse.ArgumentParser) -> None:
+    from analyses.claims import ClaimSettings
+
+    add_run_args(p)
+    p.add_argument("--claims", type=Path, required=True,
+                   help="text file, one claim per line, e.g. 'FFA-1 prefers face', 'lh V1v attends upper-right', "
+                        "'EBA routes by content' (grammar: analyses/claims.py)")
+    p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="CSV with columns image, category and optionally mask (default: a virtual subject's "
+                        "held-out images, else the rendered localizer)")
+    p.add_argument("--out", type=Path, required=True, help="folder for claims.csv")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    add_settings_args(p.add_argument_group("statistics"), ClaimSettings)
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from analyses.claims import ClaimSettings, run_claims
+
+    table = run_claims(args.run, args.data_dir, args.claims, args.out, settings_from_args(ClaimSettings, args),
+                       images=args.images, labels=args.labels, seed=args.seed, cache_dir=args.cache_dir)
+    for row in table.itertuples():
+        print(f"{row.verdict:>13}  {row.hemi}  {row.claim}  (effect {row.effect:.3g}, p_fdr {row.p_fdr:.3g})")
+    print(args.out / "claims.csv")
+    return 0
+
+
 def _localizer_args(p: argparse.ArgumentParser) -> None:
     from analyses.localizer import ALPHA
 
@@ -680,6 +741,10 @@ COMMANDS: dict[str, Command] = {
     "check-maps": ("sanity, localization and faithfulness checks of the maps", _check_maps_args, _check_maps),
     "selectivity": ("ROI selectivity of predicted (and measured) responses and of attention, with permutation statistics",
                     _selectivity_args, _selectivity),
+    "routing": ("how each ROI query routes the image: location and content indices, tests and labels",
+                _routing_args, _routing),
+    "claims": ("test hypotheses written as sentences ('FFA-1 prefers face') with calibrated statistics",
+               _claims_args, _claims),
     "localizer": ("in-silico fLoc localizer: per-vertex contrast t-maps, predicted ROIs, Dice/AUC against the ROI masks",
                   _localizer_args, _localizer),
     "demo": ("run the whole suite on a virtual subject", _demo_args, _demo),
