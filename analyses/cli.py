@@ -371,9 +371,13 @@ def _score_run(run: Path, data_dir: Path | None, test_fmri: Path | None, noise_c
 
 
 def _surface_args(p: argparse.ArgumentParser) -> None:
-    add_data_args(p)
+    p.add_argument("--run", type=Path, default=None,
+                   help="a run or ensemble: its subject (instead of --data-dir/--subj), and --values inside it")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding subjXX (default: the run's)")
+    p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's, else 1)")
     p.add_argument("--values", required=True,
-                   help="per-vertex .npy files with {hemi} for lh/rh, e.g. 'RUN/{hemi}_val_corr.npy'")
+                   help="per-vertex .npy files with {hemi} for lh/rh, e.g. 'RUN/{hemi}_val_corr.npy', or with --run "
+                        "a file name inside it, e.g. '{hemi}_best_layer.npy' (an ensemble's preferred backbone layer)")
     p.add_argument("--out", type=Path, required=True, help="output prefix: PREFIX.png and PREFIX.{lh,rh}.func.gii")
     p.add_argument("--title", default="", help="figure title and GIFTI name (default: the --values file stem)")
     p.add_argument("--signed", choices=["auto", "yes", "no"], default="auto",
@@ -382,16 +386,31 @@ def _surface_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cmap", default=None, help="override the colour map (default: chosen by --signed)")
 
 
+def _surface_source(args: argparse.Namespace) -> tuple[Path, int, str]:
+    """Data folder, subject and the ``{hemi}`` file template of ``tbe surface``: from --data-dir/--subj, or from --run."""
+    from model.run import read_config
+
+    if "{hemi}" not in args.values:
+        raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
+    if args.run is None:
+        if args.data_dir is None:
+            raise InputError("--data-dir", "required without --run (the folder holding subjXX)")
+        return args.data_dir, args.subj or 1, args.values
+    config = read_config(args.run)
+    given = Path(args.values.format(hemi="lh")).exists()
+    template = args.values if given else str(args.run / args.values)
+    return args.data_dir or Path(config.data_dir), args.subj or config.subj, template
+
+
 def _surface(args: argparse.Namespace) -> int:
     from analyses.surface import plot_surface, save_gifti
     from model.files import load_npy
     from model.rois import HEMIS
     from model.subject import load_subject
 
-    subject = load_subject(args.data_dir, args.subj, check_images=False)
-    if "{hemi}" not in args.values:
-        raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
-    values = {hemi: load_npy(Path(args.values.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
+    data_dir, subj, template = _surface_source(args)
+    subject = load_subject(data_dir, subj, check_images=False)
+    values = {hemi: load_npy(Path(template.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
     png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap,
                        signed={"auto": None, "yes": True, "no": False}[args.signed])
     for path in [png, *save_gifti(values, subject, args.out, name=args.title or "value")]:

@@ -24,6 +24,7 @@ challenge score, and its cross-fitted against its in-sample validation r.
 ``bench_accuracy.py``.)
 
     python benchmarks/bench_ensemble.py [--work DIR] [--layers 4,6,8,10] [--seeds 0-2] [--epochs 15]
+                                        [--n-train 1000 --n-test 200 --image-size 224]
     python benchmarks/bench_ensemble.py --quick --work /tmp/bench-ensemble-quick   # a smoke test, minutes
 
 ``--work`` reuses a folder: the subject, the feature cache and every
@@ -31,7 +32,9 @@ complete run are kept (``--work demo`` reuses the demo's subject and cache).
 ``--quick`` uses a tiny subject, 2 layers x 2 seeds, a narrow decoder and 2
 epochs: it checks that everything runs, its numbers mean nothing. From
 nothing, at the demo's 15 epochs, the grid takes about an hour on 2 CPU
-cores (12 members, features of 4 layers).
+cores (12 members, features of 4 layers); ``--n-train 300 --n-test 100
+--image-size 112 --epochs 10`` (as ``bench_original.py``'s small table) a
+fraction of that.
 """
 from __future__ import annotations
 
@@ -58,6 +61,14 @@ QUICK_SUBJECT = VirtualConfig(subj=1, n_train=120, n_test=24, image_size=112, se
 WEIGHTINGS = {"softmax": "softmax, temperature 40", "mean": "mean", "best": "best"}
 
 
+def subject_image_size(subject) -> int:
+    """Side of the subject's first training image, in pixels."""
+    from PIL import Image
+
+    with Image.open(subject.train_images[0]) as image:
+        return image.size[0]
+
+
 def scored(run: Path, subject, reference) -> dict:
     """The summary row of a run's (or an ensemble's) test predictions."""
     pred = {h: np.load(run / PRED_TEST.format(hemi=h)) for h in HEMIS}
@@ -70,6 +81,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--layers", type=int_list, default=None, help="backbone layers of the grid (default 4,6,8,10)")
     parser.add_argument("--seeds", type=int_list, default=None, help="seeds of the grid (default 0-2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per member (default: the demo's, 15)")
+    defaults = VirtualConfig()
+    parser.add_argument("--n-train", type=int, default=defaults.n_train, help="virtual subject's training images")
+    parser.add_argument("--n-test", type=int, default=defaults.n_test, help="virtual subject's test images")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="virtual subject's image size")
     parser.add_argument("--quick", action="store_true", help="tiny subject, 2 layers x 2 seeds, 2 epochs: a smoke test")
     args = parser.parse_args(argv)
     paths = DemoPaths(args.work)
@@ -82,7 +97,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.epochs:
         base = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=args.epochs))
     if not subject_dir(paths.data, 1).exists():
-        write_virtual_subject(paths.data, QUICK_SUBJECT if args.quick else VirtualConfig())
+        write_virtual_subject(paths.data, QUICK_SUBJECT if args.quick else
+                              VirtualConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.image_size))
     subject = load_subject(paths.data, 1)
     reference = virtual_reference(subject)
 
@@ -94,6 +110,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     by_score = sorted(runs, key=lambda r: member_rows[r]["challenge score"])
     best, median = by_score[-1], by_score[len(by_score) // 2]
     grid_name = f"{len(layers)} layers x {len(seeds)} seeds, {base.train.epochs} epochs"
+    print(f"virtual subject: {subject.n_train} training, {subject.n_test} test images of "
+          f"{subject_image_size(subject)} px; grid of {grid_name}")
     rows = {"ground truth (clean responses)": summary_row(score(reference.clean, subject, reference)),
             f"best member ({best.name}; grid of {grid_name}: {grid_seconds:.0f} s)": member_rows[best],
             f"median member ({median.name})": member_rows[median]}

@@ -268,9 +268,12 @@ def test_an_ensemble_reads_as_a_run(grid, two_subjects, tmp_path, capsys):
         expected = expected + att[:, -1].mean(1) * per_roi[m][None, :, None]
     by_hand = decoder_attention_like(run, expected, grid_, [p.name for p in paths])
     assert np.allclose(ours.values, by_hand.values, atol=1e-5, equal_nan=True)
-    assert tbe("-q", "surface", "--data-dir", two_subjects, "--values", f"{ens}/{{hemi}}_best_layer.npy",
-               "--out", tmp_path / "best_layer") == 0
+    assert tbe("-q", "surface", "--run", ens, "--values", "{hemi}_best_layer.npy", "--out", tmp_path / "best_layer") == 0
     assert (tmp_path / "best_layer.png").is_file()
+    from analyses.surface import load_gifti
+
+    shown = load_gifti(tmp_path / "best_layer.lh.func.gii")
+    assert np.array_equal(np.sort(shown[np.isfinite(shown)]), np.sort(np.load(ens / BEST_LAYER.format(hemi="lh"))))
 
 
 def decoder_attention_like(run, attention, grid, names):
@@ -284,3 +287,31 @@ def decoder_attention_like(run, attention, grid, names):
     import xarray as xr
 
     return xr.DataArray(arranged.numpy(), dims=("image", "hemi", "roi", "y", "x"))
+
+
+def test_attributions_and_the_report_read_an_ensemble(grid, tmp_path):
+    """An attribution explains the ensemble's own prediction (the weighted sum); the report names its two r."""
+    import torch
+    import xarray as xr
+
+    out, cache = grid
+    ens = tmp_path / "ens"
+    assert tbe("-q", "ensemble", "--runs", *members(out), "--out", ens) == 0
+    maps = tmp_path / "maps.nc"
+    assert tbe("-q", "interpret", "--run", ens, "--split", "val", "--n-images", "1", "--methods", "saliency",
+               "--rois", "V1v", "--cache-dir", cache, "--out", maps, "--overlays", "0") == 0
+    with xr.open_dataset(maps) as ds:
+        values = np.asarray(ds[list(ds.data_vars)[0]])
+    assert np.isfinite(values).any() and np.nanmax(np.abs(values)) > 0
+    run = open_run(ens)
+    assert list(run.model.weights.shape) == [len(LAYERS) * len(SEEDS), sum(run.subject.n_vertices(h) for h in HEMIS)]
+    # the ensemble's prediction is the weighted sum of its members' (the model the attributions differentiate)
+    tokens = torch.from_numpy(np.asarray(run.features(list(run.subject.test_images)[:2], cache, "cpu"))).float()
+    summed = sum(run.model.weights[m] * member.model(tokens[..., lo:hi])["pred"]
+                 for m, (member, (lo, hi)) in enumerate(zip(run.members, run.model.channels)))
+    assert torch.allclose(run.model(tokens)["pred"], summed, atol=1e-5)
+    report = tmp_path / "report"
+    assert tbe("-q", "report", "--run", ens, "--notebooks", "encoding_accuracy", "--cache-dir", cache,
+               "--out", report) == 0
+    html = (report / "encoding_accuracy.html").read_text()
+    assert "Ensemble" in html and "cross-fitted" in html and "challenge_score" in html and "score_nc_positive" in html
