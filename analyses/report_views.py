@@ -555,7 +555,8 @@ def selectivity_summary(table: pd.DataFrame, localizer: pd.DataFrame | None = No
         text = f"{source}: {groups} (per hemisphere) significantly prefer their expected category"
         supported = tests[(tests.source == source) & (roi_group(tests) != "null (pure noise)")]
         if source == "predicted" and "supported" in supported and set(rows.group) & {"planted"}:
-            text += f"; {int(supported.supported.astype(bool).sum())} planted ones also reliably predicted"
+            text += (f"; {int(supported.supported.astype(bool).sum())} of the planted ones supported (significant and "
+                     "reliably predicted)")
         parts.append(text)
     if localizer is not None and len(localizer):
         ref = localizer[localizer.reference == "roi_masks"] if "reference" in localizer else localizer
