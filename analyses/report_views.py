@@ -260,7 +260,8 @@ def _colour_bar(fig, axes, scale, label: str) -> None:
         fig.colorbar(ScalarMappable(scale.norm, scale.cmap), ax=axes.ravel().tolist(), shrink=0.6, label=label)
 
 
-def near_uniform_note(ds, hemi: str, rois: list[str], variable: str = "attention_mean") -> str:
+def near_uniform_note(ds, hemi: str, rois: list[str], variable: str = "attention_mean",
+                      shared_scale: bool = False) -> str:
     """Words for maps close to uniform: 'maps are close to uniform (mean focus 0.01)...' or ''."""
     from interpret.focus import focus
 
@@ -268,8 +269,11 @@ def near_uniform_note(ds, hemi: str, rois: list[str], variable: str = "attention
     mean = float(np.nanmean(values)) if values else float("nan")
     if not np.isfinite(mean) or mean >= NEAR_UNIFORM_FOCUS:
         return ""
-    return (f"The {hemi} maps are close to uniform (mean focus {mean:.2f}, 0 = uniform): on a panel's own colour "
-            "scale small differences look focal; with `shared_scale = True` they look as flat as they are.")
+    text = f"The {hemi} maps are close to uniform (mean focus {mean:.2f}, 0 = uniform)"
+    if shared_scale:
+        return text + ": on the shared colour scale they look as flat as they are."
+    return (text + ": on a panel's own colour scale small differences look focal; with `shared_scale = True` they "
+            "look as flat as they are.")
 
 
 def attention_grid(ds, images, hemi: str, rois: list[str], variable: str = "attention_mean",
@@ -562,7 +566,8 @@ def selectivity_summary(table: pd.DataFrame, localizer: pd.DataFrame | None = No
         text = f"{source}: {groups} (per hemisphere) significantly prefer their expected category"
         supported = tests[(tests.source == source) & (roi_group(tests) != "null (pure noise)")]
         if source == "predicted" and "supported" in supported and set(rows.group) & {"planted"}:
-            text += f"; {int(supported.supported.astype(bool).sum())} planted ones also reliably predicted"
+            text += (f"; {int(supported.supported.astype(bool).sum())} of the planted ones supported (significant and "
+                     "reliably predicted)")
         parts.append(text)
     if localizer is not None and len(localizer):
         ref = localizer[localizer.reference == "roi_masks"] if "reference" in localizer else localizer

@@ -103,11 +103,11 @@ def overlay(ds: xr.Dataset, image: torch.Tensor | np.ndarray, image_index: int, 
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
     axes[0, 0].set_title(str(ds.image.values[image_index]), fontsize=7)
-    fig.tight_layout(rect=(0, 0.12 if shared_scale else 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.14 if shared_scale else 0.04, 1, 1))
     if shared_scale:
         for col, name in enumerate(methods, start=1):
             box = axes[-1, col].get_position()
-            cax = fig.add_axes((box.x0, 0.05, box.width, 0.015))
+            cax = fig.add_axes((box.x0, 0.075, box.width, 0.015))
             bar = fig.colorbar(ScalarMappable(column_scale[name].norm, column_scale[name].cmap), cax=cax,
                                orientation="horizontal")
             bar.ax.tick_params(labelsize=6)

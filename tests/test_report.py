@@ -189,6 +189,11 @@ def test_notebooks_answer_what_they_are_asked(small_report):
     assert "integrated_gradients" in convergence and "relative_delta" in convergence
     for table in ("sanity", "localization", "faithfulness"):
         assert (out / "files" / "map_checks" / f"{table}.csv").is_file()
+    selectivity = (out / "roi_selectivity.html").read_text()
+    assert "mean_ci_low" in selectivity and "verdict" in selectivity  # intervals named; every contrast judged
+    assert "Localizer run here: 24 images per category" in selectivity  # no localizer of this run: its own, stated
+    assert "planted ROIs" in entries["roi_selectivity"]["summary"]  # null ROIs counted apart
+    assert "hands as faces" in (out / "attributions.html").read_text()  # the stimuli's known confound, stated
 
 
 def test_html_reports_embed_their_figures(small_report):
@@ -204,7 +209,7 @@ def test_html_reports_embed_their_figures(small_report):
             assert Image.open(io.BytesIO(base64.b64decode(src[len(prefix):]))).format == "PNG"
         assert "require.min.js" not in html
         assert "setup_notebook(seed)" not in html  # code is hidden by default ...
-        assert "run_dir = " in html  # ... but the parameters the notebook ran with show
+        assert str(out / "files" / entry["name"]) in html  # ... but the parameters it ran with (injected) show
         assert f'href="{entry["html"]}"' in index
         assert entry["summary"].split(";")[0] in index
     assert index.count('src="data:image/png;base64,') == len(summary["entries"])  # one thumbnail each

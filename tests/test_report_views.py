@@ -143,3 +143,43 @@ def test_the_contrast_energy_control_tells_contrast_following_attention_from_sel
     on_the_mask = np.ones(n)
     mass, p = contrast_control(np.stack([follows_contrast, on_the_mask], 1), masks, energy)
     assert mass[0] > 0.9 and p[0] > 0.05 and p[1] < 0.01
+
+
+def test_the_demo_report_is_told_the_settings_its_saved_tables_were_made_with(tmp_path):
+    """map_checks shows the demo's own check tables: its parameters cell must show their settings (6 images ...)."""
+    from analyses.demo import DEMO_CHECKS, DEMO_SANITY_METHODS, DemoPaths, demo_report_params
+    from analyses.report import NOTEBOOKS, declared_parameters, notebook_path, split_parameters
+
+    params = demo_report_params(DemoPaths(tmp_path))
+    routed = split_parameters(params, {n: declared_parameters(notebook_path(n)) for n in NOTEBOOKS})
+    checks = routed["map_checks"]
+    assert checks["n_images"] == DEMO_CHECKS.n_images == 6 and checks["methods"] == list(DEMO_CHECKS.methods)
+    assert checks["sanity_methods"] == list(DEMO_SANITY_METHODS) and "integrated_gradients" not in checks["methods"]
+    assert checks["checks_dir"] == str(tmp_path / "interpret" / "checks")
+    assert routed["roi_selectivity"]["localizer_dir"] == str(tmp_path / "localizer")
+
+
+def test_check_settings_are_saved_next_to_the_tables_and_read_back(tmp_path):
+    from types import SimpleNamespace
+
+    from interpret.pipeline import MapJob, check_settings, read_check_settings, save_check_tables
+
+    job = MapJob(n_images=6, methods=("attention", "saliency"), rois=("V1v", "FFA-1"))
+    settings = check_settings(job, SimpleNamespace(names=[f"img{i}.png" for i in range(6)]), ("attention",),
+                              ("FFA-1",), 3)
+    save_check_tables({}, tmp_path, settings)
+    used = read_check_settings(tmp_path)
+    assert used["n_images"] == 6 and used["sanity_methods"] == ["attention"] and used["faithfulness_images"] == 3
+    table = rv.settings_table(used).set_index("setting")["value"]
+    assert table["methods"] == "attention, saliency" and table["rois"] == "V1v, FFA-1"
+    assert read_check_settings(tmp_path / "nowhere") is None
+
+
+def test_deletion_aucs_outside_the_unit_interval_are_named_for_every_method():
+    faith = pd.DataFrame({"method": ["saliency", "token_integrated_gradients", "random"], "hemi": ["rh", "lh", "rh"],
+                          "roi": ["V1v", "FFA-1", "V1v"], "deletion_auc": [-0.06, -0.13, 0.38],
+                          "insertion_auc": [0.8, 1.07, 0.6]})
+    text = rv.outside_unit_note(faith)
+    assert "saliency (rh V1v: deletion -0.06" in text and "token_integrated_gradients" in text
+    assert "not only token IG" in text and "random" not in text.split(":")[0]
+    assert rv.outside_unit_note(faith.iloc[2:]) == "Every deletion and insertion AUC lies in [0, 1]."
