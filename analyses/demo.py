@@ -27,6 +27,7 @@ from model.train import train
 from .calibration import run_calibration
 from .localizer import run_localizer
 from .report import make_report
+from .routing import run_routing
 from .selectivity import run_selectivity
 from .surface import plot_surface, save_gifti
 
@@ -107,7 +108,8 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
 
     log.info("step 8/8: HTML reports into %s", paths.root / "reports")
     report = make_report(runs["transformer"], paths.data, paths.root / "reports",
-                         params={"map_checks.checks_dir": str(paths.interpret / "checks"), "attributions.n_steps": 16},
+                         params={"map_checks.checks_dir": str(paths.interpret / "checks"), "attributions.n_steps": 16,
+                                 "hypotheses.n_permutations": 2000},
                          ridge_run=runs["ridge"], cache_dir=paths.cache)
     if report.failed:
         log.warning("report notebooks failed: %s (see %s)", ", ".join(report.failed), report.index)
@@ -156,6 +158,7 @@ def selectivity_demo(run_dir: Path, paths: DemoPaths) -> None:
         "selectivity": lambda out: run_selectivity(run_dir, paths.data, out, cache_dir=paths.cache),
         "localizer": lambda out: run_localizer(run_dir, paths.data, out, cache_dir=paths.cache),
         "calibration": lambda out: run_calibration(run_dir, paths.data, out, n_seeds=200, cache_dir=paths.cache),
+        "routing": lambda out: run_routing(run_dir, paths.data, out, cache_dir=paths.cache),
     }
     for name, step in steps.items():
         out = paths.root / name
