@@ -148,3 +148,21 @@ def test_routing_refuses_split_with_images(trained_run, tmp_path, capsys):
     assert tbe("routing", "--run", trained_run, "--split", "val", "--images", tmp_path, "--out", tmp_path / "o") == 2
     assert "--split" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_path):
+    from analyses import routing as rt
+    from analyses.top_images import plot_top_images, top_images
+    from model.run import open_run
+
+    run = open_run(trained_run)
+    chosen = rt.choose_images(run, None, None, "test", None)
+    table, attention = top_images(run, chosen, ["FFA-1"], 5, cache_dir)
+    assert len(table) == 2 * 2 * 5 and set(table["direction"]) == {"top", "bottom"}
+    assert table["measured"].notna().all()  # a virtual subject's test images have fMRI
+    faces = run.subject.truth.images.set_index("image")["n_face"] > 0
+    top = faces[table.loc[table["direction"] == "top", "image"]].mean()
+    assert top >= 0.6 and top > faces[[p.name for p in chosen.paths]].mean(), table.to_string()
+    b = run.shared_backbone
+    png = plot_top_images(table, chosen, attention, tuple(b.grid), b.image_side, b.patch, "lh", tmp_path / "top.png")
+    assert png.stat().st_size > 10_000
