@@ -166,3 +166,21 @@ def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_
     b = run.shared_backbone
     png = plot_top_images(table, chosen, attention, tuple(b.grid), b.image_side, b.patch, "lh", tmp_path / "top.png")
     assert png.stat().st_size > 10_000
+
+
+def test_interpret_takes_any_folder_of_images(trained_run, small_data, cache_dir, tmp_path, capsys):
+    import shutil
+
+    import xarray as xr
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for src in sorted((small_data / "subj01" / "test_split" / "test_images").iterdir())[:3]:
+        shutil.copy(src, folder / f"my_{src.name}")
+    out = tmp_path / "maps.nc"
+    assert tbe("-q", "interpret", "--run", trained_run, "--cache-dir", cache_dir, "--images", folder, "--n-images", "2",
+               "--methods", "attention", "--rois", "FFA-1", "--overlays", "0", "--out", out) == 0
+    with xr.open_dataset(out) as ds:
+        assert [str(v) for v in ds.image.values] == sorted(p.name for p in folder.iterdir())[:2]
+    assert tbe("interpret", "--run", trained_run, "--images", tmp_path / "none", "--out", tmp_path / "x.nc") == 2
+    assert f"{tmp_path / 'none'}: not a folder of images" in capsys.readouterr().err
