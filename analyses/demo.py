@@ -27,7 +27,6 @@ from model.train import train
 from .calibration import run_calibration
 from .localizer import run_localizer
 from .report import make_report
-from .routing import run_routing
 from .selectivity import run_selectivity
 from .surface import plot_surface, save_gifti
 
@@ -158,7 +157,6 @@ def selectivity_demo(run_dir: Path, paths: DemoPaths) -> None:
         "selectivity": lambda out: run_selectivity(run_dir, paths.data, out, cache_dir=paths.cache),
         "localizer": lambda out: run_localizer(run_dir, paths.data, out, cache_dir=paths.cache),
         "calibration": lambda out: run_calibration(run_dir, paths.data, out, n_seeds=200, cache_dir=paths.cache),
-        "routing": lambda out: run_routing(run_dir, paths.data, out, cache_dir=paths.cache),
     }
     for name, step in steps.items():
         out = paths.root / name
