@@ -502,6 +502,8 @@ def _interpret_args(p: argparse.ArgumentParser) -> None:
     add_map_args(p)
     p.add_argument("--out", type=Path, required=True, help="maps as NetCDF (.nc)")
     p.add_argument("--overlays", type=int, default=2, help="overlay figures for this many images (default 2)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="any folder of images instead of --split (its first --n-images, by name)")
 
 
 def _interpret(args: argparse.Namespace) -> int:
@@ -513,7 +515,13 @@ def _interpret(args: argparse.Namespace) -> int:
         raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
     run = open_run(args.run, args.data_dir)
     job = map_job(args, run)
-    inputs = prepare(run, job, args.cache_dir)
+    if args.images is None:
+        inputs = prepare(run, job, args.cache_dir)
+    else:
+        from interpret.pipeline import load_inputs
+        from model.images import list_images
+
+        inputs = load_inputs(run, list_images(args.images)[:args.n_images], job.map_size, args.cache_dir)
     ds = compute_maps(run, job, inputs)
     print(save_maps(ds, args.out))
     for i in range(min(args.overlays, len(inputs.names))):

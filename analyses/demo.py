@@ -107,7 +107,8 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
 
     log.info("step 8/8: HTML reports into %s", paths.root / "reports")
     report = make_report(runs["transformer"], paths.data, paths.root / "reports",
-                         params={**demo_report_params(paths), "attributions.n_steps": 16},
+                         params={**demo_report_params(paths), "attributions.n_steps": 16,
+                                 "hypotheses.n_permutations": 2000},
                          ridge_run=runs["ridge"], cache_dir=paths.cache)
     if report.failed:
         log.warning("report notebooks failed: %s (see %s)", ", ".join(report.failed), report.index)

@@ -81,6 +81,12 @@ NOTEBOOKS: dict[str, Notebook] = {
     "roi_selectivity": Notebook(
         "ROI selectivity",
         "category preferences of each ROI with permutation statistics; in-silico localizers on the surface"),
+    "routing": Notebook(
+        "Routing",
+        "does each ROI query pick tokens by location, by content, by both or by neither: indices, tests, examples"),
+    "hypotheses": Notebook(
+        "Hypotheses",
+        "your claims as sentences ('FFA-1 prefers face'), each tested with calibrated statistics and FDR"),
 }
 
 #: Parameters holding paths: made absolute (against the current directory) before they reach a kernel.

@@ -148,3 +148,39 @@ def test_routing_refuses_split_with_images(trained_run, tmp_path, capsys):
     assert tbe("routing", "--run", trained_run, "--split", "val", "--images", tmp_path, "--out", tmp_path / "o") == 2
     assert "--split" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_path):
+    from analyses import routing as rt
+    from analyses.top_images import plot_top_images, top_images
+    from model.run import open_run
+
+    run = open_run(trained_run)
+    chosen = rt.choose_images(run, None, None, "test", None)
+    table, attention = top_images(run, chosen, ["FFA-1"], 5, cache_dir)
+    assert len(table) == 2 * 2 * 5 and set(table["direction"]) == {"top", "bottom"}
+    assert table["measured"].notna().all()  # a virtual subject's test images have fMRI
+    faces = run.subject.truth.images.set_index("image")["n_face"] > 0
+    top = faces[table.loc[table["direction"] == "top", "image"]].mean()
+    assert top >= 0.6 and top > faces[[p.name for p in chosen.paths]].mean(), table.to_string()
+    b = run.shared_backbone
+    png = plot_top_images(table, chosen, attention, tuple(b.grid), b.image_side, b.patch, "lh", tmp_path / "top.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_interpret_takes_any_folder_of_images(trained_run, small_data, cache_dir, tmp_path, capsys):
+    import shutil
+
+    import xarray as xr
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for src in sorted((small_data / "subj01" / "test_split" / "test_images").iterdir())[:3]:
+        shutil.copy(src, folder / f"my_{src.name}")
+    out = tmp_path / "maps.nc"
+    assert tbe("-q", "interpret", "--run", trained_run, "--cache-dir", cache_dir, "--images", folder, "--n-images", "2",
+               "--methods", "attention", "--rois", "FFA-1", "--overlays", "0", "--out", out) == 0
+    with xr.open_dataset(out) as ds:
+        assert [str(v) for v in ds.image.values] == sorted(p.name for p in folder.iterdir())[:2]
+    assert tbe("interpret", "--run", trained_run, "--images", tmp_path / "none", "--out", tmp_path / "x.nc") == 2
+    assert f"{tmp_path / 'none'}: not a folder of images" in capsys.readouterr().err
