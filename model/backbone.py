@@ -335,6 +335,8 @@ def build_backbone(config: BackboneConfig, native_size: int) -> ImageBackbone:
                                       f"choose from {', '.join(family.features)}")
     depth, patch = _shape_of(config.name)
     size = input_size_for(native_size, config.image_size, patch)
+    if config.weights not in WEIGHT_SOURCES and not Path(config.weights).is_file():
+        raise InputError(Path(config.weights), "missing checkpoint file")
     digest = named_weights_digest(config) or f"file:{digest_files([Path(config.weights)])}"
     return family.build(config, native_size, size, digest)
 
