@@ -32,6 +32,9 @@ CONFIG_FLAGS = {
     "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr",
     "train.weight_decay": "--weight-decay", "train.lr_drop": "--lr-drop", "train.clip_max_norm": "--clip-max-norm",
     "train.seed": "--seed", "train.split_seed": "--split-seed", "train.val_fraction": "--val-fraction",
+    "train.standardise_tokens": "--standardise-tokens", "decoder.query_init": "--query-init",
+    "decoder.enc_layers": "--enc-layers", "decoder.pre_norm": "--pre-norm", "decoder.position_embedding": "--position-embedding",
+    "decoder.query_chunk": "--query-chunk",
     "decoder.hidden_dim": "--hidden-dim", "decoder.nheads": "--nheads", "decoder.dec_layers": "--dec-layers",
     "decoder.dim_feedforward": "--dim-feedforward", "decoder.dropout": "--dropout",
     "decoder.query_self_attention": "--query-self-attention", "decoder.readout": "--readout",
@@ -69,7 +72,8 @@ def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) 
     from model.backbone import DEFAULT_BACKBONE, FEATURES
 
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm ViT name (default {DEFAULT_BACKBONE})")
+    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"timm ViT (DINOv2, CLIP, ...) or CNN (resnet18, ...) name (default {DEFAULT_BACKBONE})")
     g.add_argument("--backbone-weights", type=Path, default=None,
                    help="local checkpoint (official DINOv2 .pth or .safetensors) instead of downloading")
     g.add_argument("--no-pretrained", action="store_true", help="seeded random weights (LayerScale 1.0)")
@@ -81,7 +85,9 @@ def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) 
     else:
         g.add_argument("--enc-output-layer", type=int, default=1,
                        help="block whose features are used, counted from the end: 1 = last (default 1)")
-    g.add_argument("--feature", choices=sorted(FEATURES), default="q", help="block output tokens or attention queries (default q)")
+    g.add_argument("--feature", choices=sorted(FEATURES), default="q",
+                   help="ViT: block tokens, through the final norm (tokens_norm), and its projection (tokens_proj, CLIP), "
+                        "or attention queries (q, default); _cls: the class token; CNN: tokens (stage map) or pooled")
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
     g.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
@@ -191,7 +197,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
     from model.architectures import ARCHITECTURES, RidgeConfig
     from model.baselines import RIDGE_FEATURES
-    from model.encoder import DecoderConfig
+    from model.encoder import POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
     from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
 
@@ -219,6 +225,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split-seed", type=int, default=t.split_seed, help="train/validation split")
     g.add_argument("--val-fraction", type=float, default=t.val_fraction,
                    help="share of the training images held out for validation")
+    g.add_argument("--standardise-tokens", action=argparse.BooleanOptionalAction, default=t.standardise_tokens,
+                   help="standardise every token channel before the encoder (default on; the original fed raw tokens)")
     g = p.add_argument_group("transformer decoder (defaults: the seed's)")
     g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the decoder")
     g.add_argument("--nheads", type=int, default=d.nheads, help="attention heads (must divide --hidden-dim)")
@@ -231,6 +239,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="vertex readout: the seed's linear one, or linear + per-vertex spatial pooling (default)")
     g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
     g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim, help="token embedding size of those maps")
+    g.add_argument("--query-init", choices=list(QUERY_INITS), default=d.query_init,
+                   help="query embeddings' initialisation: xavier (default) or the original's N(0, 1) (normal)")
+    g.add_argument("--enc-layers", type=int, default=d.enc_layers,
+                   help="trainable transformer encoder layers over the tokens before the decoder (default 0)")
+    g.add_argument("--pre-norm", action=argparse.BooleanOptionalAction, default=d.pre_norm,
+                   help="pre-norm decoder and encoder layers (default); --no-pre-norm: the original's post-norm ones")
+    g.add_argument("--position-embedding", choices=list(POSITION_EMBEDDINGS), default=d.position_embedding,
+                   help="token positions: 2D sine (default) or learned row and column tables")
+    g.add_argument("--query-chunk", type=int, default=d.query_chunk,
+                   help="decode at most this many queries at a time (bounds memory for --readout-res voxels; 0: all at once)")
     g = p.add_argument_group("ridge baseline")
     g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features,
                    help="ridge inputs: " + "; ".join(f"{k}: {v}" for k, v in RIDGE_FEATURES.items()))

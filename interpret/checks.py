@@ -69,7 +69,7 @@ def cascade(encoder: torch.nn.Module) -> list[str]:
     if encoder.capabilities.decoder_attention:  # transformer: readout, final norm, decoder layers from the top, queries, projection
         layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]
         head = [p for p in ("readout", "norm") if p in parts]
-        tail = [p for p in ("query_embed", "input_proj") if p in parts]
+        tail = [p for p in ("query_embed", "token_encoder", "pos", "input_proj") if p in parts]
         return head + layers + tail
     return list(reversed(parts))
 

@@ -91,6 +91,8 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     val_fraction: float = 0.1
+    #: standardise every token channel (statistics of the training images) before the encoder; the original fed raw tokens
+    standardise_tokens: bool = True
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -113,6 +115,7 @@ class TrainConfig:
             ("seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("split_seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("val_fraction", lambda v: is_number(v) and 0 < v < 1, "must be a fraction between 0 and 1"),
+            ("standardise_tokens", lambda v: isinstance(v, bool), "must be true or false"),
         ))
         if n_images is not None:
             split_sizes(n_images, self.val_fraction)
@@ -172,6 +175,12 @@ class RunConfig:
                 section.validate(n_images)
             else:
                 section.validate()
+        arch = ARCHITECTURES[self.encoder_arch]
+        if READOUT_RES[self.readout_res].per_vertex and arch.section == "decoder" and self.decoder.readout != "linear":
+            raise OptionError("decoder.readout", f"readout_res {self.readout_res} reads each vertex from its own query: "
+                                                 "use the linear readout")
+        if arch.check is not None:
+            arch.check(getattr(self, arch.section))
 
     def comparable(self) -> dict:
         """The fields that must agree when resuming (not the epoch budget, nor what is known only later)."""
@@ -373,7 +382,8 @@ def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
     queries = build_queries(subject, config.readout_res)
     check_matches(run / CONFIG, config, queries)
     check_trained_on(run, config, subject)
-    model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
+    model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
+                          config.train.standardise_tokens)
     load_weights(run / WEIGHTS, model)
     return Run(run, config, subject, queries, model.eval())
 

@@ -209,7 +209,8 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
         job = Job(config, out, procs, claim, feats, subject, Targets(subject), train_idx, val_idx,
                   [queries.vertex_slice(h) for h in HEMIS])
         torch.manual_seed(config.train.seed)
-        model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
+        model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
+                          config.train.standardise_tokens)
         model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
         start = time.perf_counter()
         if architecture(config.encoder_arch).capabilities.closed_form:
