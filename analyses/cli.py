@@ -49,6 +49,11 @@ TRACEBACK_ENV = "TBE_TRACEBACK"
 # Shared option groups
 # --------------------------------------------------------------------------
 
+def add_cache_arg(p) -> None:
+    """``--cache-dir``: the one feature-cache option of every command that computes features."""
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+
+
 def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     """``--data-dir`` and ``--subj`` (``several``: a list or range of subjects, e.g. 1-8 or 1,2)."""
     p.add_argument("--data-dir", type=Path, required=True, help="folder holding subjXX in the Algonauts 2023 layout")
@@ -90,7 +95,7 @@ def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) 
                         "or attention queries (q, default); _cls: the class token; CNN: tokens (stage map) or pooled")
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
-    g.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    add_cache_arg(g)
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
@@ -303,7 +308,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="predictions: .nc (NetCDF) or .npz")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    add_cache_arg(p)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
@@ -503,7 +508,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=_comma_list, default=list(DEFAULT_ROIS),
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    add_cache_arg(p)
     add_settings_args(p.add_argument_group("method settings"), Settings)
 
 
@@ -590,7 +595,7 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations, the bootstrap and rendered images")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    add_cache_arg(p)
     add_settings_args(p.add_argument_group("statistics"), SelectivitySettings)
 
 
@@ -620,8 +625,8 @@ def _routing_args(p: argparse.ArgumentParser) -> None:
                    help="any folder of images (without --labels: no masks, so only the location test)")
     p.add_argument("--n-images", type=int, default=None, help="use the first N images (default all)")
     p.add_argument("--out", type=Path, required=True, help="folder for routing.csv and routing.png")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, the shift test and the mask shuffles")
+    add_cache_arg(p)
     add_settings_args(p.add_argument_group("statistics"), RoutingSettings)
 
 
@@ -652,8 +657,8 @@ def _claims_args(p: argparse.ArgumentParser) -> None:
                    help="CSV with columns image, category and optionally mask (default: a virtual subject's "
                         "held-out images, else the rendered localizer)")
     p.add_argument("--out", type=Path, required=True, help="folder for claims.csv")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations and the bootstrap")
+    add_cache_arg(p)
     add_settings_args(p.add_argument_group("statistics"), ClaimSettings)
 
 
@@ -677,7 +682,7 @@ def _localizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=ALPHA, help=f"FDR level of the thresholded maps (default {ALPHA})")
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered localizer images")
     p.add_argument("--no-surface", action="store_true", help="skip the surface figures (GIFTI files are still written)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    add_cache_arg(p)
 
 
 def _localizer(args: argparse.Namespace) -> int:
@@ -715,7 +720,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notebooks", type=_comma_list, default=None,
                    help=f"comma-separated subset of {','.join(NOTEBOOKS)} (default: all)")
     p.add_argument("--ridge-run", type=Path, default=None, help="baseline run to compare with (encoding accuracy)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
+    add_cache_arg(p)
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="notebook parameter (YAML value: 3, 0.5, true, '[V1v, FFA-1]'); "
                         "NOTEBOOK.NAME sets it in one notebook only; repeatable")
