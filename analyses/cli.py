@@ -241,7 +241,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--query-self-attention", action="store_true",
                    help="let the ROI queries attend to each other before the cross-attention (default: off)")
     g.add_argument("--readout", choices=list(READOUTS), default=d.readout,
-                   help="vertex readout: " + "; ".join(f"{k}: {v.__doc__.splitlines()[0]}" for k, v in READOUTS.items()))
+                   help="vertex readout: " + "; ".join(f"{k}: {v.__doc__.splitlines()[0].rstrip('.').replace('``', '')}" for k, v in READOUTS.items()))
     g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
     g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim, help="token embedding size of those maps")
     g.add_argument("--query-init", choices=list(QUERY_INITS), default=d.query_init,
