@@ -93,7 +93,8 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
         scores = score({h: load_run_array(run_dir, PRED_TEST, h) for h in HEMIS}, subject, reference)
         table = score_table(scores)
         write_csv(run_dir / "test_scores.csv", table)
-        log.info("  %-12s challenge score %.1f", name, scores["challenge_score"])
+        log.info("  %-12s challenge score %.1f (Algonauts 2023 definition); score_nc_positive %.1f (ours, vertices "
+                 "with a noise ceiling only)", name, scores["challenge_score"], scores["score_nc_positive"])
 
     log.info("step 4/8: surface maps of validation r in %s", paths.maps)
     paths.maps.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,7 @@ def test_mismatched_members_are_refused_naming_the_run(grid, two_subjects, tmp_p
 
 
 def test_an_ensemble_reads_as_a_run(grid, two_subjects, tmp_path, capsys):
-    """score, predict and attention maps work on an ensemble; attention follows the documented per-ROI weighting."""
+    """score, predict, submit, surface and attention maps work on an ensemble; attention follows the per-ROI weighting."""
     import torch
 
     from interpret.attention import decoder_attention
@@ -252,6 +252,11 @@ def test_an_ensemble_reads_as_a_run(grid, two_subjects, tmp_path, capsys):
     with np.load(tmp_path / "p.npz") as f:
         for hemi in HEMIS:
             assert np.allclose(f[hemi], np.load(ens / PRED_TEST.format(hemi=hemi)), atol=1e-5)
+    from model.submission import read_submission
+
+    assert tbe("-q", "submit", "--runs", ens, "--out", tmp_path / "sub.zip", "--allow-partial") == 0
+    for hemi in HEMIS:
+        assert np.array_equal(read_submission(tmp_path / "sub.zip")[1][hemi], np.load(ens / PRED_TEST.format(hemi=hemi)))
     run = open_run(ens)
     assert len(run.groups) == len(LAYERS), "one feature group per layer"
     paths = list(run.subject.test_images)[:2]
