@@ -115,7 +115,7 @@ def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module
     job.check(run)
     targets = roi_targets(run, list(job.rois) if job.rois else None)
     parts = compute_methods(run, inputs, targets, list(job.methods), job.settings, encoder)
-    if job.backbone_attention and encoder is None:
+    if job.backbone_attention and encoder is None and inputs.backbone.num_prefix_tokens > 0:  # a CNN has no class token
         parts.append(backbone_attention(inputs.backbone, inputs.images, inputs.grid, inputs.names))
     ds = xr.merge(parts, compat="override", join="outer")
     ds.attrs.update({"run": str(run.path), "split": job.split, "backbone": inputs.backbone.describe(),
