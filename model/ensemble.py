@@ -95,13 +95,13 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from .errors import InputError, OptionError, check_fields, positive_int
+from .errors import InputError, check_fields, positive_int
 from .files import atomic_directory, load_npy, read_rows, save_npy, usable_directory, write_json
 from .interface import Capabilities
 from .metrics import pearson_r, roi_summary
 from .rois import HEMIS
 from .run import (CONFIG, ENSEMBLE, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, Run, RunConfig, check_trained_on,
-                  is_ensemble, open_run, read_config, read_metrics)
+                  is_ensemble, open_run, read_config, read_metrics, read_validated_json)
 from .subject import Subject, load_subject
 
 log = logging.getLogger(__name__)
@@ -275,20 +275,8 @@ class EnsembleConfig:
 
 def read_ensemble_config(ens: str | Path) -> EnsembleConfig:
     """An ensemble's ``ensemble.json``, parsed and validated; any problem names the file."""
-    path = Path(ens) / ENSEMBLE
-    if not path.is_file():
-        raise InputError(path, "missing: not an ensemble directory")
-    try:
-        config = EnsembleConfig(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
-        raise InputError(path, f"unreadable ensemble configuration ({type(exc).__name__}: {exc})") from None
-    except OSError as exc:
-        raise InputError(path, f"unreadable ({exc.strerror or exc})") from None
-    try:
-        config.validate()
-    except OptionError as exc:
-        raise InputError(path, f"{exc.parameter} {exc.problem}") from None
-    return config
+    return read_validated_json(Path(ens) / ENSEMBLE, lambda d: EnsembleConfig(**d), "ensemble configuration",
+                               "not an ensemble directory")
 
 
 # --------------------------------------------------------------------------

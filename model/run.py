@@ -224,13 +224,17 @@ def read_config(run: Path) -> "RunConfig | EnsembleConfig":
         from .ensemble import read_ensemble_config
 
         return read_ensemble_config(run)
-    path = Path(run) / CONFIG
+    return read_validated_json(Path(run) / CONFIG, RunConfig.from_dict, "run configuration", "not a run directory")
+
+
+def read_validated_json(path: Path, build, what: str, missing: str):
+    """``build(json of path)``, validated; a missing, unreadable or invalid file is one error naming ``path``."""
     if not path.is_file():
-        raise InputError(path, "missing: not a run directory")
+        raise InputError(path, f"missing: {missing}")
     try:
-        config = RunConfig.from_dict(json.loads(path.read_text()))
+        config = build(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InputError(path, f"unreadable run configuration ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"unreadable {what} ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise InputError(path, f"unreadable ({exc.strerror or exc})") from None
     try:
