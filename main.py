@@ -2,9 +2,12 @@
 
     python main.py --run 1 --subj 1 --enc_output_layer 1 --readout_res 'rois_all'
 
-The seed's flags (underscored) are translated to ``tbe train`` options; any
-``tbe train`` option (``--no-pretrained``, ``--backbone``, ``--cache-dir``,
-...) may be added. The run directory follows the seed's layout:
+The seed's flags (underscored) are translated to ``tbe train`` options, and
+where the original's model differs from ``tbe train``'s defaults the
+original's setting is passed (:data:`ORIGINAL_SETTINGS`): the linear readout,
+raw tokens, N(0, 1) query embeddings, and a split and initialisation seeded
+by ``--run``. Any ``tbe train`` option (``--no-pretrained``, ``--backbone``,
+``--cache-dir``, ...) may be added, and wins. The run directory follows the seed's layout:
 ``{output_path}nsd_test/{backbone_arch}_{encoder_arch}/subj_XX/{readout_res}/enc_{layer}/run_{run}/``.
 Flags of the seed that have no effect here (wandb, worker counts, ...) are
 accepted and ignored with a note; settings the seed offered but this suite
@@ -22,8 +25,23 @@ from model.errors import InputError
 
 log = logging.getLogger("tbe")
 
-#: the seed's backbone_arch -> feature kind of the DINOv2 backbone
-BACKBONE_ARCH = {"dinov2_q": "q", "dinov2": "tokens"}
+CLIP = "vit_large_patch14_clip_quickgelu_224.openai"  # OpenAI's CLIP ViT-L/14 (QuickGELU), as open_clip's 'ViT-L-14'
+#: the seed's backbone_arch -> (timm backbone, or None for tbe's default DINOv2 ViT-B/14; feature). ``dinov2``:
+#: block tokens through the final LayerNorm, as DINOv2's get_intermediate_layers(norm=True) gave them; ``clip``:
+#: the last block's tokens through ln_post and CLIP's projection (768); ``_cls``: the class token instead.
+BACKBONE_ARCH = {
+    "dinov2_q": (None, "q"), "dinov2": (None, "tokens_norm"),
+    "dinov2_q_cls": (None, "q_cls"), "dinov2_cls": (None, "tokens_norm_cls"),
+    "resnet18": ("resnet18.tv_in1k", "tokens"), "resnet50": ("resnet50.tv_in1k", "tokens"),
+    "clip": (CLIP, "tokens_proj"), "clip_cls": (CLIP, "tokens_proj_cls"),
+}
+#: where the original differs from ``tbe train``'s defaults: its values (README, "main.py is the original")
+ORIGINAL_SETTINGS = (
+    "--readout", "linear",  # one linear readout per vertex of its queries' tokens (rois_all: summed over its ROIs)
+    "--no-standardise-tokens",  # raw backbone tokens into the decoder
+    "--query-init", "normal",  # nn.Embedding's N(0, 1), not re-initialised
+    "--val-fraction", "0.1",  # 90/10 split, round(0.9 N) training images
+)
 IGNORED = ("save_model", "num_workers", "wandb_p", "wandb_r", "distributed", "parent_submission_dir",
            "horizontal_flip", "img_channels", "objective", "dataset", "num_queries", "evaluate", "return_interm")
 
@@ -68,9 +86,7 @@ def translate(seed: argparse.Namespace) -> list[str]:
     unsupported = {
         "backbone_arch": (seed.backbone_arch not in BACKBONE_ARCH,
                           f"{seed.backbone_arch!r} is not available; choose {', '.join(BACKBONE_ARCH)} (or pass --backbone NAME)"),
-        "enc_layers": (seed.enc_layers != 0, "only 0 (backbone tokens go straight to the decoder) is supported"),
-        "pre_norm": (seed.pre_norm != 1, "only the pre-norm decoder (1) is supported"),
-        "position_embedding": (seed.position_embedding != "sine", "only 'sine' is supported"),
+        "pre_norm": (seed.pre_norm not in (0, 1), "must be 1 (pre-norm layers) or 0 (post-norm)"),
         "lr_backbone": (seed.lr_backbone > 0, "the backbone is frozen here (features are cached)"),
         "saved_feats": (seed.saved_feats is not None, "features are cached automatically; drop this flag"),
     }
@@ -85,13 +101,19 @@ def translate(seed: argparse.Namespace) -> list[str]:
     args = [
         "--data-dir", seed.data_dir, "--subj", str(seed.subj), "--out", str(out),
         "--readout-res", seed.readout_res, "--encoder-arch", seed.encoder_arch,
-        "--feature", BACKBONE_ARCH[seed.backbone_arch], "--enc-output-layer", str(seed.enc_output_layer),
+        "--feature", BACKBONE_ARCH[seed.backbone_arch][1], "--enc-output-layer", str(seed.enc_output_layer),
         "--dec-layers", str(seed.dec_layers), "--dim-feedforward", str(seed.dim_feedforward),
         "--hidden-dim", str(seed.hidden_dim), "--dropout", str(seed.dropout), "--nheads", str(seed.nheads),
         "--epochs", str(seed.epochs), "--batch-size", str(seed.batch_size), "--lr", str(seed.lr),
         "--weight-decay", str(seed.weight_decay), "--lr-drop", str(seed.lr_drop),
-        "--clip-max-norm", str(seed.clip_max_norm), "--seed", str(seed.run),
+        "--clip-max-norm", str(seed.clip_max_norm), "--enc-layers", str(seed.enc_layers),
+        "--pre-norm" if seed.pre_norm else "--no-pre-norm", "--position-embedding", seed.position_embedding,
+        # --run draws a new split and a new initialisation (the original drew both from OS entropy)
+        "--seed", str(seed.run), "--split-seed", str(seed.run),
+        *ORIGINAL_SETTINGS,
     ]
+    if BACKBONE_ARCH[seed.backbone_arch][0] is not None:
+        args += ["--backbone", BACKBONE_ARCH[seed.backbone_arch][0]]
     if seed.image_size:
         args += ["--image-size", str(seed.image_size)]
     if seed.resume:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from model.errors import InputError
-from model.metrics import noise_normalised, pearson_r
+from model.metrics import challenge_vertex_scores, noise_normalised, pearson_r
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_TO_CLASS, UNKNOWN
 from model.scoring import Reference, check_shapes, file_reference, virtual_reference
 from model.subject import Subject
@@ -28,8 +28,12 @@ class VertexScores:
 
     ``r`` is against the measured test responses when a reference is known,
     else the validation r; ``r_clean`` against noise-free responses (virtual
-    subjects); ``score`` the noise-normalised challenge score (percent of the
-    ceiling) where noise ceilings are known.
+    subjects). Where noise ceilings are known, ``challenge`` is the per-vertex
+    challenge score (the challenge's definition, :func:`model.metrics.challenge_vertex_scores`:
+    a vertex without a ceiling scores 100 whenever r > 0) and ``score`` our
+    variant (percent of the ceiling, NaN where the ceiling is 0:
+    :func:`model.metrics.noise_normalised`); tables name them
+    ``challenge_score_*`` and ``score_nc_positive_*``.
     """
 
     name: str
@@ -39,6 +43,7 @@ class VertexScores:
     pred: dict[str, np.ndarray] = field(default_factory=dict)
     r_clean: dict[str, np.ndarray] | None = None
     score: dict[str, np.ndarray] | None = None
+    challenge: dict[str, np.ndarray] | None = None
 
 
 def find_reference(subject: Subject, test_fmri: str | Path | None = None,
@@ -67,9 +72,10 @@ def vertex_scores(run_dir: str | Path, reference: Reference | None, name: str | 
     check_shapes(pred, reference, str(run_dir))
     r = {h: pearson_r(pred[h], reference.measured[h]) for h in HEMIS}
     r_clean = {h: pearson_r(pred[h], reference.clean[h]) for h in HEMIS} if reference.clean is not None else None
-    score = ({h: noise_normalised(r[h], reference.noise_ceiling[h]) for h in HEMIS}
-             if reference.noise_ceiling is not None else None)
-    return VertexScores(name or run_dir.name, "test", r, val_r, pred, r_clean, score)
+    ceiling = reference.noise_ceiling
+    score = {h: noise_normalised(r[h], ceiling[h]) for h in HEMIS} if ceiling is not None else None
+    challenge = {h: challenge_vertex_scores(r[h], ceiling[h]) for h in HEMIS} if ceiling is not None else None
+    return VertexScores(name or run_dir.name, "test", r, val_r, pred, r_clean, score, challenge)
 
 
 def run_scores(runs: list[str | Path], reference: Reference | None) -> list[VertexScores]:
@@ -107,7 +113,9 @@ def roi_table(scores: list[VertexScores], subject: Subject, reference: Reference
 
     Columns: ``hemi, class, roi, n_vertices``, ``r_ceiling`` (mean sqrt of
     the noise ceiling, the best r a perfect model could reach) where known,
-    then per encoder ``r_<name>``, ``r_clean_<name>``, ``score_<name>``.
+    then per encoder ``r_<name>``, ``r_clean_<name>``, and the mean per-vertex
+    scores ``challenge_score_<name>`` (the challenge's definition) and
+    ``score_nc_positive_<name>`` (ours: vertices with a noise ceiling > 0).
     """
     rows = []
     for (hemi, roi), mask in roi_masks(subject, rois).items():
@@ -118,8 +126,10 @@ def roi_table(scores: list[VertexScores], subject: Subject, reference: Reference
             row[f"r_{s.name}"] = _mean(s.r[hemi][mask])
             if s.r_clean is not None:
                 row[f"r_clean_{s.name}"] = _mean(s.r_clean[hemi][mask])
+            if s.challenge is not None:
+                row[f"challenge_score_{s.name}"] = _mean(s.challenge[hemi][mask])
             if s.score is not None:
-                row[f"score_{s.name}"] = _mean(s.score[hemi][mask])
+                row[f"score_nc_positive_{s.name}"] = _mean(s.score[hemi][mask])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -153,10 +163,10 @@ def bootstrap_difference(a: VertexScores, b: VertexScores, reference: Reference,
         s = samples[(hemi, roi)]
         observed = _mean(a.r[hemi][mask] - b.r[hemi][mask])
         rows.append({"hemi": hemi, "roi": roi, "difference": observed,
-                     "ci_low": float(np.nanpercentile(s, lo)) if n_boot else np.nan,
-                     "ci_high": float(np.nanpercentile(s, hi)) if n_boot else np.nan})
+                     "difference_ci_low": float(np.nanpercentile(s, lo)) if n_boot else np.nan,
+                     "difference_ci_high": float(np.nanpercentile(s, hi)) if n_boot else np.nan})
     table = pd.DataFrame(rows)
-    table["excludes_zero"] = (table.ci_low > 0) | (table.ci_high < 0)
+    table["excludes_zero"] = (table.difference_ci_low > 0) | (table.difference_ci_high < 0)
     return table
 
 
@@ -170,6 +180,25 @@ def read_metrics(run_dir: str | Path) -> dict:
     from model.run import read_metrics as read
 
     return read(run_dir)
+
+
+def summary_row(scores: dict) -> dict:
+    """One row of an accuracy table from :func:`model.scoring.score`'s output.
+
+    ``challenge score`` (the challenge's definition) and ``score_nc_positive``
+    (ours), then r per ROI class (early visual, category ROIs, all) against
+    the measured and, where known, the clean responses, and the within-ROI r
+    averaged over the early visual ROIs; hemispheres averaged.
+    """
+    hemis = scores["hemis"]
+    row = {"challenge score": scores.get("challenge_score", np.nan),
+           "score_nc_positive": scores.get("score_nc_positive", np.nan)}
+    for group, label in (("early visual", "EV"), ("category ROIs", "category"), ("all", "all")):
+        row[f"r {label}"] = float(np.mean([hemis[h]["r"][group] for h in HEMIS]))
+        if all("r_clean" in hemis[h] for h in HEMIS):
+            row[f"r_clean {label}"] = float(np.mean([hemis[h]["r_clean"][group] for h in HEMIS]))
+    row["within-ROI r EV"] = float(np.mean([np.mean(list(hemis[h]["within_roi_r"].values())) for h in HEMIS]))
+    return row
 
 
 def compare_scores(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -186,12 +215,12 @@ def surface_maps(scores: list[VertexScores]) -> list[tuple[dict[str, np.ndarray]
     """
     first = scores[0]
     stem = first.name.replace(" ", "_").replace("(", "").replace(")", "")
-    maps = [(first.r, f"{stem}_{first.split}_r", f"{first.name}: {first.split} r", {})]
+    maps = [(first.r, f"{stem}_{first.split}_r", f"{first.name}: {first.split} r", {"signed": True})]
     for other in scores[1:]:
         diff = {h: first.r[h] - other.r[h] for h in HEMIS}
         maps.append((diff, f"{stem}_minus_{other.name.split()[0]}_r", f"{first.name} - {other.name}: {first.split} r",
-                     {"cmap": "RdBu_r", "symmetric": True}))
+                     {"signed": True}))
     if first.score is not None:
-        maps.append((first.score, f"{stem}_percent_of_ceiling", f"{first.name}: % of noise ceiling",
-                     {"vmin": 0.0, "vmax": 100.0}))
+        maps.append((first.score, f"{stem}_percent_of_ceiling", f"{first.name}: % of noise ceiling (vertices with NC > 0)",
+                     {"signed": False, "vmin": 0.0, "vmax": 100.0}))
     return maps

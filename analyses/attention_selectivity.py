@@ -18,6 +18,16 @@ pairing is no better than a shuffled one. The statistic is the mean mass,
 ``p = (1 + #{shuffled >= observed}) / (B + 1)`` (one-sided), BH-FDR over all
 tests of the analysis. Every query's (image x image) table of masses is one
 matrix product, so all permutations are a gather.
+
+The mask area is not the only baseline: a query that looks wherever the
+image has the most contrast "prefers" the category with the most contrast
+energy (text, in rendered images). The low-level control compares each
+image's attention mass with the share of the image's luminance contrast
+energy on the same mask (``contrast_mass``; ``ratio_vs_contrast``, and a
+one-sided Wilcoxon signed-rank test over images, ``p_vs_contrast``, BH-FDR).
+:func:`dominant_category` flags a table where one category wins in nearly
+every ROI, early visual ROIs included: that is a property of the stimuli,
+not selectivity.
 """
 from __future__ import annotations
 
@@ -25,6 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import stats
+
+from model.images import read_image
 
 from model.backbone import Backbone
 from model.device import autocast, module_device
@@ -114,10 +127,41 @@ def mass_test(att: np.ndarray, masks: np.ndarray, image: np.ndarray, n_permutati
     return observed, np.full(att.shape[1], chance), S.permutation_p(observed, null, "greater")
 
 
+def contrast_energy(images: list[np.ndarray], grid: int) -> np.ndarray:
+    """``(image, grid, grid)`` share of each image's luminance contrast energy (squared gradient) in each cell."""
+    out = np.empty((len(images), grid, grid))
+    for i, img in enumerate(images):
+        lum = np.asarray(img, np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114]) / 255
+        gy, gx = np.gradient(lum)
+        energy = torch.from_numpy(gx ** 2 + gy ** 2)[None, None]
+        cells = F.adaptive_avg_pool2d(energy, grid)[0, 0].numpy()
+        out[i] = cells / max(cells.sum(), 1e-12)
+    return out
+
+
+def contrast_control(attention_mass: np.ndarray, masks: np.ndarray, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contrast-energy mass on the masks (mean over images) and the p of attention mass > it, per query.
+
+    Parameters
+    ----------
+    attention_mass : ndarray
+        ``(image, query)`` attention mass of each image on its own mask.
+    masks, energy : ndarray
+        ``(image, y, x)`` mask fractions and contrast-energy shares on one grid.
+    """
+    energy_mass = np.nansum(energy * masks, axis=(1, 2))
+    diff = attention_mass - energy_mass[:, None]
+    p = np.array([stats.wilcoxon(d, alternative="greater").pvalue if np.any(d != 0) else 1.0 for d in diff.T])
+    return np.full(attention_mass.shape[1], energy_mass.mean()), p
+
+
 def attention_table(run: Run, features: np.ndarray, stimuli: StimulusSet, settings, seed: int = 0) -> pd.DataFrame:
-    """One row per hemi x ROI query x category: ``n``, ``mass``, ``chance``, ``ratio``, ``p``, ``p_fdr``."""
+    """One row per hemi x ROI query x category: ``n``, ``mass``, ``chance``, ``ratio``, ``p``, ``p_fdr``, and
+    the low-level control ``contrast_mass``, ``ratio_vs_contrast``, ``p_vs_contrast``, ``p_fdr_vs_contrast``."""
     att, queries = token_attention(run, features)
     masks, image = token_coverage(stimuli.masks, run.shared_backbone)
+    density = att / (att @ image)[..., None]
+    energy = contrast_energy([read_image(p) for p in stimuli.paths], stimuli.masks.shape[-1])
     rng = np.random.default_rng([seed, 2])
     rows = []
     for c, category in enumerate(stimuli.categories):
@@ -126,13 +170,59 @@ def attention_table(run: Run, features: np.ndarray, stimuli: StimulusSet, settin
         if use.sum() < 2 or area[use].mean() > 0.98:
             continue  # too few images, or a mask covering the whole image (nothing to localise)
         mass, chance, p = mass_test(att[use], masks[use, c], image, settings.n_permutations, rng)
+        per_image = np.einsum("iqt,it->iq", density[use], masks[use, c])
+        contrast, p_contrast = contrast_control(per_image, stimuli.masks[use, c], energy[use])
         for q, (hemi, roi) in enumerate(queries):
             rows.append({"hemi": hemi, "roi": roi, "roi_class": ROI_TO_CLASS.get(roi, ""), "category": category,
                          "n": int(use.sum()), "mass": mass[q], "chance": chance[q], "ratio": mass[q] / chance[q],
-                         "p": p[q], "expected": CLASS_CATEGORY.get(ROI_TO_CLASS.get(roi, "")) == category})
+                         "p": p[q], "contrast_mass": contrast[q], "ratio_vs_contrast": mass[q] / contrast[q],
+                         "p_vs_contrast": p_contrast[q],
+                         "expected": CLASS_CATEGORY.get(ROI_TO_CLASS.get(roi, "")) == category})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     table["p_fdr"] = S.fdr_bh(table["p"].to_numpy())
     table["significant"] = table["p_fdr"] < settings.alpha
+    table["p_fdr_vs_contrast"] = S.fdr_bh(table["p_vs_contrast"].to_numpy())
+    table["significant_vs_contrast"] = table["p_fdr_vs_contrast"] < settings.alpha
     return table
+
+
+#: Share of ROIs one category must win (highest attention ratio) to be flagged as a stimulus-level confound
+CONFOUND_SHARE = 0.8
+
+
+def dominant_category(table: pd.DataFrame, share: float = CONFOUND_SHARE) -> dict | None:
+    """The category that wins (highest ``ratio``) in at least ``share`` of the hemisphere x ROI queries, or None.
+
+    Category ROIs preferring their own category would each pick a different
+    winner; one winner everywhere, early visual and place ROIs included, is a
+    property of the stimuli (e.g. contrast energy), not of the ROIs.
+    Returns ``category``, ``n_wins``, ``n_rois`` and ``rois`` (where it wins).
+    """
+    if table is None or table.empty:
+        return None
+    best = table.loc[table.groupby(["hemi", "roi"], sort=False)["ratio"].idxmax()]
+    counts = best.category.value_counts()
+    if len(best) < 3 or counts.iloc[0] < share * len(best):
+        return None
+    winner = counts.index[0]
+    return {"category": winner, "n_wins": int(counts.iloc[0]), "n_rois": len(best),
+            "rois": sorted(set(best.loc[best.category == winner, "roi"]))}
+
+
+def confound_note(table: pd.DataFrame) -> str:
+    """Words for :func:`dominant_category` and the contrast-energy control ('' when no category dominates)."""
+    found = dominant_category(table)
+    if found is None:
+        return ""
+    rows = table[table.category == found["category"]]
+    text = (f"Likely a stimulus-level confound: {found['category']} wins the attention comparison in "
+            f"{found['n_wins']} of {found['n_rois']} ROI queries, early visual and other-category ROIs included; "
+            f"a category cannot be preferred everywhere. The {found['category']} masks probably carry more "
+            "low-level signal (contrast energy) than their area.")
+    if "significant_vs_contrast" in rows:
+        n = int(rows.significant_vs_contrast.astype(bool).sum())
+        text += (f" Against the contrast-energy baseline instead of the mask area, {n} of {len(rows)} queries still "
+                 f"put significantly more attention on {found['category']} than its contrast energy predicts.")
+    return text

@@ -64,7 +64,7 @@ def rate_row(kind: str, test: str, source: str, hits: np.ndarray, alpha: float, 
     row = {"kind": kind, "test": test, "source": source, "unit": unit, "n_seeds": len(hits), "n_tests": hits.size,
            "n_significant": int(hits.sum()), **rate, "alpha": alpha}
     # false positives: the nominal level is not exceeded beyond doubt; recovery: nothing missed
-    row["nominal_ok"] = bool(rate["ci_low"] <= alpha) if kind == "false_positive_rate" else bool(hits.all())
+    row["nominal_ok"] = bool(rate["rate_ci_low"] <= alpha) if kind == "false_positive_rate" else bool(hits.all())
     return row
 
 
@@ -257,7 +257,7 @@ def run_calibration(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     -------
     pandas.DataFrame
         One row per rate: ``test``, ``source``, ``n_tests``, ``n_significant``,
-        ``rate``, ``ci_low``, ``ci_high`` (Clopper-Pearson 95%), ``nominal_ok``.
+        ``rate``, ``rate_ci_low``, ``rate_ci_high`` (Clopper-Pearson 95%), ``nominal_ok``.
     """
     from .selectivity_figures import plot_calibration
 
@@ -269,6 +269,6 @@ def run_calibration(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     write_csv(out_dir / "calibration_selectivity.csv", selectivity)
     plot_calibration(table, out_dir / "calibration.png", alpha)
     for row in table.itertuples():
-        log.info("%-70s %-9s %.4f [%.4f, %.4f] (%d/%d)", row.test, row.source, row.rate, row.ci_low, row.ci_high,
+        log.info("%-70s %-9s %.4f [%.4f, %.4f] (%d/%d)", row.test, row.source, row.rate, row.rate_ci_low, row.rate_ci_high,
                  row.n_significant, row.n_tests)
     return table

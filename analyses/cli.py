@@ -33,6 +33,9 @@ CONFIG_FLAGS = {
     "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr",
     "train.weight_decay": "--weight-decay", "train.lr_drop": "--lr-drop", "train.clip_max_norm": "--clip-max-norm",
     "train.seed": "--seed", "train.split_seed": "--split-seed", "train.val_fraction": "--val-fraction",
+    "train.standardise_tokens": "--standardise-tokens", "decoder.query_init": "--query-init",
+    "decoder.enc_layers": "--enc-layers", "decoder.pre_norm": "--pre-norm", "decoder.position_embedding": "--position-embedding",
+    "decoder.query_chunk": "--query-chunk",
     "decoder.hidden_dim": "--hidden-dim", "decoder.nheads": "--nheads", "decoder.dec_layers": "--dec-layers",
     "decoder.dim_feedforward": "--dim-feedforward", "decoder.dropout": "--dropout",
     "decoder.query_self_attention": "--query-self-attention", "decoder.readout": "--readout",
@@ -47,26 +50,53 @@ TRACEBACK_ENV = "TBE_TRACEBACK"
 # Shared option groups
 # --------------------------------------------------------------------------
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_cache_arg(p) -> None:
+    """``--cache-dir``: the one feature-cache option of every command that computes features."""
+    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+
+
+def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--data-dir`` and ``--subj`` (``several``: a list or range of subjects, e.g. 1-8 or 1,2)."""
     p.add_argument("--data-dir", type=Path, required=True, help="folder holding subjXX in the Algonauts 2023 layout")
-    p.add_argument("--subj", type=int, default=1, help="subject number (default 1)")
+    if several:
+        p.add_argument("--subj", type=_int_list, default=[1], metavar="SUBJ",
+                       help="subject number, or several (1-8, 1,2): one run per subject in OUT/subjXX (default 1)")
+    else:
+        p.add_argument("--subj", type=int, default=1, help="subject number (default 1)")
 
 
-def add_backbone_args(p: argparse.ArgumentParser) -> None:
+def _int_list(text: str) -> list[int]:
+    from model.grid import int_list
+
+    try:
+        return int_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) -> None:
     from model.backbone import DEFAULT_BACKBONE, FEATURES
 
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm ViT name (default {DEFAULT_BACKBONE})")
+    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help=f"timm ViT (DINOv2, CLIP, ...) or CNN (resnet18, ...) name (default {DEFAULT_BACKBONE})")
     g.add_argument("--backbone-weights", type=Path, default=None,
                    help="local checkpoint (official DINOv2 .pth or .safetensors) instead of downloading")
     g.add_argument("--no-pretrained", action="store_true", help="seeded random weights (LayerScale 1.0)")
     g.add_argument("--backbone-seed", type=int, default=0, help="seed of the random weights (default 0)")
-    g.add_argument("--enc-output-layer", type=int, default=1,
-                   help="block whose features are used, counted from the end: 1 = last (default 1)")
-    g.add_argument("--feature", choices=sorted(FEATURES), default="q", help="block output tokens or attention queries (default q)")
+    if several_layers:
+        g.add_argument("--enc-output-layer", type=_int_list, default=[1], metavar="LAYER",
+                       help="block whose features are used, counted from the end: 1 = last (default 1); several "
+                            "(1,3,5,7) train one run per layer into OUT/layer{L}_seed{S}")
+    else:
+        g.add_argument("--enc-output-layer", type=int, default=1,
+                       help="block whose features are used, counted from the end: 1 = last (default 1)")
+    g.add_argument("--feature", choices=sorted(FEATURES), default="q",
+                   help="ViT: block tokens, through the final norm (tokens_norm), and its projection (tokens_proj, CLIP), "
+                        "or attention queries (q, default); _cls: the class token; CNN: tokens (stage map) or pooled")
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
-    g.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default $TBE_CACHE_DIR or ~/.cache/tbe)")
+    add_cache_arg(g)
     add_device_arg(g)
 
 
@@ -132,13 +162,13 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 
     d = VirtualConfig()
     p.add_argument("--out", type=Path, required=True, help="folder to write subjXX into")
-    p.add_argument("--subj", type=int, default=d.subj)
-    p.add_argument("--n-train", type=int, default=d.n_train)
-    p.add_argument("--n-test", type=int, default=d.n_test)
-    p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--subj", type=int, default=d.subj, help="subject number: writes subjXX")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="training images (with fMRI)")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="test images (fMRI withheld, as in the challenge)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="side of the painted images in pixels")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the images, ROIs, tuning and noise")
     p.add_argument("--surface", choices=["fsaverage5", "fsaverage6"], default=d.surface,
-                   help="fsaverage6 density (subdivided fsaverage5) allows real-size subjects, for benchmarks")
+                   help="surface density; fsaverage6 (subdivided fsaverage5) allows real-size subjects, for benchmarks")
     p.add_argument("--vertices", type=int, nargs=2, metavar=("LH", "RH"), default=None,
                    help="exact numbers of challenge vertices (e.g. 19004 20544 as NSD subject 1, with --surface fsaverage6)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing subject")
@@ -157,7 +187,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _features_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_backbone_args(p)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass of the backbone")
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -173,45 +203,66 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
     from model.architectures import ARCHITECTURES, RidgeConfig
     from model.baselines import RIDGE_FEATURES
-    from model.encoder import DecoderConfig
+    from model.encoder import POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
     from model.features import RESIDENCY, RESIDENT_SHARE
     from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
 
-    add_data_args(p)
-    add_backbone_args(p)
+    add_data_args(p, several=True)
+    add_backbone_args(p, several_layers=True)
     t, d, r = TrainConfig(), DecoderConfig(), RidgeConfig()
-    p.add_argument("--out", type=Path, required=True, help="run directory to create")
-    p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all")
-    p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run directory to create (a folder of runs for several subjects, layers or seeds)")
+    p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all",
+                   help="which ROIs get a query: " + "; ".join(f"{k}: {v.description}" for k, v in READOUT_RES.items()))
+    p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer",
+                   help="the encoder: " + "; ".join(f"{k}: {v.description}" for k, v in ARCHITECTURES.items()))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--features-on-device", choices=list(RESIDENCY), default="auto",
                    help="keep the training features on the GPU (auto: when they take at most "
                         f"{RESIDENT_SHARE:.0%} of its free memory; never on the CPU); results are the same (default auto)")
     g = p.add_argument_group("optimisation (defaults: the seed's)")
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size)
-    g.add_argument("--lr", type=float, default=t.lr)
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    g.add_argument("--epochs", type=int, default=t.epochs, help="passes over the training images")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per optimisation step")
+    g.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW weight decay")
     g.add_argument("--lr-drop", type=int, default=t.lr_drop, help="halve the learning rate every N epochs")
-    g.add_argument("--clip-max-norm", type=float, default=t.clip_max_norm)
+    g.add_argument("--clip-max-norm", type=float, default=t.clip_max_norm, help="gradient-norm clipping (0: none)")
     g.add_argument("--seed", type=int, default=t.seed, help="initialisation, data order and dropout")
+    g.add_argument("--seeds", type=_int_list, default=None, metavar="SEEDS",
+                   help="several seeds (0-4, 0,1): one run per seed (and layer) into OUT/layer{L}_seed{S}; "
+                        "complete runs are skipped, interrupted ones resumed")
     g.add_argument("--split-seed", type=int, default=t.split_seed, help="train/validation split")
-    g.add_argument("--val-fraction", type=float, default=t.val_fraction)
+    g.add_argument("--val-fraction", type=float, default=t.val_fraction,
+                   help="share of the training images held out for validation")
+    g.add_argument("--standardise-tokens", action=argparse.BooleanOptionalAction, default=t.standardise_tokens,
+                   help="standardise every token channel before the encoder (default on; the original fed raw tokens)")
     g = p.add_argument_group("transformer decoder (defaults: the seed's)")
-    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim)
-    g.add_argument("--nheads", type=int, default=d.nheads)
-    g.add_argument("--dec-layers", type=int, default=d.dec_layers)
-    g.add_argument("--dim-feedforward", type=int, default=d.dim_feedforward)
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--query-self-attention", action="store_true")
+    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the decoder")
+    g.add_argument("--nheads", type=int, default=d.nheads, help="attention heads (must divide --hidden-dim)")
+    g.add_argument("--dec-layers", type=int, default=d.dec_layers, help="decoder layers")
+    g.add_argument("--dim-feedforward", type=int, default=d.dim_feedforward, help="width of the feed-forward blocks")
+    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout in the decoder")
+    g.add_argument("--query-self-attention", action="store_true",
+                   help="let the ROI queries attend to each other before the cross-attention (default: off)")
     g.add_argument("--readout", choices=list(READOUTS), default=d.readout,
-                   help="vertex readout: the seed's linear one, or linear + per-vertex spatial pooling (default)")
+                   help="vertex readout: " + "; ".join(f"{k}: {v.__doc__.splitlines()[0].rstrip('.').replace('``', '')}" for k, v in READOUTS.items()))
     g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
     g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim, help="token embedding size of those maps")
+    g.add_argument("--query-init", choices=list(QUERY_INITS), default=d.query_init,
+                   help="query embeddings' initialisation: xavier (default) or the original's N(0, 1) (normal)")
+    g.add_argument("--enc-layers", type=int, default=d.enc_layers,
+                   help="trainable transformer encoder layers over the tokens before the decoder (default 0)")
+    g.add_argument("--pre-norm", action=argparse.BooleanOptionalAction, default=d.pre_norm,
+                   help="pre-norm decoder and encoder layers (default); --no-pre-norm: the original's post-norm ones")
+    g.add_argument("--position-embedding", choices=list(POSITION_EMBEDDINGS), default=d.position_embedding,
+                   help="token positions: 2D sine (default) or learned row and column tables")
+    g.add_argument("--query-chunk", type=int, default=d.query_chunk,
+                   help="decode at most this many queries at a time (bounds memory for --readout-res voxels; 0: all at once)")
     g = p.add_argument_group("ridge baseline")
-    g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features)
-    g.add_argument("--ridge-pool", type=int, default=r.pool)
+    g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features,
+                   help="ridge inputs: " + "; ".join(f"{k}: {v}" for k, v in RIDGE_FEATURES.items()))
+    g.add_argument("--ridge-pool", type=int, default=r.pool, help="side of the pooled token grid (pooled features)")
     g.add_argument("--ridge-components", type=int, default=r.n_components, help="PCA components (--ridge-features pca)")
 
 
@@ -221,18 +272,42 @@ def run_config(args: argparse.Namespace):
     from model.encoder import DecoderConfig
     from model.run import RunConfig, TrainConfig
 
+    args = _one_run(args)
     return RunConfig(
         data_dir=str(args.data_dir), subj=args.subj, readout_res=args.readout_res, encoder_arch=args.encoder_arch,
         backbone=backbone_config(args), decoder=config_section(DecoderConfig, "decoder", args),
         train=config_section(TrainConfig, "train", args), ridge=config_section(RidgeConfig, "ridge", args))
 
 
+def _one_run(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the list options of ``tbe train`` (``--subj``, ``--enc-output-layer``) as single values."""
+    args = argparse.Namespace(**vars(args))
+    for name, flag in (("subj", "--subj"), ("enc_output_layer", "--enc-output-layer")):
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            if len(value) != 1:
+                raise InputError(flag, f"one value for one run, got {value} (tbe train trains a grid of them)")
+            setattr(args, name, value[0])
+    return args
+
+
 def _train(args: argparse.Namespace) -> int:
+    """One run; or a grid (several subjects, layers or seeds: :mod:`model.grid`)."""
+    from model.grid import grid_members, train_grid
     from model.train import train
 
-    out = train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device,
-                features_on_device=args.features_on_device)
-    print(out)
+    subjects, layers = args.subj, args.enc_output_layer
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    per_member = args.seeds is not None or len(layers) > 1
+    args.subj, args.enc_output_layer, args.seed = subjects[0], layers[0], seeds[0]
+    if len(subjects) == 1 and not per_member:
+        print(train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device,
+                    features_on_device=args.features_on_device))
+        return 0
+    members = grid_members(args.out, subjects, layers, seeds, per_member)
+    for out in train_grid(run_config(args), members, args.cache_dir, device=args.device,
+                          features_on_device=args.features_on_device):
+        print(out)
     return 0
 
 
@@ -240,24 +315,23 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="predictions: .nc (NetCDF) or .npz")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    add_cache_arg(p)
     add_device_arg(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from model.features import extract_features
     from model.files import usable_directory
     from model.images import list_images
     from model.rois import HEMIS
-    from model.run import check_prediction_path, open_run, predict, save_predictions
+    from model.run import check_prediction_path, open_run, predict, save_predictions, vertex_coordinates
 
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
     paths = list_images(args.images)
-    run = open_run(args.run, args.data_dir, args.device)
-    feats = extract_features(run.backbone(), paths, args.cache_dir, device=args.device, desc="image features")
-    pred = predict(run.model, feats.features)
-    save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths])
+    run = open_run(args.run, args.data_dir, args.device)  # an ensemble: each member from its own features, then the weighted sum
+    pred = predict(run.model, run.features(paths, args.cache_dir, device=str(run.device), desc="image features"))
+    save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths],
+                     vertex_coordinates(run.subject))
     print(args.out)
     return 0
 
@@ -265,42 +339,97 @@ def _predict(args: argparse.Namespace) -> int:
 def _score_args(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     p.add_argument("--test-fmri", type=Path, default=None,
-                   help="folder with {lh,rh}_test_fmri.npy (default: the virtual subject's ground truth)")
-    p.add_argument("--noise-ceiling", type=Path, default=None, help="folder with {lh,rh}_noise_ceiling.npy")
-    p.add_argument("--out", type=Path, default=None, help="scores as JSON (default RUN/test_scores.json)")
+                   help="folder with {lh,rh}_test_fmri.npy (default: the virtual subject's ground truth); "
+                        "for a folder of subject runs, a folder holding subjXX/ folders")
+    p.add_argument("--noise-ceiling", type=Path, default=None,
+                   help="folder with {lh,rh}_noise_ceiling.npy (subjXX/ folders for a folder of subject runs)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="scores as JSON (default RUN/test_scores.json; RUN may be a folder of subjXX runs)")
 
 
 def _score(args: argparse.Namespace) -> int:
-    from model.files import usable_directory, write_json
-    from model.rois import HEMIS
-    from model.run import PRED_TEST, TEST_SCORES, check_trained_on, load_run_array, read_config
-    from model.scoring import check_shapes, file_reference, score, score_table, virtual_reference
-    from model.subject import load_subject
+    """Score a run or ensemble; a folder of subject runs (``tbe train --subj``) per subject and pooled."""
+    import numpy as np
 
+    from model.files import usable_directory, write_json
+    from model.run import TEST_SCORES, expand_subjects
+    from model.scoring import SCORES, pool_scores, score_lines, score_table
+    from model.submission import subject_folder
+
+    runs = expand_subjects(args.run)
     out = args.out or args.run / TEST_SCORES
     usable_directory(out.parent, where=out)
-    config = read_config(args.run)
-    subject = load_subject(args.data_dir or config.data_dir, config.subj)
-    check_trained_on(args.run, config, subject)
-    preds = {h: load_run_array(args.run, PRED_TEST, h, subject.n_vertices(h), subject.n_test) for h in HEMIS}
-    ref = file_reference(args.test_fmri, args.noise_ceiling) if args.test_fmri else virtual_reference(subject)
-    check_shapes(preds, ref, str(args.run))
-    scores = score(preds, subject, ref)
-    write_json(out, scores)
-    table = score_table(scores).pivot_table(index=["measure", "group"], columns="hemi", values="value")
-    print(table.round(3).to_string())
-    if "challenge_score" in scores:
-        print(f"challenge score: {scores['challenge_score']:.2f}")
+    if len(runs) == 1:
+        scores = _score_run(runs[0], args.data_dir, args.test_fmri, args.noise_ceiling)
+        write_json(out, scores)
+        table = score_table(scores).pivot_table(index=["measure", "group"], columns="hemi", values="value", sort=False)
+        print(table.round(3).to_string(na_rep=""))
+        for line in score_lines(scores):
+            print(line)
+        return 0
+    per_subject = {}
+    for run in runs:
+        folder = subject_folder(int(run.name[4:]))
+        fmri = args.test_fmri / folder if args.test_fmri else None
+        ceiling = args.noise_ceiling / folder if args.noise_ceiling else None
+        per_subject[folder] = _score_run(run, args.data_dir, fmri, ceiling)
+        write_json(run / TEST_SCORES, per_subject[folder])
+    pooled = pool_scores(list(per_subject.values()))
+    write_json(out, {"subjects": per_subject, "pooled": pooled})
+    for folder, scores in per_subject.items():
+        print(f"{folder}: " + "; ".join(f"{name} {scores[name]:.2f}" for name in SCORES if name in scores)
+              + f"; mean r {np.mean([scores['hemis'][h]['r']['all'] for h in scores['hemis']]):.3f}")
+    print(f"pooled over the vertices of {len(per_subject)} subjects:")
+    for line in score_lines(pooled):
+        print(line)
     return 0
 
 
+def _score_run(run: Path, data_dir: Path | None, test_fmri: Path | None, noise_ceiling: Path | None) -> dict:
+    from model.rois import HEMIS
+    from model.run import PRED_TEST, check_trained_on, load_run_array, read_config
+    from model.scoring import check_shapes, file_reference, score, virtual_reference
+    from model.subject import load_subject
+
+    config = read_config(run)
+    subject = load_subject(data_dir or config.data_dir, config.subj)
+    check_trained_on(run, config, subject)
+    preds = {h: load_run_array(run, PRED_TEST, h, subject.n_vertices(h), subject.n_test) for h in HEMIS}
+    ref = file_reference(test_fmri, noise_ceiling) if test_fmri else virtual_reference(subject)
+    check_shapes(preds, ref, str(run))
+    return score(preds, subject, ref)
+
+
 def _surface_args(p: argparse.ArgumentParser) -> None:
-    add_data_args(p)
+    p.add_argument("--run", type=Path, default=None,
+                   help="a run or ensemble: its subject (instead of --data-dir/--subj), and --values inside it")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder holding subjXX (default: the run's)")
+    p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's, else 1)")
     p.add_argument("--values", required=True,
-                   help="per-vertex .npy files with {hemi} for lh/rh, e.g. 'RUN/{hemi}_val_corr.npy'")
+                   help="per-vertex .npy files with {hemi} for lh/rh, e.g. 'RUN/{hemi}_val_corr.npy', or with --run "
+                        "a file name inside it, e.g. '{hemi}_best_layer.npy' (an ensemble's preferred backbone layer)")
     p.add_argument("--out", type=Path, required=True, help="output prefix: PREFIX.png and PREFIX.{lh,rh}.func.gii")
-    p.add_argument("--title", default="")
-    p.add_argument("--cmap", default="inferno")
+    p.add_argument("--title", default="", help="figure title and GIFTI name (default: the --values file stem)")
+    p.add_argument("--signed", choices=["auto", "yes", "no"], default="auto",
+                   help="signed values get a diverging colour map centred on 0, others a sequential one from 0 "
+                        "(default auto: signed if any value is negative)")
+    p.add_argument("--cmap", default=None, help="override the colour map (default: chosen by --signed)")
+
+
+def _surface_source(args: argparse.Namespace) -> tuple[Path, int, str]:
+    """Data folder, subject and the ``{hemi}`` file template of ``tbe surface``: from --data-dir/--subj, or from --run."""
+    from model.run import read_config
+
+    if "{hemi}" not in args.values:
+        raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
+    if args.run is None:
+        if args.data_dir is None:
+            raise InputError("--data-dir", "required without --run (the folder holding subjXX)")
+        return args.data_dir, args.subj or 1, args.values
+    config = read_config(args.run)
+    given = Path(args.values.format(hemi="lh")).exists()
+    template = args.values if given else str(args.run / args.values)
+    return args.data_dir or Path(config.data_dir), args.subj or config.subj, template
 
 
 def _surface(args: argparse.Namespace) -> int:
@@ -309,13 +438,61 @@ def _surface(args: argparse.Namespace) -> int:
     from model.rois import HEMIS
     from model.subject import load_subject
 
-    subject = load_subject(args.data_dir, args.subj, check_images=False)
-    if "{hemi}" not in args.values:
-        raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
-    values = {hemi: load_npy(Path(args.values.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
-    png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap)
+    data_dir, subj, template = _surface_source(args)
+    subject = load_subject(data_dir, subj, check_images=False)
+    values = {hemi: load_npy(Path(template.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
+    png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap,
+                       signed={"auto": None, "yes": True, "no": False}[args.signed])
     for path in [png, *save_gifti(values, subject, args.out, name=args.title or "value")]:
         print(path)
+    return 0
+
+
+def _ensemble_args(p: argparse.ArgumentParser) -> None:
+    from model.ensemble import DEFAULT_TEMPERATURE, WEIGHTINGS
+
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="complete runs of one subject with one validation split (e.g. OUT/layer*_seed* of a grid)")
+    p.add_argument("--out", type=Path, required=True, help="ensemble directory to create (readable as a run)")
+    p.add_argument("--weighting", choices=list(WEIGHTINGS), default="softmax",
+                   help="per-vertex member weights: " + "; ".join(f"{k}: {w.description}" for k, w in WEIGHTINGS.items())
+                        + " (default softmax)")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"softmax temperature (default {DEFAULT_TEMPERATURE:g}, the original's; 0 = mean)")
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the runs')")
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from model.ensemble import make_ensemble
+    from model.run import read_metrics
+
+    out = make_ensemble(args.runs, args.out, args.weighting, args.temperature, args.data_dir)
+    m = read_metrics(out)
+    print(f"validation r, cross-fitted: {m['val_r']['mean']:.4f} (in-sample, flattering: {m['val_r_in_sample']['mean']:.4f}; "
+          f"best member {m['best_member']}: {m['best_member_val_r']:.4f})")
+    print(out)
+    return 0
+
+
+def _submit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=Path, nargs="+", required=True,
+                   help="one run or ensemble per subject (or a folder of subjXX runs)")
+    p.add_argument("--out", type=Path, required=True, help="the archive to write (.zip)")
+    p.add_argument("--allow-partial", action="store_true", help="write an archive without all eight subjects")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from model.files import usable_directory
+    from model.submission import collect, subject_folder, write_submission
+
+    if args.out.suffix != ".zip":
+        raise InputError(args.out, "the submission is a zip archive: use a .zip file name")
+    usable_directory(args.out.parent, where=args.out)
+    entries = collect(args.runs, args.allow_partial)
+    write_submission(entries, args.out)
+    for e in entries:
+        print(f"{subject_folder(e.subj)}: {e.run} ({' + '.join('x'.join(map(str, e.preds[h].shape)) for h in e.preds)})")
+    print(args.out)
     return 0
 
 
@@ -330,7 +507,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
 
     add_run_args(p)
     p.add_argument("--split", default="val", help="val or test images (default val)")
-    p.add_argument("--n-images", type=int, default=4)
+    p.add_argument("--n-images", type=int, default=4, help="number of images of --split")
     p.add_argument("--containing", default=None,
                    help="only images showing this category (face, body, word, object, place; virtual subjects)")
     p.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
@@ -338,7 +515,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=_comma_list, default=list(DEFAULT_ROIS),
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    add_cache_arg(p)
     add_device_arg(p)
     add_settings_args(p.add_argument_group("method settings"), Settings)
 
@@ -356,6 +533,8 @@ def _interpret_args(p: argparse.ArgumentParser) -> None:
     add_map_args(p)
     p.add_argument("--out", type=Path, required=True, help="maps as NetCDF (.nc)")
     p.add_argument("--overlays", type=int, default=2, help="overlay figures for this many images (default 2)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="any folder of images instead of --split (its first --n-images, by name)")
 
 
 def _interpret(args: argparse.Namespace) -> int:
@@ -367,7 +546,13 @@ def _interpret(args: argparse.Namespace) -> int:
         raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
     run = open_run(args.run, args.data_dir, args.device)
     job = map_job(args, run)
-    inputs = prepare(run, job, args.cache_dir)
+    if args.images is None:
+        inputs = prepare(run, job, args.cache_dir)
+    else:
+        from interpret.pipeline import load_inputs
+        from model.images import list_images
+
+        inputs = load_inputs(run, list_images(args.images)[:args.n_images], job.map_size, args.cache_dir)
     ds = compute_maps(run, job, inputs)
     print(save_maps(ds, args.out))
     for i in range(min(args.overlays, len(inputs.names))):
@@ -389,15 +574,16 @@ def _check_maps_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_maps(args: argparse.Namespace) -> int:
-    from interpret.pipeline import check_maps, prepare, save_check_tables
+    from interpret.pipeline import check_maps, check_settings, prepare, save_check_tables
     from model.run import open_run
 
     run = open_run(args.run, args.data_dir, args.device)
     job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
-    tables = check_maps(run, job, inputs, tuple(args.sanity_methods) if args.sanity_methods else None,
-                        faithfulness_rois=tuple(args.faithfulness_rois) if args.faithfulness_rois else None)
-    for path in save_check_tables(tables, args.out):
+    sanity = tuple(args.sanity_methods) if args.sanity_methods else None
+    faithfulness = tuple(args.faithfulness_rois) if args.faithfulness_rois else None
+    tables = check_maps(run, job, inputs, sanity, faithfulness_rois=faithfulness)
+    for path in save_check_tables(tables, args.out, check_settings(job, inputs, sanity, faithfulness)):
         print(path)
     flagged = sorted(set(tables["sanity"].loc[tables["sanity"].flagged, "method"]))
     if flagged:
@@ -416,8 +602,8 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--categories", type=_comma_list, default=None,
                    help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations, the bootstrap and rendered images")
+    add_cache_arg(p)
     add_device_arg(p)
     add_settings_args(p.add_argument_group("statistics"), SelectivitySettings)
 
@@ -435,6 +621,70 @@ def _selectivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _routing_args(p: argparse.ArgumentParser) -> None:
+    from interpret.routing import RoutingSettings
+
+    add_run_args(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=("val", "test"), default=None,
+                        help="the run's validation or test images (default val; a virtual subject's masks come with them)")
+    source.add_argument("--labels", type=Path, default=None,
+                        help="CSV with columns image, category and optionally mask (masks enable the content test)")
+    p.add_argument("--images", type=Path, default=None,
+                   help="any folder of images (without --labels: no masks, so only the location test)")
+    p.add_argument("--n-images", type=int, default=None, help="use the first N images (default all)")
+    p.add_argument("--out", type=Path, required=True, help="folder for routing.csv and routing.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, the shift test and the mask shuffles")
+    add_cache_arg(p)
+    add_device_arg(p)
+    add_settings_args(p.add_argument_group("statistics"), RoutingSettings)
+
+
+def _routing(args: argparse.Namespace) -> int:
+    from analyses.routing import run_routing
+    from interpret.routing import RoutingSettings
+
+    if args.split is not None and args.images is not None:
+        raise InputError("--split", "give either --split or --images, not both")
+    table = run_routing(args.run, args.data_dir, args.out, settings_from_args(RoutingSettings, args), images=args.images,
+                        labels=args.labels, split=args.split, n_images=args.n_images, seed=args.seed,
+                        cache_dir=args.cache_dir, device=args.device)
+    for label, part in table.groupby("routing", sort=False):
+        print(f"{label}: " + ", ".join(f"{h}:{r}" for h, r in zip(part.hemi, part.roi)))
+    print(args.out / "routing.csv")
+    return 0
+
+
+def _claims_args(p: argparse.ArgumentParser) -> None:
+    from analyses.claims import ClaimSettings
+
+    add_run_args(p)
+    p.add_argument("--claims", type=Path, required=True,
+                   help="text file, one claim per line, e.g. 'FFA-1 prefers face', 'lh V1v attends upper-right', "
+                        "'EBA routes by content' (grammar: analyses/claims.py)")
+    p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="CSV with columns image, category and optionally mask (default: a virtual subject's "
+                        "held-out images, else the rendered localizer)")
+    p.add_argument("--out", type=Path, required=True, help="folder for claims.csv")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations and the bootstrap")
+    add_cache_arg(p)
+    add_device_arg(p)
+    add_settings_args(p.add_argument_group("statistics"), ClaimSettings)
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from analyses.claims import ClaimSettings, run_claims
+
+    table = run_claims(args.run, args.data_dir, args.claims, args.out, settings_from_args(ClaimSettings, args),
+                       images=args.images, labels=args.labels, seed=args.seed, cache_dir=args.cache_dir,
+                       device=args.device)
+    for row in table.itertuples():
+        print(f"{row.verdict:>13}  {row.hemi}  {row.claim}  (effect {row.effect:.3g}, p_fdr {row.p_fdr:.3g})")
+    print(args.out / "claims.csv")
+    return 0
+
+
 def _localizer_args(p: argparse.ArgumentParser) -> None:
     from analyses.localizer import ALPHA
 
@@ -444,7 +694,7 @@ def _localizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=ALPHA, help=f"FDR level of the thresholded maps (default {ALPHA})")
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered localizer images")
     p.add_argument("--no-surface", action="store_true", help="skip the surface figures (GIFTI files are still written)")
-    p.add_argument("--cache-dir", type=Path, default=None)
+    add_cache_arg(p)
     add_device_arg(p)
 
 
@@ -463,9 +713,9 @@ def _localizer(args: argparse.Namespace) -> int:
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
-    p.add_argument("--n-train", type=int, default=1000)
-    p.add_argument("--n-test", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=1000, help="training images of the demo's virtual subject")
+    p.add_argument("--n-test", type=int, default=200, help="test images of the demo's virtual subject")
+    p.add_argument("--seed", type=int, default=0, help="seed of the virtual subject and the training")
     add_device_arg(p)
 
 
@@ -484,13 +734,16 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--notebooks", type=_comma_list, default=None,
                    help=f"comma-separated subset of {','.join(NOTEBOOKS)} (default: all)")
     p.add_argument("--ridge-run", type=Path, default=None, help="baseline run to compare with (encoding accuracy)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="feature cache")
+    add_cache_arg(p)
     add_device_arg(p)
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="notebook parameter (YAML value: 3, 0.5, true, '[V1v, FFA-1]'); "
                         "NOTEBOOK.NAME sets it in one notebook only; repeatable")
     p.add_argument("--timeout", type=float, default=None, help="seconds a single notebook cell may run (default: no limit)")
     p.add_argument("--list", action="store_true", help="list every notebook's parameters and defaults, and exit")
+    p.add_argument("--show-code", action="store_true",
+                   help="show the notebooks' code cells in the HTML (default: hidden; a reader sees text, tables, "
+                        "figures and the parameters)")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -503,7 +756,8 @@ def _report(args: argparse.Namespace) -> int:
         if value is None:
             raise InputError(option, "required (see tbe report --help)")
     report = make_report(args.run, args.data_dir, args.out, params_from_pairs(args.parameter), args.notebooks,
-                         args.ridge_run, args.cache_dir, timeout=args.timeout, device=args.device)
+                         args.ridge_run, args.cache_dir, timeout=args.timeout, show_code=args.show_code,
+                         device=args.device)
     print(report.index)
     if report.failed:
         print(f"error: notebooks failed: {', '.join(report.failed)} (see {report.index})", file=sys.stderr)
@@ -542,12 +796,21 @@ COMMANDS: dict[str, Command] = {
     "features": ("compute (or find in the cache) backbone features of a subject's images", _features_args, _features),
     "train": ("train an encoder (or fit a baseline) into a run directory", add_train_args, _train),
     "predict": ("predict responses to any folder of images with a trained run", _predict_args, _predict),
-    "score": ("score a run's test predictions (virtual subject ground truth or your files)", _score_args, _score),
+    "ensemble": ("combine runs of one subject per vertex by their validation r (a run directory itself)",
+                 _ensemble_args, _ensemble),
+    "score": ("score a run's test predictions: the challenge score and ours (virtual subject ground truth or your files)",
+              _score_args, _score),
+    "submit": ("write the Algonauts 2023 submission archive (subj01..subj08 test predictions, float32)",
+               _submit_args, _submit),
     "surface": ("put per-vertex values on fsaverage: a figure and GIFTI files", _surface_args, _surface),
     "interpret": ("attention and attribution maps of a trained run (NetCDF + overlays)", _interpret_args, _interpret),
     "check-maps": ("sanity, localization and faithfulness checks of the maps", _check_maps_args, _check_maps),
     "selectivity": ("ROI selectivity of predicted (and measured) responses and of attention, with permutation statistics",
                     _selectivity_args, _selectivity),
+    "routing": ("how each ROI query routes the image: location and content indices, tests and labels",
+                _routing_args, _routing),
+    "claims": ("test hypotheses written as sentences ('FFA-1 prefers face') with calibrated statistics",
+               _claims_args, _claims),
     "localizer": ("in-silico fLoc localizer: per-vertex contrast t-maps, predicted ROIs, Dice/AUC against the ROI masks",
                   _localizer_args, _localizer),
     "demo": ("run the whole suite on a virtual subject", _demo_args, _demo),
@@ -565,8 +828,23 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
+        show_defaults(p)
         p.set_defaults(handler=run)
     return parser
+
+
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Append ``(default X)`` to every option's help that does not state its default already.
+
+    argparse lists an option's choices itself (``{a,b,c}``); flags
+    (``store_true``) default to off and say so by being flags.
+    """
+    for action in p._actions:
+        if action.help in (None, argparse.SUPPRESS) or action.default in (None, False, argparse.SUPPRESS):
+            continue
+        if "default" not in action.help.lower():
+            default = ",".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else "%(default)s"
+            action.help += f" (default {default})" if default else " (default: none)"
 
 
 def error_line(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from interpret.attribution import Settings
 from interpret.overlay import overlay
-from interpret.pipeline import MapJob, check_maps, compute_maps, prepare, save_check_tables, save_maps
+from interpret.pipeline import MapJob, check_maps, check_settings, compute_maps, prepare, save_check_tables, save_maps
 from model.architectures import RidgeConfig
 from model.backbone import BackboneConfig
 from model.encoder import DecoderConfig
@@ -93,13 +93,14 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
         scores = score({h: load_run_array(run_dir, PRED_TEST, h) for h in HEMIS}, subject, reference)
         table = score_table(scores)
         write_csv(run_dir / "test_scores.csv", table)
-        log.info("  %-12s challenge score %.1f", name, scores["challenge_score"])
+        log.info("  %-12s challenge score %.1f (Algonauts 2023 definition); score_nc_positive %.1f (ours, vertices "
+                 "with a noise ceiling only)", name, scores["challenge_score"], scores["score_nc_positive"])
 
     log.info("step 4/8: surface maps of validation r in %s", paths.maps)
     paths.maps.mkdir(parents=True, exist_ok=True)
     for name, run_dir in progress(list(runs.items()), desc="surface maps", unit="run"):
         values = {h: load_run_array(run_dir, VAL_CORR, h) for h in HEMIS}
-        plot_surface(values, subject, paths.maps / f"{name}_val_r.png", title=f"{name}: validation r")
+        plot_surface(values, subject, paths.maps / f"{name}_val_r.png", title=f"{name}: validation r", signed=True)
         save_gifti(values, subject, paths.maps / f"{name}_val_r", name="validation r")
 
     interpret_demo(runs["transformer"], paths, device)
@@ -107,7 +108,8 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
 
     log.info("step 8/8: HTML reports into %s", paths.root / "reports")
     report = make_report(runs["transformer"], paths.data, paths.root / "reports",
-                         params={"map_checks.checks_dir": str(paths.interpret / "checks"), "attributions.n_steps": 16},
+                         params={**demo_report_params(paths), "attributions.n_steps": 16,
+                                 "hypotheses.n_permutations": 2000},
                          ridge_run=runs["ridge"], cache_dir=paths.cache, device=device)
     if report.failed:
         log.warning("report notebooks failed: %s (see %s)", ", ".join(report.failed), report.index)
@@ -126,6 +128,17 @@ DEMO_CHECKS = MapJob(split="val", n_images=6, methods=("attention", "saliency", 
 DEMO_SANITY_METHODS = ("attention", "token_integrated_gradients")
 DEMO_FAITHFULNESS_ROIS = ("V1v", "FFA-1")
 DEMO_FAITHFULNESS_IMAGES = 3
+
+
+def demo_report_params(paths: DemoPaths) -> dict:
+    """Report parameters that make the reports show (and say) the demo's own outputs and their settings:
+    the check tables of step 6 with the parameters they were made with, the localizer of step 7."""
+    return {"map_checks.checks_dir": str(paths.interpret / "checks"),
+            "map_checks.n_images": DEMO_CHECKS.n_images, "map_checks.methods": list(DEMO_CHECKS.methods),
+            "map_checks.rois": list(DEMO_CHECKS.rois), "map_checks.n_steps": DEMO_CHECKS.settings.n_steps,
+            "map_checks.sanity_methods": list(DEMO_SANITY_METHODS),
+            "map_checks.faithfulness_rois": list(DEMO_FAITHFULNESS_ROIS),
+            "roi_selectivity.localizer_dir": str(paths.root / "localizer")}
 
 
 def interpret_demo(run_dir: Path, paths: DemoPaths, device: str = "cpu") -> None:
@@ -147,7 +160,8 @@ def interpret_demo(run_dir: Path, paths: DemoPaths, device: str = "cpu") -> None
     inputs = prepare(run, DEMO_CHECKS, paths.cache)
     tables = check_maps(run, DEMO_CHECKS, inputs, DEMO_SANITY_METHODS, faithfulness_rois=DEMO_FAITHFULNESS_ROIS,
                         faithfulness_images=DEMO_FAITHFULNESS_IMAGES)
-    save_check_tables(tables, checks_dir)
+    save_check_tables(tables, checks_dir, check_settings(DEMO_CHECKS, inputs, DEMO_SANITY_METHODS,
+                                                         DEMO_FAITHFULNESS_ROIS, DEMO_FAITHFULNESS_IMAGES))
 
 
 def selectivity_demo(run_dir: Path, paths: DemoPaths, device: str = "cpu") -> None:

@@ -17,7 +17,12 @@ those true responses give is the ceiling of what any encoder could reach
 with this localizer (text, for one, has more contrast than the other
 categories, so a words contrast also lights up early visual cortex).
 
-Outputs in ``OUT/``: ``localizer.csv``, ``localizer_tmaps.nc``, and per
+Every contrast is reported, the failures too: :func:`verdicts` names each
+contrast whose predicted ROI misses its reference and gives the likely reason.
+
+Outputs in ``OUT/``: ``localizer.csv``, ``localizer_settings.json`` (the run
+and the settings that made them, so a report reuses them rather than running
+a second localizer with other settings), ``localizer_tmaps.nc``, and per
 contrast ``surface/<contrast>_t.png`` with ``surface/<contrast>_t.{lh,rh}.func.gii``
 (t) and ``surface/<contrast>_roi.{lh,rh}.func.gii`` (the predicted ROI).
 """
@@ -35,7 +40,7 @@ from scipy import stats
 from model.images import native_size, read_image
 from model.errors import InputError
 from model.features import default_cache_dir
-from model.files import atomic_path, write_csv
+from model.files import atomic_path, write_csv, write_json
 from model.progress import progress
 from model.rois import HEMIS, ROI_CLASSES
 from model.run import Run, open_run
@@ -209,7 +214,7 @@ def write_maps(ds: xr.Dataset, run: Run, out_dir: Path, figures: bool = True) ->
         roi = {h: ds[f"{h}_roi"].sel(contrast=contrast).values.astype(np.float32) for h in HEMIS}
         if figures:
             written.append(plot_surface(t, run.subject, folder / f"{contrast}_t.png", title=f"{contrast}: predicted t",
-                                        cmap="RdBu_r", symmetric=True))
+                                        signed=True))
         written += save_gifti(t, run.subject, folder / f"{contrast}_t", name=f"{contrast} t")
         written += save_gifti(roi, run.subject, folder / f"{contrast}_roi", name=f"{contrast} predicted ROI")
     return written
@@ -263,8 +268,83 @@ def run_localizer(run_dir: str | Path, data_dir: str | Path | None, out_dir: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "localizer.csv", table)
+    write_json(out_dir / SETTINGS_FILE, {"run": str(Path(run_dir).resolve()), "n_per_category": n_per_category,
+                                          "seed": seed, "alpha": alpha, "stimuli": stimuli.name})
     with atomic_path(out_dir / "localizer_tmaps.nc") as tmp:
         ds.to_netcdf(tmp)
     write_maps(ds, run, out_dir, figures=surface)
     log.info("wrote %s", out_dir / "localizer.csv")
     return table
+
+
+#: The settings file written next to ``localizer.csv``
+SETTINGS_FILE = "localizer_settings.json"
+#: Dice below which a contrast's predicted ROI counts as a failure
+FAILED_DICE = 0.5
+#: A predicted ROI this many times larger than its reference is over-predicted
+OVER_PREDICTED = 3.0
+
+
+def existing_localizer(folder: str | Path, run_dir: str | Path) -> tuple[pd.DataFrame, dict] | None:
+    """The localizer table and settings already written for ``run_dir`` in ``folder`` (None: none for this run).
+
+    One question, one number: a report reuses the run's localizer (e.g. the
+    demo's ``demo/localizer/``) instead of running another with other settings.
+    """
+    import json
+
+    folder = Path(folder)
+    try:
+        settings = json.loads((folder / SETTINGS_FILE).read_text())
+        table = pd.read_csv(folder / "localizer.csv", keep_default_na=False, na_values=[""])
+    except (OSError, ValueError):
+        return None
+    if settings.get("run") != str(Path(run_dir).resolve()):
+        return None
+    return table, settings
+
+
+def describe_settings(settings: dict) -> str:
+    """E.g. '48 images per category, seed 0, FDR q < 0.05'."""
+    return f"{settings['n_per_category']} images per category, seed {settings['seed']}, FDR q < {settings['alpha']}"
+
+
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """Each contrast x hemisphere against its reference (the planted vertices where known, else the ROI masks):
+    ``ok`` or ``failed`` (Dice below :data:`FAILED_DICE`), and the likely ``reason`` of a failure.
+
+    Reasons, checked in order: the reference is empty; even the noise-free
+    responses miss it (``dice_ceiling`` low: the localizer's images do not
+    isolate the category, e.g. text carries more contrast energy than the
+    other categories, so a words contrast also drives early visual cortex);
+    the predicted ROI is :data:`OVER_PREDICTED` times larger than the
+    reference (the contrast drives vertices outside it); it is much smaller
+    (too few images or an unreliable prediction).
+    """
+    rows = []
+    for (contrast, hemi), part in table.groupby(["contrast", "hemi"], sort=False):
+        refs = part[part.reference == "planted"] if (part.reference == "planted").any() else part[part.reference == "roi_masks"]
+        if refs.empty:
+            continue
+        r = refs.iloc[0]
+        dice, ceiling = float(r.dice), float(r.get("dice_ceiling", np.nan))
+        failed = not (dice >= FAILED_DICE)
+        reason = ""
+        if failed:
+            if not r.n_reference:
+                reason = "the reference is empty"
+            elif np.isfinite(ceiling) and ceiling < FAILED_DICE:
+                reason = (f"the stimuli: the noise-free responses reach Dice {ceiling:.2f} only (the images do not "
+                          "isolate the category, e.g. the contrast energy of text)")
+            elif r.n_predicted > OVER_PREDICTED * r.n_reference:
+                reason = (f"over-predicted: {r.n_predicted} vertices against {r.n_reference} (the contrast also "
+                          "drives vertices outside the reference)")
+            elif r.n_predicted * OVER_PREDICTED < r.n_reference:
+                reason = f"under-predicted: {r.n_predicted} vertices against {r.n_reference}"
+            else:
+                reason = "unknown"
+        rows.append({"contrast": contrast, "hemi": hemi, "reference": r.reference, "dice": dice,
+                     "n_predicted": int(r.n_predicted), "n_reference": int(r.n_reference),
+                     "verdict": "failed" if failed else "ok", "reason": reason})
+    return pd.DataFrame(rows, columns=["contrast", "hemi", "reference", "dice", "n_predicted", "n_reference",
+                                       "verdict", "reason"])

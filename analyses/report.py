@@ -81,11 +81,17 @@ NOTEBOOKS: dict[str, Notebook] = {
     "roi_selectivity": Notebook(
         "ROI selectivity",
         "category preferences of each ROI with permutation statistics; in-silico localizers on the surface"),
+    "routing": Notebook(
+        "Routing",
+        "does each ROI query pick tokens by location, by content, by both or by neither: indices, tests, examples"),
+    "hypotheses": Notebook(
+        "Hypotheses",
+        "your claims as sentences ('FFA-1 prefers face'), each tested with calibrated statistics and FDR"),
 }
 
 #: Parameters holding paths: made absolute (against the current directory) before they reach a kernel.
 PATH_PARAMETERS = frozenset({"run_dir", "data_dir", "cache_dir", "ridge_run", "out_dir", "test_fmri", "noise_ceiling",
-                             "stimuli_dir", "stimuli_labels", "checks_dir"})
+                             "stimuli_dir", "stimuli_labels", "checks_dir", "localizer_dir"})
 
 
 # --------------------------------------------------------------------------
@@ -252,7 +258,7 @@ class Report:
 
 
 def execute(name: str, parameters: dict[str, Any], out: Path, kernel: str, notebook_dir: Path,
-            timeout: float | None = None) -> Entry:
+            timeout: float | None = None, show_code: bool = False) -> Entry:
     """Execute one notebook into ``out`` and export it to HTML; failures are recorded, not raised."""
     import nbformat
     import papermill
@@ -281,7 +287,7 @@ def execute(name: str, parameters: dict[str, Any], out: Path, kernel: str, noteb
         entry.n_figures = len(pngs)
         entry.thumbnail = thumbnail(pngs[0]) if pngs else None
         entry.html = f"{name}.html"
-        export_html(nb, out / entry.html, f"{NOTEBOOKS[name].title} - {entry.status}")
+        export_html(nb, out / entry.html, f"{NOTEBOOKS[name].title} - {entry.status}", show_code)
     else:
         entry.notebook = None
     return entry
@@ -327,13 +333,34 @@ _HTML_TEMPLATE = """{%- extends 'index.html.j2' -%}
 """
 
 
-def export_html(nb, out: Path, title: str) -> Path:
-    """One self-contained HTML file: figures are embedded as base64 PNG, no file next to it is needed."""
+#: Tags of the cells whose code a reader sees even with the code hidden: the settings the notebook ran with
+VISIBLE_CODE_TAGS = frozenset({"parameters", "injected-parameters"})
+
+
+def hide_code(nb):
+    """A copy of ``nb`` whose code cells render without their source, except the parameters cells."""
+    import copy
+
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and not VISIBLE_CODE_TAGS & set(cell.metadata.get("tags", [])):
+            cell.metadata.setdefault("transient", {})["remove_source"] = True
+    return nb
+
+
+def export_html(nb, out: Path, title: str, show_code: bool = False) -> Path:
+    """One self-contained HTML file: figures are embedded as base64 PNG, no file next to it is needed.
+
+    Code cells are hidden unless ``show_code`` (the parameters cells always
+    show: they state the settings the report ran with).
+    """
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    if not show_code:
+        nb = hide_code(nb)
     exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"tbe_report.html.j2": _HTML_TEMPLATE})],
-                            template_file="tbe_report.html.j2")
+                            template_file="tbe_report.html.j2", exclude_output_prompt=not show_code)
     exporter.log = _quiet_log  # it warns about images without alternative text, and adds a generic one
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     with atomic_path(out) as tmp:
@@ -368,7 +395,8 @@ STANDARD_PARAMETERS = ("run_dir", "data_dir", "subj", "ridge_run", "cache_dir", 
 def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
                 params: dict[str, Any] | None = None, notebooks: list[str] | None = None,
                 ridge_run: str | Path | None = None, cache_dir: str | Path | None = None,
-                notebook_dir: str | Path = NOTEBOOK_DIR, timeout: float | None = None, device: str = "cpu") -> Report:
+                notebook_dir: str | Path = NOTEBOOK_DIR, timeout: float | None = None,
+                show_code: bool = False, device: str = "cpu") -> Report:
     """Execute the report notebooks on a run and write ``out_dir/index.html``.
 
     Parameters
@@ -391,6 +419,8 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         Where the notebooks are (default: the project's ``notebooks/``).
     timeout : float, optional
         Seconds a single cell may run (default: no limit).
+    show_code : bool
+        Show the code cells in the HTML (default: hidden; the parameters cells always show).
     device : str
         The notebooks' ``device`` parameter: where they run the backbone,
         encoder, attributions and attention (``tbe report --device``).
@@ -430,14 +460,15 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         parameters.update(routed[name])
         parameters = _absolute(parameters)
         log.info("report: running %s", name)
-        entry = execute(name, parameters, out, kernel, notebook_dir, timeout)
+        entry = execute(name, parameters, out, kernel, notebook_dir, timeout, show_code)
         log.info("report: %s %s in %.0f s%s", name, entry.status, entry.seconds,
                  f" ({entry.error})" if entry.error else "")
         entries.append(entry)
     context = {"run": str(run_dir), "data": str(data_dir), "subject": subj, "ridge_run": str(ridge_run or ""),
                "backbone": _backbone_description(run_dir), "created": _dt.datetime.now().isoformat(timespec="seconds"),
                "python": sys.executable, "kernel": kernel, "command": reproduce_command(run_dir, data_dir, out, params,
-                                                                                        notebooks, ridge_run, cache_dir)}
+                                                                                        notebooks, ridge_run, cache_dir,
+                                                                                        show_code)}
     write_json(out / "report.json", {"context": context, "entries": [asdict(e) | {"thumbnail": None} for e in entries]})
     write_reproducibility_files(out, run_dir, data_dir, subj, context["command"], {
         e.name: e.parameters.get("seed", declared[e.name].get("seed", {}).get("default"))
@@ -474,8 +505,9 @@ def _backbone_description(run_dir: Path) -> str:
 
 
 def reproduce_command(run_dir: Path, data_dir: Path, out: Path, params: dict[str, Any] | None,
-                      notebooks: list[str] | None, ridge_run: Path | None, cache_dir: Path | None) -> str:
-    """The ``tbe report`` command line that renders this report again."""
+                      notebooks: list[str] | None, ridge_run: Path | None, cache_dir: Path | None,
+                      show_code: bool = False) -> str:
+    """The ``tbe report`` command line that renders this report again, from any directory (absolute paths)."""
     import shlex
 
     parts = ["tbe", "report", "--run", str(run_dir), "--data-dir", str(data_dir), "--out", str(out)]
@@ -485,7 +517,11 @@ def reproduce_command(run_dir: Path, data_dir: Path, out: Path, params: dict[str
         parts += ["--ridge-run", str(ridge_run)]
     if cache_dir:
         parts += ["--cache-dir", str(cache_dir)]
+    if show_code:
+        parts += ["--show-code"]
     for key, value in (params or {}).items():
+        if key.rsplit(".", 1)[-1] in PATH_PARAMETERS and isinstance(value, (str, Path)) and str(value):
+            value = str(Path(value).expanduser().resolve())
         parts += ["-p", key, json.dumps(value) if not isinstance(value, str) else value]
     return " ".join(shlex.quote(p) for p in parts)
 

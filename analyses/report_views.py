@@ -42,8 +42,41 @@ def setup_notebook(seed: int | None = None) -> None:
     matplotlib.use("Agg")
     pd.set_option("display.precision", 3)
     pd.set_option("display.max_rows", 200)
+    _tables_as_html()
     if seed is not None:
         seed_everything(seed)
+
+
+def _tables_as_html() -> None:
+    """Every DataFrame the notebook displays is shown by :func:`table_html` (in a kernel; a no-op elsewhere)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with the report extra
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)
+
+
+def column_format(values: pd.Series) -> str:
+    """One number format for a whole column: fixed 3 decimals, or 3 significant digits in e-notation when
+    a value of the column is below 0.001 or 10,000 and above in magnitude (p-values, counts of vertices stay apart)."""
+    v = pd.to_numeric(values, errors="coerce").to_numpy(float)
+    v = np.abs(v[np.isfinite(v) & (v != 0)])
+    return "{:.2e}" if v.size and (v.min() < 1e-3 or v.max() >= 1e4) else "{:.3f}"
+
+
+def table_html(table: pd.DataFrame) -> str:
+    """A table for reading: no index column, one number format per float column, NaN shown as blank.
+
+    A meaningful index (named, or of labels such as method names) becomes an
+    ordinary first column; a bare row number is dropped.
+    """
+    if any(table.index.names) or not pd.api.types.is_integer_dtype(table.index):
+        table = table.reset_index(names=[n or "" for n in table.index.names])
+    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
+    styler = table.style.hide(axis="index").format({c: column_format(table[c]) for c in floats}, na_rep="")
+    return styler.to_html()
 
 
 def seed_everything(seed: int) -> None:
@@ -194,56 +227,109 @@ def _image_array(image) -> np.ndarray:
     return image.permute(1, 2, 0).numpy() if hasattr(image, "permute") else np.asarray(image)
 
 
-def _overlay(ax, img: np.ndarray, m: np.ndarray) -> None:
-    """A map over its image (stretched to the image's extent)."""
-    side = img.shape[0]
-    ax.imshow(img)
-    if np.isfinite(m).all():
-        ax.imshow(m, cmap="inferno", alpha=0.6, extent=(0, side, side, 0), interpolation="bilinear")
-    ax.set_xticks([]), ax.set_yticks([])
+#: Focus (0 = uniform, 1 = one cell) below which an attention map is called near uniform in words
+NEAR_UNIFORM_FOCUS = 0.05
 
 
-def attention_grid(ds, images, hemi: str, rois: list[str], variable: str = "attention_mean"):
-    """Rows: images; columns: the image, then each ROI query's attention over it."""
+def _overlay(ax, img: np.ndarray, m: np.ndarray, scale=None, show_focus: bool = False) -> None:
+    """A map over its image on ``scale`` (its own when None), with its focus written under it when asked."""
+    from interpret.focus import focus
+    from interpret.overlay import draw_map
+    from model.figures import colour_scale
+
+    if not np.isfinite(m).all():
+        ax.imshow(img, alpha=0.3)
+        ax.set_xticks([]), ax.set_yticks([])
+        return
+    draw_map(ax, img, m, scale or colour_scale(m))
+    if show_focus:
+        ax.set_xlabel(f"focus {float(focus(m)):.2f}", fontsize=7)
+
+
+def _shared_scale(values, shared: bool):
+    from model.figures import colour_scale
+
+    finite = np.asarray(values, float)
+    return colour_scale(finite[np.isfinite(finite)]) if shared else None
+
+
+def _colour_bar(fig, axes, scale, label: str) -> None:
+    from matplotlib.cm import ScalarMappable
+
+    if scale is not None:
+        fig.colorbar(ScalarMappable(scale.norm, scale.cmap), ax=axes.ravel().tolist(), shrink=0.6, label=label)
+
+
+def near_uniform_note(ds, hemi: str, rois: list[str], variable: str = "attention_mean",
+                      shared_scale: bool = False) -> str:
+    """Words for maps close to uniform: 'maps are close to uniform (mean focus 0.01)...' or ''."""
+    from interpret.focus import focus
+
+    values = [focus(ds[variable].sel(hemi=hemi, roi=r).values).mean() for r in rois]
+    mean = float(np.nanmean(values)) if values else float("nan")
+    if not np.isfinite(mean) or mean >= NEAR_UNIFORM_FOCUS:
+        return ""
+    text = f"The {hemi} maps are close to uniform (mean focus {mean:.2f}, 0 = uniform)"
+    if shared_scale:
+        return text + ": on the shared colour scale they look as flat as they are."
+    return (text + ": on a panel's own colour scale small differences look focal; with `shared_scale = True` they "
+            "look as flat as they are.")
+
+
+def attention_grid(ds, images, hemi: str, rois: list[str], variable: str = "attention_mean",
+                   shared_scale: bool = False):
+    """Rows: images; columns: the image, then each ROI query's attention over it, its focus under it.
+
+    With ``shared_scale`` every panel uses one colour scale (shown by a
+    colour bar), so near-uniform maps look uniform; otherwise each panel is
+    scaled on its own, which shows the shape of even a nearly flat map.
+    """
     import matplotlib.pyplot as plt
 
     n = len(ds.image)
-    fig, axes = plt.subplots(n, len(rois) + 1, figsize=(1.9 * (len(rois) + 1), 1.9 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(rois) + 1, figsize=(1.9 * (len(rois) + 1), 2.1 * n), squeeze=False)
+    scale = _shared_scale(ds[variable].sel(hemi=hemi, roi=rois).values, shared_scale)
     for i in range(n):
         img = _image_array(images[i])
         axes[i, 0].imshow(img)
         axes[i, 0].set_xticks([]), axes[i, 0].set_yticks([])
         axes[i, 0].set_ylabel(str(ds.image.values[i])[:18], fontsize=7)
         for j, roi in enumerate(rois, start=1):
-            _overlay(axes[i, j], img, ds[variable].sel(hemi=hemi, roi=roi).values[i])
+            _overlay(axes[i, j], img, ds[variable].sel(hemi=hemi, roi=roi).values[i], scale, show_focus=True)
             if i == 0:
                 axes[i, j].set_title(f"{hemi} {roi}", fontsize=8)
-    fig.suptitle(f"{variable.replace('_', ' ')} ({hemi})", fontsize=10)
+    where = "one colour scale" if shared_scale else "each panel on its own colour scale"
+    fig.suptitle(f"{variable.replace('_', ' ')} ({hemi}; {where})", fontsize=10)
     fig.tight_layout()
+    _colour_bar(fig, axes, scale, "attention")
     return fig
 
 
-def head_grid(ds, images, hemi: str, roi: str):
-    """Rows: images; columns: each attention head of one ROI query."""
+def head_grid(ds, images, hemi: str, roi: str, shared_scale: bool = False):
+    """Rows: images (labelled); columns: each attention head of one ROI query, its focus under it."""
     import matplotlib.pyplot as plt
 
     att = ds["attention"].sel(hemi=hemi, roi=roi)
     n, heads = len(ds.image), att.sizes["head"]
-    fig, axes = plt.subplots(n, heads, figsize=(1.8 * heads, 1.8 * n), squeeze=False)
+    fig, axes = plt.subplots(n, heads, figsize=(1.8 * heads, 2.0 * n), squeeze=False)
+    scale = _shared_scale(att.values, shared_scale)
     for i in range(n):
         img = _image_array(images[i])
         for h in range(heads):
-            _overlay(axes[i, h], img, att.isel(image=i, head=h).values)
+            _overlay(axes[i, h], img, att.isel(image=i, head=h).values, scale, show_focus=True)
             if i == 0:
                 axes[i, h].set_title(f"head {h}", fontsize=8)
-    fig.suptitle(f"{hemi} {roi}: attention per head", fontsize=10)
+        axes[i, 0].set_ylabel(str(ds.image.values[i])[:18], fontsize=7)
+    fig.suptitle(f"{hemi} {roi}: attention per head (rows: images)", fontsize=10)
     fig.tight_layout()
+    _colour_bar(fig, axes, scale, "attention")
     return fig
 
 
 def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
-    """Rows: ROIs; columns: methods; each map averaged over the images (signed maps in red/blue)."""
+    """Rows: ROIs; columns: methods; each map averaged over the images (signed maps diverging, centred on 0)."""
     import matplotlib.pyplot as plt
+    from model.figures import colour_scale
 
     fig, axes = plt.subplots(len(rois), len(methods), figsize=(2.2 * len(methods), 2.0 * len(rois)), squeeze=False)
     for i, roi in enumerate(rois):
@@ -253,15 +339,13 @@ def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
             m = (m.mean("head") if "head" in m.dims else m).mean("image").values
             ax.set_xticks([]), ax.set_yticks([])
             if np.isfinite(m).all():
-                signed = m.min() < 0
-                lim = float(np.abs(m).max()) or 1.0
-                ax.imshow(m, cmap="RdBu_r" if signed else "inferno", vmin=-lim if signed else None,
-                          vmax=lim if signed else None)
+                shown = ax.imshow(m, **colour_scale(m).imshow_kwargs())
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
             if i == 0:
                 ax.set_title(name.replace("_", " "), fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"{hemi} {roi}", fontsize=8)
-    fig.suptitle(f"maps averaged over images ({hemi})", fontsize=10)
+    fig.suptitle(f"maps averaged over images ({hemi}; red/blue: signed, centred on 0)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -284,6 +368,17 @@ def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int, de
 # --------------------------------------------------------------------------
 # One-line summaries
 # --------------------------------------------------------------------------
+
+def run_note(run_dir, config, metrics: dict) -> str:
+    """What the encoding-accuracy report says about the run: its backbone and epochs, or an ensemble's two validation r."""
+    if metrics.get("kind") == "ensemble":
+        return (f"**Ensemble** `{run_dir}`: {metrics['n_members']} runs, {metrics['weighting']} weighting; validation r "
+                f"{metrics['val_r']['mean']:.3f} cross-fitted (weights chosen on other validation images), "
+                f"{metrics['val_r_in_sample']['mean']:.3f} in-sample (weights chosen on the images scored: flattering); "
+                f"best member {metrics['best_member']}: {metrics['best_member_val_r']:.3f}.")
+    return (f"**Run** `{run_dir}`: {metrics.get('backbone', '')}; best epoch {metrics.get('best_epoch')} "
+            f"of {config.train.epochs}, validation r {metrics['val_r']['mean']:.3f}.")
+
 
 def accuracy_summary(models: list, challenge: dict[str, float], difference: pd.DataFrame | None) -> str:
     """E.g. 'challenge score 54.1 (ridge 38.2); mean test r 0.31 (ridge 0.22); transformer higher in 18 of 25 ROIs'."""
@@ -311,7 +406,9 @@ def attention_summary(centres: pd.DataFrame, n_images: int) -> str:
     if "in_expected_quadrant" in centres and centres.in_expected_quadrant.notna().any():
         q = centres.in_expected_quadrant.dropna()
         parts.append(f"{int(q.sum())} of {len(q)} early visual queries centred in the visual-field quadrant they represent")
-    parts.append(f"mean focus {centres.focus.mean():.2f} (0 = uniform, 1 = one cell)")
+    focus = float(centres.focus.mean())
+    parts.append(f"mean focus {focus:.2f} (0 = uniform, 1 = one cell)"
+                 + (": the maps are close to uniform, whatever their colours suggest" if focus < NEAR_UNIFORM_FOCUS else ""))
     return "; ".join(parts)
 
 
@@ -328,6 +425,47 @@ def attribution_summary(variables: list[str], convergence: pd.DataFrame, agreeme
         off = agreement.values[~np.eye(len(agreement), dtype=bool)]
         parts.append(f"mean rank agreement between methods {np.nanmean(off):.2f}")
     return "; ".join(parts)
+
+
+def stimulus_confounds_note(run, which: list[str] | None = None) -> str:
+    """The known confounds of a virtual subject's stimuli (``which``: by name; None: all), as one paragraph.
+
+    '' for real data, whose stimuli have no declared confounds: the text
+    then says nothing rather than guessing.
+    """
+    truth = run.subject.truth
+    if truth is None:
+        return ""
+    found = {k: v for k, v in truth.stimulus_confounds.items() if which is None or k in which}
+    if not found:
+        return ""
+    return "**Known confounds of these stimuli.** " + " ".join(f"*{k}*: {v}." for k, v in found.items())
+
+
+def settings_table(settings: dict) -> pd.DataFrame:
+    """Settings as a two-column table (``setting``, ``value``), lists written out comma-separated."""
+    def text(v: Any) -> str:
+        return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return pd.DataFrame({"setting": list(settings), "value": [text(v) for v in settings.values()]})
+
+
+def outside_unit_note(faithfulness: pd.DataFrame) -> str:
+    """Which methods have deletion or insertion AUCs outside [0, 1] (per ROI and hemisphere), and why that happens."""
+    cols = [c for c in ("deletion_auc", "insertion_auc") if c in faithfulness]
+    if not cols or faithfulness.empty:
+        return ""
+    keys = [c for c in ("hemi", "roi", "method") if c in faithfulness]
+    means = faithfulness.groupby(keys)[cols].mean().reset_index()
+    outside = means[((means[cols] < 0) | (means[cols] > 1)).any(axis=1)]
+    if outside.empty:
+        return "Every deletion and insertion AUC lies in [0, 1]."
+    where = "; ".join(f"{r.method} ({' '.join(str(getattr(r, k)) for k in keys if k != 'method')}: "
+                      + ", ".join(f"{c.split('_')[0]} {getattr(r, c):.2f}" for c in cols) + ")"
+                      for r in outside.itertuples())
+    return (f"AUCs outside [0, 1] for {', '.join(sorted(set(outside.method)))}: {where}. Deleting first the patches "
+            "that raise the response leaves those that lower it, so a curve can dip below the blurred image's "
+            "prediction (or rise above the intact one); any method can do this, not only token IG.")
 
 
 def checks_summary(tables: dict[str, pd.DataFrame]) -> str:
@@ -363,7 +501,8 @@ def checks_summary(tables: dict[str, pd.DataFrame]) -> str:
 # --------------------------------------------------------------------------
 
 #: Columns of the selectivity views, where the table has them
-_SELECTIVITY_COLUMNS = ["source", "hemi", "roi", "category", "n", "d_prime", "ci_low", "ci_high", "p_fdr", "significant",
+_SELECTIVITY_COLUMNS = ["source", "hemi", "roi", "category", "n", "mean", "mean_ci_low", "mean_ci_high", "d_prime", "p_fdr",
+                        "significant",
                         "planted", "r_heldout", "supported"]
 
 
@@ -374,7 +513,8 @@ def _roi_subset(table: pd.DataFrame, rois: list[str] | None) -> pd.DataFrame:
 def expected_preferences(table: pd.DataFrame, rois: list[str] | None = None) -> pd.DataFrame:
     """The hypothesis tests proper: each category ROI against its expected category (FFA: faces, PPA: places ...)."""
     rows = _roi_subset(table[table.expected.astype(bool)], rois)
-    return rows[[c for c in _SELECTIVITY_COLUMNS if c in rows]].reset_index(drop=True)
+    rows = rows[[c for c in _SELECTIVITY_COLUMNS if c in rows]]
+    return rows.assign(group=roi_group(rows) if len(rows) else []).reset_index(drop=True)
 
 
 def preferred_categories(table: pd.DataFrame, rois: list[str] | None = None) -> pd.DataFrame:
@@ -387,20 +527,57 @@ def preferred_categories(table: pd.DataFrame, rois: list[str] | None = None) -> 
     return rows[[c for c in columns if c in rows]].rename(columns={"category": "preferred"}).reset_index(drop=True)
 
 
-def selectivity_summary(table: pd.DataFrame, localizer: pd.DataFrame | None = None) -> str:
-    """E.g. 'predicted: 8 of 10 category ROIs (per hemisphere) significantly prefer their expected category, ...'."""
-    parts = []
+def roi_group(table: pd.DataFrame) -> pd.Series:
+    """Which group each row's ROI counts in: planted vs null ROIs (virtual subjects), reliable vs the rest (real data).
+
+    A virtual subject's null ROIs are pure noise: counting them with the
+    planted ones would mix false positives into the successes. On real data
+    the split is the run's held-out reliability of the ROI (predicted rows);
+    measured rows have no split (``all``).
+    """
+    planted = table["planted"].fillna("").astype(str) if "planted" in table else pd.Series("", index=table.index)
+    reliable = table["reliable"] if "reliable" in table else pd.Series(pd.NA, index=table.index)
+    by_reliability = np.where(reliable.isna(), "all", np.where(reliable.fillna(False).astype(bool),
+                                                               "reliably predicted", "not reliably predicted"))
+    return pd.Series(np.where(planted == "none", "null (pure noise)",
+                              np.where(planted != "", "planted", by_reliability)), index=table.index, name="group")
+
+
+def preference_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per source and ROI group (:func:`roi_group`): how many category ROIs significantly prefer their expected category."""
     tests = table[table.expected.astype(bool)]
-    for source, rows in tests.groupby("source", sort=False):
-        text = (f"{source}: {int(rows.significant.astype(bool).sum())} of {len(rows)} category ROIs (per hemisphere) "
-                f"significantly prefer their expected category")
-        if source == "predicted" and "supported" in rows:
-            text += f", {int(rows.supported.astype(bool).sum())} of them reliably predicted"
+    counts = (tests.assign(group=roi_group(tests), significant=tests.significant.astype(bool))
+              .groupby(["source", "group"], sort=False).significant.agg(n_significant="sum", n_rois="size").reset_index())
+    return counts.astype({"n_significant": int, "n_rois": int})
+
+
+def selectivity_summary(table: pd.DataFrame, localizer: pd.DataFrame | None = None,
+                        localizer_settings: str = "", localizer_verdicts: pd.DataFrame | None = None) -> str:
+    """E.g. 'predicted: planted ROIs 24 of 24 (per hemisphere) significantly prefer their expected category; null ...'.
+
+    Null ROIs (pure noise) are counted apart from the planted ones: a
+    significant null ROI is a false positive, not a success.
+    """
+    parts = []
+    counts = preference_counts(table)
+    tests = table[table.expected.astype(bool)]
+    for source, rows in counts.groupby("source", sort=False):
+        groups = ", ".join(f"{g} ROIs {r.n_significant} of {r.n_rois}" for g, r in zip(rows.group, rows.itertuples()))
+        text = f"{source}: {groups} (per hemisphere) significantly prefer their expected category"
+        supported = tests[(tests.source == source) & (roi_group(tests) != "null (pure noise)")]
+        if source == "predicted" and "supported" in supported and set(rows.group) & {"planted"}:
+            text += (f"; {int(supported.supported.astype(bool).sum())} of the planted ones supported (significant and "
+                     "reliably predicted)")
         parts.append(text)
     if localizer is not None and len(localizer):
         ref = localizer[localizer.reference == "roi_masks"] if "reference" in localizer else localizer
         if len(ref):
             means = ref.groupby("contrast", sort=False)[["dice", "auc"]].mean()
-            parts.append("localizer vs ROI masks: " + ", ".join(f"{c} Dice {m.dice:.2f} AUC {m.auc:.2f}"
-                                                                for c, m in means.iterrows()))
+            parts.append("localizer vs ROI masks" + (f" ({localizer_settings})" if localizer_settings else "") + ": "
+                         + ", ".join(f"{c} Dice {m.dice:.2f} AUC {m.auc:.2f}" for c, m in means.iterrows()))
+    if localizer_verdicts is not None and len(localizer_verdicts):
+        failed = localizer_verdicts[localizer_verdicts.verdict == "failed"]
+        parts.append("localizer failures: " + ("; ".join(f"{r.contrast} {r.hemi} (Dice {r.dice:.2f} vs {r.reference}: "
+                                                          f"{r.reason})" for r in failed.itertuples())
+                                                if len(failed) else "none"))
     return "; ".join(parts)

@@ -24,8 +24,6 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from model.features import cache_key, default_cache_dir, extract_features, open_entry
-from model.files import digest_json
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES, ROI_TO_CLASS
 from model.run import Run, predict
 from model.subject import Subject
@@ -71,23 +69,13 @@ def roi_means(values: dict[str, np.ndarray], subject: Subject,
 
 def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
                  cache_dir: str | Path | None = None) -> np.ndarray:
-    """Backbone features ``(N, tokens, C)`` of ``paths``.
+    """The run's encoder input ``(N, tokens, C)`` for ``paths`` (:meth:`model.run.Run.features`).
 
     When every image is one of the subject's (``rows`` gives its split and
     index) and the split's features are already cached (training computed
     them), those rows are read from the cache instead of recomputing.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    backbone = run.shared_backbone
-    if rows is not None and all(r is not None for r in rows):
-        entries = {}
-        for split in {r[0] for r in rows}:
-            entry = cache_dir / digest_json(cache_key(backbone, run.subject.images(split)))
-            if (entry / "meta.json").is_file():
-                entries[split] = open_entry(entry).features
-        if len(entries) == len({r[0] for r in rows}):
-            return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
-    return np.asarray(extract_features(backbone, list(paths), cache_dir, device=str(run.device), desc="stimulus features").features,
+    return np.asarray(run.features(list(paths), cache_dir, device=str(run.device), rows=rows, desc="stimulus features"),
                       np.float32)
 
 

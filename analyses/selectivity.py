@@ -3,7 +3,7 @@
 For every hemisphere x ROI x category, the ROI-mean response to that
 category's images is compared with its response to all other images:
 
-* ``mean`` with a bootstrap confidence interval (``ci_low``, ``ci_high``);
+* ``mean`` with a bootstrap confidence interval (``mean_ci_low``, ``mean_ci_high``);
 * Welch's ``t``, ``d_prime`` and the ``selectivity_index``
   (:mod:`analyses.stats` defines them);
 * ``p``: a permutation p-value (category labels shuffled, 10,000 times by
@@ -53,7 +53,7 @@ ALPHA = 0.05
 N_PERMUTATIONS = 10_000
 N_BOOTSTRAP = 2000
 #: The table's columns, in order.
-COLUMNS = ["source", "hemi", "roi", "roi_class", "category", "n", "n_rest", "mean", "sd", "ci_low", "ci_high",
+COLUMNS = ["source", "hemi", "roi", "roi_class", "category", "n", "n_rest", "mean", "mean_ci_low", "mean_ci_high", "sd",
            "mean_rest", "t", "df", "d_prime", "selectivity_index", "p_parametric", "p", "p_fdr", "significant",
            "preferred", "expected", "planted", "r_heldout", "reliable", "supported"]
 
@@ -135,7 +135,7 @@ def selectivity_table(responses: xr.DataArray, labels: Sequence[str], categories
                 "source": source, "hemi": hemi, "roi": roi, "roi_class": roi_class, "category": category,
                 "n": int(moments.n_in[c, 0]), "n_rest": int(moments.n_out[c, 0]),
                 "mean": moments.mean_in[c, k], "sd": np.sqrt(moments.var_in[c, k]),
-                "ci_low": lows[c, k], "ci_high": highs[c, k], "mean_rest": moments.mean_out[c, k],
+                "mean_ci_low": lows[c, k], "mean_ci_high": highs[c, k], "mean_rest": moments.mean_out[c, k],
                 "t": t[c, k], "df": df[c, k], "d_prime": dp[c, k], "selectivity_index": si[c, k],
                 "p_parametric": p_parametric[c, k], "p": p[c, k],
                 "preferred": bool(c == np.argmax(moments.mean_in[:, k])),
@@ -250,7 +250,7 @@ def to_dataset(result: dict, stimuli: StimulusSet) -> xr.Dataset:
     """The tables as labelled arrays ``(source, hemi, roi, category)``, plus the per-image responses."""
     table = result["table"]
     order = {k: list(dict.fromkeys(table[k])) for k in ("source", "hemi", "roi", "category")}  # keep Algonauts order
-    numeric = ["n", "mean", "ci_low", "ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr", "significant"]
+    numeric = ["n", "mean", "mean_ci_low", "mean_ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr", "significant"]
     ds = table.set_index(list(order))[numeric].astype({"significant": "int8"}).to_xarray().reindex(order)
     ds["responses"] = result["responses"].drop_vars("roi_class").reindex(roi=order["roi"], source=order["source"])
     if result["attention"] is not None and len(result["attention"]):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from model.figures import figure, save_figure
+from model.figures import colour_scale, figure, save_figure
 from model.rois import HEMIS
 
 DPI = 100
@@ -29,7 +29,7 @@ def plot_selectivity(table: pd.DataFrame, out: str | Path) -> Path:
     sources = list(dict.fromkeys(table["source"]))
     rois = list(dict.fromkeys(table["roi"]))
     categories = list(dict.fromkeys(table["category"]))
-    limit = float(np.nanpercentile(np.abs(table["d_prime"]), 98)) if len(table) else 1.0
+    scale = colour_scale(table["d_prime"], signed=True, percentile=98)
     fig = figure(figsize=(2.2 + 0.9 * len(categories) * len(HEMIS), 0.8 + 0.28 * len(rois) * len(sources)))
     axes = fig.subplots(len(sources), len(HEMIS), squeeze=False, sharey=True)
     for i, source in enumerate(sources):
@@ -37,7 +37,7 @@ def plot_selectivity(table: pd.DataFrame, out: str | Path) -> Path:
             part = table[(table["source"] == source) & (table["hemi"] == hemi)].assign(mark=_marks)
             d = part.pivot(index="roi", columns="category", values="d_prime").reindex(index=rois, columns=categories)
             notes = part.pivot(index="roi", columns="category", values="mark").reindex(index=rois, columns=categories)
-            sns.heatmap(d, ax=axes[i, j], cmap="RdBu_r", vmin=-limit, vmax=limit, center=0, annot=notes.fillna(""),
+            sns.heatmap(d, ax=axes[i, j], **scale.imshow_kwargs(), center=0, annot=notes.fillna(""),
                         fmt="", cbar=j == len(HEMIS) - 1, cbar_kws={"label": "d'"}, linewidths=0.3, linecolor="white")
             axes[i, j].set_title(f"{source}, {hemi}", fontsize=10)
             axes[i, j].set_xlabel("")
@@ -55,12 +55,13 @@ def plot_attention(table: pd.DataFrame, out: str | Path) -> Path:
     categories = list(dict.fromkeys(table["category"]))
     fig = figure(figsize=(2 + 0.9 * len(categories) * len(HEMIS), 0.6 + 0.28 * len(rois)))
     axes = fig.subplots(1, len(HEMIS), squeeze=False, sharey=True)
-    limit = float(np.nanmax(np.abs(np.log2(table["ratio"])))) if len(table) else 1.0
+    scale = colour_scale(np.log2(table["ratio"]), signed=True)
     for j, hemi in enumerate(HEMIS):
         part = table[table["hemi"] == hemi]
         ratio = np.log2(part.pivot(index="roi", columns="category", values="ratio").reindex(index=rois, columns=categories))
         notes = part.assign(mark=_marks).pivot(index="roi", columns="category", values="mark")
-        sns.heatmap(ratio, ax=axes[0, j], cmap="RdBu_r", vmin=-limit, vmax=limit, center=0, annot=notes.reindex(index=rois, columns=categories).fillna(""),
+        sns.heatmap(ratio, ax=axes[0, j], **scale.imshow_kwargs(), center=0,
+                    annot=notes.reindex(index=rois, columns=categories).fillna(""),
                     fmt="", cbar=j == len(HEMIS) - 1, cbar_kws={"label": "log2(mass / chance)"})
         axes[0, j].set_title(hemi)
     fig.suptitle("Attention on category masks; * FDR-significant")
@@ -74,7 +75,7 @@ def plot_calibration(table: pd.DataFrame, out: str | Path, alpha: float) -> Path
     ax = fig.subplots()
     y = np.arange(len(rates))
     sns.scatterplot(x=rates["rate"], y=y, ax=ax, color="k", zorder=3)
-    ax.errorbar(rates["rate"], y, xerr=[rates["rate"] - rates["ci_low"], rates["ci_high"] - rates["rate"]],
+    ax.errorbar(rates["rate"], y, xerr=[rates["rate"] - rates["rate_ci_low"], rates["rate_ci_high"] - rates["rate"]],
                 fmt="none", color="k")
     ax.axvline(alpha, color="tab:red", ls="--", label=f"nominal {alpha}")
     ax.set_yticks(y, [f"{t} [{s}]" for t, s in zip(rates["test"], rates["source"])])

@@ -264,7 +264,7 @@ def clustered_rate(hits: np.ndarray, confidence: float = 0.95) -> dict:
         deff = max(1.0, float(hits.mean(1).var(ddof=1)) * m / (rate * (1 - rate)))
     n_eff = n / deff
     low, high = binomial_interval(rate * n_eff, n_eff, confidence)
-    return {"rate": rate, "ci_low": low, "ci_high": high, "n_effective": n_eff, "design_effect": deff}
+    return {"rate": rate, "rate_ci_low": low, "rate_ci_high": high, "n_effective": n_eff, "design_effect": deff}
 
 
 def auc(scores: np.ndarray, members: np.ndarray) -> float:

@@ -12,10 +12,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 
 from model.errors import InputError
-from model.figures import figure, save_figure
+from model.figures import colour_scale, figure, save_figure
 from model.files import atomic_path
 from model.rois import HEMIS
 from model.subject import Subject
@@ -51,19 +50,24 @@ def fsaverage(n_vertices: int) -> dict:
 
 
 def plot_surface(values: dict[str, np.ndarray], subject: Subject, out: str | Path, title: str = "",
-                 cmap: str = "inferno", vmin: float | None = None, vmax: float | None = None,
-                 symmetric: bool = False) -> Path:
-    """Lateral, medial and ventral views of both hemispheres on the inflated surface, as one PNG."""
+                 cmap: str | None = None, vmin: float | None = None, vmax: float | None = None,
+                 signed: bool | None = None) -> Path:
+    """Lateral, medial and ventral views of both hemispheres on the inflated surface, as one PNG.
+
+    Colours follow :func:`model.figures.colour_scale`: pass ``signed=True``
+    for a signed quantity (r, a difference, t), which then gets a diverging
+    map centred on 0 even where every value happens to be positive;
+    ``signed=None`` decides from the values. The limits are the 99th
+    percentile of ``|values|`` unless ``vmin``/``vmax`` are given; ``cmap``
+    overrides the colour map only.
+    """
     from nilearn import plotting
 
     out = Path(out)
     mesh = fsaverage(subject.fsaverage_masks["lh"].size)
     full = {h: to_fsaverage(values[h], subject, h) for h in HEMIS}
-    finite = np.concatenate([v[np.isfinite(v)] for v in full.values()])
-    if vmax is None:
-        vmax = float(np.nanpercentile(np.abs(finite), 99)) if finite.size else 1.0
-    if vmin is None:
-        vmin = -vmax if symmetric or (finite.size and finite.min() < 0) else 0.0
+    scale = colour_scale(np.concatenate(list(full.values())), signed, vmin, vmax, percentile=99)
+    cmap = cmap or scale.cmap
     fig = figure(figsize=(4 * len(VIEWS), 3.4 * len(HEMIS)))
     axes = fig.subplots(len(HEMIS), len(VIEWS), subplot_kw={"projection": "3d"})
     for row, hemi in enumerate(HEMIS):
@@ -73,9 +77,9 @@ def plot_surface(values: dict[str, np.ndarray], subject: Subject, out: str | Pat
             data = np.where(np.isfinite(full[hemi]), full[hemi], np.nan)
             plotting.plot_surf_stat_map(
                 mesh[f"infl_{side}"], data, hemi=side, view=view, bg_map=mesh[f"sulc_{side}"],
-                axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=vmin, vmax=vmax)
+                axes=ax, figure=fig, colorbar=False, cmap=cmap, vmin=scale.vmin, vmax=scale.vmax)
             ax.set_title(f"{hemi} {view}", fontsize=10)
-    sm = ScalarMappable(cmap=cmap, norm=Normalize(vmin, vmax))
+    sm = ScalarMappable(cmap=cmap, norm=scale.norm)
     fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.6, label=title)
     if title:
         fig.suptitle(title)

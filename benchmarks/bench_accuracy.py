@@ -4,7 +4,8 @@ Trains (or reuses, when the run folder already has ``metrics.json``) every
 encoder on the demo's virtual subject with the demo's backbone, then prints
 side by side, per encoder:
 
-* the challenge score against the noisy test responses;
+* the challenge score against the noisy test responses (the challenge's
+  definition), and ours over vertices with a noise ceiling (``score_nc_positive``);
 * mean r per ROI class against the noisy and against the clean test responses;
 * mean within-ROI r over the early visual ROIs (V1v ... hV4), against the
   clean responses: does the model keep the retinotopy *inside* an ROI?
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
 from model.architectures import RidgeConfig
 from model.rois import HEMIS
@@ -57,14 +59,8 @@ DEMO_RUN_NAMES = {"transformer": "transformer", "ridge_squared": "ridge"}
 
 
 def summary(name: str, scores: dict) -> dict:
-    """One row: challenge score, r per ROI class (noisy / clean), early-visual within-ROI r."""
-    row = {"encoder": name, "challenge score": scores.get("challenge_score", np.nan)}
-    hemis = scores["hemis"]
-    for group, label in (("early visual", "EV"), ("category ROIs", "category"), ("all", "all")):
-        row[f"r {label}"] = np.mean([hemis[h]["r"][group] for h in HEMIS])
-        row[f"r_clean {label}"] = np.mean([hemis[h]["r_clean"][group] for h in HEMIS])
-    row["within-ROI r EV"] = np.mean([np.mean(list(hemis[h]["within_roi_r"].values())) for h in HEMIS])
-    return row
+    """One row: the challenge score and ours, r per ROI class (noisy / clean), early-visual within-ROI r."""
+    return {"encoder": name, **summary_row(scores)}
 
 
 def main() -> None:

@@ -27,7 +27,10 @@ one table (rows appear as they are measured):
    must agree across processes afterwards;
 6. **feature cache**: the size of one subject's entry per layer, from a
    real cache entry written by :func:`model.features.extract_features`
-   (its end-to-end images/s, PNG decoding included, comes with it).
+   (its end-to-end images/s, PNG decoding included, comes with it);
+7. **voxels readout**: one query per vertex (39,548 queries, 961 tokens,
+   batch 16, hidden 768): time per training step and peak memory against
+   ``rois_all`` (the voxel queries decoded in chunks).
 
 Everything it needs is made on the spot: random-weight backbones (LayerScale
 1.0, as the project builds them), random images, features and fMRI of the
@@ -69,7 +72,7 @@ from model.device import pick_device  # noqa: E402
 from model.encoder import DecoderConfig  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.features import FeatureRows, keep_resident  # noqa: E402
-from model.readout import QuerySet  # noqa: E402
+from model.readout import QuerySet, vertex_queries  # noqa: E402
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES  # noqa: E402
 from model.run import TrainConfig  # noqa: E402
 from model.train import EpochData, Processes, Targets, make_optimiser, train_epoch  # noqa: E402
@@ -108,6 +111,7 @@ class Scale:
     cache_images: int
     section_timeout: float  # for the DDP launch
     readout_vertices: int = 20000  # the readout comparison: 50 queries x this, hidden 768, batch 16
+    voxel_steps: int = 3  # training steps timed per readout_res in the voxels section (the fastest counts)
 
 
 REAL = Scale("real", "vit_base_patch14_dinov2.lvd142m", 425, 1, 64, {"float32": 384, "bfloat16": 1024}, 64,
@@ -700,6 +704,58 @@ def ddp_worker(out: Path, scale: Scale, device_type: str) -> None:
 
 
 # --------------------------------------------------------------------------
+# 7. One query per vertex (--readout-res voxels) against rois_all
+# --------------------------------------------------------------------------
+
+def voxels(report: Report, scale: Scale, device: torch.device) -> None:
+    """A training step (forward, backward, AdamW) with one query per vertex, against rois_all's 50 queries.
+
+    Both use the linear readout (voxels needs it) on the same random tokens;
+    the voxel queries are decoded in chunks of ``DecoderConfig.query_chunk``
+    with activation checkpointing, so no batch x heads x vertices x tokens
+    attention tensor is ever made.
+    """
+    section = "voxels readout"
+    with torch.device("meta"):
+        probe = make_backbone(scale)
+    n_tokens = probe.grid[0] * probe.grid[1]
+    g = torch.Generator(device).manual_seed(4)
+    x = torch.randn(scale.batch, n_tokens, probe.dim, device=device, generator=g)
+    decoder = replace(scale.decoder, readout="linear")
+    results = {}
+    for name, queries in (("rois_all", synthetic_queries(scale.n_vertices)),
+                          ("voxels", vertex_queries(dict(zip(HEMIS, scale.n_vertices))))):
+        torch.manual_seed(0)
+        model = build_encoder("transformer", queries, probe.dim, probe.grid, decoder).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=TrainConfig().lr)
+        y = torch.randn(scale.batch, queries.n_total, device=device, generator=g)
+
+        def step(model=model, optimizer=optimizer, y=y) -> None:
+            with precision(device, "bfloat16" if device.type == "cuda" else "float32"):
+                pred = model(x)["pred"]
+            loss = ((pred.float() - y) ** 2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()  # allocations and the optimizer's state
+        with PeakMemory(device) as memory:
+            seconds = min(timed(device, step) for _ in range(scale.voxel_steps))
+        results[name] = (seconds, memory.peak_gib)
+        dense = scale.batch * decoder.nheads * queries.n_queries * n_tokens * 2
+        report.add(section, f"training step, {name}", 1000 * seconds, "ms",
+                   f"{queries.n_queries} queries, {n_tokens} tokens, batch {scale.batch}, hidden {decoder.hidden_dim}"
+                   + (f"; chunks of {decoder.query_chunk} (a whole bf16 attention map would be {_size(dense)})"
+                      if name == "voxels" else ""))
+        report.add(section, f"peak memory, {name}", memory.peak_gib, memory.unit,
+                   f"the step above what was allocated before: {memory.peak_gib - memory.before_gib:.2f}")
+        del model, optimizer, y
+        release_memory()
+    report.add(section, "voxels / rois_all, step time", results["voxels"][0] / results["rois_all"][0], "x")
+    report.add(section, "voxels / rois_all, peak memory", results["voxels"][1] / results["rois_all"][1], "x")
+
+
+# --------------------------------------------------------------------------
 # 6. The feature cache
 # --------------------------------------------------------------------------
 
@@ -751,6 +807,7 @@ SECTIONS = {
     "integrated gradients": integrated_gradients,
     "DDP": ddp,
     "feature cache": feature_cache,
+    "voxels readout": voxels,
 }
 
 

@@ -69,7 +69,7 @@ def bench_synthetic(rng: np.random.Generator, n_seeds: int, alpha: float = 0.05)
     for name, h in (("per test, p < 0.05", np.array(hits)), ("per seed, any FDR-significant", np.array(family)[:, None]),
                     ("power, d' = 1, FDR", np.array(power))):
         r = S.clustered_rate(h)
-        print(f"   {name:32s} {r['rate']:.4f}  95% CI [{r['ci_low']:.4f}, {r['ci_high']:.4f}]  ({h.sum()}/{h.size})")
+        print(f"   {name:32s} {r['rate']:.4f}  95% CI [{r['rate_ci_low']:.4f}, {r['rate_ci_high']:.4f}]  ({h.sum()}/{h.size})")
     print()
 
 
@@ -99,7 +99,7 @@ def bench_run(run: Path, data: Path | None, cache: Path | None, n_seeds: int, ou
     table = run_calibration(run, data, out, n_seeds=n_seeds, cache_dir=cache)
     seconds = time.perf_counter() - start
     with pd.option_context("display.width", 200, "display.max_colwidth", 70):
-        shown = table[["test", "source", "n_significant", "n_tests", "rate", "ci_low", "ci_high", "design_effect"]]
+        shown = table[["test", "source", "n_significant", "n_tests", "rate", "rate_ci_low", "rate_ci_high", "design_effect"]]
         print(shown.round(4).to_string(index=False))
     missed = table.loc[table["kind"] == "planted_recovery", ["source", "missed"]].fillna("")
     for source, text in missed.itertuples(index=False):

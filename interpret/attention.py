@@ -35,22 +35,22 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
     over the token grid (less where tokens fall on padding). Computed on
     the model's device (bf16 autocast on CUDA; the softmax stays float32).
     """
-    core = run.model.core
     dev = module_device(run.model)
     if not run.model.capabilities.decoder_attention:
         raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
-    weights = []
+    weights, n_layers = [], 0
     for start in range(0, len(features), batch_size):
         x = torch.from_numpy(np.asarray(features[start:start + batch_size], np.float32)).to(dev)
         with autocast(dev):
-            att = run.model(x, return_attention=True)["attention"][:, layer]  # (B, heads, Q, T)
-        weights.append(att.float().cpu())
+            stacked = run.model(x, return_attention=True)["attention"]  # (B, layers, heads, Q, T)
+        n_layers = stacked.shape[1]
+        weights.append(stacked[:, layer].float().cpu())  # (B, heads, Q, T)
     att = torch.cat(weights).permute(0, 2, 1, 3)  # (N, Q, heads, T)
     per_query = grid.from_tokens(att)  # (N, Q, heads, size, size)
     targets = Targets(list(run.queries.hemis), list(run.queries.rois), torch.empty(0))
     arranged, rois = by_hemi_roi(per_query, targets)
     coords = {"image": image_names, "hemi": list(HEMIS), "roi": rois, "head": np.arange(att.shape[2])}
-    attrs = {"layer": layer if layer >= 0 else len(core.layers) + layer, "units": "attention weight per token, averaged over its pixels"}
+    attrs = {"layer": layer if layer >= 0 else n_layers + layer, "units": "attention weight per token, averaged over its pixels"}
     return xr.Dataset({
         "attention": map_array(arranged, ("image", "hemi", "roi", "head", "y", "x"), coords, grid, "attention", attrs),
         "attention_mean": map_array(arranged.mean(3), ("image", "hemi", "roi", "y", "x"), coords, grid, "attention_mean", attrs),

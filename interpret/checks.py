@@ -30,6 +30,8 @@ from skimage.metrics import structural_similarity
 
 from model.backbone import Backbone
 from model.device import autocast, module_device
+from model.ensemble import EnsembleEncoder
+from model.errors import InputError
 from model.progress import progress
 from model.rois import EARLY_VISUAL
 from model.truth import GroundTruth
@@ -46,14 +48,29 @@ FLAG_RANK_CORRELATION = 0.5
 # Sanity: cascading randomisation
 # --------------------------------------------------------------------------
 
+def _cores(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder cores to randomise: the encoder's, or every member's of an ensemble (the same part in each)."""
+    return [m.core for m in encoder.members] if isinstance(encoder, EnsembleEncoder) else [encoder.core]
+
+
 def cascade(encoder: torch.nn.Module) -> list[str]:
-    """Names of the encoder's top-level parts, from the output down (the order of randomisation)."""
+    """Names of the encoder's top-level parts, from the output down (the order of randomisation).
+
+    An ensemble's members must share them (one architecture): each step
+    randomises that part in every member.
+    """
+    if isinstance(encoder, EnsembleEncoder):
+        parts = [cascade(m) for m in encoder.members]
+        if any(p != parts[0] for p in parts):
+            raise InputError("--run", "the sanity cascade of an ensemble needs members of one architecture "
+                                      "(the same decoder parts in each)")
+        return parts[0]
     core = encoder.core
     parts = [name for name, module in core.named_children() if any(p.requires_grad for p in module.parameters())]
     if encoder.capabilities.decoder_attention:  # transformer: readout, final norm, decoder layers from the top, queries, projection
         layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]
         head = [p for p in ("readout", "norm") if p in parts]
-        tail = [p for p in ("query_embed", "input_proj") if p in parts]
+        tail = [p for p in ("query_embed", "token_encoder", "pos", "input_proj") if p in parts]
         return head + layers + tail
     return list(reversed(parts))
 
@@ -68,11 +85,11 @@ def randomised(encoder: torch.nn.Module, seed: int = 0) -> Iterator[tuple[str, t
     generator = torch.Generator().manual_seed(seed)
     randomised_so_far = []
     for part in cascade(encoder):
-        module = model.core.get_submodule(part)
-        with torch.no_grad():
-            for p in module.parameters():
-                flat = p.view(-1)
-                flat.copy_(flat[torch.randperm(flat.numel(), generator=generator)])
+        for core in _cores(model):
+            with torch.no_grad():
+                for p in core.get_submodule(part).parameters():
+                    flat = p.view(-1)
+                    flat.copy_(flat[torch.randperm(flat.numel(), generator=generator)])
         randomised_so_far.append(part)
         yield part, model
 

@@ -7,8 +7,10 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from matplotlib.cm import ScalarMappable
+from matplotlib.ticker import MaxNLocator
 
-from model.figures import figure, save_figure
+from model.figures import ColourScale, colour_scale, figure, is_signed, save_figure
 
 from .maps import per_roi_variables
 
@@ -19,36 +21,103 @@ def map_variables(ds: xr.Dataset) -> list[str]:
 
 
 def rois_with_maps(ds: xr.Dataset, hemi: str) -> list[str]:
-    """ROIs (not ``unknown``) that have finite maps in ``hemi`` for every map variable."""
+    """Targets (not ``unknown``) with a finite map in ``hemi`` for at least one map variable.
+
+    A single vertex (``vertex:lh:123``) has attributions but no decoder
+    query, hence no attention map: it is kept, and its attention panel says so.
+    """
     names = map_variables(ds)
     return [str(r) for r in ds.roi.values if r != "unknown"
-            and all(np.isfinite(ds[n].sel(hemi=hemi, roi=r)).all() for n in names)]
+            and any(np.isfinite(ds[n].sel(hemi=hemi, roi=r)).all() for n in names)]
+
+
+#: What the colours of a signed map mean (a sign legend for overlays)
+SIGN_LEGEND = "red raises the predicted response, blue lowers it"
+
+
+def _panel_scale(maps: list[np.ndarray], signed: bool) -> ColourScale:
+    return colour_scale(np.concatenate([m.ravel() for m in maps]) if maps else np.zeros(1), signed=signed)
+
+
+def draw_map(ax, img: np.ndarray, m: np.ndarray, scale: ColourScale):
+    """A map over its image, stretched to the image's extent; returns the artist (for a colour bar).
+
+    Signed maps fade into the image where they are near 0 (opacity grows with
+    ``|value|``), so the diverging map's white middle does not veil the image.
+    """
+    side = img.shape[0]
+    ax.imshow(img)
+    if scale.signed:
+        alpha = 0.85 * np.sqrt(np.clip(np.abs(m) / scale.vmax, 0, 1))
+        shown = ax.imshow(m, alpha=alpha, extent=(0, side, side, 0), interpolation="bilinear", **scale.imshow_kwargs())
+    else:
+        shown = ax.imshow(m, alpha=0.6, extent=(0, side, side, 0), interpolation="bilinear", **scale.imshow_kwargs())
+    ax.set_xticks([]), ax.set_yticks([])
+    return shown
 
 
 def overlay(ds: xr.Dataset, image: torch.Tensor | np.ndarray, image_index: int, hemi: str, rois: list[str],
-            out: str | Path, methods: list[str] | None = None) -> Path:
-    """One image with each ROI's maps side by side: rows are ROIs, columns the image and each method."""
+            out: str | Path, methods: list[str] | None = None, shared_scale: bool = True) -> Path:
+    """One image with each target's maps side by side: rows are ROIs (or vertices), columns the image and each method.
+
+    Colours follow :func:`model.figures.colour_scale`: attention (never
+    negative) on a sequential scale from 0, signed attributions on a
+    diverging scale centred on 0 (:data:`SIGN_LEGEND`). With
+    ``shared_scale`` every method's maps share one scale, given by a colour
+    bar under its column, so rows can be compared; otherwise each panel has
+    its own scale and colour bar. Attention panels show their focus (0 =
+    uniform, :func:`interpret.focus.focus`); a target without a map for a
+    method (the attention of a single vertex) says so.
+    """
+    from .focus import focus
+
     methods = methods or map_variables(ds)
     img = image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    side = img.shape[0]
-    fig = figure(figsize=(2.2 * (len(methods) + 1), 2.2 * len(rois)))
+    maps = {(roi, name): ds[name].sel(hemi=hemi, roi=roi).isel(image=image_index).values
+            for roi in rois for name in methods}
+    signed = {name: is_signed([maps[roi, name] for roi in rois]) for name in methods}
+    column_scale = {name: _panel_scale([maps[roi, name] for roi in rois if np.isfinite(maps[roi, name]).all()],
+                                       signed[name]) for name in methods}
+    fig = figure(figsize=(2.3 * (len(methods) + 1), 2.2 * len(rois) + 0.9))
     axes = fig.subplots(len(rois), len(methods) + 1, squeeze=False)
     for row, roi in enumerate(rois):
         axes[row, 0].imshow(img)
         axes[row, 0].set_ylabel(f"{hemi} {roi}", fontsize=9)
         for col, name in enumerate(methods, start=1):
-            ax = axes[row, col]
-            ax.imshow(img)
-            m = ds[name].sel(hemi=hemi, roi=roi).isel(image=image_index).values
-            if np.isfinite(m).all():
-                shown = np.abs(m) if name != "attention_mean" and m.min() < 0 else m
-                ax.imshow(shown, cmap="inferno", alpha=0.6, extent=(0, side, side, 0), interpolation="bilinear")
-            if row == 0:
-                ax.set_title(name.replace("_", " "), fontsize=8)
+            ax, m = axes[row, col], maps[roi, name]
+            if not np.isfinite(m).all():
+                ax.imshow(img, alpha=0.3)
+                ax.text(0.5, 0.5, "no map\n(no query for\na single vertex)" if roi.startswith("vertex:") else "no map",
+                        transform=ax.transAxes, ha="center", va="center", fontsize=7)
+                continue
+            scale = column_scale[name] if shared_scale else _panel_scale([m], signed[name])
+            shown = draw_map(ax, img, m, scale)
+            if name.startswith("attention"):
+                ax.text(0.02, 0.02, f"focus {float(focus(m)):.2f}", transform=ax.transAxes, fontsize=6,
+                        color="white", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0})
+            if not shared_scale:
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+    for col, name in enumerate(methods, start=1):
+        title = name.replace("_", " ")
+        axes[0, col].set_title(title + ("\n(signed)" if signed[name] else ""), fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
     axes[0, 0].set_title(str(ds.image.values[image_index]), fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14 if shared_scale else 0.04, 1, 1))
+    if shared_scale:
+        for col, name in enumerate(methods, start=1):
+            box = axes[-1, col].get_position()
+            cax = fig.add_axes((box.x0, 0.075, box.width, 0.015))
+            bar = fig.colorbar(ScalarMappable(column_scale[name].norm, column_scale[name].cmap), cax=cax,
+                               orientation="horizontal")
+            bar.ax.tick_params(labelsize=6)
+            bar.locator = MaxNLocator(3)
+            bar.update_ticks()
+    if any(signed.values()):
+        fig.text(0.01, 0.005, f"signed maps: {SIGN_LEGEND}; "
+                 + ("one colour scale per column" if shared_scale else "each panel on its own scale"), fontsize=7)
+    elif not shared_scale:
+        fig.text(0.01, 0.005, "each panel on its own scale", fontsize=7)
     return save_figure(fig, out)
 
 

@@ -12,8 +12,7 @@ import torch
 import xarray as xr
 
 from model.errors import InputError
-from model.features import extract_features
-from model.files import atomic_path, write_csv
+from model.files import atomic_path, write_csv, write_json
 from model.rois import EARLY_VISUAL, HEMIS
 from model.run import Run
 
@@ -111,10 +110,9 @@ def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_
     The backbone lives on the run's device, where the maps are computed; the
     images and tokens stay on the CPU (each method moves them where it runs).
     """
-    backbone = run.backbone()
-    feats = extract_features(backbone, paths, cache_dir, device=str(device or run.device), desc="features")
-    backbone.to(run.device)
-    return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(feats.features),
+    backbone = run.shared_backbone
+    tokens = run.features(paths, cache_dir, device=str(device or run.device), desc="features")
+    return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(tokens),
                   MapGrid.for_backbone(backbone, map_size), backbone)
 
 
@@ -123,7 +121,7 @@ def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module
     job.check(run)
     targets = roi_targets(run, list(job.rois) if job.rois else None)
     parts = compute_methods(run, inputs, targets, list(job.methods), job.settings, encoder)
-    if job.backbone_attention and encoder is None:
+    if job.backbone_attention and encoder is None and inputs.backbone.num_prefix_tokens > 0:  # a CNN has no class token
         parts.append(backbone_attention(inputs.backbone, inputs.images, inputs.grid, inputs.names))
     ds = xr.merge(parts, compat="override", join="outer")
     ds.attrs.update({"run": str(run.path), "split": job.split, "backbone": inputs.backbone.describe(),
@@ -190,8 +188,24 @@ CHECK_PLOTS = {"sanity": plot_sanity, "localization": plot_localization, "faithf
 CHECK_TABLES = tuple(CHECK_PLOTS)
 
 
-def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
-    """Write each table of :func:`check_maps` as ``NAME.csv`` and, when not empty, its figure ``NAME.png``."""
+#: The settings file :func:`save_check_tables` writes next to the tables
+CHECK_SETTINGS = "settings.json"
+
+
+def check_settings(job: MapJob, inputs: Inputs, sanity_methods: tuple[str, ...] | None = None,
+                   faithfulness_rois: tuple[str, ...] | None = None,
+                   faithfulness_images: int | None = None) -> dict:
+    """What :func:`check_maps` was run with, as a report shows it next to the tables."""
+    return {"split": job.split, "n_images": len(inputs.names), "images": list(inputs.names),
+            "methods": list(job.methods), "rois": list(job.rois) if job.rois else "all",
+            "n_steps": job.settings.n_steps, "sanity_methods": list(sanity_methods or job.methods),
+            "faithfulness_rois": list(faithfulness_rois) if faithfulness_rois else list(job.rois or ["all"]),
+            "faithfulness_images": faithfulness_images or len(inputs.names)}
+
+
+def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, settings: dict | None = None) -> list[Path]:
+    """Write each table of :func:`check_maps` as ``NAME.csv`` and, when not empty, its figure ``NAME.png``;
+    ``settings`` (:func:`check_settings`) go to ``settings.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -199,7 +213,20 @@ def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path) -> l
         written.append(write_csv(out_dir / f"{name}.csv", table))
         if len(table):
             written.append(CHECK_PLOTS[name](table, out_dir / f"{name}.png"))
+    if settings is not None:
+        write_json(out_dir / CHECK_SETTINGS, settings)
+        written.append(out_dir / CHECK_SETTINGS)
     return written
+
+
+def read_check_settings(folder: str | Path) -> dict | None:
+    """The settings the check tables of ``folder`` were made with (None: not recorded)."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / CHECK_SETTINGS).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_check_tables(folder: str | Path) -> dict[str, pd.DataFrame]:

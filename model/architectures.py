@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .baselines import RIDGE_FEATURES, LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
-from .encoder import BrainEncoder, DecoderConfig
+from .encoder import BrainEncoder, CustomTransformer, DecoderConfig
 from .errors import InputError, check_fields, positive_int
 from .interface import Capabilities, EncoderInputs
 from .readout import QuerySet
@@ -55,6 +56,8 @@ class Architecture:
     module: type[nn.Module]
     section: str | None = None  # a RunConfig field: "decoder", "ridge"
     description: str = ""
+    #: refuses (``OptionError``) options of its section that this architecture cannot honour
+    check: Callable[[object], None] | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -63,6 +66,9 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "transformer": Architecture(BrainEncoder, "decoder", "DETR-style decoder with one learned query per ROI"),
+    "custom_transformer": Architecture(CustomTransformer, "decoder",
+                                       "the original's custom decoder: attention replaces the query, unprojected values",
+                                       CustomTransformer.check),
     "spatial_feature": Architecture(SpatialFeatureEncoder, None,
                                     "per-query softmax spatial pooling + vertex readout (the seed's)"),
     "linear": Architecture(LinearEncoder, None, "strided conv + linear layer over all tokens (the seed's)"),
@@ -77,28 +83,33 @@ def architecture(name: str) -> Architecture:
 
 
 def build_encoder(name: str, queries: QuerySet, feature_dim: int, grid: tuple[int, int],
-                  decoder: DecoderConfig = DecoderConfig(), ridge: RidgeConfig = RidgeConfig()) -> "NormalisedEncoder":
+                  decoder: DecoderConfig = DecoderConfig(), ridge: RidgeConfig = RidgeConfig(),
+                  standardise: bool = True) -> "NormalisedEncoder":
     """A fresh encoder of architecture ``name``, behind the token standardisation.
 
     ``decoder`` and ``ridge`` are the run configuration's sections; the
-    architecture is given only the one it declares.
+    architecture is given only the one it declares. ``standardise=False``
+    (``--no-standardise-tokens``, the original's raw tokens) feeds the tokens
+    as they are; their statistics are still recorded (the mean token is the
+    attributions' baseline).
     """
     arch = architecture(name)
     sections = {"decoder": decoder, "ridge": ridge, None: None}
     core = arch.module.from_config(EncoderInputs(queries, feature_dim, tuple(grid)), sections[arch.section])
-    return NormalisedEncoder(core, feature_dim)
+    return NormalisedEncoder(core, feature_dim, standardise)
 
 
 class NormalisedEncoder(nn.Module):
-    """An encoder behind a per-channel standardisation of the backbone tokens.
+    """An encoder behind a per-channel standardisation of the backbone tokens (unless ``standardise`` is off).
 
     The statistics come from the training images and are saved with the
     weights, so every reader of a run feeds the encoder exactly as training did.
     """
 
-    def __init__(self, core: nn.Module, feature_dim: int):
+    def __init__(self, core: nn.Module, feature_dim: int, standardise: bool = True):
         super().__init__()
         self.core = core
+        self.standardise = standardise
         self.register_buffer("feature_mean", torch.zeros(feature_dim))
         self.register_buffer("feature_scale", torch.ones(feature_dim))
 
@@ -124,6 +135,8 @@ class NormalisedEncoder(nn.Module):
         return out
 
     def normalise(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.standardise:
+            return features.float()
         return (features.float() - self.feature_mean) / self.feature_scale
 
     def forward(self, features: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:

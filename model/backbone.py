@@ -1,6 +1,8 @@
-"""The frozen vision transformer that turns images into tokens.
+"""The frozen backbone that turns images into tokens.
 
-Any timm ViT by name. Weights come from one of three sources:
+Any timm ViT (DINOv2, CLIP, ...) or CNN (ResNet, ...) by name; the family
+is recognised from the model (:data:`FAMILIES`), and each family offers its
+own features (:data:`VIT_FEATURES`, :data:`CNN_FEATURES`). Weights come from one of three sources:
 
 * ``pretrained``: timm's pretrained weights (downloaded from the Hugging Face
   hub on a user's machine; offline, we fail within seconds with a message
@@ -13,7 +15,8 @@ Any timm ViT by name. Weights come from one of three sources:
 The model is truncated at the layer used: ``layer`` counts blocks from the
 end as the seed's ``enc_output_layer`` did (1 = last block), and only blocks
 up to that one are kept and run. The feature is that block's output tokens
-(``tokens``) or its attention queries (``q``, the seed's best).
+(``tokens``), those through the ViT's final norm (``tokens_norm``, the seed's
+``dinov2``) or its attention queries (``q``, the seed's best, ``dinov2_q``).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import os
 import pickle
 import socket
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -68,15 +71,19 @@ class BackboneConfig:
         backbone is built.
         """
         check_fields("backbone", self, (
-            ("name", lambda v: isinstance(v, str) and _timm_model_known(v), "must be a timm ViT name"),
+            ("name", lambda v: isinstance(v, str) and _timm_model_known(v), "must be a timm model name (ViT or CNN)"),
             ("weights", lambda v: isinstance(v, str) and v != "", "must be 'pretrained', 'random' or a checkpoint file"),
             ("seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("feature", lambda v: v in FEATURES, f"must be one of {', '.join(FEATURES)}"),
         ))
+        family = family_of(self.name)
         depth, patch = _shape_of(self.name)
+        unit = "blocks" if family.features is VIT_FEATURES else "stages"
         check_fields("backbone", self, (
+            ("feature", lambda v: v in family.features,
+             f"must be one of {', '.join(family.features)} for {self.name} (a {family.name})"),
             ("layer", lambda v: is_int(v) and 1 <= abs(v) <= depth,
-             f"must count blocks from the end, 1 (last) to {depth} (first) for {self.name}"),
+             f"must count {unit} from the end, 1 (last) to {depth} (first) for {self.name}"),
             ("image_size", lambda v: v is None or (is_int(v) and v >= patch),
              f"must be a side in pixels of at least one patch ({patch} px), or unset for the native size"),
         ))
@@ -109,52 +116,81 @@ class BlockQueries(nn.Module):
         return attn.q_norm(q).reshape(b, n, -1)
 
 
-#: ``--feature`` -> what replaces the last block kept (its output is the feature)
-FEATURES: dict[str, Callable[[nn.Module], nn.Module]] = {
-    "tokens": lambda block: block,
-    "q": BlockQueries,
-}
+class NormedBlock(nn.Module):
+    """Stands in for the last block kept: its output through the ViT's final layers (norm, and a projection head).
 
-
-class Backbone(nn.Module):
-    """A frozen, truncated timm ViT: images (B, 3, H, W) -> tokens (B, h*w, C).
-
-    Built on timm's public feature API: ``prune_intermediate_layers`` drops
-    the blocks after the one used (and the final norm and head), and
-    ``forward_intermediates`` returns that block's patch tokens without the
-    prefix (class, register) tokens.
-
-    Attributes
-    ----------
-    grid : tuple of int
-        The (rows, cols) of the patch grid for this input size.
-    dim : int
-        Feature channels C.
+    The original's ``dinov2`` backbone took DINOv2's
+    ``get_intermediate_layers(norm=True)``: every block's tokens through the
+    final LayerNorm; its ``clip`` backbone took the last block's tokens through
+    ``ln_post`` and CLIP's projection. ``attn`` is the block's own (attention
+    hooks see it).
     """
 
-    def __init__(self, vit: nn.Module, config: BackboneConfig, native_side: int, input_size: int, weights_digest: str):
+    def __init__(self, block: nn.Module, final: nn.Module):
         super().__init__()
-        depth = len(vit.blocks)
-        index = resolve_layer(config.layer, depth)
-        vit.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
-        vit.blocks[index] = FEATURES[config.feature](vit.blocks[index])
-        self.vit = vit.eval().requires_grad_(False)
-        self.config = config
-        self.depth = depth
-        self.block_index = index
-        self.input_size = input_size
-        self.image_side = config.image_size or native_side  # every image is brought to this side first
-        self.patch = vit.patch_embed.patch_size[0]
-        self.grid = (input_size // self.patch, input_size // self.patch)
-        self.dim = vit.embed_dim
-        self.num_prefix_tokens = vit.num_prefix_tokens
-        self.weights_digest = weights_digest
-        cfg = getattr(vit, "pretrained_cfg", {}) or {}
+        self.block, self.final = block, final
+
+    @property
+    def attn(self) -> nn.Module:
+        return self.block.attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final(self.block(x))
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One ``--feature``: what stands in for the last block (or stage) kept, and which tokens are the feature.
+
+    ``make(block, norm, head)`` gets the block and the model's final norm and
+    head (a ViT's; ``None`` for a CNN). ``class_token`` features are the
+    class token (a CNN: the global average pool), one token for a linear
+    readout; the others are the patch grid.
+    """
+
+    make: Callable[[nn.Module, nn.Module | None, nn.Module | None], nn.Module]
+    class_token: bool = False
+    projects: bool = False  # needs the model's projection head (CLIP's ``proj``)
+    description: str = ""
+
+
+_VIT_FEATURES = {
+    "tokens": Feature(lambda b, norm, head: b, description="block output tokens"),
+    "tokens_norm": Feature(lambda b, norm, head: NormedBlock(b, norm),
+                           description="block tokens through the final norm (the original's dinov2)"),
+    "tokens_proj": Feature(lambda b, norm, head: NormedBlock(b, nn.Sequential(norm, head)), projects=True,
+                           description="block tokens through the final norm and the projection head (the original's clip)"),
+    "q": Feature(lambda b, norm, head: BlockQueries(b), description="the block's attention queries (the original's dinov2_q)"),
+}
+#: ViT features: the patch tokens of each kind, and (``_cls``) its class token
+VIT_FEATURES: dict[str, Feature] = {
+    **_VIT_FEATURES,
+    **{f"{name}_cls": replace(f, class_token=True, description=f"class token: {f.description}") for name, f in _VIT_FEATURES.items()},
+}
+#: CNN features: a stage's feature map, or its global average pool
+CNN_FEATURES: dict[str, Feature] = {
+    "tokens": Feature(lambda stage, norm, head: stage, description="the stage's feature map, one token per position"),
+    "pooled": Feature(lambda stage, norm, head: stage, class_token=True, description="the stage's global average pool"),
+}
+#: every ``--feature`` name (which ones a backbone offers depends on its family: :data:`FAMILIES`)
+FEATURES: dict[str, Feature] = {**CNN_FEATURES, **VIT_FEATURES}
+
+
+class ImageBackbone(nn.Module):
+    """What every frozen backbone shares: preprocessing, frozen mode, a one-line description.
+
+    Subclasses set ``config``, ``depth``, ``block_index``, ``input_size``,
+    ``image_side``, ``patch`` (the token stride in pixels), ``grid``, ``dim``,
+    ``num_prefix_tokens`` and ``weights_digest``, and call :meth:`_normalisation`.
+    """
+
+    def _normalisation(self, model: nn.Module) -> None:
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
 
-    def train(self, mode: bool = True) -> "Backbone":
-        return super().train(False)  # frozen: dropout and friends stay off
+    def train(self, mode: bool = True) -> "ImageBackbone":
+        return super().train(False)  # frozen: dropout, batch statistics and friends stay off
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images (B, 3, H, W) -> normalised, resized, padded input.
@@ -167,16 +203,96 @@ class Backbone(nn.Module):
         pad_h, pad_w = self.input_size - x.shape[-2], self.input_size - x.shape[-1]
         return F.pad(x, (0, pad_w, 0, pad_h))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised input (from :meth:`preprocess`) -> patch features (B, h*w, C)."""
-        return self.vit.forward_intermediates(x, indices=[self.block_index], output_fmt="NLC", intermediates_only=True)[0]
-
     def describe(self) -> str:
         """One line for logs and reports, saying plainly when weights are random."""
         source = {"pretrained": "pretrained weights", "random": f"RANDOM weights (seed {self.config.seed}; not a trained network)"}
         weights = source.get(self.config.weights, f"weights from {self.config.weights}")
-        return (f"{self.config.name} with {weights}; feature '{self.config.feature}' of block "
+        return (f"{self.config.name} with {weights}; feature '{self.config.feature}' of {self.unit} "
                 f"{self.block_index + 1}/{self.depth}; input {self.input_size} px -> {self.grid[0]}x{self.grid[1]} tokens x {self.dim}")
+
+
+class Backbone(ImageBackbone):
+    """A frozen, truncated timm ViT: images (B, 3, H, W) -> tokens (B, h*w, C).
+
+    Built on timm's public feature API: ``prune_intermediate_layers`` drops
+    the blocks after the one used (and the final norm and head), and
+    ``forward_intermediates`` returns that block's patch tokens without the
+    prefix (class, register) tokens, or (``_cls`` features) the class token.
+
+    Attributes
+    ----------
+    grid : tuple of int
+        The (rows, cols) of the patch grid for this input size ((1, 1) for a class token).
+    dim : int
+        Feature channels C.
+    """
+
+    unit = "block"
+
+    def __init__(self, vit: nn.Module, config: BackboneConfig, native_side: int, input_size: int, weights_digest: str):
+        super().__init__()
+        depth = len(vit.blocks)
+        index = resolve_layer(config.layer, depth)
+        feature = VIT_FEATURES[config.feature]
+        norm, head = vit.norm, vit.head
+        if feature.projects and not isinstance(head, nn.Linear):
+            raise InputError("--feature", f"{config.name} has no projection head for {config.feature!r} (a CLIP ViT has)")
+        vit.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
+        vit.blocks[index] = feature.make(vit.blocks[index], norm, head)
+        self.class_token = feature.class_token
+        self.vit = vit.eval().requires_grad_(False)
+        self.config = config
+        self.depth = depth
+        self.block_index = index
+        self.input_size = input_size
+        self.image_side = config.image_size or native_side  # every image is brought to this side first
+        self.patch = vit.patch_embed.patch_size[0]
+        self.grid = (1, 1) if feature.class_token else (input_size // self.patch, input_size // self.patch)
+        self.dim = head.out_features if feature.projects else vit.embed_dim
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.weights_digest = weights_digest
+        self._normalisation(vit)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input (from :meth:`preprocess`) -> patch features (B, h*w, C), or the class token (B, 1, C)."""
+        out = self.vit.forward_intermediates(x, indices=[self.block_index], return_prefix_tokens=self.class_token,
+                                             output_fmt="NLC", intermediates_only=True)[0]
+        return out[1][:, :1] if self.class_token else out
+
+
+class CnnBackbone(ImageBackbone):
+    """A frozen timm CNN (ResNet, ...): a stage's feature map as tokens (B, h*w, C), or its global average pool.
+
+    ``net`` is timm's ``features_only`` model returning that one stage
+    (``layer`` counts stages from the end, 1 = the last, as the original's
+    ResNet ``layer4``). The decoder projects the channels to its hidden size
+    with a linear map per token, the original's 1x1 convolution. A CNN has no
+    class token and no self-attention, so backbone attention maps do not
+    apply; decoder attention and attributions work on its grid.
+    """
+
+    unit = "stage"
+
+    def __init__(self, net: nn.Module, config: BackboneConfig, native_side: int, input_size: int, weights_digest: str,
+                 depth: int, index: int):
+        super().__init__()
+        feature = CNN_FEATURES[config.feature]
+        self.net = net.eval().requires_grad_(False)
+        self.config, self.depth, self.block_index = config, depth, index
+        self.input_size = input_size
+        self.image_side = config.image_size or native_side
+        self.patch = int(net.feature_info.reduction()[-1])
+        self.pooled = feature.class_token
+        self.grid = (1, 1) if self.pooled else (input_size // self.patch, input_size // self.patch)
+        self.dim = int(net.feature_info.channels()[-1])
+        self.num_prefix_tokens = 0
+        self.weights_digest = weights_digest
+        self._normalisation(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input -> the stage's map as tokens (B, h*w, C), or its mean over positions (B, 1, C)."""
+        fmap = self.net(x)[-1]
+        return fmap.mean((2, 3))[:, None] if self.pooled else fmap.flatten(2).transpose(1, 2)
 
 
 def named_weights_digest(config: BackboneConfig) -> str | None:
@@ -207,17 +323,28 @@ def input_size_for(native: int, image_size: int | None, patch: int) -> int:
 # Building: weights from the hub, a local file, or a seeded random init
 # --------------------------------------------------------------------------
 
-def build_backbone(config: BackboneConfig, native_size: int) -> Backbone:
-    """Create the truncated, frozen backbone for images of side ``native_size``."""
+def build_backbone(config: BackboneConfig, native_size: int) -> ImageBackbone:
+    """Create the truncated, frozen backbone for images of side ``native_size`` (its family's builder)."""
     import timm
 
-    if config.feature not in FEATURES:
-        raise InputError("--feature", f"unknown feature {config.feature!r}; choose from {', '.join(FEATURES)}")
     if not timm.is_model(config.name):
         raise InputError("--backbone", f"unknown timm model {config.name!r}")
-    patch = _shape_of(config.name)[1]
+    family = family_of(config.name)
+    if config.feature not in family.features:
+        raise InputError("--feature", f"unknown feature {config.feature!r} for {config.name} (a {family.name}); "
+                                      f"choose from {', '.join(family.features)}")
+    depth, patch = _shape_of(config.name)
     size = input_size_for(native_size, config.image_size, patch)
-    kwargs = dict(img_size=size, num_classes=0)
+    if config.weights not in WEIGHT_SOURCES and not Path(config.weights).is_file():
+        raise InputError(Path(config.weights), "missing checkpoint file")
+    digest = named_weights_digest(config) or f"file:{digest_files([Path(config.weights)])}"
+    return family.build(config, native_size, size, digest)
+
+
+def _build_vit(config: BackboneConfig, native_size: int, size: int, digest: str) -> Backbone:
+    import timm
+
+    kwargs = dict(img_size=size) if VIT_FEATURES[config.feature].projects else dict(img_size=size, num_classes=0)
     if config.weights == "random":
         torch.manual_seed(config.seed)
         vit = timm.create_model(config.name, pretrained=False, init_values=RANDOM_LAYERSCALE, **kwargs)
@@ -226,10 +353,57 @@ def build_backbone(config: BackboneConfig, native_size: int) -> Backbone:
     else:
         vit = timm.create_model(config.name, pretrained=False, **kwargs)
         load_checkpoint(vit, Path(config.weights))
-    digest = named_weights_digest(config) or f"file:{digest_files([Path(config.weights)])}"
-    if not hasattr(vit, "blocks") or not hasattr(vit.blocks[0], "attn"):
+    if not hasattr(vit.blocks[0], "attn"):
         raise InputError("--backbone", f"{config.name} is not a ViT with attention blocks")
     return Backbone(vit, config, native_size, size, digest)
+
+
+def _build_cnn(config: BackboneConfig, native_size: int, size: int, digest: str) -> CnnBackbone:
+    import timm
+
+    depth = _shape_of(config.name)[0]
+    index = resolve_layer(config.layer, depth)
+    kwargs = dict(features_only=True, out_indices=(index,))
+    if config.weights == "random":
+        torch.manual_seed(config.seed)
+        net = timm.create_model(config.name, pretrained=False, **kwargs)
+    elif config.weights == "pretrained":
+        net = _create_pretrained(config.name, kwargs)
+    else:
+        net = timm.create_model(config.name, pretrained=False, **kwargs)
+        _load_cnn_checkpoint(net, Path(config.weights))
+    return CnnBackbone(net, config, native_size, size, digest, depth, index)
+
+
+def _load_cnn_checkpoint(net: nn.Module, path: Path) -> None:
+    """Load a timm (or torchvision: same key names) CNN state dict into the truncated feature model."""
+    state = read_state_dict(path)
+    try:
+        missing, _ = net.load_state_dict(state, strict=False)
+    except Exception as exc:  # noqa: BLE001 - shape mismatches and the like
+        raise InputError(path, f"does not fit {type(net).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if missing:
+        raise InputError(path, f"missing {len(missing)} backbone tensors (e.g. {missing[0]}): not a checkpoint of this model")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One backbone family: how to recognise its timm models, their (depth, patch), its features and its builder."""
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    shape: Callable[[nn.Module], tuple[int, int]]  # (blocks or stages, token stride in pixels)
+    features: dict[str, Feature]
+    build: Callable[[BackboneConfig, int, int, str], ImageBackbone]
+
+
+#: backbone families, tried in order on a weightless copy of the timm model
+FAMILIES: dict[str, Family] = {
+    "vit": Family("vision transformer", lambda m: hasattr(m, "patch_embed") and hasattr(m, "blocks"),
+                  lambda m: (len(m.blocks), int(m.patch_embed.patch_size[0])), VIT_FEATURES, _build_vit),
+    "cnn": Family("CNN", lambda m: isinstance(getattr(m, "feature_info", None), list) and len(m.feature_info) > 0,
+                  lambda m: (len(m.feature_info), int(m.feature_info[-1]["reduction"])), CNN_FEATURES, _build_cnn),
+}
 
 
 def _timm_model_known(name: str) -> bool:
@@ -239,15 +413,26 @@ def _timm_model_known(name: str) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _shape_of(name: str) -> tuple[int, int]:
-    """(blocks, patch size) of a timm ViT, from a weightless copy on the meta device."""
+def _probe(name: str) -> tuple[str, int, int]:
+    """(family key, depth, patch) of a timm model, from a weightless copy on the meta device."""
     import timm
 
     with torch.device("meta"):
-        probe = timm.create_model(name, pretrained=False, num_classes=0)
-    if not hasattr(probe, "patch_embed") or not hasattr(probe, "blocks"):
-        raise OptionError("backbone.name", f"{name} is not a vision transformer (no patch embedding)")
-    return len(probe.blocks), int(probe.patch_embed.patch_size[0])
+        probe = timm.create_model(name, pretrained=False)
+    for key, family in FAMILIES.items():
+        if family.matches(probe):
+            return (key, *family.shape(probe))
+    raise OptionError("backbone.name", f"{name} is neither a vision transformer nor a CNN with feature stages")
+
+
+def family_of(name: str) -> Family:
+    """The :class:`Family` of timm model ``name``."""
+    return FAMILIES[_probe(name)[0]]
+
+
+def _shape_of(name: str) -> tuple[int, int]:
+    """(blocks or stages, patch size or stride) of a timm model."""
+    return _probe(name)[1:]
 
 
 def _create_pretrained(name: str, kwargs: dict) -> nn.Module:

@@ -34,7 +34,9 @@ class LinearEncoder(nn.Module):
     """The seed's ``linear`` encoder: Conv2d(C -> 256, 3x3, strided), flattened, one linear layer.
 
     The seed added 0.02 x the (unsquared) norms of the readout weights and
-    biases to the loss; :meth:`regularization` returns that term.
+    biases to the loss; :meth:`regularization` returns that term. On a single
+    token (``_cls`` features: a class token or a global pool) it is the
+    seed's ``Linear(C, V)`` on that token, without the penalty.
     """
 
     penalty = 0.02
@@ -47,13 +49,19 @@ class LinearEncoder(nn.Module):
     def __init__(self, n_vertices: int, feature_dim: int, grid: tuple[int, int], channels: int = 256):
         super().__init__()
         self.grid = tuple(grid)
-        stride = max(1, math.ceil(max(grid) / 11))  # the seed: 31 x 31 tokens -> 11 x 11
-        self.conv = nn.Conv2d(feature_dim, channels, kernel_size=3, stride=stride, padding=1)
-        rows, cols = (math.floor((g + 2 - 3) / stride) + 1 for g in grid)
-        self.fc = nn.Linear(channels * rows * cols, n_vertices)
+        if self.grid == (1, 1):  # one token (a class token or global pool): the seed's Linear(C, V), no penalty
+            self.conv, self.penalty, width = None, 0.0, feature_dim
+        else:
+            stride = max(1, math.ceil(max(grid) / 11))  # the seed: 31 x 31 tokens -> 11 x 11
+            self.conv = nn.Conv2d(feature_dim, channels, kernel_size=3, stride=stride, padding=1)
+            rows, cols = (math.floor((g + 2 - 3) / stride) + 1 for g in grid)
+            width = channels * rows * cols
+        self.fc = nn.Linear(width, n_vertices)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         b, t, c = features.shape
+        if self.conv is None:
+            return {"pred": self.fc(features[:, 0])}
         x = self.conv(features.transpose(1, 2).reshape(b, c, *self.grid))
         return {"pred": self.fc(x.flatten(1))}
 

@@ -1,8 +1,11 @@
 """The transformer encoder head: a DETR-style decoder whose learned queries are brain regions.
 
 Backbone tokens (B, T, C) are projected to the hidden size (if it differs),
-given a 2D sine position encoding, and attended by one learned query per ROI
-(pre-norm decoder layers, query self-attention optional, as the seed). Each
+given a 2D sine (or learned) position encoding, optionally passed through
+trainable encoder layers (``enc_layers``), and attended by one learned query
+per ROI (pre-norm decoder layers, or the original's post-norm ones; query
+self-attention optional). :class:`CustomTransformer` is the original's
+``custom_transformer`` (:mod:`model.transformer_layers`). Each
 query's output token is read out to the vertices of its ROI
 (:mod:`model.readout`). The forward pass returns the cross-attention weights
 per query and head when asked, from the same pass that predicts.
@@ -14,11 +17,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
-from .errors import OptionError, check_fields, is_number, positive_int
+from .errors import OptionError, check_fields, is_int, is_number, positive_int
 from .interface import Capabilities, EncoderInputs
 from .readout import READOUTS, QuerySet, with_readout_subset
+from .transformer_layers import CustomDecoderLayer, PositionEmbeddingLearned, PostNormDecoderLayer, TokenEncoder
+
+
+#: ``--query-init``: how the query embeddings start. The original left PyTorch's
+#: N(0, 1) (its embedding is outside the transformer that xavier-initialises);
+#: xavier keeps them at the scale of the tokens' projections.
+QUERY_INITS = {
+    "xavier": nn.init.xavier_uniform_,
+    "normal": nn.init.normal_,
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +48,11 @@ class DecoderConfig:
     readout: str = "retinotopic"
     readout_maps: int = 4
     readout_map_dim: int = 64
+    query_init: str = "xavier"
+    enc_layers: int = 0
+    pre_norm: bool = True
+    position_embedding: str = "sine"
+    query_chunk: int = 1024
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,13 +70,23 @@ class DecoderConfig:
             ("readout", lambda v: v in READOUTS, f"must be one of {', '.join(READOUTS)}"),
             ("readout_maps", positive_int, "must be a whole number >= 1"),
             ("readout_map_dim", positive_int, "must be a whole number >= 1"),
+            ("query_init", lambda v: v in QUERY_INITS, f"must be one of {', '.join(QUERY_INITS)}"),
+            ("enc_layers", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
+            ("pre_norm", lambda v: isinstance(v, bool), "must be true or false"),
+            ("position_embedding", lambda v: v in POSITION_EMBEDDINGS, f"must be one of {', '.join(POSITION_EMBEDDINGS)}"),
+            ("query_chunk", lambda v: is_int(v) and v >= 0, "must be a whole number of queries >= 0 (0: all at once)"),
         ))
+        if self.query_self_attention and not self.pre_norm:
+            raise OptionError("decoder.query_self_attention", "needs pre-norm decoder layers (the original's post-norm "
+                                                              "layer has none)")
         if self.hidden_dim % self.nheads:
             raise OptionError("decoder.nheads", f"must divide decoder.hidden_dim ({self.hidden_dim}) into equal heads, got {self.nheads}")
 
 
 class PositionEmbeddingSine(nn.Module):
     """2D sine/cosine position encoding over a token grid (normalised to [0, 2 pi], as DETR)."""
+
+    max_side = None  # any grid
 
     def __init__(self, dim: int, temperature: float = 10000.0):
         super().__init__()
@@ -107,6 +136,12 @@ class DecoderLayer(nn.Module):
         return tgt, weights
 
 
+#: ``--position-embedding``: how token positions enter the attention keys
+POSITION_EMBEDDINGS = {"sine": PositionEmbeddingSine, "learned": PositionEmbeddingLearned}
+#: decoder layer by ``pre_norm``
+DECODER_LAYERS = {True: DecoderLayer, False: PostNormDecoderLayer}
+
+
 class BrainEncoder(nn.Module):
     """Backbone tokens -> per-vertex predictions (both hemispheres, lh first).
 
@@ -130,13 +165,25 @@ class BrainEncoder(nn.Module):
         super().__init__()
         d = cfg.hidden_dim
         self.cfg, self.grid = cfg, tuple(grid)
+        limit = POSITION_EMBEDDINGS[cfg.position_embedding].max_side
+        if limit is not None and max(grid) > limit:
+            raise OptionError("decoder.position_embedding", f"{cfg.position_embedding} positions cover at most {limit} x "
+                                                            f"{limit} tokens, the grid is {grid[0]} x {grid[1]}")
         self.input_proj = nn.Identity() if feature_dim == d else nn.Linear(feature_dim, d)
-        self.pos = PositionEmbeddingSine(d)
+        self.pos = POSITION_EMBEDDINGS[cfg.position_embedding](d)
+        self.token_encoder = TokenEncoder(cfg) if cfg.enc_layers else None
         self.query_embed = nn.Embedding(queries.n_queries, d)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
-        self.norm = nn.LayerNorm(d)
+        self.layers = nn.ModuleList(self.decoder_layer(cfg) for _ in range(cfg.dec_layers))
+        self.norm = nn.LayerNorm(d) if self.final_norm else nn.Identity()
         self.readout = READOUTS[cfg.readout].from_config(queries, cfg, grid[0] * grid[1])
         self._reset_parameters()
+
+    #: the decoder's output tokens go through a final LayerNorm (the original's ``decoder_norm``)
+    final_norm = True
+
+    @staticmethod
+    def decoder_layer(cfg: DecoderConfig) -> nn.Module:
+        return DECODER_LAYERS[cfg.pre_norm](cfg)
 
     @classmethod
     def from_config(cls, inputs: EncoderInputs, cfg: DecoderConfig) -> "BrainEncoder":
@@ -148,23 +195,94 @@ class BrainEncoder(nn.Module):
 
     def _reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() > 1 and not name.startswith("readout."):
+            if name == "query_embed.weight":
+                QUERY_INITS[self.cfg.query_init](p)
+            elif p.dim() > 1 and not name.startswith(("readout.", "pos.")):  # the learned positions keep their own init
                 nn.init.xavier_uniform_(p)
 
     def forward(self, features: torch.Tensor, return_attention: bool = False) -> dict[str, torch.Tensor]:
         """features (B, T, C) -> {'pred': (B, V)} (+ 'attention': (B, layers, heads, Q, T))."""
         memory = self.input_proj(features)
         pos = self.pos(*self.grid, device=features.device).to(memory.dtype)[None]
+        if self.token_encoder is not None:
+            memory = self.token_encoder(memory, pos)
         query_pos = self.query_embed.weight[None].expand(features.shape[0], -1, -1)
-        tgt = torch.zeros_like(query_pos)
-        attention = []
-        for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention or (last and self.readout.uses_attention))
-            attention.append(weights)
-        tokens = self.norm(tgt)
-        window = attention[-1] if self.readout.uses_attention else None  # (B, heads, Q, T) of the last layer
+        need_last = self.readout.uses_attention
+        chunk = self.query_chunk(query_pos.shape[1])
+        if chunk is None:
+            tokens, attention = self.decode(memory, pos, query_pos, return_attention, need_last)
+        else:
+            tokens, attention = self.decode_in_chunks(memory, pos, query_pos, chunk, return_attention)
+        window = attention[-1] if need_last else None  # (B, heads, Q, T) of the last layer
         out = {"pred": self.readout(tokens, memory, window), "tokens": tokens}
         if return_attention:
             out["attention"] = torch.stack(attention, dim=1)
         return out
+
+    def query_chunk(self, n_queries: int) -> int | None:
+        """Queries per chunk (``cfg.query_chunk``), or None to decode all at once.
+
+        Chunking is exact only where queries are independent: without query
+        self-attention, and with a readout that needs no whole attention map.
+        """
+        chunk = self.cfg.query_chunk
+        independent = not self.cfg.query_self_attention and not self.readout.uses_attention
+        return chunk if chunk and n_queries > chunk and independent else None
+
+    def decode(self, memory, pos, query_pos, return_attention: bool = False, need_last: bool = False):
+        """The decoder layers on ``query_pos``'s queries: (tokens (B, Q, D), per-layer attention or None)."""
+        tgt = torch.zeros_like(query_pos)
+        attention = []
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention or (last and need_last))
+            attention.append(weights)
+        return self.norm(tgt), attention
+
+    def decode_in_chunks(self, memory, pos, query_pos, chunk: int, return_attention: bool = False):
+        """:meth:`decode`, ``chunk`` queries at a time (one query per vertex: ~40,000 at real size).
+
+        Each chunk's attention (B, heads, chunk, T) is the most any step
+        holds; under autograd each chunk is recomputed in the backward pass
+        (activation checkpointing) instead of keeping every chunk's attention,
+        so no (B, heads, Q, T) tensor ever exists unless ``return_attention``
+        asks for it.
+        """
+        grad = torch.is_grad_enabled() and (memory.requires_grad or any(p.requires_grad for p in self.parameters()))
+        tokens, attention = [], []
+        for start in range(0, query_pos.shape[1], chunk):
+            part = query_pos[:, start:start + chunk]
+            if grad and not return_attention:
+                t = torch.utils.checkpoint.checkpoint(lambda m, p, q: self.decode(m, p, q)[0], memory, pos, part,
+                                                      use_reentrant=False)
+                a = [None] * len(self.layers)
+            else:
+                t, a = self.decode(memory, pos, part, return_attention)
+            tokens.append(t), attention.append(a)
+        per_layer = [torch.cat(ws, dim=2) if ws[0] is not None else None for ws in zip(*attention)]
+        return torch.cat(tokens, dim=1), per_layer
+
+
+class CustomTransformer(BrainEncoder):
+    """The original's ``custom_transformer``: :class:`~model.transformer_layers.CustomDecoderLayer` layers, no final norm.
+
+    The original defined pre-norm layers only and no query self-attention;
+    both are refused (:meth:`check`).
+    """
+
+    final_norm = False
+
+    @staticmethod
+    def decoder_layer(cfg: DecoderConfig) -> nn.Module:
+        return CustomDecoderLayer(cfg)
+
+    @staticmethod
+    def check(cfg: DecoderConfig) -> None:
+        if not cfg.pre_norm:
+            raise OptionError("decoder.pre_norm", "custom_transformer has pre-norm decoder layers only (as the original)")
+        if cfg.query_self_attention:
+            raise OptionError("decoder.query_self_attention", "custom_transformer has no query self-attention (as the original)")
+
+    def __init__(self, queries: QuerySet, feature_dim: int, grid: tuple[int, int], cfg: DecoderConfig = DecoderConfig()):
+        self.check(cfg)
+        super().__init__(queries, feature_dim, grid, cfg)

@@ -4,8 +4,15 @@
 * :func:`within_roi_r`: r after removing, per image, the ROI mean from both
   prediction and truth; it measures retinotopic specificity, which plain r
   flatters (DESIGN.md section 6).
-* :func:`challenge_score`: the Algonauts score, ``max(r, 0)^2 / NC x 100``
-  capped at 100, averaged over vertices with a positive noise ceiling.
+* :func:`noise_ceiling`: the Algonauts noise ceiling from NSD's ncsnr and the
+  number of trials behind each test image.
+* :func:`challenge_score`: **the** challenge score, exactly as the Algonauts
+  2023 challenge computed it (every vertex; a ceiling of 0 becomes 1e-14);
+  :func:`challenge_vertex_scores` gives it per vertex.
+* :func:`score_nc_positive`: our variant, the same per-vertex score averaged
+  only over vertices with a positive noise ceiling (:func:`noise_normalised`
+  per vertex). It is *not* comparable with the leaderboard; every output
+  names it ``score_nc_positive`` so it is never taken for the challenge score.
 * :func:`roi_summary`: mean and median r per ROI and ROI class, per hemisphere.
 """
 from __future__ import annotations
@@ -54,8 +61,80 @@ def _remove_row_mean(x: np.ndarray) -> np.ndarray:
     return out
 
 
+#: what the challenge's code put in place of a noise ceiling of 0 (03_test_encoding.py:90-92)
+CHALLENGE_NC_FLOOR = 1e-14
+#: the names every output gives the two scores (JSON keys, table measures), and how they read in text
+SCORE_NAMES = {
+    "challenge_score": "challenge score (Algonauts 2023 definition: every vertex, a noise ceiling of 0 counted as 1e-14)",
+    "score_nc_positive": "score over vertices with a noise ceiling > 0 (ours; not the challenge's, not comparable "
+                         "with the leaderboard)",
+}
+
+
+def noise_ceiling(ncsnr: np.ndarray, trials: dict[int, int]) -> np.ndarray:
+    """The Algonauts noise ceiling (a fraction) of each vertex from its ncsnr.
+
+    ``NC = ncsnr^2 / (ncsnr^2 + k)``, ``k = (A/3 + B/2 + C/1) / (A + B + C)``,
+    where A, B, C are the numbers of test images averaged over 3, 2 and 1
+    trials: ``trials`` maps a trial count to its number of images (``{3: 159}``
+    when every image has three trials, giving ``k = 1/3``). As in the
+    challenge's data preparation (github.com/gifale95/algonauts_2023,
+    code/01_challenge_data_preparation/challenge_data_preparation.py:240-254).
+    """
+    if not trials or any(int(n) < 1 or int(c) < 0 for n, c in trials.items()) or sum(trials.values()) == 0:
+        raise ValueError(f"trials must map trial counts >= 1 to image counts, got {trials}")
+    k = sum(count / n for n, count in trials.items()) / sum(trials.values())
+    snr2 = np.asarray(ncsnr, float) ** 2
+    return snr2 / (snr2 + k)
+
+
+def challenge_vertex_scores(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
+    """Per-vertex challenge score (percent), exactly as the Algonauts 2023 challenge computed it.
+
+    From the challenge's development kit (github.com/gifale95/algonauts_2023,
+    code/02_baseline_encoding_model/03_test_encoding.py:56-103; Gifford et
+    al. 2023, arXiv:2301.03198): negative r becomes 0 (:80), r is squared
+    (:84), a noise ceiling of exactly 0 becomes 1e-14 (:90-92) so such a
+    vertex scores 100 whenever r > 0, ``r^2 / NC x 100`` (:96), capped at 100
+    (:102). A NaN r (a constant prediction) stays NaN, as in the devkit.
+    """
+    r = np.array(r, float)
+    nc = np.array(noise_ceiling, float)
+    r[r < 0] = 0
+    nc[nc == 0] = CHALLENGE_NC_FLOOR
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = r ** 2 / nc * 100
+    score[score > 100] = 100
+    return score
+
+
+def challenge_score(r: np.ndarray, noise_ceiling: np.ndarray) -> float:
+    """The challenge score of a set of vertices: the mean of :func:`challenge_vertex_scores` over all of them.
+
+    The leaderboard's number is this mean over every vertex of both
+    hemispheres of all eight subjects appended together (the official
+    CodaLab scoring output: "the mean noise-normalized encoding accuracy
+    across all vertices ... from all subjects and hemispheres appended
+    together"), not a mean of per-subject or per-hemisphere means: pass the
+    pooled arrays (:func:`model.scoring.pool_scores` pools scored subjects).
+
+    A loose end: the devkit leaves NaN r (constant predictions) NaN and does
+    not say how the leaderboard averaged them; we leave such vertices out
+    (``nanmean``). Recomputing a published result from its 16 reported
+    subject-hemisphere means pools to 52.336 where the leaderboard says
+    52.316, so some detail of the official mean is unknown (it is < 0.03
+    points; counting NaN vertices as 0 would be one explanation).
+    """
+    per_vertex = challenge_vertex_scores(r, noise_ceiling)
+    return float(np.nanmean(per_vertex)) if np.isfinite(per_vertex).any() else float("nan")
+
+
 def noise_normalised(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
-    """Per-vertex ``max(r, 0)^2 / NC x 100`` capped at 100; NaN where NC <= 0 or r is NaN."""
+    """Per-vertex ``max(r, 0)^2 / NC x 100`` capped at 100; NaN where NC <= 0; NaN r counted as 0.
+
+    The per-vertex score of our variant (:func:`score_nc_positive`); where the
+    noise ceiling is positive it equals :func:`challenge_vertex_scores`.
+    """
     r = np.nan_to_num(np.asarray(r, float), nan=0.0)
     nc = np.asarray(noise_ceiling, float)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -63,9 +142,15 @@ def noise_normalised(r: np.ndarray, noise_ceiling: np.ndarray) -> np.ndarray:
     return np.where(nc > 0, score, np.nan)
 
 
-def challenge_score(r: np.ndarray, noise_ceiling: np.ndarray) -> float:
-    """The Algonauts challenge score of one hemisphere (mean over vertices with NC > 0)."""
-    return float(np.nanmean(noise_normalised(r, noise_ceiling)))
+def score_nc_positive(r: np.ndarray, noise_ceiling: np.ndarray) -> float:
+    """Our variant of the score: mean of :func:`noise_normalised` over vertices with a noise ceiling > 0.
+
+    Not the challenge's score (which counts every vertex, see
+    :func:`challenge_score`): where many vertices have no ceiling the two
+    differ by points, so the two are always named apart.
+    """
+    per_vertex = noise_normalised(r, noise_ceiling)
+    return float(np.nanmean(per_vertex)) if np.isfinite(per_vertex).any() else float("nan")
 
 
 def roi_summary(values: dict[str, np.ndarray], labels: dict[str, dict[str, np.ndarray]],

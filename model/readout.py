@@ -41,6 +41,7 @@ class ReadoutRes:
     classes: tuple[str, ...]
     unassigned: bool = True
     description: str = ""
+    per_vertex: bool = False  # one query per vertex (``voxels``) instead of per ROI
 
 
 READOUT_RES: dict[str, ReadoutRes] = {
@@ -52,6 +53,8 @@ READOUT_RES: dict[str, ReadoutRes] = {
     "places": ReadoutRes(("floc-places",), True, "a query per place ROI, plus the rest"),
     "words": ReadoutRes(("floc-words",), True, "a query per word ROI, plus the rest"),
     "hemis": ReadoutRes((), True, "one query per hemisphere"),
+    "voxels": ReadoutRes((), False, "one query per vertex (use --readout linear; queries are decoded in chunks)",
+                         per_vertex=True),
 }
 
 
@@ -102,8 +105,10 @@ def build_queries(subject: Subject, readout_res: str) -> QuerySet:
     if readout_res not in READOUT_RES:
         raise InputError("--readout-res", f"unknown readout {readout_res!r}; choose from {', '.join(READOUT_RES)}")
     spec = READOUT_RES[readout_res]
-    hemis, rois, columns = [], [], []
     n = {h: subject.n_vertices(h) for h in HEMIS}
+    if spec.per_vertex:
+        return vertex_queries(n)
+    hemis, rois, columns = [], [], []
     offset = {"lh": 0, "rh": n["lh"]}
     total = n["lh"] + n["rh"]
     for hemi in HEMIS:
@@ -117,6 +122,17 @@ def build_queries(subject: Subject, readout_res: str) -> QuerySet:
             hemis.append(hemi), rois.append(UNASSIGNED), columns.append(_embed(~assigned, offset[hemi], total))
     memberships = np.stack(columns, axis=1)
     return QuerySet(hemis, rois, n, memberships)
+
+
+def vertex_queries(n_vertices: dict[str, int]) -> QuerySet:
+    """One query per vertex, named ``v<index within its hemisphere>`` (``readout_res voxels``).
+
+    Its memberships are the identity: every vertex is read out from its own
+    query token alone (the original's ``diagonal`` of a vertices x vertices product).
+    """
+    hemis = [h for h in HEMIS for _ in range(n_vertices[h])]
+    rois = [f"v{i}" for h in HEMIS for i in range(n_vertices[h])]
+    return QuerySet(hemis, rois, dict(n_vertices), np.eye(len(rois), dtype=bool))
 
 
 def _embed(mask: np.ndarray, offset: int, total: int) -> np.ndarray:

@@ -8,6 +8,7 @@ RUN/checkpoint.safetensors last epoch's weights + optimizer, for --resume
 RUN/val_indices.npy        the validation rows of the training fMRI
 RUN/metrics.json           written last: its presence means the run is complete
 RUN/{lh,rh}_val_corr.npy   per-vertex validation r
+RUN/{lh,rh}_val_pred.npy   validation predictions (float32, validation images x vertices, rows as val_indices.npy)
 RUN/{lh,rh}_pred_test.npy  the challenge submission (float32, test images x vertices)
 RUN/.lock                  held (an OS lock) by the job writing the run
 ```
@@ -17,15 +18,22 @@ and the key of its features (backbone, weights digest, block, feature kind,
 input size). :func:`open_run` rebuilds the encoder from the run and the data
 directory and refuses, naming the file, a run opened against other data or
 whose config.json no longer describes the features it was trained on.
+
+An *ensemble* of runs (:mod:`model.ensemble`, ``tbe ensemble``) is a run
+directory too: ``ensemble.json`` in place of ``config.json``, and the same
+``metrics.json``, ``val_indices.npy``, per-vertex ``val_corr`` and
+``pred_test`` files. :func:`read_config` and :func:`open_run` read either
+kind, so every command that reads a run reads an ensemble.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +49,9 @@ from .files import atomic_path, load_npy, read_rows, save_safetensors, write_jso
 from .readout import READOUT_RES, QuerySet, build_queries
 from .subject import Subject, load_subject, split_sizes
 
+if TYPE_CHECKING:
+    from .ensemble import EnsembleConfig
+
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
@@ -49,12 +60,18 @@ CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.json"
 VAL_INDICES = "val_indices.npy"
 VAL_CORR = "{hemi}_val_corr.npy"
+VAL_PRED = "{hemi}_val_pred.npy"
 PRED_TEST = "{hemi}_pred_test.npy"
 TEST_SCORES = "test_scores.json"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+#: what marks an ensemble of runs (:mod:`model.ensemble`); it has no config.json
+ENSEMBLE = "ensemble.json"
+#: the folder of one subject's run in a multi-subject folder (``tbe train --subj 1-8 --out DIR``: DIR/subj01)
+SUBJECT_FOLDER = re.compile(r"subj\d\d")
 #: files a training job writes from its first checkpoint on
-RESULT_FILES = (WEIGHTS, CHECKPOINT, METRICS, *(t.format(hemi=h) for t in (VAL_CORR, PRED_TEST) for h in ("lh", "rh")))
+RESULT_FILES = (WEIGHTS, CHECKPOINT, METRICS,
+                *(t.format(hemi=h) for t in (VAL_CORR, VAL_PRED, PRED_TEST) for h in ("lh", "rh")))
 #: every file a training job writes into a run directory (those not in RESULT_FILES come before the first checkpoint)
 RUN_FILES = (CONFIG, MANIFEST, VAL_INDICES, *RESULT_FILES)
 #: format 2 added the data fingerprint and the feature key; format 1 runs stay readable
@@ -75,6 +92,8 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     val_fraction: float = 0.1
+    #: standardise every token channel (statistics of the training images) before the encoder; the original fed raw tokens
+    standardise_tokens: bool = True
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -97,6 +116,7 @@ class TrainConfig:
             ("seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("split_seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("val_fraction", lambda v: is_number(v) and 0 < v < 1, "must be a fraction between 0 and 1"),
+            ("standardise_tokens", lambda v: isinstance(v, bool), "must be true or false"),
         ))
         if n_images is not None:
             split_sizes(n_images, self.val_fraction)
@@ -156,6 +176,12 @@ class RunConfig:
                 section.validate(n_images)
             else:
                 section.validate()
+        arch = ARCHITECTURES[self.encoder_arch]
+        if READOUT_RES[self.readout_res].per_vertex and arch.section == "decoder" and self.decoder.readout != "linear":
+            raise OptionError("decoder.readout", f"readout_res {self.readout_res} reads each vertex from its own query: "
+                                                 "use the linear readout")
+        if arch.check is not None:
+            arch.check(getattr(self, arch.section))
 
     def comparable(self) -> dict:
         """The fields that must agree when resuming (not the epoch budget, nor what is known only later)."""
@@ -166,15 +192,50 @@ class RunConfig:
         return d
 
 
-def read_config(run: Path) -> RunConfig:
-    """A run's config.json, parsed and validated; any problem names the file."""
-    path = Path(run) / CONFIG
+def is_ensemble(run: str | Path) -> bool:
+    """Whether ``run`` is an ensemble of runs (it holds ``ensemble.json``, not ``config.json``)."""
+    return (Path(run) / ENSEMBLE).is_file() and not (Path(run) / CONFIG).is_file()
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a run or an ensemble directory (complete or not)."""
+    return (Path(path) / CONFIG).is_file() or is_ensemble(path)
+
+
+def expand_subjects(path: str | Path) -> list[Path]:
+    """A run (or ensemble) as ``[path]``; a folder of subject runs (``subjXX/``, ``tbe train --subj``) as those runs.
+
+    Anything else comes back as ``[path]``, for the reader to refuse with its own message.
+    """
+    path = Path(path)
+    if is_run(path) or not path.is_dir():
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and SUBJECT_FOLDER.fullmatch(p.name) and is_run(p))
+    return found or [path]
+
+
+def read_config(run: Path) -> "RunConfig | EnsembleConfig":
+    """A run's config.json (or an ensemble's ensemble.json), parsed and validated; any problem names the file.
+
+    An ensemble gives a :class:`model.ensemble.EnsembleConfig`, which has the
+    fields that every reader of a run uses (``subj``, ``data_dir``,
+    ``data_fingerprint``, ``n_vertices``, ``encoder_arch`` = ``'ensemble'``).
+    """
+    if is_ensemble(run):
+        from .ensemble import read_ensemble_config
+
+        return read_ensemble_config(run)
+    return read_validated_json(Path(run) / CONFIG, RunConfig.from_dict, "run configuration", "not a run directory")
+
+
+def read_validated_json(path: Path, build, what: str, missing: str):
+    """``build(json of path)``, validated; a missing, unreadable or invalid file is one error naming ``path``."""
     if not path.is_file():
-        raise InputError(path, "missing: not a run directory")
+        raise InputError(path, f"missing: {missing}")
     try:
-        config = RunConfig.from_dict(json.loads(path.read_text()))
+        config = build(json.loads(path.read_text()))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise InputError(path, f"unreadable run configuration ({type(exc).__name__}: {exc})") from None
+        raise InputError(path, f"unreadable {what} ({type(exc).__name__}: {exc})") from None
     except OSError as exc:
         raise InputError(path, f"unreadable ({exc.strerror or exc})") from None
     try:
@@ -294,6 +355,19 @@ class Run:
         """The run's backbone, built once per opened run and shared by the analyses (it is frozen)."""
         return self.backbone()
 
+    def features(self, paths: Sequence[Path], cache_dir: str | Path | None = None, device: str = "auto",
+                 rows: Sequence[tuple[str, int] | None] | None = None, desc: str = "features"):
+        """The encoder's input for these images: backbone tokens (N, T, C), from the feature cache where possible.
+
+        ``rows`` ((split, index) of each image among the subject's, where it
+        is one) lets cached rows of the subject's own splits be read instead
+        of computed (:func:`model.features.image_features`). Ensembles give
+        every member's tokens side by side (:class:`model.ensemble.EnsembleRun`).
+        """
+        from .features import image_features
+
+        return image_features(self.shared_backbone, self.subject, paths, rows, cache_dir, device, desc)
+
 
 def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> Run:
     """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on.
@@ -304,9 +378,14 @@ def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | 
     Refused, with one line naming the file: an unfinished run, a config.json
     that does not describe the features the run was trained on, data other
     than the run's (vertex counts, ROI queries, or the data fingerprint), and
-    weights that do not fit the encoder.
+    weights that do not fit the encoder. An ensemble directory opens as a
+    :class:`model.ensemble.EnsembleRun` (every member opened and checked).
     """
     run = Path(run)
+    if is_ensemble(run):
+        from .ensemble import open_ensemble
+
+        return open_ensemble(run, data_dir, device)
     config = read_config(run)
     if not (run / METRICS).is_file():
         raise InputError(run, "training did not finish (no metrics.json); continue it with --resume")
@@ -315,7 +394,8 @@ def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | 
     queries = build_queries(subject, config.readout_res)
     check_matches(run / CONFIG, config, queries)
     check_trained_on(run, config, subject)
-    model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
+    model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
+                          config.train.standardise_tokens)
     load_weights(run / WEIGHTS, model)
     dev = pick_device(device)
     return Run(run, config, subject, queries, model.to(dev).eval(), dev)
@@ -421,18 +501,48 @@ def iter_batches(features: np.ndarray, indices: np.ndarray, batch_size: int) -> 
 # Predictions for any folder of images
 # --------------------------------------------------------------------------
 
-def _save_netcdf(path: Path, preds: dict[str, np.ndarray], names: list[str]) -> None:
+def roi_coordinate(hemi: str, roi_class: str) -> str:
+    """The name of the per-vertex ROI coordinate of one class, e.g. ``lh_floc_faces``."""
+    return f"{hemi}_{roi_class.replace('-', '_')}"
+
+
+def vertex_coordinates(subject) -> dict[str, dict[str, np.ndarray]]:
+    """Per hemisphere, the ROI name of each vertex in every class of the subject (:func:`roi_coordinate` names)."""
+    return {hemi: {roi_coordinate(hemi, c): subject.roi_labels(c, hemi) for c in subject.labels} for hemi in subject.fmri}
+
+
+def _save_netcdf(path: Path, preds: dict[str, np.ndarray], names: list[str],
+                 coords: dict[str, dict[str, np.ndarray]] | None = None) -> None:
     import xarray as xr
 
     ds = xr.Dataset({h: (("image", f"{h}_vertex"), v) for h, v in preds.items()}, coords={"image": names})
+    for hemi, values in (coords or {}).items():
+        ds = ds.assign_coords({f"{hemi}_vertex": np.arange(preds[hemi].shape[1]),
+                               **{name: (f"{hemi}_vertex", v) for name, v in values.items()}})
+        ds[hemi].attrs["hemisphere"] = hemi
+    ds.attrs["roi_coordinates"] = ("per-vertex ROI names per class ('' outside the class); select one ROI with "
+                                   "model.run.load_predictions(path).sel(lh_floc_faces='FFA-1')")
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp)
 
 
-def _save_npz(path: Path, preds: dict[str, np.ndarray], names: list[str]) -> None:
+def _save_npz(path: Path, preds: dict[str, np.ndarray], names: list[str],
+              coords: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    extra = {name: v for values in (coords or {}).values() for name, v in values.items()}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, images=np.array(names, dtype=str), **preds)
+            np.savez(f, images=np.array(names, dtype=str), **preds, **extra)
+
+
+def load_predictions(path: str | Path):
+    """Predictions written by ``tbe predict`` (NetCDF), with an index on every ROI coordinate, so that
+    ``preds.sel(lh_floc_faces="FFA-1").lh`` gives FFA-1's vertices of the left hemisphere."""
+    import xarray as xr
+
+    ds = xr.load_dataset(path)
+    for name in [n for n, c in ds.coords.items() if c.dims and c.dims[0].endswith("_vertex") and n not in ds.dims]:
+        ds = ds.set_xindex(name)
+    return ds
 
 
 PREDICTION_WRITERS = {".nc": _save_netcdf, ".npz": _save_npz}
@@ -445,9 +555,14 @@ def check_prediction_path(path: str | Path) -> None:
         raise InputError(path, f"unknown output format {path.suffix!r}; use {' or '.join(PREDICTION_WRITERS)}")
 
 
-def save_predictions(path: str | Path, preds: dict[str, np.ndarray], names: list[str]) -> Path:
-    """Per-hemisphere predictions (images x vertices) with the image names, as NetCDF or npz."""
+def save_predictions(path: str | Path, preds: dict[str, np.ndarray], names: list[str],
+                     coords: dict[str, dict[str, np.ndarray]] | None = None) -> Path:
+    """Per-hemisphere predictions (images x vertices) with the image names, as NetCDF or npz.
+
+    ``coords`` (:func:`vertex_coordinates`) label each vertex with its ROI
+    name per class: coordinates of the NetCDF file, arrays of the npz.
+    """
     path = Path(path)
     check_prediction_path(path)
-    PREDICTION_WRITERS[path.suffix](path, preds, names)
+    PREDICTION_WRITERS[path.suffix](path, preds, names, coords)
     return path

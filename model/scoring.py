@@ -1,5 +1,12 @@
 """Score test predictions: challenge score, r per ROI class, within-ROI r.
 
+Two noise-normalised scores are reported, always under their own names
+(:data:`model.metrics.SCORE_NAMES`): ``challenge_score``, exactly the Algonauts
+2023 challenge's (every vertex; see :func:`model.metrics.challenge_score`),
+and ``score_nc_positive``, our variant over vertices with a noise ceiling
+> 0. A subject's scores pool both hemispheres' vertices, and
+:func:`pool_scores` pools several subjects' vertices, as the leaderboard did.
+
 References come from a virtual subject's ground truth (the noisy test
 responses, the clean ones, and the noise ceilings) or from user-supplied
 files ``{lh,rh}_test_fmri.npy`` and ``{lh,rh}_noise_ceiling.npy`` (fraction,
@@ -16,7 +23,7 @@ import pandas as pd
 
 from .errors import InputError
 from .files import load_npy
-from .metrics import challenge_score, pearson_r, within_roi_r
+from .metrics import SCORE_NAMES, challenge_vertex_scores, noise_normalised, pearson_r, within_roi_r
 from .rois import EARLY_VISUAL, HEMIS, NON_STREAM_CLASSES
 from .subject import Subject
 
@@ -82,15 +89,24 @@ def vertex_groups(subject: Subject, hemi: str) -> dict[str, np.ndarray]:
     return groups
 
 
+#: the two noise-normalised scores: name -> per-vertex score of r and the noise ceiling
+SCORES = {"challenge_score": challenge_vertex_scores, "score_nc_positive": noise_normalised}
+
+
 def score(pred: dict[str, np.ndarray], subject: Subject, ref: Reference) -> dict:
     """Scores of test predictions (per hemisphere, vertices in the subject's order).
 
-    Returns a dict with ``challenge_score`` (mean over hemispheres, if noise
-    ceilings are known), per-hemisphere group means of r against the measured
-    (``r``) and clean (``r_clean``) responses, and within-ROI r per early
-    visual ROI (``within_roi_r``, against clean responses where known).
+    Returns a dict with, where noise ceilings are known, ``challenge_score``
+    (the challenge's definition) and ``score_nc_positive`` (ours: only
+    vertices with a noise ceiling > 0), each the mean over both hemispheres'
+    vertices pooled, with ``n_scored`` (vertices entering each mean, for
+    :func:`pool_scores`) and ``score_names``; per hemisphere the same two
+    scores, group means of r against the measured (``r``) and clean
+    (``r_clean``) responses, and within-ROI r per early visual ROI
+    (``within_roi_r``, against clean responses where known).
     """
-    out: dict = {"reference": ref.source, "hemis": {}}
+    out: dict = {"reference": ref.source, "subj": subject.subj, "hemis": {}}
+    per_vertex: dict[str, list[np.ndarray]] = {name: [] for name in SCORES}
     for hemi in HEMIS:
         p = pred[hemi]
         h: dict = {}
@@ -98,7 +114,10 @@ def score(pred: dict[str, np.ndarray], subject: Subject, ref: Reference) -> dict
         groups = vertex_groups(subject, hemi)
         h["r"] = {name: _nanmean(r[m]) for name, m in groups.items()}
         if ref.noise_ceiling is not None:
-            h["challenge_score"] = challenge_score(r, ref.noise_ceiling[hemi])
+            for name, per_vertex_score in SCORES.items():
+                values = per_vertex_score(r, ref.noise_ceiling[hemi])
+                per_vertex[name].append(values)
+                h[name] = _nanmean(values)
         best = ref.clean[hemi] if ref.clean is not None else ref.measured[hemi]
         if ref.clean is not None:
             rc = pearson_r(p, ref.clean[hemi])
@@ -107,20 +126,52 @@ def score(pred: dict[str, np.ndarray], subject: Subject, ref: Reference) -> dict
                              for roi in EARLY_VISUAL if subject.roi_mask(roi, hemi).sum() > 2}
         out["hemis"][hemi] = h
     if ref.noise_ceiling is not None:
-        out["challenge_score"] = float(np.mean([out["hemis"][h]["challenge_score"] for h in HEMIS]))
+        for name in SCORES:
+            both = np.concatenate(per_vertex[name])
+            out[name] = _nanmean(both)
+            out.setdefault("n_scored", {})[name] = int(np.isfinite(both).sum())
+        out["score_names"] = dict(SCORE_NAMES)
+    return out
+
+
+def pool_scores(scores: list[dict]) -> dict:
+    """The scores of several subjects pooled over all their vertices, as the leaderboard pooled them.
+
+    Each subject's mean is weighted by the number of vertices it was taken
+    over (``n_scored``), which equals the mean over every vertex of every
+    subject and hemisphere appended together.
+    """
+    out: dict = {"subjects": [s.get("subj") for s in scores]}
+    for name in SCORES:
+        parts = [(s[name], s["n_scored"][name]) for s in scores if name in s and s["n_scored"][name] > 0]
+        if len(parts) == len(scores) and parts:
+            total = sum(n for _, n in parts)
+            out[name] = float(sum(v * n for v, n in parts) / total)
+            out.setdefault("n_scored", {})[name] = int(total)
+    if "challenge_score" in out:
+        out["score_names"] = dict(SCORE_NAMES)
     return out
 
 
 def score_table(scores: dict) -> pd.DataFrame:
-    """One row per (hemi, measure, group) from :func:`score`'s output."""
+    """One row per (hemi, measure, group) from :func:`score`'s output (both named scores as measures)."""
     rows = []
     for hemi, h in scores["hemis"].items():
         for measure in ("r", "r_clean", "within_roi_r"):
             for group, value in h.get(measure, {}).items():
                 rows.append({"hemi": hemi, "measure": measure, "group": group, "value": value})
-        if "challenge_score" in h:
-            rows.append({"hemi": hemi, "measure": "challenge_score", "group": "all", "value": h["challenge_score"]})
+        for name in SCORES:
+            if name in h:
+                rows.append({"hemi": hemi, "measure": name, "group": "all", "value": h[name]})
+    for name in SCORES:
+        if name in scores:
+            rows.append({"hemi": "both", "measure": name, "group": "all", "value": scores[name]})
     return pd.DataFrame(rows)
+
+
+def score_lines(scores: dict) -> list[str]:
+    """The two scores as lines of text, each with its full name (for the command line and logs)."""
+    return [f"{SCORE_NAMES[name]}: {scores[name]:.2f}" for name in SCORES if name in scores]
 
 
 def _nanmean(x: np.ndarray) -> float:

@@ -185,6 +185,12 @@ class Subject:
             return np.zeros(self.n_vertices(hemi), bool)
         return self.labels[roi_class][hemi] == label
 
+    def roi_labels(self, roi_class: str, hemi: str) -> np.ndarray:
+        """The ROI name of each challenge vertex of ``hemi`` in one class ('' where it has none)."""
+        names = {lab: ("" if name == UNKNOWN else name) for lab, name in self.mappings[roi_class].items()}
+        labels = np.asarray(self.labels[roi_class][hemi])
+        return np.array([names.get(int(lab), "") for lab in labels], dtype=str) if labels.size else np.array([], str)
+
     def nsd_ids(self, split: str) -> np.ndarray:
         """The NSD image ids encoded in the file names."""
         return np.array([int(IMAGE_NAME.match(p.name)["nsd"]) for p in self.images(split)])

@@ -34,8 +34,8 @@ from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
 from .readout import build_queries
 from .rois import HEMIS
-from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, WEIGHTS, RunConfig, iter_batches,
-                  TrainConfig, load_weights, predict, save_weights, write_config)
+from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
+                  TrainConfig, iter_batches, load_weights, predict, save_weights, write_config)
 from .rundir import Claim, DivergedError, claim_run_directory
 from .subject import Subject, load_subject, train_val_split
 
@@ -123,9 +123,14 @@ def validation_r(pred: np.ndarray, true: np.ndarray, valid: np.ndarray, bounds: 
     """Per-vertex r and the selection score: mean over hemispheres of the mean r (NaN counted as 0)."""
     r = pearson_r(pred, true)
     r[~valid] = np.nan
+    return r, validation_means(r, valid, bounds)
+
+
+def validation_means(r: np.ndarray, valid: np.ndarray, bounds: list[slice]) -> dict[str, float]:
+    """Per-hemisphere means of per-vertex r over valid vertices (NaN counted as 0), and their mean (``'mean'``)."""
     means = {h: float(np.nanmean(np.nan_to_num(r[s][valid[s]], nan=0.0))) for h, s in zip(HEMIS, bounds)}
     means["mean"] = float(np.mean([means[h] for h in HEMIS]))
-    return r, means
+    return means
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -234,7 +239,8 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
         job = Job(config, out, procs, claim, feats, subject, Targets.of_subject(subject), train_idx, val_idx,
                   [queries.vertex_slice(h) for h in HEMIS], rows)
         torch.manual_seed(config.train.seed)
-        model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge)
+        model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
+                          config.train.standardise_tokens)
         model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
         start = time.perf_counter()
         if architecture(config.encoder_arch).capabilities.closed_form:
@@ -397,7 +403,7 @@ def _validate_epoch(job: Job, model, val_true: np.ndarray, epoch: int, state: di
 
 
 def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
-    """Validation r, test predictions, and metrics.json (written last)."""
+    """Validation r and predictions, test predictions, and metrics.json (written last)."""
     config, out, feats, device = job.config, job.out, job.feats, job.procs.device
     val_pred = predict(model, job.rows, job.val_idx, device=device)
     test_pred = predict(model, feats["test"].features, device=device)
@@ -408,6 +414,7 @@ def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
     per_hemi = {}
     for hemi, s in zip(HEMIS, job.bounds):
         save_npy(out / VAL_CORR.format(hemi=hemi), r[s].astype(np.float32))
+        save_npy(out / VAL_PRED.format(hemi=hemi), val_pred[:, s].astype(np.float32))
         save_npy(out / PRED_TEST.format(hemi=hemi), test_pred[:, s].astype(np.float32))
         per_hemi[hemi] = r[s]
     summary = roi_summary(per_hemi, job.subject.labels, job.subject.mappings, name="val_r")

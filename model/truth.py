@@ -23,7 +23,7 @@ from PIL import Image
 from .errors import InputError
 from .rois import HEMIS
 from .virtual.responses import GRID, Tuning, clean_responses, noisy_average, prf_weights
-from .virtual.stimuli import unpack_mask_bits
+from .virtual.stimuli import STIMULUS_CONFOUNDS, unpack_mask_bits
 
 
 @dataclass
@@ -57,6 +57,11 @@ class GroundTruth:
     def images(self) -> pd.DataFrame:
         """One row per image: split, file name, background, object counts and mask areas."""
         return pd.read_csv(self.folder / "images.csv")
+
+    @property
+    def stimulus_confounds(self) -> dict[str, str]:
+        """Known confounds of the painted stimuli, name -> what they can bias (reports state them)."""
+        return dict(STIMULUS_CONFOUNDS)
 
     def array(self, name: str, hemi: str) -> np.ndarray:
         """``{hemi}_{name}.npy``: train_clean, test_clean, test_fmri or noise_ceiling."""

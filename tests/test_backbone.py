@@ -142,3 +142,21 @@ def test_unknown_backbone_and_feature():
         build_backbone(BackboneConfig("vit_does_not_exist", "random"), 224)
     with pytest.raises(InputError, match="unknown feature"):
         build_backbone(BackboneConfig(SMALL, "random", feature="keys"), 224)
+
+
+@pytest.mark.parametrize("layer", [1, 4])
+def test_tokens_norm_are_block_tokens_through_the_final_norm(layer):
+    """``tokens_norm`` (the original's ``dinov2``: get_intermediate_layers(norm=True)) is block k's output through
+    the final LayerNorm, as timm's forward_intermediates(norm=True) of the full model gives it."""
+    backbone = build_backbone(BackboneConfig(SMALL, "random", seed=2, layer=layer, feature="tokens_norm"), native_size=112)
+    torch.manual_seed(2)
+    full = timm.create_model(SMALL, pretrained=False, img_size=112, init_values=1.0, num_classes=0).eval()
+    x = backbone.preprocess(torch.randint(0, 256, (2, 3, 112, 112), dtype=torch.uint8))
+    with torch.no_grad():
+        ours = backbone(x)
+        normed = full.forward_intermediates(x, indices=[12 - layer], norm=True, output_fmt="NLC", intermediates_only=True)[0]
+        raw = full.forward_intermediates(x, indices=[12 - layer], norm=False, output_fmt="NLC", intermediates_only=True)[0]
+    assert ours.shape == (2, 64, 384)
+    assert torch.allclose(ours, normed, atol=1e-5)
+    assert not torch.allclose(ours, raw, atol=1e-2)
+    assert backbone.vit.blocks[-1].attn is backbone.vit.blocks[-1].block.attn  # attention hooks find the block's own

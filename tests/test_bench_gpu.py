@@ -83,6 +83,8 @@ def test_bench_gpu_small_runs_every_section_on_the_cpu(tmp_path):
                                  "pixel level, completeness error (max)"],
         "DDP": ["processes (world size)", "seconds per step", "images/s"],
         "feature cache": ["bytes per image", "subject 1, one layer: train + test"],
+        "voxels readout": ["training step, rois_all", "training step, voxels", "peak memory, voxels",
+                           "voxels / rois_all, step time"],
     }
     for section, measures in expected.items():
         assert sections[section]["ok"] is True, sections[section].get("error")

@@ -27,6 +27,7 @@ def test_predict_a_folder_of_images(trained_run, small_data, cache_dir, tmp_path
     assert tbe("-q", "predict", "--run", trained_run, "--images", images, "--out", npz, "--cache-dir", cache_dir) == 0
     with np.load(npz, allow_pickle=False) as f:
         assert f["lh"].shape == ds["lh"].shape
+        assert (f["lh_floc_faces"] == "FFA-1").sum() > 0
     assert tbe("-q", "predict", "--run", trained_run, "--images", images, "--out", tmp_path / "p.csv") == 2
 
 
@@ -81,3 +82,25 @@ def test_predict_a_folder_of_mixed_sizes(trained_run, small_data, cache_dir, tmp
     assert np.allclose(lh[0], np.load(trained_run / "lh_pred_test.npy")[0], atol=1e-5), "native images as before"
     assert np.corrcoef(lh[0], lh[1])[0, 1] > 0.95, "a larger copy predicts nearly the same"
     assert np.allclose(lh[3], lh[4], atol=1e-5), "a 16-bit grey image predicts as its 8-bit version"
+
+
+def test_predictions_carry_each_vertex_s_roi_so_sel_by_roi_works(trained_run, small_data, cache_dir, tmp_path):
+    """`tbe predict`'s NetCDF labels every vertex with its ROI per class (issue 15)."""
+    from model.run import load_predictions
+    from model.subject import load_subject
+
+    images = small_data / "subj01" / "test_split" / "test_images"
+    out = tmp_path / "pred.nc"
+    assert tbe("-q", "predict", "--run", trained_run, "--images", images, "--out", out, "--cache-dir", cache_dir) == 0
+    subject = load_subject(small_data, 1, check_images=False)
+    preds = load_predictions(out)
+    for hemi in HEMIS:
+        mask = subject.roi_mask("FFA-1", hemi)
+        ffa = preds.sel({f"{hemi}_floc_faces": "FFA-1"})[hemi]
+        assert mask.sum() > 0 and ffa.shape == (len(preds.image), mask.sum())
+        assert np.array_equal(ffa.values, preds[hemi].values[:, mask])
+        assert np.array_equal(preds[f"{hemi}_vertex"].values, np.arange(len(mask)))
+        v1 = preds[f"{hemi}_prf_visualrois"].values
+        assert np.array_equal(v1 == "V1v", subject.roi_mask("V1v", hemi)) and "" in set(v1)
+    plain = xr.open_dataset(out)  # without the helper, the coordinates are there too
+    assert plain["lh"].where(plain["lh_floc_faces"] == "FFA-1", drop=True).shape[1] == subject.roi_mask("FFA-1", "lh").sum()

@@ -24,7 +24,8 @@ from model.run import open_run
 from .conftest import tbe
 
 #: The commands that compute (backbone, encoder, attributions or attention) and so take --device
-COMPUTING = ("features", "train", "predict", "interpret", "check-maps", "selectivity", "localizer", "report", "demo")
+COMPUTING = ("features", "train", "predict", "interpret", "check-maps", "selectivity", "localizer", "routing", "claims",
+             "report", "demo")
 #: Each command's required options, with paths that need not exist: --device is refused before any is read
 REQUIRED = {
     "features": ["--data-dir", "{tmp}/data"],
@@ -34,6 +35,8 @@ REQUIRED = {
     "check-maps": ["--run", "{tmp}/run", "--out", "{tmp}/out"],
     "selectivity": ["--run", "{tmp}/run", "--out", "{tmp}/out"],
     "localizer": ["--run", "{tmp}/run", "--out", "{tmp}/out"],
+    "routing": ["--run", "{tmp}/run", "--out", "{tmp}/out"],
+    "claims": ["--run", "{tmp}/run", "--claims", "{tmp}/claims.txt", "--out", "{tmp}/out"],
     "report": ["--run", "{tmp}/run", "--out", "{tmp}/out"],
     "demo": ["--out", "{tmp}/out"],
 }

@@ -205,3 +205,17 @@ def test_each_architecture_is_built_from_its_own_section():
     transformer = build_encoder("transformer", queries, 8, (4, 4), decoder, RidgeConfig(pool=3))
     assert transformer.core.cfg is decoder and len(transformer.core.layers) == 2
     assert transformer.core.readout.head_weight.shape == (30, 2 * 3)
+
+
+def test_query_init_is_the_originals_normal_or_xavier():
+    """``--query-init normal`` leaves the query embeddings N(0, 1) as the original did; xavier is far narrower."""
+    queries = _random_queries(200, 50)
+    stds = {}
+    for init in ("normal", "xavier"):
+        torch.manual_seed(0)
+        model = BrainEncoder(queries, 256, (4, 4), DecoderConfig(hidden_dim=256, nheads=4, readout="linear", query_init=init))
+        stds[init] = float(model.query_embed.weight.detach().std())
+    assert abs(stds["normal"] - 1) < 0.05
+    assert abs(stds["xavier"] - (2 / (50 + 256)) ** 0.5) < 0.01
+    with pytest.raises(Exception, match="decoder.query_init"):
+        DecoderConfig(query_init="zeros").validate()

@@ -11,7 +11,8 @@ from interpret import checks
 from interpret.attribution import ImageModel, Settings, baseline_images
 from interpret.maps import MapGrid, roi_targets
 from interpret.completeness import completeness_gaps, convergence_table
-from interpret.pipeline import DEFAULT_METHODS, MapJob, check_maps, compute_maps, localize, map_job, prepare
+from interpret.pipeline import (DEFAULT_METHODS, MapJob, check_maps, compute_maps, localize, map_job, prepare,
+                                read_check_settings)
 from model.encoder import BrainEncoder, DecoderConfig
 from model.errors import InputError
 from model.rois import EARLY_VISUAL
@@ -272,6 +273,8 @@ def test_check_maps_command_writes_the_three_tables_and_figures(trained_run, cac
         assert (out / f"{name}.png").stat().st_size > 5000 and str(out / f"{name}.png") in printed
     loc = pd.read_csv(out / "localization.csv")  # test images: scored against the test images' truth
     assert {"same_quadrant", "centre_error_deg"} <= set(loc[loc.roi == "V1v"].measure)
+    used = read_check_settings(out)  # what a report reading these tables shows as their settings
+    assert used["n_images"] == 2 and used["split"] == "test" and used["faithfulness_rois"] == ["V1v"]
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from model.metrics import challenge_score, noise_normalised, pearson_r, roi_summary, within_roi_r
+from model.metrics import (challenge_score, challenge_vertex_scores, noise_ceiling, noise_normalised, pearson_r,
+                           roi_summary, score_nc_positive, within_roi_r)
 from model.rois import HEMIS
 from model.scoring import file_reference, score, virtual_reference
 from model.subject import load_subject
@@ -36,12 +37,38 @@ def test_within_roi_r_ignores_roi_wide_shifts():
 
 
 def test_challenge_score_known_values():
-    r = np.array([0.5, 0.9, -0.3, 0.2, np.nan, 0.4])
-    nc = np.array([0.5, 0.5, 0.5, 0.0, 0.5, 0.64])
+    """The challenge's definition (ceiling 0 -> 1e-14, r < 0 -> 0, cap 100, every vertex) and ours, by hand."""
+    r = np.array([0.5, 0.9, -0.3, 0.2, np.nan, 0.4, 0.0])
+    nc = np.array([0.5, 0.5, 0.5, 0.0, 0.5, 0.64, 0.0])
+    challenge = challenge_vertex_scores(r, nc)
+    # 0.25/0.5, 0.81/0.5 capped, negative r, r > 0 over a zero ceiling (1e-14) capped, NaN r, 0.16/0.64, 0/1e-14
+    assert np.allclose(challenge[[0, 1, 2, 3, 5, 6]], [50, 100, 0, 100, 25, 0]) and np.isnan(challenge[4])
+    assert challenge_score(r, nc) == pytest.approx(np.mean([50, 100, 0, 100, 25, 0]))
     per_vertex = noise_normalised(r, nc)
     assert np.allclose(per_vertex[[0, 1, 2, 4, 5]], [50, 100, 0, 0, 25])
-    assert np.isnan(per_vertex[3]), "vertices without a noise ceiling are left out"
-    assert challenge_score(r, nc) == pytest.approx(np.mean([50, 100, 0, 0, 25]))
+    assert np.isnan(per_vertex[[3, 6]]).all(), "our variant leaves vertices without a noise ceiling out"
+    assert score_nc_positive(r, nc) == pytest.approx(np.mean([50, 100, 0, 0, 25]))
+
+
+def test_noise_ceiling_from_ncsnr_and_trial_counts():
+    """NC = ncsnr^2 / (ncsnr^2 + k), k = (A/3 + B/2 + C/1) / (A + B + C)."""
+    ncsnr = np.array([0.0, 1.0, 2.0])
+    assert np.allclose(noise_ceiling(ncsnr, {3: 159}), [0, 1 / (1 + 1 / 3), 4 / (4 + 1 / 3)])
+    k = (50 / 3 + 30 / 2 + 20 / 1) / 100
+    assert np.allclose(noise_ceiling(ncsnr, {3: 50, 2: 30, 1: 20}), ncsnr ** 2 / (ncsnr ** 2 + k))
+    with pytest.raises(ValueError):
+        noise_ceiling(ncsnr, {})
+
+
+def test_subject_and_pooled_scores_average_every_vertex():
+    """A subject's score pools both hemispheres' vertices, and subjects pool theirs (not a mean of means)."""
+    from model.scoring import pool_scores
+
+    a = {"challenge_score": 10.0, "score_nc_positive": 20.0, "n_scored": {"challenge_score": 100, "score_nc_positive": 80}}
+    b = {"challenge_score": 40.0, "score_nc_positive": 60.0, "n_scored": {"challenge_score": 300, "score_nc_positive": 120}}
+    pooled = pool_scores([a, b])
+    assert pooled["challenge_score"] == pytest.approx((10 * 100 + 40 * 300) / 400)
+    assert pooled["score_nc_positive"] == pytest.approx((20 * 80 + 60 * 120) / 200)
 
 
 def test_roi_summary_rows(tiny_data):
@@ -64,6 +91,11 @@ def test_clean_responses_score_at_the_ceiling(tiny_data):
         assert result["hemis"][hemi]["r_clean"]["all"] == pytest.approx(1.0, abs=1e-5)
         assert result["hemis"][hemi]["within_roi_r"]["V1v"] == pytest.approx(1.0, abs=1e-5)
     assert 60 < result["challenge_score"] <= 100
+    # the subject's score is the mean over both hemispheres' vertices pooled, by hand
+    r = {h: pearson_r(pred[h], truth.array("test_fmri", h)) for h in HEMIS}
+    pooled = np.concatenate([challenge_vertex_scores(r[h], truth.array("noise_ceiling", h)) for h in HEMIS])
+    assert result["challenge_score"] == pytest.approx(np.nanmean(pooled))
+    assert result["n_scored"]["challenge_score"] == np.isfinite(pooled).sum()
     shuffled = {h: np.random.default_rng(0).permutation(pred[h]) for h in HEMIS}
     assert score(shuffled, s, virtual_reference(s))["challenge_score"] < 20
 

@@ -189,6 +189,11 @@ def test_notebooks_answer_what_they_are_asked(small_report):
     assert "integrated_gradients" in convergence and "relative_delta" in convergence
     for table in ("sanity", "localization", "faithfulness"):
         assert (out / "files" / "map_checks" / f"{table}.csv").is_file()
+    selectivity = (out / "roi_selectivity.html").read_text()
+    assert "mean_ci_low" in selectivity and "verdict" in selectivity  # intervals named; every contrast judged
+    assert "Localizer run here: 24 images per category" in selectivity  # no localizer of this run: its own, stated
+    assert "planted ROIs" in entries["roi_selectivity"]["summary"]  # null ROIs counted apart
+    assert "hands as faces" in (out / "attributions.html").read_text()  # the stimuli's known confound, stated
 
 
 def test_html_reports_embed_their_figures(small_report):
@@ -203,10 +208,48 @@ def test_html_reports_embed_their_figures(small_report):
         for src in sources[:3]:
             assert Image.open(io.BytesIO(base64.b64decode(src[len(prefix):]))).format == "PNG"
         assert "require.min.js" not in html
+        assert "setup_notebook(seed)" not in html  # code is hidden by default ...
+        assert str(out / "files" / entry["name"]) in html  # ... but the parameters it ran with (injected) show
         assert f'href="{entry["html"]}"' in index
         assert entry["summary"].split(";")[0] in index
     assert index.count('src="data:image/png;base64,') == len(summary["entries"])  # one thumbnail each
     assert "all notebooks ran" in index
+
+
+def _tiny_notebook():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("n_images = 6", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("secret_code_line(42)", outputs=[
+                    nbformat.v4.new_output("stream", name="stdout", text="the answer")]),
+                nbformat.v4.new_markdown_cell("Some *text*.")]
+    return nb
+
+
+def test_report_html_hides_code_by_default_and_shows_it_when_asked(tmp_path):
+    hidden = report.export_html(_tiny_notebook(), tmp_path / "hidden.html", "t").read_text()
+    shown = report.export_html(_tiny_notebook(), tmp_path / "shown.html", "t", show_code=True).read_text()
+    assert "secret_code_line" not in hidden and "the answer" in hidden and "Some" in hidden
+    assert "n_images" in hidden  # the parameters cell stays: the settings of the report
+    assert "secret_code_line" in shown and "the answer" in shown
+
+
+def test_show_code_reaches_the_report_and_its_reproduce_command():
+    from analyses.cli import build_parser
+
+    args = build_parser().parse_args(["report", "--run", "r", "--out", "o", "--show-code"])
+    assert args.show_code is True
+    assert build_parser().parse_args(["report", "--run", "r", "--out", "o"]).show_code is False
+    command = report.reproduce_command(Path("/r"), Path("/d"), Path("/o"), None, None, None, None, show_code=True)
+    assert "--show-code" in command
+
+
+def test_the_reproduce_command_stores_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = report.reproduce_command(Path("/r"), Path("/d"), Path("/o"),
+                                       {"map_checks.checks_dir": "demo/interpret/checks", "n_images": 6},
+                                       None, None, None)
+    assert str(tmp_path / "demo" / "interpret" / "checks") in command and " demo/interpret" not in command
+    assert "-p n_images 6" in command
 
 
 def test_a_report_records_what_made_it_and_links_its_environment(small_report, trained_run, small_data):
@@ -353,6 +396,7 @@ def test_an_encoder_compared_with_itself_differs_by_nothing(trained_run, small_d
     a, b = accuracy.run_scores([trained_run, trained_run], reference)
     assert a.name == "transformer (transformer)" and b.name == "transformer (transformer) #2"
     diff = accuracy.bootstrap_difference(a, b, reference, subject, ["V1v"], n_boot=10, seed=0)
-    assert np.allclose(diff[["difference", "ci_low", "ci_high"]].to_numpy(), 0) and not diff.excludes_zero.any()
+    assert np.allclose(diff[["difference", "difference_ci_low", "difference_ci_high"]].to_numpy(), 0) and not diff.excludes_zero.any()
     table = accuracy.roi_table([a], subject, reference, ["V1v"])
-    assert table.r_ceiling.between(0, 1).all() and table[f"score_{a.name}"].between(0, 100).all()
+    assert table.r_ceiling.between(0, 1).all() and table[f"score_nc_positive_{a.name}"].between(0, 100).all()
+    assert table[f"challenge_score_{a.name}"].between(0, 100).all()

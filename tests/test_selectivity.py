@@ -73,7 +73,7 @@ def test_clustered_rate_widens_the_interval_for_correlated_tests():
     independent = S.clustered_rate(np.random.default_rng(0).random((200, 50)) < 0.05)
     shared = S.clustered_rate(np.repeat(np.random.default_rng(0).random((200, 1)) < 0.05, 50, axis=1))
     assert independent["design_effect"] < 1.5 and shared["design_effect"] > 20
-    assert shared["ci_high"] - shared["ci_low"] > 3 * (independent["ci_high"] - independent["ci_low"])
+    assert shared["rate_ci_high"] - shared["rate_ci_low"] > 3 * (independent["rate_ci_high"] - independent["rate_ci_low"])
 
 
 def test_auc_and_dice_known_values():
@@ -158,7 +158,7 @@ def test_planted_selectivity_recovered_on_tiny_virtual_subject(tiny_data):
     # seeds is measured by the calibration tests
     null = table.loc[table["planted"] == "none", "significant"]
     assert len(null) >= 30 and null.sum() <= np.ceil(0.05 * len(null)), table[(table["planted"] == "none") & table["significant"]]
-    assert set(table.columns) >= {"hemi", "roi", "category", "n", "mean", "ci_low", "ci_high", "t", "d_prime",
+    assert set(table.columns) >= {"hemi", "roi", "category", "n", "mean", "mean_ci_low", "mean_ci_high", "t", "d_prime",
                                   "selectivity_index", "p", "p_fdr"}
 
 
@@ -235,12 +235,12 @@ def test_selectivity_command_on_heldout_images(trained_run, small_data, cache_di
                "--out", out, "--n-bootstrap", "200") == 0
     assert "selectivity.csv" in capsys.readouterr().out
     table = pd.read_csv(out / "selectivity.csv")
-    required = ["hemi", "roi", "category", "n", "mean", "ci_low", "ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr"]
+    required = ["hemi", "roi", "category", "n", "mean", "mean_ci_low", "mean_ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr"]
     assert set(required) <= set(table.columns)
     assert not table.duplicated(["source", "hemi", "roi", "category"]).any()
     assert set(table["source"]) == {"predicted", "measured"}
     assert ((table["p"] > 0) & (table["p"] <= 1)).all() and (table["p_fdr"] >= table["p"]).all()
-    assert (table["ci_low"] <= table["mean"]).all() and (table["mean"] <= table["ci_high"]).all()
+    assert (table["mean_ci_low"] <= table["mean"]).all() and (table["mean"] <= table["mean_ci_high"]).all()
     predicted = table[table["source"] == "predicted"]
     subject = load_subject(small_data, 1)
     n_rois = sum(len(subject.roi_names(c, h)) for c in NON_STREAM_CLASSES for h in ("lh", "rh"))
@@ -293,7 +293,7 @@ def test_calibration_false_positives_at_nominal_level(trained_run, small_data, c
     table = run_calibration(trained_run, small_data, tmp_path, n_seeds=60, cache_dir=cache_dir, n_permutations=500)
     rates = table[table["kind"] == "false_positive_rate"]
     assert len(rates) >= 6
-    assert rates["nominal_ok"].all(), rates[["test", "source", "rate", "ci_low", "ci_high"]]
+    assert rates["nominal_ok"].all(), rates[["test", "source", "rate", "rate_ci_low", "rate_ci_high"]]
     shuffled = rates[rates["test"] == "shuffled labels: p < alpha"]
     assert ((shuffled["rate"] > 0.02) & (shuffled["rate"] < 0.08)).all()  # not conservative to uselessness either
     gated = rates[rates["test"].str.contains("with reliability check")]

@@ -131,19 +131,38 @@ def test_baselines_share_the_interface(arch, extra, small_data, cache_dir, tmp_p
         assert np.unique(alphas).size > 1, "one alpha per vertex"
 
 
-def test_seed_command_line_trains(small_data, cache_dir, tmp_path):
-    """python main.py --run 1 --subj 1 --enc_output_layer 1 --readout_res 'rois_all' (+ data, output, tbe options)."""
-    proc = subprocess.run([sys.executable, "main.py", "--run", "1", "--subj", "1", "--enc_output_layer", "1",
-                           "--readout_res", "rois_all", "--data_dir", str(small_data), "--output_path", f"{tmp_path}/",
-                           "--epochs", "1", "--hidden_dim", "64", "--nheads", "4", "--no-pretrained",
-                           "--backbone", "vit_small_patch14_dinov2.lvd142m", "--cache-dir", str(cache_dir)],
-                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    run = tmp_path / "nsd_test" / "dinov2_q_transformer" / "subj_01" / "rois_all" / "enc_1" / "run_1"
-    config = json.loads((run / "config.json").read_text())
+def _main_py(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", *map(str, args)], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_seed_command_line_trains_the_original(small_data, cache_dir, tmp_path):
+    """python main.py --run 1 --subj 1 --enc_output_layer 1 --readout_res 'rois_all' trains the original's model.
+
+    Its config.json holds the original's settings where they differ from tbe train's defaults (linear readout,
+    raw tokens, N(0, 1) queries, split and weights seeded by --run, 90/10), and --run 2 draws another split.
+    """
+    runs = {}
+    for run in (1, 2):
+        proc = _main_py("--run", run, "--subj", "1", "--enc_output_layer", "1", "--readout_res", "rois_all",
+                        "--data_dir", small_data, "--output_path", f"{tmp_path}/", "--epochs", "1", "--hidden_dim", "64",
+                        "--nheads", "4", "--no-pretrained", "--backbone", "vit_small_patch14_dinov2.lvd142m",
+                        "--cache-dir", cache_dir)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[run] = tmp_path / "nsd_test" / "dinov2_q_transformer" / "subj_01" / "rois_all" / "enc_1" / f"run_{run}"
+    config = json.loads((runs[1] / "config.json").read_text())
     assert config["backbone"]["feature"] == "q" and config["backbone"]["layer"] == 1
-    assert config["readout_res"] == "rois_all" and config["train"]["seed"] == 1
-    assert (run / "lh_pred_test.npy").is_file()
+    assert config["readout_res"] == "rois_all" and config["encoder_arch"] == "transformer"
+    assert config["decoder"]["readout"] == "linear" and config["decoder"]["query_init"] == "normal"
+    assert config["train"]["standardise_tokens"] is False
+    assert (config["train"]["seed"], config["train"]["split_seed"], config["train"]["val_fraction"]) == (1, 1, 0.1)
+    assert (runs[1] / "lh_pred_test.npy").is_file()
+    model = open_run(runs[1]).model
+    assert not model.standardise and torch.equal(model.normalise(torch.ones(1, 2, 384)), torch.ones(1, 2, 384))
+    val = {run: np.load(runs[run] / "val_indices.npy") for run in runs}
+    assert len(val[1]) == len(val[2]) == 24  # 10% of 240
+    assert set(val[1]) != set(val[2]), "--run 2 draws another train/validation split"
+    assert json.loads((runs[2] / "config.json").read_text())["train"]["split_seed"] == 2
 
 
 def test_seed_flags_we_cannot_honour_are_refused():

@@ -148,9 +148,10 @@ class Tuning:
 
 
 def noise_ceiling(ncsnr: np.ndarray, n_repeats: float = 3) -> np.ndarray:
-    """Noise ceiling fraction of an average of ``n_repeats`` trials (DESIGN.md section 5)."""
-    ncsnr = np.asarray(ncsnr, float)
-    return ncsnr**2 / (ncsnr**2 + 1.0 / n_repeats)
+    """Noise ceiling fraction of an average of ``n_repeats`` trials (:func:`model.metrics.noise_ceiling`)."""
+    from ..metrics import noise_ceiling as challenge_noise_ceiling
+
+    return challenge_noise_ceiling(ncsnr, {n_repeats: 1})
 
 
 def make_tuning(layout: HemiLayout, rng: np.random.Generator) -> Tuning:

@@ -171,6 +171,14 @@ BACKGROUNDS: dict[str, Background] = {
 # Objects: each painter draws opaque shapes on a transparent layer
 # --------------------------------------------------------------------------
 
+#: What the painted stimuli carry besides their categories, which an encoder (and its maps) can pick up:
+#: reports state these next to the results they can bias.
+STIMULUS_CONFOUNDS = {
+    "hands as faces": "the headless bodies have bare arms and hands painted in the faces' skin colours, so an "
+                      "encoder can take skin for faces: face ROIs' attributions may light up on the bodies' hands",
+    "contrast of text": "rendered words carry the most luminance contrast of the categories, so attention or a "
+                        "localizer contrast driven by low-level contrast favours words in every ROI",
+}
 SKIN = np.array([[255, 219, 172], [241, 194, 125], [224, 172, 105], [198, 134, 66], [141, 85, 36], [92, 56, 32]], float)
 
 

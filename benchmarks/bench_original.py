@@ -1,0 +1,90 @@
+"""The original's model (``main.py``) against ``tbe train``'s defaults, one difference at a time.
+
+Trains on the default virtual subject with the demo's backbone and training
+settings (random ViT-S/14, block 7 tokens, hidden 384, 15 epochs):
+
+* ``tbe train`` defaults (retinotopic readout, standardised tokens, xavier queries);
+* each setting where the original differs, changed alone: ``--readout linear``,
+  ``--no-standardise-tokens``, ``--query-init normal``;
+* the original as ``main.py --run 1`` trains it: all three, split and weights seeded by 1.
+
+and prints, side by side, the challenge score against the noisy test
+responses, r against the clean responses (early visual, category ROIs),
+within-ROI r in early visual ROIs, and each row's change of the challenge
+score from the defaults. Runs already in the work folder are reused.
+
+    python benchmarks/bench_original.py [--work DIR] [--epochs 15] [--n-train 1000 --n-test 200 --image-size 224]
+
+The defaults (the default virtual subject, the demo's 15 epochs) take about
+an hour on 2 busy cores; ``--n-train 300 --n-test 100 --image-size 112
+--epochs 8`` (8 x 8 tokens) a few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses.demo import DemoPaths, demo_runs
+from bench_accuracy import summary
+from model.rois import HEMIS
+from model.run import METRICS, RunConfig
+from model.scoring import score, virtual_reference
+from model.subject import load_subject, subject_dir
+from model.synthetic import VirtualConfig, write_virtual_subject
+from model.train import train
+
+
+def variants(data: Path, epochs: int) -> dict[str, RunConfig]:
+    """Row label -> run configuration: the defaults, each of the original's settings alone, and the original."""
+    base = demo_runs(data)["transformer"]
+    base = replace(base, train=replace(base.train, epochs=epochs))
+    linear = replace(base, decoder=replace(base.decoder, readout="linear"))
+    raw = replace(base, train=replace(base.train, standardise_tokens=False))
+    normal = replace(base, decoder=replace(base.decoder, query_init="normal"))
+    original = replace(base, decoder=replace(base.decoder, readout="linear", query_init="normal"),
+                       train=replace(base.train, standardise_tokens=False, seed=1, split_seed=1))
+    return {"tbe train defaults": base, "--readout linear": linear, "--no-standardise-tokens": raw,
+            "--query-init normal": normal, "original (main.py --run 1)": original}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("bench-original"), help="working folder (default bench-original)")
+    parser.add_argument("--epochs", type=int, default=15)
+    defaults = VirtualConfig()
+    parser.add_argument("--n-train", type=int, default=defaults.n_train, help="virtual subject's training images")
+    parser.add_argument("--n-test", type=int, default=defaults.n_test)
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    args = parser.parse_args()
+    paths = DemoPaths(args.work)
+    if not subject_dir(paths.data, 1).exists():
+        write_virtual_subject(paths.data, VirtualConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.image_size))
+    subject = load_subject(paths.data, 1)
+    reference = virtual_reference(subject)
+    rows = []
+    for i, (name, config) in enumerate(variants(paths.data, args.epochs).items()):
+        run_dir = paths.runs / f"variant{i}"
+        start = time.perf_counter()
+        if not (run_dir / METRICS).is_file():
+            train(config, run_dir, paths.cache)
+        pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
+        rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start})
+        row = rows[-1]
+        print(f"{name}: challenge score {row['challenge score']:.1f}, r clean EV {row['r_clean EV']:.3f}, category "
+              f"{row['r_clean category']:.3f}, within-ROI r EV {row['within-ROI r EV']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    table = pd.DataFrame(rows).set_index("encoder")
+    table.insert(1, "change", table["challenge score"] - table.loc["tbe train defaults", "challenge score"])
+    columns = ["challenge score", "change", "r_clean EV", "r_clean category", "within-ROI r EV", "seconds"]
+    print()
+    print(f"virtual subject: {subject.n_train} training, {subject.n_test} test images of {args.image_size} px; {args.epochs} epochs, "
+          f"random ViT-S/14 block 7 tokens, hidden 384")
+    print(table[columns].round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

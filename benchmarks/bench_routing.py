@@ -1,0 +1,110 @@
+"""Routing and claims: time at scale, and the routing labels of the demo's queries against what was planted.
+
+Prints, in one run:
+
+1. the time of the routing analysis (:func:`interpret.routing.routing_table`,
+   default settings: 1000 shifts, 1000 mask shuffles, 1000 bootstrap
+   resamples) for 50 queries x 500 images on the demo's 16x16 token grid
+   (planted maps: a fixed window, the face mask, both, noise), split into
+   its parts, with the planted labels' recovery;
+2. the time to test 20 preference claims with 10,000 permutations each
+   (:func:`analyses.claims.preference_test` on 500 images);
+3. with ``--work DIR`` holding a finished ``tbe demo`` (its transformer run
+   under ``runs/transformer``): ``tbe routing`` on the demo's validation
+   images and the confusion table of planted (location / content / none)
+   against measured (location / content / both / neither) labels.
+
+    python benchmarks/bench_routing.py [--work demo] [--n-images 500]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from analyses.claims import ClaimSettings, preference_test
+from interpret import routing as R
+
+GRID = (16, 16)
+KINDS = ("location", "content", "both", "neither")
+
+
+def planted(n_queries: int, n_images: int, rng: np.random.Generator):
+    """Planted maps ``(image, query, token)`` cycling through :data:`KINDS`, and face/word masks."""
+    t = GRID[0] * GRID[1]
+
+    def blocks() -> np.ndarray:
+        out = np.zeros((n_images, *GRID))
+        for i in range(n_images):
+            y, x = rng.integers(0, GRID[0]), rng.integers(0, GRID[1])
+            out[i][np.ix_((y + np.arange(5)) % GRID[0], (x + np.arange(5)) % GRID[1])] = 1
+        return out.reshape(n_images, t)
+
+    masks = np.stack([blocks(), blocks()], 1)
+    kinds = [KINDS[q % len(KINDS)] for q in range(n_queries)]
+    logits = np.empty((n_images, n_queries, t))
+    for q, kind in enumerate(kinds):
+        window = np.zeros(GRID)
+        window[rng.integers(0, 11):][:5, rng.integers(0, 11):][:, :5] = 1
+        logits[:, q] = 0.6 * rng.standard_normal((n_images, t))
+        if kind in ("location", "both"):
+            logits[:, q] += 2.0 * window.ravel()
+        if kind in ("content", "both"):
+            logits[:, q] += 2.0 * masks[:, 0]
+    att = np.exp(logits - logits.max(-1, keepdims=True))
+    return att / att.sum(-1, keepdims=True), masks, kinds
+
+
+def timed(f, *args):
+    start = time.perf_counter()
+    out = f(*args)
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=None, help="a finished tbe demo folder (for the confusion table)")
+    parser.add_argument("--n-images", type=int, default=500)
+    parser.add_argument("--n-queries", type=int, default=50)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    settings = R.RoutingSettings()
+
+    att, masks, kinds = planted(args.n_queries, args.n_images, rng)
+    print(f"1. routing of {args.n_queries} queries x {args.n_images} images, {GRID[0]}x{GRID[1]} tokens, "
+          f"{settings.n_permutations} shifts / shuffles, {settings.n_bootstrap} resamples")
+    parts = {
+        "location index + bootstrap": lambda: R.location_interval(att, settings.n_bootstrap, rng),
+        "location test (shifts)": lambda: R.location_test(att, GRID, settings.n_permutations, rng),
+        "content test (shuffles)": lambda: R.content_test(att, masks, settings.n_permutations, rng),
+    }
+    for name, f in parts.items():
+        print(f"   {name:<28} {timed(f)[1]:7.2f} s")
+    positions = R.token_positions_deg(GRID, 14, 224)
+    table, seconds = timed(R.routing_table, att, GRID, positions, masks, ("face", "word"), settings, 0)
+    print(f"   {'whole routing_table':<28} {seconds:7.2f} s; planted labels recovered: "
+          f"{np.mean(table['routing'].to_numpy() == np.array(kinds)):.0%}")
+
+    claim_settings = ClaimSettings()
+    labels = np.array(["face", "body", "place", "word", "object"])[rng.integers(0, 5, args.n_images)]
+    x = rng.standard_normal((20, args.n_images))
+    _, seconds = timed(lambda: [preference_test(row, labels == "face", labels != "face", claim_settings, rng)
+                                for row in x])
+    print(f"2. 20 preference claims x {claim_settings.n_permutations} permutations on {args.n_images} images: "
+          f"{seconds:.2f} s")
+
+    if args.work is not None:
+        from analyses.routing import confusion, run_routing
+
+        run = args.work / "runs" / "transformer"
+        table, seconds = timed(run_routing, run, None, args.work / "routing", settings, None, None, "val", None, 0,
+                               args.work / "cache")
+        print(f"3. tbe routing on the demo's validation images ({int(table['n_images'].iloc[0])} images, "
+              f"{len(table)} queries): {seconds:.1f} s")
+        print(confusion(table).to_string())
+
+
+if __name__ == "__main__":
+    main()

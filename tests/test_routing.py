@@ -1,0 +1,186 @@
+"""Routing measures (interpret/routing.py), calibrated on planted attention maps.
+
+Planted maps are softmaxes over an 8x8 token grid of: a fixed window
+(location), the image's own face mask (content), both, or nothing (noise),
+each plus independent token noise. Masks are 3x3 blocks at uniformly random
+positions on the torus, so a content map has no fixed window at all.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from interpret import routing as R
+
+from .conftest import tbe
+
+GRID = (8, 8)
+FAST = R.RoutingSettings(n_permutations=199, n_bootstrap=200)
+
+
+def block(rng: np.random.Generator, n: int, size: int = 3) -> np.ndarray:
+    """``(n, token)`` 0/1 masks of a size x size block at a random place on the torus."""
+    out = np.zeros((n, *GRID))
+    for i in range(n):
+        y, x = rng.integers(0, GRID[0]), rng.integers(0, GRID[1])
+        out[i][np.ix_((y + np.arange(size)) % GRID[0], (x + np.arange(size)) % GRID[1])] = 1
+    return out.reshape(n, -1)
+
+
+def planted(kinds: list[str], n: int, rng: np.random.Generator, gain: float = 2.5, noise: float = 0.6):
+    """Attention ``(image, query, token)`` of queries of the planted ``kinds`` and the masks ``(image, 2, token)``."""
+    masks = np.stack([block(rng, n), block(rng, n)], 1)  # face, word
+    window = np.zeros(GRID)
+    window[1:4, 5:8] = 1  # the fixed window, upper right
+    logits = []
+    for kind in kinds:
+        part = noise * rng.standard_normal((n, GRID[0] * GRID[1]))
+        if kind in ("location", "both"):
+            part = part + gain * window.ravel()
+        if kind in ("content", "both"):
+            part = part + gain * masks[:, 0]
+        logits.append(part)
+    logits = np.stack(logits, 1)
+    att = np.exp(logits - logits.max(-1, keepdims=True))
+    return att / att.sum(-1, keepdims=True), masks
+
+
+def test_location_index_is_one_for_a_fixed_map_and_zero_mean_for_independent_maps():
+    rng = np.random.default_rng(0)
+    fixed = np.broadcast_to(rng.random(64), (30, 1, 64))
+    assert R.location_index(fixed) == pytest.approx([1.0])
+    noise = np.exp(rng.standard_normal((400, 1, 64)))
+    assert abs(R.location_index(noise)[0]) < 0.02
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_maps_get_their_labels(seed):
+    rng = np.random.default_rng(seed)
+    kinds = ["location", "content", "both", "neither"]
+    att, masks = planted(kinds, 60, rng)
+    table = R.routing_table(att, GRID, R.token_positions_deg(GRID, 14, 112), masks, ("face", "word"), FAST, seed)
+    assert list(table["routing"]) == kinds
+    assert list(table["content_category"][1:3]) == ["face", "face"]
+    loc = table.set_index(table["routing"])
+    assert loc.location_index["location"] > 0.5 > loc.location_index["content"]
+    assert loc.location_ci_low["location"] > loc.location_ci_high["content"]
+    assert loc.content_index["content"] > loc.content_index["location"]
+    # the fixed window is in the upper right of the field
+    assert loc.x_deg["location"] > 0 and loc.y_deg["location"] > 0
+
+
+def test_bootstrap_interval_covers_the_index():
+    att, _ = planted(["both", "location"], 50, np.random.default_rng(4))
+    low, high = R.location_interval(att, 300, np.random.default_rng(0))
+    index = R.location_index(att)
+    assert np.all(low < index) and np.all(index < high) and np.all(high - low < 0.5)
+
+
+def test_noise_is_labelled_neither_at_no_more_than_the_nominal_rate():
+    """Noise queries among planted ones, 40 seeds: the share not called ``neither`` is at most alpha (binomial bound)."""
+    settings = R.RoutingSettings(n_permutations=99, n_bootstrap=10, alpha=0.1)
+    kinds = ["location", "content"] + ["neither"] * 4
+    wrong = total = 0
+    for seed in range(40):
+        rng = np.random.default_rng(100 + seed)
+        att, masks = planted(kinds, 30, rng)
+        table = R.routing_table(att, GRID, R.token_positions_deg(GRID, 14, 112), masks, ("face", "word"), settings, seed)
+        wrong += int((table["routing"][2:] != "neither").sum())
+        total += 4
+    assert wrong <= stats.binom.ppf(0.975, total, settings.alpha)
+
+
+def test_without_masks_only_location_is_tested():
+    att, _ = planted(["location", "neither"], 40, np.random.default_rng(5))
+    table = R.routing_table(att, GRID, R.token_positions_deg(GRID, 14, 112), None, (), FAST, 0)
+    assert list(table["routing"]) == ["location", "neither"]
+    assert table["content_p"].isna().all() and (table["content_category"] == "").all()
+
+
+def test_location_test_rejects_a_wrong_grid():
+    with pytest.raises(ValueError, match="8x7"):
+        R.location_test(np.ones((3, 1, 64)), (8, 7), 9, np.random.default_rng(0))
+
+
+# --------------------------------------------------------------------------
+# tbe routing on the small trained virtual subject
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def routed(trained_run, small_data, cache_dir, tmp_path_factory):
+
+
+    out = tmp_path_factory.mktemp("routing")
+    assert tbe("-q", "routing", "--run", trained_run, "--cache-dir", cache_dir, "--out", out,
+               "--n-permutations", "199", "--n-bootstrap", "200") == 0
+
+
+    return pd.read_csv(out / "routing.csv", keep_default_na=False), out
+
+
+def test_routing_command_writes_its_table_and_figure(routed):
+    table, out = routed
+    for column in ["hemi", "roi", "n_images", "location_index", "location_ci_low", "location_ci_high", "content_index",
+                   "content_p", "content_p_fdr", "routing", "x_deg", "y_deg", "entropy", "planted"]:
+        assert column in table.columns
+    assert (out / "routing.png").stat().st_size > 0
+    assert set(table["routing"]) <= set(R.LABELS.values())
+    assert (table["location_ci_low"] <= table["location_index"]).all()
+
+
+def test_early_visual_routes_by_location_and_faces_and_words_by_content(routed):
+    from model.rois import EARLY_VISUAL
+
+    table, _ = routed
+    early = table[table["roi"].isin(EARLY_VISUAL)]
+    category = table[table["planted"] == "content"]
+    assert early["location_index"].median() > category["location_index"].median()
+    for roi in ("FFA-1", "VWFA-1"):
+        labels = table.loc[(table["roi"] == roi), "routing"]
+        assert labels.isin(R.CONTENT_ROUTED).any(), table.loc[table["roi"] == roi].to_string()
+
+
+def test_routing_refuses_split_with_images(trained_run, tmp_path, capsys):
+
+
+    assert tbe("routing", "--run", trained_run, "--split", "val", "--images", tmp_path, "--out", tmp_path / "o") == 2
+    assert "--split" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_path):
+    from analyses import routing as rt
+    from analyses.top_images import plot_top_images, top_images
+    from model.run import open_run
+
+    run = open_run(trained_run)
+    chosen = rt.choose_images(run, None, None, "test", None)
+    table, attention = top_images(run, chosen, ["FFA-1"], 5, cache_dir)
+    assert len(table) == 2 * 2 * 5 and set(table["direction"]) == {"top", "bottom"}
+    assert table["measured"].notna().all()  # a virtual subject's test images have fMRI
+    faces = run.subject.truth.images.set_index("image")["n_face"] > 0
+    top = faces[table.loc[table["direction"] == "top", "image"]].mean()
+    assert top >= 0.6 and top > faces[[p.name for p in chosen.paths]].mean(), table.to_string()
+    b = run.shared_backbone
+    png = plot_top_images(table, chosen, attention, tuple(b.grid), b.image_side, b.patch, "lh", tmp_path / "top.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_interpret_takes_any_folder_of_images(trained_run, small_data, cache_dir, tmp_path, capsys):
+    import shutil
+
+    import xarray as xr
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for src in sorted((small_data / "subj01" / "test_split" / "test_images").iterdir())[:3]:
+        shutil.copy(src, folder / f"my_{src.name}")
+    out = tmp_path / "maps.nc"
+    assert tbe("-q", "interpret", "--run", trained_run, "--cache-dir", cache_dir, "--images", folder, "--n-images", "2",
+               "--methods", "attention", "--rois", "FFA-1", "--overlays", "0", "--out", out) == 0
+    with xr.open_dataset(out) as ds:
+        assert [str(v) for v in ds.image.values] == sorted(p.name for p in folder.iterdir())[:2]
+    assert tbe("interpret", "--run", trained_run, "--images", tmp_path / "none", "--out", tmp_path / "x.nc") == 2
+    assert f"{tmp_path / 'none'}: not a folder of images" in capsys.readouterr().err
