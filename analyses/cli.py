@@ -220,7 +220,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--features-on-device", choices=list(RESIDENCY), default="auto",
                    help="keep the training features on the GPU (auto: when they take at most "
-                        f"{RESIDENT_SHARE:.0%} of its free memory; never on the CPU); results are the same (default auto)")
+                        f"{RESIDENT_SHARE * 100:.0f}%% of its free memory; never on the CPU); results are the same (default auto)")
     g = p.add_argument_group("optimisation (defaults: the seed's)")
     g.add_argument("--epochs", type=int, default=t.epochs, help="passes over the training images")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per optimisation step")

@@ -381,7 +381,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
         raise InputError(out, "exists and is not empty; choose another --out")
     usable_directory(out.parent, where=out)
     subject, members, val_idx = check_members(runs, data_dir)
-    targets = Targets(subject)
+    targets = Targets.of_subject(subject)
     true = targets.rows(val_idx)
     halves = validation_halves(len(val_idx))
     bounds = [slice(0, subject.n_vertices("lh")), slice(subject.n_vertices("lh"), true.shape[1])]
