@@ -40,6 +40,7 @@ from scipy import stats
 from model.images import read_image
 
 from model.backbone import Backbone
+from model.device import autocast, module_device
 from model.progress import progress
 from model.rois import ROI_TO_CLASS
 from model.run import Run
@@ -61,10 +62,13 @@ def token_attention(run: Run, features: np.ndarray, layer: int = -1) -> tuple[np
     query is left out.
     """
     run.model.eval()
+    dev = module_device(run.model)
     out = []
     for start in progress(range(0, len(features), BATCH), desc="attention", unit="batch"):
-        x = torch.from_numpy(np.asarray(features[start:start + BATCH], np.float32))
-        out.append(run.model(x, return_attention=True)["attention"][:, layer].mean(1).numpy())  # (B, Q, T)
+        x = torch.from_numpy(np.asarray(features[start:start + BATCH], np.float32)).to(dev)
+        with autocast(dev):
+            att = run.model(x, return_attention=True)["attention"][:, layer].mean(1)  # (B, Q, T)
+        out.append(att.float().cpu().numpy())
     keep = [q for q, roi in enumerate(run.queries.rois) if roi != UNASSIGNED]
     queries = [(run.queries.hemis[q], run.queries.rois[q]) for q in keep]
     return np.concatenate(out)[:, keep].astype(np.float64), queries

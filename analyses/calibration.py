@@ -229,8 +229,10 @@ def _recovery_rows(table: pd.DataFrame, alpha: float) -> list[dict]:
 
 def run_calibration(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path, n_seeds: int = N_SEEDS,
                     alpha: float = 0.05, cache_dir: str | Path | None = None, n_permutations: int = N_PERMUTATIONS,
-                    seed: int = 0) -> pd.DataFrame:
+                    seed: int = 0, device: str = "cpu") -> pd.DataFrame:
     """Measured false-positive rates and planted recovery of the selectivity tests (virtual subjects).
+
+    The run's backbone and encoder run on ``device`` (see :mod:`model.device`).
 
     Parameters
     ----------
@@ -259,7 +261,7 @@ def run_calibration(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     """
     from .selectivity_figures import plot_calibration
 
-    run = open_run(run_dir, data_dir)
+    run = open_run(run_dir, data_dir, device)
     table, selectivity = calibrate(run, n_seeds, alpha, cache_dir, n_permutations, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

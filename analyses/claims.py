@@ -373,7 +373,8 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
 
 def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], images: str | Path | None = None,
                 labels: str | Path | None = None, settings: ClaimSettings = ClaimSettings(), seed: int = 0,
-                cache_dir: str | Path | None = None, data_dir: str | Path | None = None) -> pd.DataFrame:
+                cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                device: str = "cpu") -> pd.DataFrame:
     """Test each claim (sentences of the module's grammar) in each hemisphere; one row per claim x hemisphere.
 
     Parameters
@@ -389,6 +390,8 @@ def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], images: st
         virtual subject's held-out images, else the rendered localizer.
     settings : ClaimSettings
         Permutations, resamples, FDR level and confidence.
+    device : str
+        Where a run given as a path is opened (backbone, encoder, attention).
 
     Returns
     -------
@@ -405,7 +408,7 @@ def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], images: st
     if not parsed:
         raise InputError("claims", "no claims to test")
     if not isinstance(run, Run):
-        run = open_run(run, data_dir)
+        run = open_run(run, data_dir, device)
     stimuli = choose_stimuli(run, images, labels, None, cache_dir, seed)
     for claim in parsed:
         for c in (claim.target, claim.other):
@@ -434,11 +437,12 @@ test_claims.__test__ = False  # a library function, not a pytest test
 
 def run_claims(run_dir: str | Path, data_dir: str | Path | None, claims_file: str | Path, out_dir: str | Path,
                settings: ClaimSettings = ClaimSettings(), images: str | Path | None = None,
-               labels: str | Path | None = None, seed: int = 0, cache_dir: str | Path | None = None) -> pd.DataFrame:
-    """``tbe claims``: read the claims file (every line parsed first), test them, write ``OUT/claims.csv``."""
+               labels: str | Path | None = None, seed: int = 0, cache_dir: str | Path | None = None,
+               device: str = "cpu") -> pd.DataFrame:
+    """``tbe claims``: read the claims file (every line parsed first), test them on ``device``, write ``OUT/claims.csv``."""
     settings.check()
     claims = read_claims(claims_file)
-    table = test_claims(run_dir, claims, images, labels, settings, seed, cache_dir, data_dir)
+    table = test_claims(run_dir, claims, images, labels, settings, seed, cache_dir, data_dir, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "claims.csv", table)

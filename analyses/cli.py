@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from model.device import add_device_arg, pick_device
 from model.errors import InputError, OptionError
 
 log = logging.getLogger("tbe")
@@ -96,7 +97,7 @@ def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) 
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
     add_cache_arg(g)
-    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    add_device_arg(g)
 
 
 def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool = True) -> None:
@@ -203,6 +204,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from model.architectures import ARCHITECTURES, RidgeConfig
     from model.baselines import RIDGE_FEATURES
     from model.encoder import POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
+    from model.features import RESIDENCY, RESIDENT_SHARE
     from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
 
@@ -216,6 +218,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer",
                    help="the encoder: " + "; ".join(f"{k}: {v.description}" for k, v in ARCHITECTURES.items()))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--features-on-device", choices=list(RESIDENCY), default="auto",
+                   help="keep the training features on the GPU (auto: when they take at most "
+                        f"{RESIDENT_SHARE * 100:.0f}%% of its free memory; never on the CPU); results are the same (default auto)")
     g = p.add_argument_group("optimisation (defaults: the seed's)")
     g.add_argument("--epochs", type=int, default=t.epochs, help="passes over the training images")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per optimisation step")
@@ -296,10 +301,12 @@ def _train(args: argparse.Namespace) -> int:
     per_member = args.seeds is not None or len(layers) > 1
     args.subj, args.enc_output_layer, args.seed = subjects[0], layers[0], seeds[0]
     if len(subjects) == 1 and not per_member:
-        print(train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device))
+        print(train(run_config(args), args.out, args.cache_dir, resume=args.resume, device=args.device,
+                    features_on_device=args.features_on_device))
         return 0
     members = grid_members(args.out, subjects, layers, seeds, per_member)
-    for out in train_grid(run_config(args), members, args.cache_dir, device=args.device):
+    for out in train_grid(run_config(args), members, args.cache_dir, device=args.device,
+                          features_on_device=args.features_on_device):
         print(out)
     return 0
 
@@ -309,7 +316,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of images")
     p.add_argument("--out", type=Path, required=True, help="predictions: .nc (NetCDF) or .npz")
     add_cache_arg(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    add_device_arg(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -321,8 +328,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
     paths = list_images(args.images)
-    run = open_run(args.run, args.data_dir)  # an ensemble: each member from its own features, then the weighted sum
-    pred = predict(run.model, run.features(paths, args.cache_dir, device=args.device, desc="image features"))
+    run = open_run(args.run, args.data_dir, args.device)  # an ensemble: each member from its own features, then the weighted sum
+    pred = predict(run.model, run.features(paths, args.cache_dir, device=str(run.device), desc="image features"))
     save_predictions(args.out, {h: pred[:, run.hemi_slice(h)] for h in HEMIS}, [p.name for p in paths],
                      vertex_coordinates(run.subject))
     print(args.out)
@@ -509,6 +516,7 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
     add_cache_arg(p)
+    add_device_arg(p)
     add_settings_args(p.add_argument_group("method settings"), Settings)
 
 
@@ -536,7 +544,7 @@ def _interpret(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".nc":
         raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
-    run = open_run(args.run, args.data_dir)
+    run = open_run(args.run, args.data_dir, args.device)
     job = map_job(args, run)
     if args.images is None:
         inputs = prepare(run, job, args.cache_dir)
@@ -569,7 +577,7 @@ def _check_maps(args: argparse.Namespace) -> int:
     from interpret.pipeline import check_maps, check_settings, prepare, save_check_tables
     from model.run import open_run
 
-    run = open_run(args.run, args.data_dir)
+    run = open_run(args.run, args.data_dir, args.device)
     job = map_job(args, run)
     inputs = prepare(run, job, args.cache_dir)
     sanity = tuple(args.sanity_methods) if args.sanity_methods else None
@@ -596,6 +604,7 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations, the bootstrap and rendered images")
     add_cache_arg(p)
+    add_device_arg(p)
     add_settings_args(p.add_argument_group("statistics"), SelectivitySettings)
 
 
@@ -604,7 +613,7 @@ def _selectivity(args: argparse.Namespace) -> int:
 
     table = run_selectivity(args.run, args.data_dir, args.out, args.subj, settings_from_args(SelectivitySettings, args),
                             images=args.images, labels=args.labels, categories=args.categories, seed=args.seed,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, device=args.device)
     found = table[table["supported"] & table["preferred"]]
     for source, part in found.groupby("source", sort=False):
         print(f"{source}: " + ", ".join(f"{h}:{r} {c}" for h, r, c in zip(part.hemi, part.roi, part.category)))
@@ -627,6 +636,7 @@ def _routing_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for routing.csv and routing.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, the shift test and the mask shuffles")
     add_cache_arg(p)
+    add_device_arg(p)
     add_settings_args(p.add_argument_group("statistics"), RoutingSettings)
 
 
@@ -638,7 +648,7 @@ def _routing(args: argparse.Namespace) -> int:
         raise InputError("--split", "give either --split or --images, not both")
     table = run_routing(args.run, args.data_dir, args.out, settings_from_args(RoutingSettings, args), images=args.images,
                         labels=args.labels, split=args.split, n_images=args.n_images, seed=args.seed,
-                        cache_dir=args.cache_dir)
+                        cache_dir=args.cache_dir, device=args.device)
     for label, part in table.groupby("routing", sort=False):
         print(f"{label}: " + ", ".join(f"{h}:{r}" for h, r in zip(part.hemi, part.roi)))
     print(args.out / "routing.csv")
@@ -659,6 +669,7 @@ def _claims_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for claims.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations and the bootstrap")
     add_cache_arg(p)
+    add_device_arg(p)
     add_settings_args(p.add_argument_group("statistics"), ClaimSettings)
 
 
@@ -666,7 +677,8 @@ def _claims(args: argparse.Namespace) -> int:
     from analyses.claims import ClaimSettings, run_claims
 
     table = run_claims(args.run, args.data_dir, args.claims, args.out, settings_from_args(ClaimSettings, args),
-                       images=args.images, labels=args.labels, seed=args.seed, cache_dir=args.cache_dir)
+                       images=args.images, labels=args.labels, seed=args.seed, cache_dir=args.cache_dir,
+                       device=args.device)
     for row in table.itertuples():
         print(f"{row.verdict:>13}  {row.hemi}  {row.claim}  (effect {row.effect:.3g}, p_fdr {row.p_fdr:.3g})")
     print(args.out / "claims.csv")
@@ -683,13 +695,15 @@ def _localizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered localizer images")
     p.add_argument("--no-surface", action="store_true", help="skip the surface figures (GIFTI files are still written)")
     add_cache_arg(p)
+    add_device_arg(p)
 
 
 def _localizer(args: argparse.Namespace) -> int:
     from analyses.localizer import run_localizer
 
     table = run_localizer(args.run, args.data_dir, args.out, subj=args.subj, seed=args.seed, cache_dir=args.cache_dir,
-                          n_per_category=args.n_per_category, alpha=args.alpha, surface=not args.no_surface)
+                          n_per_category=args.n_per_category, alpha=args.alpha, surface=not args.no_surface,
+                          device=args.device)
     shown = table[table["reference"] != ""].pivot_table(index=["contrast", "reference"], columns="hemi",
                                                         values=["dice", "dice_ceiling", "auc"])
     print(shown.round(3).to_string())
@@ -702,7 +716,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=int, default=1000, help="training images of the demo's virtual subject")
     p.add_argument("--n-test", type=int, default=200, help="test images of the demo's virtual subject")
     p.add_argument("--seed", type=int, default=0, help="seed of the virtual subject and the training")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    add_device_arg(p)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -721,6 +735,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset of {','.join(NOTEBOOKS)} (default: all)")
     p.add_argument("--ridge-run", type=Path, default=None, help="baseline run to compare with (encoding accuracy)")
     add_cache_arg(p)
+    add_device_arg(p)
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="notebook parameter (YAML value: 3, 0.5, true, '[V1v, FFA-1]'); "
                         "NOTEBOOK.NAME sets it in one notebook only; repeatable")
@@ -741,7 +756,8 @@ def _report(args: argparse.Namespace) -> int:
         if value is None:
             raise InputError(option, "required (see tbe report --help)")
     report = make_report(args.run, args.data_dir, args.out, params_from_pairs(args.parameter), args.notebooks,
-                         args.ridge_run, args.cache_dir, timeout=args.timeout, show_code=args.show_code)
+                         args.ridge_run, args.cache_dir, timeout=args.timeout, show_code=args.show_code,
+                         device=args.device)
     print(report.index)
     if report.failed:
         print(f"error: notebooks failed: {', '.join(report.failed)} (see {report.index})", file=sys.stderr)
@@ -860,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="tbe: %(message)s", stream=sys.stderr)
     record_command(["tbe", *(sys.argv[1:] if argv is None else argv)])  # for manifests written by this command
     try:
+        if getattr(args, "device", None) is not None:  # every command that computes: refused before any work
+            args.device = str(pick_device(args.device))
         return args.handler(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -103,14 +103,14 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
         plot_surface(values, subject, paths.maps / f"{name}_val_r.png", title=f"{name}: validation r", signed=True)
         save_gifti(values, subject, paths.maps / f"{name}_val_r", name="validation r")
 
-    interpret_demo(runs["transformer"], paths)
-    selectivity_demo(runs["transformer"], paths)
+    interpret_demo(runs["transformer"], paths, device)
+    selectivity_demo(runs["transformer"], paths, device)
 
     log.info("step 8/8: HTML reports into %s", paths.root / "reports")
     report = make_report(runs["transformer"], paths.data, paths.root / "reports",
                          params={**demo_report_params(paths), "attributions.n_steps": 16,
                                  "hypotheses.n_permutations": 2000},
-                         ridge_run=runs["ridge"], cache_dir=paths.cache)
+                         ridge_run=runs["ridge"], cache_dir=paths.cache, device=device)
     if report.failed:
         log.warning("report notebooks failed: %s (see %s)", ", ".join(report.failed), report.index)
     print(f"open {report.index}")
@@ -141,9 +141,9 @@ def demo_report_params(paths: DemoPaths) -> dict:
             "roi_selectivity.localizer_dir": str(paths.root / "localizer")}
 
 
-def interpret_demo(run_dir: Path, paths: DemoPaths) -> None:
-    """Maps of the transformer (NetCDF + overlays) and the three checks (tables + figures)."""
-    run = open_run(run_dir)
+def interpret_demo(run_dir: Path, paths: DemoPaths, device: str = "cpu") -> None:
+    """Maps of the transformer (NetCDF + overlays) and the three checks (tables + figures), computed on ``device``."""
+    run = open_run(run_dir, device=device)
     maps_file = paths.interpret / "maps.nc"
     checks_dir = paths.interpret / "checks"
     if maps_file.is_file() and (checks_dir / "faithfulness.csv").is_file():
@@ -164,12 +164,13 @@ def interpret_demo(run_dir: Path, paths: DemoPaths) -> None:
                                                          DEMO_FAITHFULNESS_ROIS, DEMO_FAITHFULNESS_IMAGES))
 
 
-def selectivity_demo(run_dir: Path, paths: DemoPaths) -> None:
-    """Selectivity tables, the in-silico localizer on the surface, and the calibration numbers."""
+def selectivity_demo(run_dir: Path, paths: DemoPaths, device: str = "cpu") -> None:
+    """Selectivity tables, the in-silico localizer on the surface, and the calibration numbers (on ``device``)."""
     steps = {
-        "selectivity": lambda out: run_selectivity(run_dir, paths.data, out, cache_dir=paths.cache),
-        "localizer": lambda out: run_localizer(run_dir, paths.data, out, cache_dir=paths.cache),
-        "calibration": lambda out: run_calibration(run_dir, paths.data, out, n_seeds=200, cache_dir=paths.cache),
+        "selectivity": lambda out: run_selectivity(run_dir, paths.data, out, cache_dir=paths.cache, device=device),
+        "localizer": lambda out: run_localizer(run_dir, paths.data, out, cache_dir=paths.cache, device=device),
+        "calibration": lambda out: run_calibration(run_dir, paths.data, out, n_seeds=200, cache_dir=paths.cache,
+                                                   device=device),
     }
     for name, step in steps.items():
         out = paths.root / name

@@ -222,7 +222,7 @@ def write_maps(ds: xr.Dataset, run: Run, out_dir: Path, figures: bool = True) ->
 
 def run_localizer(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path, subj: int | None = 1,
                   seed: int = 0, cache_dir: str | Path | None = None, n_per_category: int = 48,
-                  alpha: float = ALPHA, surface: bool = True) -> pd.DataFrame:
+                  alpha: float = ALPHA, surface: bool = True, device: str = "cpu") -> pd.DataFrame:
     """The in-silico localizer of a run: t-maps, predicted ROIs, their agreement with the ROI masks.
 
     Parameters
@@ -245,6 +245,9 @@ def run_localizer(run_dir: str | Path, data_dir: str | Path | None, out_dir: str
         FDR level of the thresholded maps.
     surface : bool
         Draw the surface figures (the slow part; the GIFTI files are always written).
+    device : str
+        Where the backbone, the encoder and the attention run (``auto``: CUDA,
+        then MPS, then CPU; bf16 autocast on CUDA, see :mod:`model.device`).
 
     Returns
     -------
@@ -256,7 +259,7 @@ def run_localizer(run_dir: str | Path, data_dir: str | Path | None, out_dir: str
         raise InputError("--n-per-category", f"must be at least 2, got {n_per_category}")
     if not 0 < alpha < 1:
         raise InputError("--alpha", f"must be between 0 and 1, got {alpha}")
-    run = open_run(run_dir, data_dir)
+    run = open_run(run_dir, data_dir, device)
     if subj is not None and subj != run.config.subj:
         raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -21,7 +21,7 @@ run, and :attr:`Report.failed` names it (``tbe report`` then exits 1).
 
 Parameters: every notebook has one cell tagged ``parameters``. The report
 fills in what it knows (:data:`STANDARD_PARAMETERS`: the run, data and cache
-directories, the subject, where to write files); ``params`` sets any other
+directories, the subject, where to write files, the device); ``params`` sets any other
 parameter in every notebook that declares it, or in one notebook only when
 written ``notebook.name``.
 """
@@ -377,25 +377,26 @@ _quiet_log.setLevel(logging.ERROR)
 # --------------------------------------------------------------------------
 
 def standard_parameters(run_dir: Path, data_dir: Path, subj: int, out: Path, name: str,
-                        ridge_run: Path | None, cache_dir: Path | None) -> dict[str, Any]:
+                        ridge_run: Path | None, cache_dir: Path | None, device: str = "cpu") -> dict[str, Any]:
     """What the report fills in for every notebook that declares it."""
     return {
         "run_dir": str(run_dir), "data_dir": str(data_dir), "subj": subj,
         "ridge_run": str(ridge_run) if ridge_run else "",
         "cache_dir": str(cache_dir) if cache_dir else "",
         "out_dir": str(out / "files" / name),
+        "device": str(device),
     }
 
 
 #: The parameters the report sets (in the notebooks that declare them)
-STANDARD_PARAMETERS = ("run_dir", "data_dir", "subj", "ridge_run", "cache_dir", "out_dir")
+STANDARD_PARAMETERS = ("run_dir", "data_dir", "subj", "ridge_run", "cache_dir", "out_dir", "device")
 
 
 def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
                 params: dict[str, Any] | None = None, notebooks: list[str] | None = None,
                 ridge_run: str | Path | None = None, cache_dir: str | Path | None = None,
                 notebook_dir: str | Path = NOTEBOOK_DIR, timeout: float | None = None,
-                show_code: bool = False) -> Report:
+                show_code: bool = False, device: str = "cpu") -> Report:
     """Execute the report notebooks on a run and write ``out_dir/index.html``.
 
     Parameters
@@ -420,6 +421,9 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         Seconds a single cell may run (default: no limit).
     show_code : bool
         Show the code cells in the HTML (default: hidden; the parameters cells always show).
+    device : str
+        The notebooks' ``device`` parameter: where they run the backbone,
+        encoder, attributions and attention (``tbe report --device``).
 
     Returns
     -------
@@ -451,7 +455,7 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     kernel = ensure_kernel()
     entries = []
     for name in progress(names, desc="report", unit="notebook"):
-        standard = standard_parameters(run_dir, data_dir, subj, out, name, ridge_run, cache_dir)
+        standard = standard_parameters(run_dir, data_dir, subj, out, name, ridge_run, cache_dir, device)
         parameters = {k: v for k, v in standard.items() if k in declared[name]}
         parameters.update(routed[name])
         parameters = _absolute(parameters)

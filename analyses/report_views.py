@@ -354,12 +354,12 @@ def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
 # Runs
 # --------------------------------------------------------------------------
 
-def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int):
-    """:func:`model.run.open_run`, refusing a subject other than the run's."""
+def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int, device: str = "cpu"):
+    """:func:`model.run.open_run` on ``device`` (a notebook's ``device`` parameter), refusing a subject other than the run's."""
     from model.errors import InputError
     from model.run import open_run
 
-    run = open_run(run_dir, data_dir or None)
+    run = open_run(run_dir, data_dir or None, device)
     if run.config.subj != int(subj):
         raise InputError("subj", f"the run {run_dir} was trained on subject {run.config.subj}, not {subj}")
     return run

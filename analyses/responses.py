@@ -75,7 +75,8 @@ def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int]
     index) and the split's features are already cached (training computed
     them), those rows are read from the cache instead of recomputing.
     """
-    return np.asarray(run.features(list(paths), cache_dir, rows=rows, desc="stimulus features"), np.float32)
+    return np.asarray(run.features(list(paths), cache_dir, device=str(run.device), rows=rows, desc="stimulus features"),
+                      np.float32)
 
 
 def predicted_vertices(run: Run, features: np.ndarray) -> dict[str, np.ndarray]:

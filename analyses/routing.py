@@ -176,7 +176,7 @@ def plot_routing(table: pd.DataFrame, out: str | Path) -> Path:
 def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
                 settings: RoutingSettings = RoutingSettings(), images: str | Path | None = None,
                 labels: str | Path | None = None, split: str | None = None, n_images: int | None = None,
-                seed: int = 0, cache_dir: str | Path | None = None) -> pd.DataFrame:
+                seed: int = 0, cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
     """Write ``routing.csv`` and ``routing.png`` for a run; returns the table.
 
     Parameters
@@ -198,9 +198,11 @@ def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         Seed of the shifts, shuffles and resamples.
     cache_dir : path, optional
         Feature cache.
+    device : str
+        Where the backbone and the encoder run (``auto``: CUDA, then MPS, then CPU).
     """
     settings.check()
-    run = open_run(run_dir, data_dir)
+    run = open_run(run_dir, data_dir, device)
     chosen = choose_images(run, images, labels, split, n_images)
     log.info("routing of %d queries over %d images (%s)%s", len(run.queries.rois), len(chosen.paths), chosen.name,
              "" if chosen.masks is not None else "; no category masks: content not tested")

@@ -287,7 +287,7 @@ def write_outputs(result: dict, stimuli: StimulusSet, out_dir: Path) -> list[Pat
 def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path, subj: int | None = 1,
                     settings: SelectivitySettings = SelectivitySettings(), images: str | Path | None = None,
                     labels: str | Path | None = None, categories: Sequence[str] | None = None, seed: int = 0,
-                    cache_dir: str | Path | None = None) -> pd.DataFrame:
+                    cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
     """ROI selectivity of a run's predictions (and the fMRI where the images have it).
 
     Parameters
@@ -313,6 +313,9 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
         Seed of permutations, bootstrap and the rendered localizer.
     cache_dir : path, optional
         Feature cache (default ``$TBE_CACHE_DIR`` or ``~/.cache/tbe``).
+    device : str
+        Where the backbone, the encoder and the attention run (``auto``: CUDA,
+        then MPS, then CPU; bf16 autocast on CUDA, see :mod:`model.device`).
 
     Returns
     -------
@@ -320,7 +323,7 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
         The selectivity table (one row per source x hemi x ROI x category).
     """
     settings.check()
-    run = open_run(run_dir, data_dir)
+    run = open_run(run_dir, data_dir, device)
     if subj is not None and subj != run.config.subj:
         raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
     stimuli = choose_stimuli(run, images, labels, categories, cache_dir, seed)

@@ -13,8 +13,10 @@ one table (rows appear as they are measured):
    at ``bench_training.py``'s sizes (50 queries x 20,000 vertices);
 3. **training**: one epoch at 9841 images x 39,548 vertices (a random
    ``rois_all``-like set of 50 queries) of the transformer with the
-   ``retinotopic`` and ``linear`` readouts, from features kept in GPU memory
-   when they fit (else pinned host memory), with peak memory; next to it an
+   ``retinotopic`` and ``linear`` readouts, run by :func:`model.train.train_epoch`
+   (the step ``tbe train`` runs) from features kept in GPU memory when
+   ``--features-on-device auto`` would keep them (else streamed from pinned
+   host memory), with peak memory; next to it an
    epoch with the backbone in the loop, as the original trained (float32,
    and bf16), timed over a few steps and extrapolated to the epoch;
 4. **integrated gradients** per image per ROI, through the pixels (float32:
@@ -69,10 +71,11 @@ from model.backbone import Backbone, BackboneConfig, build_backbone  # noqa: E40
 from model.device import pick_device  # noqa: E402
 from model.encoder import DecoderConfig  # noqa: E402
 from model.errors import InputError  # noqa: E402
+from model.features import FeatureRows, keep_resident  # noqa: E402
 from model.readout import QuerySet, vertex_queries  # noqa: E402
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES  # noqa: E402
 from model.run import TrainConfig  # noqa: E402
-from model.train import hemisphere_mse  # noqa: E402
+from model.train import EpochData, Processes, Targets, make_optimiser, train_epoch  # noqa: E402
 
 #: Training and test images of NSD subjects 1-8 (DESIGN.md section 4).
 SUBJECT_IMAGES = {1: (9841, 159), 2: (9841, 159), 3: (9082, 293), 4: (8779, 395),
@@ -117,7 +120,7 @@ REAL = Scale("real", "vit_base_patch14_dinov2.lvd142m", 425, 1, 64, {"float32": 
 SMALL = Scale("small", "vit_small_patch14_dinov2.lvd142m", 112, 9, 16, {"float32": 16, "bfloat16": 16}, 16,
               96, (500, 600), DecoderConfig(hidden_dim=64, nheads=4, dim_feedforward=128, readout_maps=2,
                                              readout_map_dim=16),
-              16, 2, 60.0, (1, 1), (2, 2), 8, 8, 3, 2, 4, section_timeout=120.0, readout_vertices=2000)
+              16, 2, 60.0, (1, 1), (2, 2), 8, 8, 3, 2, 4, section_timeout=240.0, readout_vertices=2000)
 PRECISIONS = ("float32", "bfloat16")
 READOUTS = ("retinotopic", "linear")
 
@@ -315,19 +318,28 @@ def make_encoder(scale: Scale, backbone: Backbone, queries: QuerySet, readout: s
 
 
 def features_on(device: torch.device, shape: tuple[int, ...]) -> tuple[torch.Tensor, str]:
-    """Random float16 features of ``shape``: in device memory when they fit, else in (pinned) host memory."""
+    """Random float16 features of ``shape``: in device memory when ``tbe train --features-on-device auto`` would keep
+    them there (:func:`model.features.keep_resident`), else in (pinned) host memory, streamed per step."""
     size = math.prod(shape) * 2
-    where = device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if size > free - 12 * 2**30:  # leave room for the model, the fMRI and the step
-            where = torch.device("cpu")
+    where = device if keep_resident("auto", size, device) else torch.device("cpu")
     out = torch.empty(shape, dtype=torch.float16, device=where, pin_memory=where.type == "cpu" and device.type == "cuda")
     g = torch.Generator(device=where).manual_seed(1)
     for start in range(0, shape[0], 512):  # in slices: no float32 temporary of the whole
         out[start:start + 512] = torch.randn(out[start:start + 512].shape, generator=g, device=where, dtype=torch.float16)
-    note = f"{_size(size)} float16 in {'GPU memory' if where.type == 'cuda' else 'host memory'}"
+    note = f"{_size(size)} float16 in {'GPU memory (resident)' if where.type == 'cuda' else 'host memory (streamed)'}"
     return out, note
+
+
+def feature_rows(features: torch.Tensor, device: torch.device) -> FeatureRows:
+    """The training rows as ``tbe train`` reads them: resident on the device, or streamed from host memory."""
+    return FeatureRows(features if features.device == device else features.numpy(), device)
+
+
+def random_targets(n_images: int, queries: QuerySet, device: torch.device) -> Targets:
+    """Random fMRI of ``n_images`` x every vertex in host memory, read per step as ``tbe train`` reads the fMRI."""
+    g = torch.Generator(device=device).manual_seed(2)
+    fmri = [torch.randn(n_images, queries.n_vertices[h], generator=g, device=device).cpu().numpy() for h in HEMIS]
+    return Targets(fmri, np.ones(queries.n_total, bool))
 
 
 # --------------------------------------------------------------------------
@@ -420,25 +432,28 @@ def readout(report: Report, scale: Scale, device: torch.device) -> None:
 # --------------------------------------------------------------------------
 
 def training(report: Report, scale: Scale, device: torch.device) -> None:
+    """Epochs of :func:`model.train.train_epoch` (the step ``tbe train`` runs), from cached features and through the backbone."""
     section = "training epoch"
     backbone = make_backbone(scale).to(device)
     queries = synthetic_queries(scale.n_vertices)
     n_tokens = backbone.grid[0] * backbone.grid[1]
     features, where = features_on(device, (scale.n_images, n_tokens, backbone.dim))
-    fmri = torch.randn(scale.n_images, queries.n_total, device=device, generator=torch.Generator(device).manual_seed(2))
+    targets = random_targets(scale.n_images, queries, device)
+    data = EpochData(feature_rows(features, device), targets, np.arange(scale.n_images), [queries.vertex_slice(h) for h in HEMIS])
+    procs, tc = Processes(0, 1, device), TrainConfig(batch_size=scale.batch)
     report.add(section, "features", where, "", f"{scale.n_images} images x {n_tokens} tokens x {backbone.dim}")
-    report.add(section, "fMRI", f"{_size(fmri.numel() * 4)} float32", "", f"{scale.n_images} x {queries.n_total} vertices, "
-               f"{queries.n_queries} queries")
+    report.add(section, "fMRI", f"{_size(queries.n_total * scale.n_images * 4)} float32", "",
+               f"{scale.n_images} x {queries.n_total} vertices in host memory, {queries.n_queries} queries")
     epochs = {}
     for readout in READOUTS:
         model = make_encoder(scale, backbone, queries, readout, device)
         model.set_feature_stats(features[:128].float().cpu().numpy())
         with PeakMemory(device) as memory:
-            seconds, done = run_epoch(model, features, fmri, queries, scale, device)
+            seconds, done = timed_epoch(model, data, tc, procs, scale)
         steps = math.ceil(scale.n_images / scale.batch)
         note = f"{steps} steps of {scale.batch}" if done == steps else f"extrapolated from {done}/{steps} steps"
         epochs[readout] = seconds
-        report.add(section, f"epoch, {readout} readout", seconds, "s", note)
+        report.add(section, f"epoch, {readout} readout", seconds, "s", note + "; model.train.train_epoch")
         report.add(section, f"peak memory, {readout} readout", memory.peak_gib, memory.unit,
                    f"features and fMRI included; the model and its step: {memory.peak_gib - memory.before_gib:.2f}")
         del model
@@ -449,61 +464,47 @@ def training(report: Report, scale: Scale, device: torch.device) -> None:
     model.set_feature_stats(features[:128].float().cpu().numpy())
     images = random_images(scale.batch, scale.image_side, device, seed=3)
     for name in PRECISIONS:
-        def backbone_features(idx: torch.Tensor, name=name) -> torch.Tensor:
-            with torch.no_grad(), precision(device, name):
-                return backbone(backbone.preprocess(images[: len(idx)]))
-
-        seconds, done = run_epoch(model, features, fmri, queries, scale, device, backbone_features,
-                                  max_steps=scale.loop_steps)
+        loop = replace(data, features=BackboneInTheLoop(backbone, images, name))
+        seconds, done = timed_epoch(model, loop, tc, procs, scale, max_steps=scale.loop_steps)
         report.add(section, f"epoch, backbone in the loop ({name})", seconds, "s",
                    f"extrapolated from {done} steps; retinotopic readout")
         report.add(section, f"speed-up of cached features over the backbone ({name})", seconds / epochs["retinotopic"], "x")
 
 
-def run_epoch(model, features: torch.Tensor, fmri: torch.Tensor, queries: QuerySet, scale: Scale, device: torch.device,
-              backbone_features=None, max_steps: int | None = None) -> tuple[float, int]:
-    """Seconds of one training epoch as ``model.train`` steps it, and how many steps ran.
+class BackboneInTheLoop(FeatureRows):
+    """Feature rows computed by the backbone at every step, as the original trained (the same images each time)."""
 
-    AdamW, bf16 autocast on CUDA, MSE(lh) + MSE(rh) and gradient clipping,
-    as :mod:`model.train`. An epoch cut short (``max_steps``, or past
-    ``scale.max_epoch_seconds``) is extrapolated from the steps that ran.
+    def __init__(self, backbone: Backbone, images: torch.Tensor, precision_name: str):
+        super().__init__(images, images.device)
+        self.backbone, self.images, self.precision_name = backbone, images, precision_name
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        with torch.no_grad(), precision(self.device, self.precision_name):
+            return self.backbone(self.backbone.preprocess(self.images[: len(idx)])).float()
+
+
+def timed_epoch(model, data: EpochData, tc: TrainConfig, procs: Processes, scale: Scale,
+                max_steps: int | None = None) -> tuple[float, int]:
+    """Seconds of one epoch of :func:`model.train.train_epoch`, and how many steps were timed.
+
+    Two warm-up steps, then a probe of a few steps; an epoch the probe says
+    would take longer than ``scale.max_epoch_seconds`` (or longer than
+    ``max_steps``) runs fewer steps, extrapolated to the epoch.
     """
-    tc = TrainConfig()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    valid = torch.ones(queries.n_total, device=device)
-    bounds = [queries.vertex_slice(h) for h in HEMIS]
-    order = torch.randperm(scale.n_images, generator=torch.Generator().manual_seed(0))
-    batches = list(order.split(scale.batch))
-    model.train()
+    optimizer, _ = make_optimiser(model, tc)
+    steps = math.ceil(len(data.train_idx) / tc.batch_size)
 
-    def step(idx: torch.Tensor) -> None:
-        if backbone_features is None:
-            x = features[idx.to(features.device)].to(device, non_blocking=True)
-        else:
-            x = backbone_features(idx)
-        y = fmri[idx.to(fmri.device)]
-        with precision(device, "bfloat16" if device.type == "cuda" else "float32"):
-            pred = model(x)["pred"]
-        loss = hemisphere_mse(pred, y, valid, bounds).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_max_norm)
-        optimizer.step()
+    def run(n_steps: int, epoch: int) -> float:
+        part = replace(data, train_idx=data.train_idx[: n_steps * tc.batch_size])
+        return timed(procs.device, lambda: train_epoch(model, model, optimizer, part, tc, epoch, procs))
 
-    for idx in batches[:2]:  # warm-up: kernels chosen, memory pools filled
-        step(idx)
-    limit = len(batches) if max_steps is None else min(max_steps, len(batches))
-    sync(device)
-    start, done = time.perf_counter(), 0
-    for idx in batches[:limit]:
-        step(idx)
-        done += 1
-        if done % 20 == 0:
-            sync(device)
-            if time.perf_counter() - start > scale.max_epoch_seconds:
-                break
-    sync(device)
-    return (time.perf_counter() - start) * len(batches) / done, done
+    run(2, 0)  # warm-up: kernels chosen, memory pools filled
+    limit = steps if max_steps is None else min(max_steps, steps)
+    probe = min(limit, 10)
+    per_step = run(probe, 1) / probe
+    n = limit if per_step * limit <= scale.max_epoch_seconds else max(probe, int(scale.max_epoch_seconds / per_step))
+    seconds = per_step * probe if n == probe else run(n, 2)
+    return seconds * steps / n, n
 
 
 # --------------------------------------------------------------------------
@@ -568,22 +569,80 @@ def roi_targets(queries: QuerySet, n: int):
 # 5. DDP under torch.distributed.run
 # --------------------------------------------------------------------------
 
+#: environment a parent process may carry (launched by torchrun itself, or left by a test) that would make the
+#: launcher or its workers join another job's rendezvous instead of their own
+INHERITED_DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+                             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
+#: tries of the launch: a port picked free can be taken by another process before the launcher binds it
+DDP_TRIES = 2
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_command(processes: int, out: Path, device: torch.device, small: bool, port: int) -> list[str]:
+    """torch.distributed.run on one node, its rendezvous on an explicit loopback port.
+
+    Not ``--standalone``: that advertises the host's fully qualified name
+    as the workers' MASTER_ADDR (a name lookup, which on a sandboxed or busy
+    machine can be slow or resolve to an interface the workers cannot
+    reach), whereas here every address is the loopback's.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={processes}",
+               "--rdzv-backend=c10d", f"--rdzv-endpoint={LOOPBACK}:{port}", f"--rdzv-id=tbe-bench-{os.getpid()}-{port}",
+               f"--local-addr={LOOPBACK}", "--max-restarts=0",
+               str(Path(__file__).resolve()), "--ddp-worker", str(out), "--device", device.type]
+    return command + (["--small"] if small else [])
+
+
+def ddp_env() -> dict[str, str]:
+    """This process's environment without another job's distributed settings; gloo on the loopback (Linux)."""
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_DISTRIBUTED_ENV and not k.startswith("TORCHELASTIC_")}
+    env.update({"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"})
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    return env
+
+
+def _tail(text: str | bytes | None, lines: int = 25) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def launch_ddp(processes: int, out: Path, device: torch.device, small: bool, timeout: float) -> float:
+    """Run the DDP workers; returns the launch's wall time. A failure raises with torchrun's stderr tail."""
+    failures = []
+    for attempt in range(1, DDP_TRIES + 1):
+        port = free_port()
+        start = time.perf_counter()
+        try:
+            done = subprocess.run(ddp_command(processes, out, device, small, port), env=ddp_env(), capture_output=True,
+                                  text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"torch.distributed.run (port {port}) did not finish in {timeout:.0f} s; its stderr ends:\n"
+                               f"{_tail(exc.stderr)}") from None
+        if done.returncode == 0 and out.is_file():
+            return time.perf_counter() - start
+        failures.append(f"try {attempt} (rendezvous port {port}) exited {done.returncode}; its stderr ends:\n"
+                        f"{_tail(done.stderr) or _tail(done.stdout)}")
+        print(f"DDP: {failures[-1]}", file=sys.stderr, flush=True)
+    raise RuntimeError("torch.distributed.run failed: " + "\n".join(failures))
+
+
 def ddp(report: Report, scale: Scale, device: torch.device) -> None:
     section = "DDP"
     processes = torch.cuda.device_count() if device.type == "cuda" else scale.ddp_cpu_processes
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ddp.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   str(Path(__file__).resolve()), "--ddp-worker", str(out), "--device", device.type]
-        if scale is SMALL:
-            command.append("--small")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "OMP_NUM_THREADS": "1"}
-        start = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=scale.section_timeout)
-        wall = time.perf_counter() - start
-        if done.returncode != 0 or not out.is_file():
-            raise RuntimeError(f"torch.distributed.run exited {done.returncode}: {(done.stdout + done.stderr)[-1500:]}")
+        wall = launch_ddp(processes, out, device, scale is SMALL, scale.section_timeout)
         result = json.loads(out.read_text())
     report.add(section, "processes (world size)", float(result["world_size"]), "", f"backend {result['backend']}")
     report.add(section, "seconds per step", result["seconds_per_step"], "s",

@@ -11,6 +11,11 @@ its tolerance, and the exit status is 1 if any is exceeded:
 * decoder attention maps: float32 max abs diff <= 1e-5; bf16 max abs diff <= 0.02
 * token- and pixel-level integrated gradients (float32 only, as the project
   computes them): rel. error <= 1e-3 (tokens), <= 2e-2 (pixels)
+* the analysis commands' own code (``tbe interpret``, ``check-maps``,
+  ``predict``: :func:`analysis_checks`) with the run on the device:
+  integrated gradients and saliency maps rel. error <= 2e-2, token
+  integrated gradients <= 1e-3, decoder attention (autocast) max abs diff
+  <= 0.02, backbone rollout <= 5e-3, predictions (autocast) min r >= 0.99
 
 The looser float32 tolerances of the two rows that pass through the backbone
 allow for cuDNN, which by default may compute the patch-embedding
@@ -67,7 +72,7 @@ class Check:
 
     def line(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
-        return f"{self.name:<58s} {self.value:>11.3g}  {sign} {self.tolerance:<8g} {'ok' if self.ok else 'FAILED'}"
+        return f"{self.name:<68s} {self.value:>11.3g}  {sign} {self.tolerance:<8g} {'ok' if self.ok else 'FAILED'}"
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -136,6 +141,7 @@ def run_checks(device: torch.device) -> list[Check]:
 
     checks += backbone_checks(device)
     checks += attribution_checks(device, queries, features)
+    checks += analysis_checks(device, queries)
     return checks
 
 
@@ -187,6 +193,65 @@ def attribution_checks(device: torch.device, queries, features: torch.Tensor) ->
                                                           n_steps=8, internal_batch_size=8))
     checks.append(Check("pixel integrated gradients, float32 (rel. error)", rel_error(pixel[1], pixel[0]), 2e-2))
     return checks
+
+
+def analysis_checks(device: torch.device, queries) -> list[Check]:
+    """The code behind ``tbe interpret``/``check-maps``/``predict`` with the run on ``device``, against the CPU.
+
+    The same functions the commands call (:func:`interpret.attribution.attribute`,
+    :func:`interpret.attention.decoder_attention` and ``backbone_attention``,
+    :func:`model.run.predict`), each given an encoder and backbone placed on
+    the device, as ``open_run(..., device)`` places them: attributions in
+    float32, attention and predictions under bf16 autocast on CUDA.
+    """
+    from types import SimpleNamespace
+
+    from bench_gpu import roi_targets
+    from interpret.attention import backbone_attention, decoder_attention
+    from interpret.attribution import Settings, attribute
+    from interpret.maps import MapGrid
+    from model.run import predict
+
+    config = BackboneConfig("vit_small_patch14_dinov2.lvd142m", "random", seed=0, layer=11, feature="q")
+    backbone = build_backbone(config, 84).eval()
+    images = torch.rand(2, 3, 84, 84, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens = backbone(backbone.preprocess(images)).numpy()
+    torch.manual_seed(0)
+    encoder = build_encoder("transformer", queries, backbone.dim, backbone.grid,
+                            DecoderConfig(hidden_dim=32, nheads=4, dim_feedforward=64, dropout=0.0, readout_maps=2,
+                                          readout_map_dim=8)).eval()
+    encoder.set_feature_stats(tokens)
+    grid, names, targets = MapGrid.for_backbone(backbone), ["a", "b"], roi_targets(queries, 2)
+    methods = ["integrated_gradients", "saliency", "token_integrated_gradients"]
+    out = []
+    for where in (CPU, device):
+        enc, bb = copy.deepcopy(encoder).to(where), copy.deepcopy(backbone).to(where)
+        run = SimpleNamespace(model=enc, queries=queries)
+        maps = attribute(run, bb, images, tokens, targets, methods, grid, names, Settings(n_steps=8, internal_batch_size=8),
+                         encoder=enc)
+        out.append({"maps": maps, "attention": decoder_attention(run, tokens, grid, names),
+                    "backbone": backbone_attention(bb, images, grid, names), "pred": predict(enc, tokens)})
+    cpu, dev = out
+
+    def values(ds, name) -> torch.Tensor:
+        return torch.from_numpy(np.nan_to_num(ds[name].values.astype(np.float64)))
+
+    return [
+        Check("tbe interpret: integrated gradients maps, float32 (rel. error)",
+              rel_error(values(dev["maps"], "integrated_gradients"), values(cpu["maps"], "integrated_gradients")), 2e-2),
+        Check("tbe interpret: saliency maps, float32 (rel. error)",
+              rel_error(values(dev["maps"], "saliency"), values(cpu["maps"], "saliency")), 2e-2),
+        Check("tbe interpret: token integrated gradients maps, float32 (rel. error)",
+              rel_error(values(dev["maps"], "token_integrated_gradients"),
+                        values(cpu["maps"], "token_integrated_gradients")), 1e-3),
+        Check("tbe interpret: decoder attention maps, autocast (max abs diff)",
+              float((values(dev["attention"], "attention") - values(cpu["attention"], "attention")).abs().max()), 0.02),
+        Check("tbe interpret: backbone rollout, float32 (rel. error)",
+              rel_error(values(dev["backbone"], "backbone_rollout"), values(cpu["backbone"], "backbone_rollout")), 5e-3),
+        Check("tbe predict: predictions, autocast (min r per vertex)",
+              min_r(torch.from_numpy(dev["pred"]), torch.from_numpy(cpu["pred"])), 0.99, True),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import torch
 import xarray as xr
 
 from model.backbone import Backbone
+from model.device import autocast, module_device
 from model.errors import InputError
 from model.rois import HEMIS
 from model.run import Run
@@ -31,16 +32,19 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
 
     Returns ``attention`` (image, hemi, roi, head, y, x) and
     ``attention_mean`` (image, hemi, roi, y, x); each query's map sums to 1
-    over the token grid (less where tokens fall on padding).
+    over the token grid (less where tokens fall on padding). Computed on
+    the model's device (bf16 autocast on CUDA; the softmax stays float32).
     """
+    dev = module_device(run.model)
     if not run.model.capabilities.decoder_attention:
         raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
     weights, n_layers = [], 0
     for start in range(0, len(features), batch_size):
-        x = torch.from_numpy(np.asarray(features[start:start + batch_size], np.float32))
-        stacked = run.model(x, return_attention=True)["attention"]  # (B, layers, heads, Q, T)
+        x = torch.from_numpy(np.asarray(features[start:start + batch_size], np.float32)).to(dev)
+        with autocast(dev):
+            stacked = run.model(x, return_attention=True)["attention"]  # (B, layers, heads, Q, T)
         n_layers = stacked.shape[1]
-        weights.append(stacked[:, layer])  # (B, heads, Q, T)
+        weights.append(stacked[:, layer].float().cpu())  # (B, heads, Q, T)
     att = torch.cat(weights).permute(0, 2, 1, 3)  # (N, Q, heads, T)
     per_query = grid.from_tokens(att)  # (N, Q, heads, size, size)
     targets = Targets(list(run.queries.hemis), list(run.queries.rois), torch.empty(0))
@@ -86,11 +90,17 @@ def _captured_self_attention(backbone: Backbone):
 
 @torch.no_grad()
 def backbone_attention(backbone: Backbone, images: torch.Tensor, grid: MapGrid, image_names: list[str]) -> xr.Dataset:
-    """The backbone's class-token attention (last block run, per head) and attention rollout."""
+    """The backbone's class-token attention (last block run, per head) and attention rollout.
+
+    The backbone runs where it lives, in float32 (the rollout multiplies
+    every block's attention: bf16 errors would compound); the maps are
+    combined on the CPU.
+    """
     if backbone.num_prefix_tokens < 1:
         raise InputError("--backbone", "this backbone has no class token to read attention from")
     with _captured_self_attention(backbone) as captured:
-        backbone(backbone.preprocess(images))
+        backbone(backbone.preprocess(images.to(module_device(backbone))))
+    captured = [a.float().cpu() for a in captured]
     if not captured:
         raise InputError("--enc-output-layer", "no attention block runs before the features are taken")
     prefix = backbone.num_prefix_tokens

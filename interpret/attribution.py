@@ -32,6 +32,7 @@ import xarray as xr
 from captum.attr import (GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency)
 
 from model.backbone import Backbone
+from model.device import full_precision, module_device
 from model.errors import InputError
 from model.progress import progress
 from model.options import check_settings, setting
@@ -114,11 +115,11 @@ def baseline_images(images: torch.Tensor, kind: str, backbone: Backbone) -> torc
     if kind == "black":
         return torch.zeros_like(images)
     if kind == "grey":
-        return backbone.mean.to(images.dtype).expand_as(images).clone()
+        return backbone.mean.to(images.device, images.dtype).expand_as(images).clone()
     if kind == "blur":
         sigma = images.shape[-1] / 16
         radius = int(3 * sigma)
-        t = torch.arange(-radius, radius + 1, dtype=images.dtype)
+        t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
         k = torch.exp(-0.5 * (t / sigma) ** 2)
         k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
         x = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), k, groups=3)
@@ -282,11 +283,18 @@ def attribute(run: Run, backbone: Backbone, images: torch.Tensor, tokens: np.nda
     methods); integrated gradients also give ``<method>_delta`` (image,
     hemi, roi), the completeness error. ``encoder`` replaces the run's
     encoder (e.g. a randomised copy for the sanity checks).
+
+    Runs on the encoder's device, in float32 even on CUDA (no bf16
+    autocast): integrated gradients promise completeness, which bf16
+    gradients would break by far more than the delta they report.
     """
     encoder = (encoder or run.model).eval()
-    pixel_model = ImageModel(backbone, encoder, targets).eval()
-    token_model = TokenModel(encoder, targets).eval()
-    token_input = torch.from_numpy(np.asarray(tokens, np.float32))
+    dev = module_device(encoder)
+    backbone = backbone.to(dev)
+    images = images.to(dev)
+    pixel_model = ImageModel(backbone, encoder, targets).to(dev).eval()
+    token_model = TokenModel(encoder, targets).to(dev).eval()
+    token_input = torch.from_numpy(np.asarray(tokens, np.float32)).to(dev)
     baseline = baseline_images(images, settings.baseline, backbone)
     window = settings.occlusion_window or backbone.patch
     ctx = {"baseline": baseline, "window": window, "stride": settings.occlusion_stride or window,
@@ -299,11 +307,12 @@ def attribute(run: Run, backbone: Backbone, images: torch.Tensor, tokens: np.nda
     for name, t in progress(work, desc="attributions", unit="map"):
         pixel = method(name)[0].level == "pixel"
         model, inputs = (pixel_model, images) if pixel else (token_model, token_input)
-        attr, delta = _run_method(name, model, inputs.clone().requires_grad_(True), t, settings, ctx)
-        attr = attr.detach()
+        with full_precision(dev):
+            attr, delta = _run_method(name, model, inputs.clone().requires_grad_(True), t, settings, ctx)
+        attr = attr.detach().float().cpu()
         maps[name][:, t] = grid.from_pixels(attr.sum(1)) if pixel else grid.from_tokens(attr.sum(-1))
         if delta is not None:
-            deltas[name][:, t] = delta.detach().reshape(len(images), -1).sum(1).float()
+            deltas[name][:, t] = delta.detach().reshape(len(images), -1).sum(1).float().cpu()
     for name in methods:
         arranged, rois = by_hemi_roi(maps[name], targets)
         coords = {"image": image_names, "hemi": list(HEMIS), "roi": rois}

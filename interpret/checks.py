@@ -29,6 +29,7 @@ from scipy.integrate import trapezoid
 from skimage.metrics import structural_similarity
 
 from model.backbone import Backbone
+from model.device import autocast, module_device
 from model.ensemble import EnsembleEncoder
 from model.errors import InputError
 from model.progress import progress
@@ -229,9 +230,16 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
     intact image is 1 and the fully blurred one 0; deletion should fall
     fast (low AUC), insertion rise fast (high AUC). Images are averaged
     with weights ``|intact - blurred|`` (:func:`gap_weighted_mean`).
+    The curves are forward passes on the encoder's device (bf16 autocast on CUDA).
     """
-    model = ImageModel(backbone, encoder, targets).eval()
-    blurred = baseline_images(images, "blur", backbone)
+    dev = module_device(encoder)
+    net = ImageModel(backbone.to(dev), encoder, targets).to(dev).eval()
+
+    def model(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(dev):
+            return net(batch.to(dev)).float().cpu()
+
+    blurred = baseline_images(images, "blur", backbone)  # on the CPU, with the images
     patch = backbone.patch
     side = images.shape[-1]
     rows_n, cols_n = -(-side // patch), -(-side // patch)

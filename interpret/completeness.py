@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from model.device import full_precision, module_device
 from model.run import Run
 
 from .attribution import ImageModel, baseline_images, method
@@ -33,9 +34,11 @@ def completeness_gaps(run: Run, inputs: Inputs, rois: list[str] | None, methods:
     if not pixel:
         return pd.DataFrame(columns=["method", "hemi", "roi", "image", "gap"])
     targets = roi_targets(run, rois)
-    model = ImageModel(inputs.backbone, run.model, targets).eval()
-    with torch.no_grad():
-        gap = (model(inputs.images) - model(baseline_images(inputs.images, baseline, inputs.backbone))).numpy()
+    dev = module_device(run.model)
+    model = ImageModel(inputs.backbone.to(dev), run.model, targets).to(dev).eval()
+    images = inputs.images.to(dev)
+    with torch.no_grad(), full_precision(dev):  # the gap integrated gradients must add up to: float32 as they are
+        gap = (model(images) - model(baseline_images(images, baseline, inputs.backbone))).cpu().numpy()
     rows = [{"method": m, "hemi": h, "roi": r, "image": i, "gap": float(gap[i, t])}
             for m in pixel for t, (h, r) in enumerate(zip(targets.hemis, targets.rois)) for i in range(len(gap))]
     return pd.DataFrame(rows)

@@ -68,9 +68,11 @@ def map_job(run: Run, split: str = "val", n_images: int = 4, methods: Sequence[s
     return job
 
 
-def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str = "cpu",
+def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str | None = None,
             images: Sequence[str] | None = None, seed: int = 0) -> Inputs:
     """The job's images, their tokens and map grid.
+
+    Features are computed on ``device`` (default: the run's, :attr:`model.run.Run.device`).
 
     ``images`` None (or empty): the first ``job.n_images`` of the split (see
     :func:`~interpret.maps.select_images`); ``['random']``: ``job.n_images``
@@ -102,10 +104,14 @@ def choose_images(pool: list[Path], chosen: list[str], n_images: int, seed: int 
 
 
 def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_dir: str | Path | None = None,
-                device: str = "cpu") -> Inputs:
-    """These images, their tokens (from the feature cache when there) and the map grid."""
+                device: str | None = None) -> Inputs:
+    """These images, their tokens (from the feature cache when there) and the map grid.
+
+    The backbone lives on the run's device, where the maps are computed; the
+    images and tokens stay on the CPU (each method moves them where it runs).
+    """
     backbone = run.shared_backbone
-    tokens = run.features(paths, cache_dir, device=device, desc="features")
+    tokens = run.features(paths, cache_dir, device=str(device or run.device), desc="features")
     return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(tokens),
                   MapGrid.for_backbone(backbone, map_size), backbone)
 

@@ -381,7 +381,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
         raise InputError(out, "exists and is not empty; choose another --out")
     usable_directory(out.parent, where=out)
     subject, members, val_idx = check_members(runs, data_dir)
-    targets = Targets(subject)
+    targets = Targets.of_subject(subject)
     true = targets.rows(val_idx)
     halves = validation_halves(len(val_idx))
     bounds = [slice(0, subject.n_vertices("lh")), slice(subject.n_vertices("lh"), true.shape[1])]
@@ -663,8 +663,8 @@ def feature_groups(configs: Sequence[RunConfig]) -> tuple[list[int], list[tuple[
     return firsts, channels
 
 
-def open_ensemble(ens: str | Path, data_dir: str | Path | None = None) -> EnsembleRun:
-    """Open an ensemble directory and every member (each checked as :func:`~model.run.open_run` checks a run)."""
+def open_ensemble(ens: str | Path, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> EnsembleRun:
+    """Open an ensemble directory and every member (each checked as :func:`~model.run.open_run` checks a run), on ``device``."""
     ens = Path(ens)
     config = read_ensemble_config(ens)
     if not (ens / METRICS).is_file():
@@ -674,7 +674,7 @@ def open_ensemble(ens: str | Path, data_dir: str | Path | None = None) -> Ensemb
     for path in config.members:
         if not Path(path).is_dir():
             raise InputError(path, f"missing: a member of the ensemble {ens} (ensemble.json lists it)")
-        members.append(open_run(path, where))
+        members.append(open_run(path, where, device))
     subject = members[0].subject
     for m in members[1:]:
         if m.config.subj != config.subj or m.val_indices.shape != members[0].val_indices.shape \
@@ -687,8 +687,8 @@ def open_ensemble(ens: str | Path, data_dir: str | Path | None = None) -> Ensemb
     queries = members[0].queries if shared else _roi_queries(subject)
     firsts, channels = feature_groups([m.config for m in members])
     model = EnsembleEncoder([m.model for m in members], weights, channels,
-                            members[0].queries.memberships if shared else None).eval()
-    return EnsembleRun(ens, config, subject, queries, model, members=members, groups=firsts)
+                            members[0].queries.memberships if shared else None).to(members[0].device).eval()
+    return EnsembleRun(ens, config, subject, queries, model, members[0].device, members=members, groups=firsts)
 
 
 def _roi_queries(subject: Subject):

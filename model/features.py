@@ -240,6 +240,92 @@ def subject_features(data_dir: str | Path, subj: int, config, cache_dir: str | P
             for split in ("train", "test")}
 
 
+# --------------------------------------------------------------------------
+# Feature rows for training: streamed from the cache, or resident on the device
+# --------------------------------------------------------------------------
+
+#: ``--features-on-device``: keep a subject's features on the training device when they fit (auto), always, or never
+RESIDENCY = ("auto", "always", "never")
+#: share of the device's free memory that resident features may take (auto): the rest is for the model and its activations
+RESIDENT_SHARE = 0.7
+#: rows copied to the device at a time when making features resident (bounds the host memory used on the way)
+UPLOAD_ROWS = 256
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device; None where unknown (CPU, MPS)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def keep_resident(policy: str, n_bytes: int, device: torch.device, free_bytes: int | None = None) -> bool:
+    """Whether to keep ``n_bytes`` of features on ``device`` for training (:data:`RESIDENCY` policy).
+
+    ``always`` and ``never`` say so; ``auto`` keeps them on a GPU when they
+    take at most :data:`RESIDENT_SHARE` of its free memory (``free_bytes``,
+    default: asked from the device), and never on the CPU, where the
+    memory-mapped cache already is the in-memory copy (the page cache).
+    """
+    if policy not in RESIDENCY:
+        raise InputError("--features-on-device", f"unknown policy {policy!r}; choose from {', '.join(RESIDENCY)}")
+    if policy != "auto":
+        return policy == "always"
+    free = free_device_memory(device) if free_bytes is None else free_bytes
+    return device.type != "cpu" and free is not None and n_bytes <= RESIDENT_SHARE * free
+
+
+class FeatureRows:
+    """Rows of a feature array as float32 tensors on the training device.
+
+    Streamed: each batch is read from the (memory-mapped) cache and copied
+    to the device. Resident: the whole float16 array is copied to the device
+    once and batches are gathered there, which removes the host reads and
+    copies from every step. Both give the same values (float16 to float32 is
+    exact), so training is identical either way.
+    """
+
+    def __init__(self, features: np.ndarray | torch.Tensor, device: torch.device, resident: bool = False):
+        self.features, self.device = features, torch.device(device)
+        if isinstance(features, torch.Tensor):  # made where it is to be used (benchmarks): resident there
+            self.resident = features.to(self.device)
+        else:
+            self.resident = self._upload(features, self.device) if resident else None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @staticmethod
+    def _upload(features: np.ndarray, device: torch.device) -> torch.Tensor:
+        out = torch.empty(features.shape, dtype=torch.from_numpy(np.empty(0, features.dtype)).dtype, device=device)
+        for start in range(0, len(features), UPLOAD_ROWS):
+            out[start:start + UPLOAD_ROWS] = torch.from_numpy(read_rows(features, slice(start, start + UPLOAD_ROWS)))
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.nbytes)
+
+    def rows(self, idx: np.ndarray) -> torch.Tensor:
+        """float32 rows ``idx`` on the device."""
+        if self.resident is not None:
+            return self.resident[torch.as_tensor(np.asarray(idx), device=self.device)].float()
+        return torch.from_numpy(read_rows(self.features, np.asarray(idx)).astype(np.float32, copy=False)).to(self.device)
+
+    def batches(self, idx: np.ndarray, batch_size: int):
+        """float32 tensors of rows ``idx`` in batches, on the device."""
+        for start in range(0, len(idx), batch_size):
+            yield self.rows(idx[start:start + batch_size])
+
+
+def training_rows(features: np.ndarray, device: torch.device, policy: str = "auto") -> FeatureRows:
+    """The training features as :class:`FeatureRows`, resident on ``device`` when ``policy`` says so (see :func:`keep_resident`)."""
+    resident = keep_resident(policy, int(features.nbytes), torch.device(device))
+    if resident:
+        log.info("features resident on %s (%.2f GiB)", device, features.nbytes / 2**30)
+    return FeatureRows(features, device, resident)
+
+
 def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
                    cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features") -> np.ndarray:
     """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible.

@@ -125,8 +125,11 @@ def check_complete(path: Path, config: RunConfig, fingerprint: dict[str, str]) -
 
 
 def train_grid(base: RunConfig, members: Sequence[GridMember], cache_dir: str | Path | None = None,
-               device: str = "auto") -> list[Path]:
-    """Train every member not yet complete (see the module docstring); returns the members' run directories."""
+               device: str = "auto", features_on_device: str = "auto") -> list[Path]:
+    """Train every member not yet complete (see the module docstring); returns the members' run directories.
+
+    ``device`` and ``features_on_device`` are passed to :func:`model.train.train` for each member.
+    """
     from .subject import load_subject
     from .train import train
 
@@ -147,7 +150,8 @@ def train_grid(base: RunConfig, members: Sequence[GridMember], cache_dir: str | 
         else:
             if state == "interrupted":
                 log.info("%s: interrupted, resuming", member.out)
-            train(config, member.out, cache_dir, resume=state == "interrupted", device=device)
+            train(config, member.out, cache_dir, resume=state == "interrupted", device=device,
+                  features_on_device=features_on_device)
         done.append(member.out)
     bar.close()
     return done

@@ -42,6 +42,7 @@ from safetensors.torch import load_file
 
 from .architectures import ARCHITECTURES, RidgeConfig, build_encoder
 from .backbone import BackboneConfig, named_weights_digest
+from .device import autocast, module_device, pick_device
 from .encoder import DecoderConfig
 from .errors import InputError, OptionError, check_fields, is_int, is_number, positive_int
 from .files import atomic_path, load_npy, read_rows, save_safetensors, write_json
@@ -320,6 +321,7 @@ class Run:
     subject: Subject
     queries: QuerySet
     model: torch.nn.Module
+    device: torch.device = torch.device("cpu")  # where the model, the backbone and their inputs are run
 
     @cached_property
     def val_indices(self) -> np.ndarray:
@@ -336,14 +338,17 @@ class Run:
     def hemi_slice(self, hemi: str) -> slice:
         return self.queries.vertex_slice(hemi)
 
-    def backbone(self, device: str = "cpu"):
-        """The run's backbone (built anew from its reference: name, weights, layer), checked against the run."""
+    def backbone(self, device: str | torch.device | None = None):
+        """The run's backbone (built anew from its reference: name, weights, layer), checked against the run.
+
+        It is placed on ``device`` (default: the run's :attr:`device`).
+        """
         from .backbone import build_backbone
         from .images import native_size
 
         backbone = build_backbone(self.config.backbone, native_size(self.subject.train_images[0]))
         check_backbone(self.path, self.config, backbone)
-        return backbone
+        return backbone.to(self.device if device is None else torch.device(device)).eval()
 
     @cached_property
     def shared_backbone(self):
@@ -364,8 +369,11 @@ class Run:
         return image_features(self.shared_backbone, self.subject, paths, rows, cache_dir, device, desc)
 
 
-def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
+def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> Run:
     """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on.
+
+    The encoder (and later its backbone) is placed on ``device`` (``auto``:
+    CUDA, then MPS, then CPU; see :func:`model.device.pick_device`).
 
     Refused, with one line naming the file: an unfinished run, a config.json
     that does not describe the features the run was trained on, data other
@@ -377,7 +385,7 @@ def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
     if is_ensemble(run):
         from .ensemble import open_ensemble
 
-        return open_ensemble(run, data_dir)
+        return open_ensemble(run, data_dir, device)
     config = read_config(run)
     if not (run / METRICS).is_file():
         raise InputError(run, "training did not finish (no metrics.json); continue it with --resume")
@@ -389,7 +397,8 @@ def open_run(run: str | Path, data_dir: str | Path | None = None) -> Run:
     model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
                           config.train.standardise_tokens)
     load_weights(run / WEIGHTS, model)
-    return Run(run, config, subject, queries, model.eval())
+    dev = pick_device(device)
+    return Run(run, config, subject, queries, model.to(dev).eval(), dev)
 
 
 def check_matches(where: Path, config: RunConfig, queries: QuerySet) -> None:
@@ -459,15 +468,23 @@ def check_backbone(run: Path, config: RunConfig, backbone) -> None:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, features: np.ndarray, indices: np.ndarray | None = None, batch_size: int = 64,
-            device: torch.device | str = "cpu") -> np.ndarray:
-    """Predictions (N, V) float32 for cached features (N, T, C), or for their rows ``indices``."""
-    from .device import autocast
+def predict(model: torch.nn.Module, features, indices: np.ndarray | None = None, batch_size: int = 64,
+            device: torch.device | str | None = None) -> np.ndarray:
+    """Predictions (N, V) float32 for cached features (N, T, C), or for their rows ``indices``.
 
-    device = torch.device(device)
+    ``features``: an array, or :class:`~model.features.FeatureRows` (training's
+    rows, perhaps resident on the device). Run on ``device`` (default: where
+    the model is), under bf16 autocast on CUDA.
+    """
+    from .features import FeatureRows
+
+    device = module_device(model) if device is None else torch.device(device)
     model = model.to(device).eval()
+    indices = np.arange(len(features)) if indices is None else indices
+    batches = (features.batches(indices, batch_size) if isinstance(features, FeatureRows)
+               else iter_batches(features, indices, batch_size))
     out = []
-    for batch in iter_batches(features, np.arange(len(features)) if indices is None else indices, batch_size):
+    for batch in batches:
         with autocast(device):
             out.append(model(batch.to(device))["pred"].float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from .architectures import architecture, build_encoder
 from .device import autocast, pick_device
 from .errors import InputError
-from .features import FeatureSet, default_cache_dir, subject_features
+from .features import FeatureRows, FeatureSet, default_cache_dir, subject_features, training_rows
 from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
 from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
@@ -35,7 +35,7 @@ from .progress import activity, progress
 from .readout import build_queries
 from .rois import HEMIS
 from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
-                  iter_batches, load_weights, predict, save_weights, write_config)
+                  TrainConfig, iter_batches, load_weights, predict, save_weights, write_config)
 from .rundir import Claim, DivergedError, claim_run_directory
 from .subject import Subject, load_subject, train_val_split
 
@@ -83,16 +83,24 @@ def setup_processes(device: str = "auto") -> Processes:
 # --------------------------------------------------------------------------
 
 class Targets:
-    """Rows of the training fMRI, read on demand from the memory maps (never copied whole)."""
+    """Rows of the training fMRI, read on demand from the memory maps (never copied whole).
 
-    def __init__(self, subject: Subject):
-        self.fmri = [subject.fmri[h] for h in HEMIS]
+    ``fmri``: one (images, vertices) array per hemisphere; ``valid``: which
+    vertices (both hemispheres side by side) count in the loss.
+    """
+
+    def __init__(self, fmri: list[np.ndarray], valid: np.ndarray):
+        self.fmri, self.valid = list(fmri), np.asarray(valid, bool)
+
+    @classmethod
+    def of_subject(cls, subject: Subject) -> "Targets":
+        """A subject's training fMRI; its all-NaN vertices are not valid."""
         valid = []
         for hemi in HEMIS:
             ok = np.ones(subject.n_vertices(hemi), bool)
             ok[subject.nan_vertices.get(hemi, [])] = False
             valid.append(ok)
-        self.valid = np.concatenate(valid)
+        return cls([subject.fmri[h] for h in HEMIS], np.concatenate(valid))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """float32 rows ``idx`` of both hemispheres side by side, NaN (all-NaN vertices) as 0."""
@@ -169,6 +177,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 # --------------------------------------------------------------------------
 
 @dataclass
+class EpochData:
+    """What one training epoch reads: feature rows on the device, fMRI rows, the training rows, hemisphere bounds."""
+
+    features: FeatureRows
+    targets: Targets
+    train_idx: np.ndarray
+    bounds: list[slice]
+
+
+@dataclass
 class Job:
     """What the steps of one training job share."""
 
@@ -182,19 +200,29 @@ class Job:
     train_idx: np.ndarray
     val_idx: np.ndarray
     bounds: list[slice]
+    rows: FeatureRows  # the training split's features, streamed or resident on the device
+
+    @property
+    def data(self) -> EpochData:
+        return EpochData(self.rows, self.targets, self.train_idx, self.bounds)
 
 
 def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = None, resume: bool = False,
-          device: str = "auto", stop_after_epoch: int | None = None) -> Path:
+          device: str = "auto", stop_after_epoch: int | None = None, features_on_device: str = "auto") -> Path:
     """Train (or fit) the encoder described by ``config`` into the run directory ``out``.
 
     Every option and input is checked before anything is written; the run
     directory is held by this job alone (see :mod:`model.rundir`), and a
     failed fresh run leaves nothing behind. ``stop_after_epoch`` ends the job
     after that many epochs as if it had been interrupted (used to test
-    ``resume``).
+    ``resume``). ``features_on_device`` (auto, always, never; see
+    :func:`model.features.keep_resident`) keeps the training features on
+    the device instead of streaming them from the cache; results are the same.
     """
     out = Path(out)
+    from .features import keep_resident
+
+    keep_resident(features_on_device, 0, torch.device("cpu"))  # an unknown policy stops here, before any work
     subject = _check_before_writing(config, out, cache_dir)
     procs = setup_processes(device)
     with claim_run_directory(out, config, resume, writer=procs.main) as claim:
@@ -206,8 +234,10 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
             write_run_manifest(out, config, feats, resume=resume)
             save_npy(out / VAL_INDICES, val_idx)
         queries = build_queries(subject, config.readout_res)
-        job = Job(config, out, procs, claim, feats, subject, Targets(subject), train_idx, val_idx,
-                  [queries.vertex_slice(h) for h in HEMIS])
+        gradient = not architecture(config.encoder_arch).capabilities.closed_form
+        rows = training_rows(feats["train"].features, procs.device, features_on_device if gradient else "never")
+        job = Job(config, out, procs, claim, feats, subject, Targets.of_subject(subject), train_idx, val_idx,
+                  [queries.vertex_slice(h) for h in HEMIS], rows)
         torch.manual_seed(config.train.seed)
         model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
                           config.train.standardise_tokens)
@@ -274,7 +304,8 @@ def _fit_closed_form(job: Job, model) -> list:
     return []
 
 
-def _optimiser(model, tc) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+def make_optimiser(model, tc: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+    """AdamW over the trainable parameters and its StepLR schedule (halved every ``tc.lr_drop`` epochs)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay)
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, tc.lr_drop, gamma=0.5)
 
@@ -283,7 +314,7 @@ def _fit_gradient(job: Job, model, stop_after_epoch: int | None):
     """Epochs of AdamW from the checkpoint (if resuming); returns (history, best epoch), or (None, None) when stopped."""
     tc, procs = job.config.train, job.procs
     model.to(procs.device)
-    optimizer, scheduler = _optimiser(model, tc)
+    optimizer, scheduler = make_optimiser(model, tc)
     state = {"epoch": 0, "best_r": -math.inf, "best_epoch": None, "history": []}
     if job.claim.resuming and (job.out / CHECKPOINT).is_file():
         state = load_checkpoint(job.out / CHECKPOINT, model, optimizer, scheduler)
@@ -310,12 +341,22 @@ def _fit_gradient(job: Job, model, stop_after_epoch: int | None):
 
 
 def _train_epoch(job: Job, net, model, optimizer, epoch: int) -> dict:
-    """One pass over the training images in this epoch's seeded order; stops on a non-finite loss."""
-    tc, procs = job.config.train, job.procs
+    return train_epoch(net, model, optimizer, job.data, job.config.train, epoch, job.procs, job.out)
+
+
+def train_epoch(net, model, optimizer, data: EpochData, tc: TrainConfig, epoch: int, procs: Processes,
+                out: Path | None = None) -> dict:
+    """One pass over the training images in this epoch's seeded order; stops on a non-finite loss.
+
+    ``net`` is ``model`` or its DistributedDataParallel wrapper; forward
+    passes run under bf16 autocast on CUDA. This is the step ``tbe train``
+    runs (and benchmarks/bench_gpu.py times). ``out`` names the run in a
+    divergence error.
+    """
     torch.manual_seed(_epoch_seed(tc.seed, epoch) + procs.rank)
-    n = len(job.train_idx)
+    n = len(data.train_idx)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(tc.seed, epoch))).numpy()
-    valid = torch.as_tensor(job.targets.valid, dtype=torch.float32, device=procs.device)
+    valid = torch.as_tensor(data.targets.valid, dtype=torch.float32, device=procs.device)
     regularise = model.core.regularization if model.capabilities.regularisation else None
     model.train()
     t0, total, seen = time.perf_counter(), 0.0, 0
@@ -325,17 +366,17 @@ def _train_epoch(job: Job, net, model, optimizer, epoch: int) -> dict:
         weight = len(shard) * procs.world / len(batch)
         if len(shard) == 0:  # every process must step together; contribute nothing
             shard, weight = batch[:1], 0.0
-        rows = job.train_idx[shard]
-        x = torch.from_numpy(read_rows(job.feats["train"].features, rows).astype(np.float32, copy=False)).to(procs.device)
-        y = torch.from_numpy(job.targets.rows(rows)).to(procs.device)
+        rows = data.train_idx[shard]
+        x = data.features.rows(rows)
+        y = torch.from_numpy(data.targets.rows(rows)).to(procs.device)
         with autocast(procs.device):
             pred = net(x)["pred"]
-        per_image = hemisphere_mse(pred, y, valid, job.bounds)
+        per_image = hemisphere_mse(pred, y, valid, data.bounds)
         loss = per_image.mean() * weight
         if regularise is not None:
             loss = loss + regularise()
         if not math.isfinite(float(loss.detach())):
-            raise DivergedError(job.out, f"training diverged: the loss became {float(loss.detach())} in epoch {epoch + 1}, "
+            raise DivergedError(out or Path("."), f"training diverged: the loss became {float(loss.detach())} in epoch {epoch + 1}, "
                                          f"batch {step + 1}; nothing was kept (try a lower learning rate than {tc.lr:g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -350,7 +391,7 @@ def _train_epoch(job: Job, net, model, optimizer, epoch: int) -> dict:
 
 def _validate_epoch(job: Job, model, val_true: np.ndarray, epoch: int, state: dict, entry: dict) -> None:
     """Validation r of this epoch into ``entry``; the best epoch's weights are saved."""
-    pred = predict(model, job.feats["train"].features, job.val_idx, device=job.procs.device)
+    pred = predict(model, job.rows, job.val_idx, device=job.procs.device)
     _, means = validation_r(pred, val_true, job.targets.valid, job.bounds)
     entry.update({"val_r_lh": means["lh"], "val_r_rh": means["rh"], "val_r": means["mean"]})
     if means["mean"] > state["best_r"]:
@@ -364,7 +405,7 @@ def _validate_epoch(job: Job, model, val_true: np.ndarray, epoch: int, state: di
 def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
     """Validation r and predictions, test predictions, and metrics.json (written last)."""
     config, out, feats, device = job.config, job.out, job.feats, job.procs.device
-    val_pred = predict(model, feats["train"].features, job.val_idx, device=device)
+    val_pred = predict(model, job.rows, job.val_idx, device=device)
     test_pred = predict(model, feats["test"].features, device=device)
     if not (np.isfinite(val_pred).all() and np.isfinite(test_pred).all()):
         raise DivergedError(out, "training diverged: the encoder predicts non-finite values; nothing was kept "

@@ -122,3 +122,43 @@ def test_an_unknown_device_is_one_clear_line(tmp_path):
         done = run_script(script, ["--device", "tpu"], tmp_path, 120)
         assert done.returncode == 2
         assert done.stderr.strip() == "error: --device: unknown device 'tpu'; choose from auto, cpu, cuda, mps"
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu_for_test", ROOT / "benchmarks" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ddp_launch_is_isolated_from_leftover_settings(monkeypatch, tmp_path):
+    """The DDP section's rendezvous is its own: an explicit loopback port, no inherited RANK/MASTER_PORT/TORCHELASTIC_*."""
+    bench = _bench_module()
+    for name, value in {"MASTER_PORT": "29500", "MASTER_ADDR": "10.0.0.9", "RANK": "3", "WORLD_SIZE": "8",
+                        "TORCHELASTIC_RUN_ID": "other"}.items():
+        monkeypatch.setenv(name, value)
+    env = bench.ddp_env()
+    assert not {"MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"} & set(env)
+    port = bench.free_port()
+    command = bench.ddp_command(2, tmp_path / "o.json", bench.torch.device("cpu"), True, port)
+    assert f"--rdzv-endpoint=127.0.0.1:{port}" in command and "--local-addr=127.0.0.1" in command
+    assert "--standalone" not in command
+
+
+def test_a_failed_ddp_launch_says_why_with_torchruns_stderr(monkeypatch, tmp_path, capsys):
+    bench = _bench_module()
+    calls = []
+
+    def failing(processes, out, device, small, port):
+        calls.append(port)
+        return [sys.executable, "-c", "import sys; sys.stderr.write('worker 1 failed: Address already in use\\n'); sys.exit(1)"]
+
+    monkeypatch.setattr(bench, "ddp_command", failing)
+    with pytest.raises(RuntimeError) as info:
+        bench.launch_ddp(2, tmp_path / "o.json", bench.torch.device("cpu"), True, 60)
+    assert len(calls) == bench.DDP_TRIES  # a port taken in between is tried again, on another port
+    assert str(info.value).count("Address already in use") == bench.DDP_TRIES and "exited 1" in str(info.value)
+    assert "Address already in use" in capsys.readouterr().err

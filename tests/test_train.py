@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import shutil
 import subprocess
 import sys
@@ -177,7 +178,11 @@ def test_ddp_matches_single_process(small_data, cache_dir, tmp_path):
             *QUICK_TRAIN]
     assert tbe("-q", *args, "--out", tmp_path / "single") == 0
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "analyses.cli", "-q",
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a free loopback port: a fixed one may be taken
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                           "-m", "analyses.cli", "-q",
                            *args, "--out", str(tmp_path / "ddp")], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
