@@ -73,7 +73,7 @@ minimum sizes
     0.05-0.15, face and word queries' content index 0.03-0.07 after the
     contrast control). Significance alone called every query of that
     subject ``both``; with these floors its null-ROI queries are mostly
-    ``neither``. Set both to 0 for significance alone.
+    ``neither``. A minimum of 0 leaves its size test out (significance alone).
 label
     BH-FDR over the ``2 x queries`` combined tests of one analysis; at
     level ``alpha``: ``location`` (only the location test significant),
@@ -187,6 +187,11 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[np.ndarr
 def above_minimum_p(values: np.ndarray, minimum: float) -> np.ndarray:
     """Bootstrap ``p`` of "the index exceeds ``minimum``": ``(1 + #{resamples <= minimum}) / (B + 1)`` per column."""
     return (1.0 + (values <= minimum).sum(0)) / (len(values) + 1.0)
+
+
+def _and_size_test(p: np.ndarray, values: np.ndarray, minimum: float) -> np.ndarray:
+    """``p`` of a test combined with the size test (intersection-union: the larger p); a minimum of 0 has none."""
+    return p if minimum <= 0 else np.maximum(p, above_minimum_p(values, minimum))
 
 
 def _shift_phases(grid: tuple[int, int]) -> torch.Tensor:
@@ -408,7 +413,7 @@ def routing_table(att: np.ndarray, grid: tuple[int, int], positions: np.ndarray,
     boot = location_bootstrap(att, settings.n_bootstrap, rng)
     low, high = percentile_interval(boot, settings.confidence)
     p_shift = location_test(att, grid, settings.n_permutations, rng)
-    p_location = np.maximum(p_shift, above_minimum_p(boot, settings.min_location))
+    p_location = _and_size_test(p_shift, boot, settings.min_location)
     index_c, best, p_shuffle, p_content = np.full(q, np.nan), np.full(q, -1), np.full(q, np.nan), None
     c_low, c_high = np.full(q, np.nan), np.full(q, np.nan)
     if coverage is not None:
@@ -419,7 +424,7 @@ def routing_table(att: np.ndarray, grid: tuple[int, int], positions: np.ndarray,
         index_c, best, p_shuffle = content_test(att[known], coverage[known], settings.n_permutations, rng, part)
         c_boot = content_bootstrap(att[known], coverage[known], settings.n_bootstrap, rng, part)
         c_low, c_high = percentile_interval(c_boot, settings.confidence)
-        p_content = np.maximum(p_shuffle, above_minimum_p(c_boot, settings.min_content))
+        p_content = _and_size_test(p_shuffle, c_boot, settings.min_content)
     loc_fdr, con_fdr, names = labels(p_location, p_content, settings.alpha)
     table = pd.DataFrame({
         "n_images": len(att), "location_index": location_index(att), "location_ci_low": low, "location_ci_high": high,
