@@ -180,8 +180,11 @@ def plot_examples(att: np.ndarray, queries: list, table: pd.DataFrame, grid: tup
     return save_figure(fig, out)
 
 
-def plot_routing(table: pd.DataFrame, out: str | Path) -> Path:
-    """Location index (with its interval) and content index per ROI, one panel per hemisphere, coloured by label."""
+def plot_routing(table: pd.DataFrame, out: str | Path, settings: RoutingSettings | None = None) -> Path:
+    """Location index (with its interval) and content index per ROI, one panel per hemisphere, coloured by label.
+
+    With ``settings``, dashed lines mark the minimum indices that count as routing.
+    """
     colours = {"location": "tab:blue", "content": "tab:orange", "both": "tab:purple", "neither": "tab:gray"}
     hemis = list(dict.fromkeys(table["hemi"]))
     fig = figure(figsize=(max(6.0, 0.28 * table["roi"].nunique() + 2), 3.2 * len(hemis)))
@@ -196,6 +199,9 @@ def plot_routing(table: pd.DataFrame, out: str | Path) -> Path:
         ax.set_xticks(x, part.roi, rotation=90, fontsize=7)
         ax.set_ylabel(f"{hemi}: index")
         ax.axhline(0, color="0.8", lw=0.6)
+        if settings is not None:
+            ax.axhline(settings.min_location, color="tab:blue", lw=0.6, ls="--")
+            ax.axhline(settings.min_content, color="tab:orange", lw=0.6, ls="--")
         handles = [ax.scatter([], [], c=c, label=k) for k, c in colours.items()]
         ax.legend(handles=handles, fontsize=7, ncol=4, loc="upper right", title="o location  ^ content", title_fontsize=7)
     fig.suptitle("How each ROI query routes the image")
@@ -237,7 +243,7 @@ def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "routing.csv", table)
-    plot_routing(table, out / "routing.png")
+    plot_routing(table, out / "routing.png", settings)
     return table
 
 
