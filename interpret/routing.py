@@ -49,7 +49,9 @@ content index
     ``X_c`` (pooled) before they are correlated. Text has the most contrast
     of the rendered categories and draws every query that looks at
     high-contrast tokens; without the control such a query looks
-    word-routed.
+    word-routed. The control removes what is linear in the contrast share:
+    attention that is a steep function of contrast can still look
+    content-routed.
 content test
     Again two tests that must both reject: (a) the shuffle test: ``p`` of
     ``max_c r_c`` (one-sided: attention *towards* the category) against
@@ -73,7 +75,11 @@ minimum sizes
     0.05-0.15, face and word queries' content index 0.03-0.07 after the
     contrast control). Significance alone called every query of that
     subject ``both``; with these floors its null-ROI queries are mostly
-    ``neither``. A minimum of 0 leaves its size test out (significance alone).
+    ``neither`` (5 of 7; 1 ``location``, 1 ``both``). They are not a
+    threshold between kinds: those null queries' location index (0.06-0.14)
+    overlaps the early visual ones', which no floor on the attention alone
+    can separate. A minimum of 0 leaves its size test out (significance
+    alone).
 label
     BH-FDR over the ``2 x queries`` combined tests of one analysis; at
     level ``alpha``: ``location`` (only the location test significant),
