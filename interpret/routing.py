@@ -263,7 +263,8 @@ def _content_r(a: np.ndarray, x: np.ndarray, e: np.ndarray | None, w: np.ndarray
     sx = (w @ x.reshape(n, -1)).reshape(-1, x.shape[1], t)
     s_aa = w @ (a**2).sum(-1) - (sa**2).sum(-1) / total[:, None]
     s_xx = w @ (x**2).sum(-1) - (sx**2).sum(-1) / total[:, None]
-    s_ax = np.einsum("bi,iqc->bqc", w, np.einsum("iqt,ict->iqc", a, x)) - np.einsum("bqt,bct->bqc", sa, sx) / total[:, None, None]
+    s_ax = (np.einsum("bi,iqc->bqc", w, np.einsum("iqt,ict->iqc", a, x))
+            - np.einsum("bqt,bct->bqc", sa, sx) / total[:, None, None])
     if e is not None:
         se = w @ e
         s_ee = (w @ (e**2).sum(-1) - (se**2).sum(-1) / total)[:, None]
