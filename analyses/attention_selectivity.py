@@ -139,6 +139,12 @@ def contrast_energy(images: list[np.ndarray], grid: int) -> np.ndarray:
     return out
 
 
+def token_contrast(paths: list, grid: int, backbone: Backbone) -> np.ndarray:
+    """``(image, token)`` :func:`contrast_energy` share of each image laid on the backbone's tokens (as masks are)."""
+    energy = contrast_energy([read_image(p) for p in paths], grid)
+    return token_coverage(energy[:, None], backbone)[0][:, 0]
+
+
 def contrast_control(attention_mass: np.ndarray, masks: np.ndarray, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Contrast-energy mass on the masks (mean over images) and the p of attention mass > it, per query.
 

@@ -33,8 +33,10 @@ How each kind is tested (the ``statistic`` column names it):
     the part's share of the image; effect: its mean with a bootstrap
     interval; p: one-sample t-test over images.
 ``routes by location|content``
-    :mod:`interpret.routing`'s location (circular shifts) or content (mask
-    shuffles) test of the query; effect: the index.
+    :mod:`interpret.routing`'s combined location test (circular shifts, and
+    the index above the routing settings' minimum) or content test (mask
+    shuffles with the contrast-energy control, and the index above its
+    minimum) of the query; effect: the index with its bootstrap interval.
 
 p is one-sided in the claim's direction; ``p_fdr`` is BH over every claim x
 hemisphere row of one analysis. Verdicts at ``alpha``: ``supported`` (the
@@ -282,7 +284,7 @@ def gather_evidence(run: Run, claims: list[Claim], stimuli, settings: ClaimSetti
     """Predictions, reliability, attention and routing: what ``claims`` need, computed once."""
     from interpret.routing import RoutingSettings, routing_table, token_positions_deg
 
-    from .attention_selectivity import token_attention, token_coverage
+    from .attention_selectivity import token_attention, token_contrast, token_coverage
     from .responses import features_for, heldout_responses, predicted_vertices, reliability, roi_means
 
     kinds = {c.kind for c in claims}
@@ -307,8 +309,10 @@ def gather_evidence(run: Run, claims: list[Claim], stimuli, settings: ClaimSetti
         if "routes" in kinds:
             routing_settings = RoutingSettings(settings.n_permutations, settings.n_bootstrap, settings.alpha,
                                                settings.confidence)
+            control = (token_contrast(stimuli.paths, stimuli.masks.shape[-1], backbone)
+                       if stimuli.masks is not None else None)
             ev.routing = routing_table(ev.attention, tuple(backbone.grid), ev.positions, ev.coverage, ev.categories,
-                                       routing_settings, np.random.default_rng([seed, 7]))
+                                       routing_settings, np.random.default_rng([seed, 7]), control)
     return ev
 
 
@@ -345,7 +349,7 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
             raise InputError(f"claim {claim.text!r}", "content routing needs category masks (a virtual subject's "
                                                        "images, or a labels CSV with a mask column)")
         name = "location" if claim.target == "location" else "content"
-        low, high = ((part["location_ci_low"], part["location_ci_high"]) if name == "location" else (np.nan, np.nan))
+        low, high = part[f"{name}_ci_low"], part[f"{name}_ci_high"]
         return {"statistic": f"{name}_index", "value": float(part[f"{name}_index"]),
                 "effect": float(part[f"{name}_index"]), "ci_low": float(low), "ci_high": float(high),
                 "p": float(part[f"{name}_p"]), "p_opposite": np.nan, "n_images": int(part["n_images"])}

@@ -4,9 +4,21 @@ The measures and tests are :mod:`interpret.routing`'s, on the decoder's
 cross-attention (last layer, heads averaged) of a set of images: a split of
 the run's subject (``val`` by default; a virtual subject's category masks
 come with it), any folder of images (no masks: only the location test), or
-a labels CSV with masks (as ``tbe selectivity`` takes it). On a virtual
-subject a ``planted`` column says how each ROI was made to respond:
-``location`` (pRFs, early visual), ``content`` (a category), ``none``.
+a labels CSV with masks (as ``tbe selectivity`` takes it). Where there are
+masks, each token's share of the image's luminance contrast energy
+(:func:`analyses.attention_selectivity.token_contrast`, the attention
+selectivity's low-level control) is partialled out of the content measures,
+so that a query drawn to high-contrast tokens (text, above all) is not
+called word-routed.
+
+On a virtual subject a ``planted`` column says how each ROI was made to
+respond: ``location`` (pRFs, early visual), ``content`` (a category),
+``none``. Where the run's subject has held-out fMRI, ``reliable`` and
+``r_heldout`` say, as in ``tbe selectivity``, whether the run predicts the
+ROI (Pearson r over held-out images, BH-FDR at ``alpha``). They do not
+change the label, which describes the attention only: a null ROI's query,
+trained on noise, still attends, and its attention still moves with the
+image.
 """
 from __future__ import annotations
 
@@ -28,8 +40,8 @@ from model.rois import ROI_TO_CLASS
 from model.run import Run, open_run
 from model.vision import CATEGORIES
 
-from .attention_selectivity import token_attention, token_coverage
-from .responses import features_for
+from .attention_selectivity import token_attention, token_contrast, token_coverage
+from .responses import features_for, heldout_responses, reliability
 from .stimuli import from_labels_csv, masks_to_grid, subject_rows
 
 log = logging.getLogger(__name__)
@@ -37,7 +49,7 @@ log = logging.getLogger(__name__)
 #: How a virtual subject's planted preference routes: pRFs by location, a category by content.
 PLANTED_ROUTING = {"prf": "location", **{c: "content" for c in CATEGORIES}}
 #: Columns of routing.csv.
-TABLE_COLUMNS = ["hemi", "roi", "roi_class", "planted", *COLUMNS]
+TABLE_COLUMNS = ["hemi", "roi", "roi_class", "planted", *COLUMNS, "reliable", "r_heldout"]
 
 
 @dataclass
@@ -112,15 +124,32 @@ def analyse(run: Run, chosen: RoutingImages, settings: RoutingSettings = Routing
     """
     att, queries = attention if attention is not None else attention_of(run, chosen, cache_dir)
     backbone = run.shared_backbone
-    coverage = None
+    coverage = control = None
     if chosen.masks is not None:
         coverage, _ = token_coverage(chosen.masks, backbone)
+        control = token_contrast(chosen.paths, chosen.masks.shape[-1], backbone)
     positions = token_positions_deg(tuple(backbone.grid), backbone.patch, backbone.image_side)
-    table = routing_table(att, tuple(backbone.grid), positions, coverage, chosen.categories, settings, seed)
+    table = routing_table(att, tuple(backbone.grid), positions, coverage, chosen.categories, settings, seed, control)
     table.insert(0, "hemi", [h for h, _ in queries])
     table.insert(1, "roi", [r for _, r in queries])
     table.insert(2, "roi_class", [ROI_TO_CLASS.get(r, "") for _, r in queries])
-    return add_planted(table, run)[TABLE_COLUMNS]
+    table = add_reliability(add_planted(table, run), run, settings.alpha, cache_dir)
+    return table[TABLE_COLUMNS]
+
+
+def add_reliability(table: pd.DataFrame, run: Run, alpha: float, cache_dir: str | Path | None = None) -> pd.DataFrame:
+    """``reliable`` and ``r_heldout`` of each ROI, as ``tbe selectivity`` reports them ('' and NaN where unknown).
+
+    They do not change the label, which describes the query's attention; they
+    say whether that attention belongs to a query that predicts its ROI.
+    """
+    _, predicted, measured = heldout_responses(run, cache_dir)
+    if predicted is None:
+        return table.assign(reliable="", r_heldout=np.nan)
+    known = reliability(predicted, measured, alpha).set_index(["hemi", "roi"])
+    keys = list(zip(table["hemi"], table["roi"]))
+    return table.assign(reliable=[bool(known.loc[k, "reliable"]) if k in known.index else "" for k in keys],
+                        r_heldout=[float(known.loc[k, "r_heldout"]) if k in known.index else np.nan for k in keys])
 
 
 def plot_examples(att: np.ndarray, queries: list, table: pd.DataFrame, grid: tuple[int, int], out: str | Path,
@@ -151,8 +180,11 @@ def plot_examples(att: np.ndarray, queries: list, table: pd.DataFrame, grid: tup
     return save_figure(fig, out)
 
 
-def plot_routing(table: pd.DataFrame, out: str | Path) -> Path:
-    """Location index (with its interval) and content index per ROI, one panel per hemisphere, coloured by label."""
+def plot_routing(table: pd.DataFrame, out: str | Path, settings: RoutingSettings | None = None) -> Path:
+    """Location index (with its interval) and content index per ROI, one panel per hemisphere, coloured by label.
+
+    With ``settings``, dashed lines mark the minimum indices that count as routing.
+    """
     colours = {"location": "tab:blue", "content": "tab:orange", "both": "tab:purple", "neither": "tab:gray"}
     hemis = list(dict.fromkeys(table["hemi"]))
     fig = figure(figsize=(max(6.0, 0.28 * table["roi"].nunique() + 2), 3.2 * len(hemis)))
@@ -167,6 +199,9 @@ def plot_routing(table: pd.DataFrame, out: str | Path) -> Path:
         ax.set_xticks(x, part.roi, rotation=90, fontsize=7)
         ax.set_ylabel(f"{hemi}: index")
         ax.axhline(0, color="0.8", lw=0.6)
+        if settings is not None:
+            ax.axhline(settings.min_location, color="tab:blue", lw=0.6, ls="--")
+            ax.axhline(settings.min_content, color="tab:orange", lw=0.6, ls="--")
         handles = [ax.scatter([], [], c=c, label=k) for k, c in colours.items()]
         ax.legend(handles=handles, fontsize=7, ncol=4, loc="upper right", title="o location  ^ content", title_fontsize=7)
     fig.suptitle("How each ROI query routes the image")
@@ -210,7 +245,7 @@ def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "routing.csv", table)
-    plot_routing(table, out / "routing.png")
+    plot_routing(table, out / "routing.png", settings)
     return table
 
 

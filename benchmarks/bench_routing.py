@@ -4,8 +4,9 @@ Prints, in one run:
 
 1. the time of the routing analysis (:func:`interpret.routing.routing_table`,
    default settings: 1000 shifts, 1000 mask shuffles, 1000 bootstrap
-   resamples) for 50 queries x 500 images on the demo's 16x16 token grid
-   (planted maps: a fixed window, the face mask, both, noise), split into
+   resamples of each index, the minimum index sizes) for 50 queries x 500
+   images on the demo's 16x16 token grid (planted maps: a fixed window, the
+   face mask, both, noise), split into
    its parts, with the planted labels' recovery;
 2. the time to test 20 preference claims with 10,000 permutations each
    (:func:`analyses.claims.preference_test` on 500 images);
@@ -79,6 +80,7 @@ def main() -> None:
         "location index + bootstrap": lambda: R.location_interval(att, settings.n_bootstrap, rng),
         "location test (shifts)": lambda: R.location_test(att, GRID, settings.n_permutations, rng),
         "content test (shuffles)": lambda: R.content_test(att, masks, settings.n_permutations, rng),
+        "content index bootstrap": lambda: R.content_bootstrap(att, masks, settings.n_bootstrap, rng),
     }
     for name, f in parts.items():
         print(f"   {name:<28} {timed(f)[1]:7.2f} s")

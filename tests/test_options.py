@@ -47,7 +47,8 @@ def test_a_setting_out_of_range_names_its_option(change, option, problem):
     ("check-maps", Settings, {"n_steps": 9, "baseline": "grey"}),
     ("selectivity", SelectivitySettings, {"n_permutations": 99, "n_bootstrap": 50, "alpha": 0.1,
                                           "alternative": "two-sided", "confidence": 0.9}),
-    ("routing", RoutingSettings, {"n_permutations": 99, "n_bootstrap": 50, "alpha": 0.1, "confidence": 0.9}),
+    ("routing", RoutingSettings, {"n_permutations": 99, "n_bootstrap": 50, "alpha": 0.1, "confidence": 0.9,
+                                  "min_location": 0.1, "min_content": 0.02}),
 ])
 def test_every_setting_is_a_flag_of_its_command(command, settings_class, values):
     """No field without a flag, no flag default other than the field's: the two cannot drift apart."""
