@@ -208,7 +208,8 @@ def test_early_visual_routes_by_location_and_faces_and_words_by_content(routed):
     assert early["routing"].isin(["location", "both"]).mean() >= 0.5, early.to_string()
     null = table[table["planted"] == "none"]
     assert len(null) >= 5 and (null["routing"] == "both").mean() < 0.5, null.to_string()
-    assert not null["reliable"].astype(str).eq("True").any() and early["reliable"].astype(str).eq("True").all()
+    # reliability is BH-FDR over every ROI: a null ROI may pass now and then (expected false discoveries here < 0.5)
+    assert null["reliable"].astype(str).eq("True").sum() <= 2 and early["reliable"].astype(str).eq("True").all()
 
 
 def test_routing_refuses_split_with_images(trained_run, tmp_path, capsys):
