@@ -324,6 +324,7 @@ def test_attributions_and_the_report_read_an_ensemble(grid, tmp_path):
 
 def test_attention_of_a_list_of_runs_is_the_mean_of_each_runs_attention(grid, two_subjects, tmp_path, capsys):
     """``tbe interpret --run A B`` opens an equal-weight ensemble in memory: its attention maps are the runs' mean."""
+    import pandas as pd
     import xarray as xr
 
     from model.ensemble import open_runs
@@ -342,6 +343,10 @@ def test_attention_of_a_list_of_runs_is_the_mean_of_each_runs_attention(grid, tw
         assert np.allclose(dab["attention_mean"].values, mean, atol=1e-5)
         assert not np.allclose(da["attention_mean"].values, db["attention_mean"].values, atol=1e-3), "runs differ"
         assert str(a) in dab.attrs["run"] and str(b) in dab.attrs["run"]
+    routing = tmp_path.parent / f"{tmp_path.name}_routing"
+    assert tbe("-q", "routing", "--run", a, b, "--split", "test", "--n-permutations", "20", "--n-bootstrap", "20",
+               "--cache-dir", cache, "--out", routing) == 0
+    assert len(pd.read_csv(routing / "routing.csv")) > 0
     run = open_runs([a, b])
     assert np.allclose(run.model.weights.numpy(), 0.5) and run.config.weighting == "mean"
     assert np.array_equal(run.val_indices, open_run(a).val_indices)
