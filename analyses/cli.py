@@ -100,12 +100,18 @@ def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) 
     add_device_arg(g)
 
 
-def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool = True) -> None:
+def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool = True, several: bool = False) -> None:
     """A trained run, and optionally another data directory (or subject) than the one it was trained on.
 
-    ``required=False`` leaves the check to the command (``tbe report --list`` needs no run).
+    ``required=False`` leaves the check to the command (``tbe report --list`` needs no run); ``several``
+    lets ``--run`` list runs, opened as one equal-weight ensemble (:func:`model.ensemble.open_runs`).
     """
-    p.add_argument("--run", type=Path, required=required, help="run directory written by tbe train")
+    if several:
+        p.add_argument("--run", type=Path, nargs="+", required=required, metavar="RUN",
+                       help="run directory written by tbe train (or an ensemble); several runs of one subject: their "
+                            "equal-weight ensemble, attention maps averaged over the runs")
+    else:
+        p.add_argument("--run", type=Path, required=required, help="run directory written by tbe train")
     p.add_argument("--data-dir", type=Path, default=None, help="data directory (default: the run's)")
     if subj:
         p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's)")
@@ -505,9 +511,11 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     from interpret.attribution import Settings
     from interpret.pipeline import DEFAULT_METHODS, DEFAULT_ROIS
 
-    add_run_args(p)
+    add_run_args(p, several=True)
     p.add_argument("--split", default="val", help="val or test images (default val)")
-    p.add_argument("--n-images", type=int, default=4, help="number of images of --split")
+    p.add_argument("--images", type=Path, default=None,
+                   help="any folder of images instead of --split (its first --n-images, by name)")
+    p.add_argument("--n-images", type=int, default=4, help="number of images of --split (or --images)")
     p.add_argument("--containing", default=None,
                    help="only images showing this category (face, body, word, object, place; virtual subjects)")
     p.add_argument("--methods", type=_comma_list, default=list(DEFAULT_METHODS),
@@ -529,30 +537,34 @@ def map_job(args: argparse.Namespace, run):
                        map_size=args.map_size, containing=args.containing)
 
 
+def map_inputs(args: argparse.Namespace, run, job):
+    """The images of ``tbe interpret`` / ``tbe check-maps``: the first --n-images of --images DIR, else of --split."""
+    from interpret.pipeline import load_inputs, prepare
+    from model.images import list_images
+
+    if args.images is None:
+        return prepare(run, job, args.cache_dir)
+    if args.containing is not None:
+        raise InputError("--containing", "chooses among a virtual subject's own images; not with --images")
+    return load_inputs(run, list_images(args.images)[:args.n_images], job.map_size, args.cache_dir)
+
+
 def _interpret_args(p: argparse.ArgumentParser) -> None:
     add_map_args(p)
     p.add_argument("--out", type=Path, required=True, help="maps as NetCDF (.nc)")
     p.add_argument("--overlays", type=int, default=2, help="overlay figures for this many images (default 2)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="any folder of images instead of --split (its first --n-images, by name)")
 
 
 def _interpret(args: argparse.Namespace) -> int:
     from interpret.overlay import overlay, rois_with_maps
-    from interpret.pipeline import compute_maps, prepare, save_maps
-    from model.run import open_run
+    from interpret.pipeline import compute_maps, save_maps
+    from model.ensemble import open_runs
 
     if args.out.suffix != ".nc":
         raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
-    run = open_run(args.run, args.data_dir, args.device)
+    run = open_runs(args.run, args.data_dir, args.device)
     job = map_job(args, run)
-    if args.images is None:
-        inputs = prepare(run, job, args.cache_dir)
-    else:
-        from interpret.pipeline import load_inputs
-        from model.images import list_images
-
-        inputs = load_inputs(run, list_images(args.images)[:args.n_images], job.map_size, args.cache_dir)
+    inputs = map_inputs(args, run, job)
     ds = compute_maps(run, job, inputs)
     print(save_maps(ds, args.out))
     for i in range(min(args.overlays, len(inputs.names))):
@@ -574,17 +586,20 @@ def _check_maps_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_maps(args: argparse.Namespace) -> int:
-    from interpret.pipeline import check_maps, check_settings, prepare, save_check_tables
-    from model.run import open_run
+    from interpret.pipeline import check_maps, check_settings, save_check_tables
+    from model.ensemble import open_runs
 
-    run = open_run(args.run, args.data_dir, args.device)
+    run = open_runs(args.run, args.data_dir, args.device)
     job = map_job(args, run)
-    inputs = prepare(run, job, args.cache_dir)
+    inputs = map_inputs(args, run, job)
     sanity = tuple(args.sanity_methods) if args.sanity_methods else None
     faithfulness = tuple(args.faithfulness_rois) if args.faithfulness_rois else None
     tables = check_maps(run, job, inputs, sanity, faithfulness_rois=faithfulness)
-    for path in save_check_tables(tables, args.out, check_settings(job, inputs, sanity, faithfulness)):
+    settings = check_settings(job, inputs, sanity, faithfulness, run=run, folder=args.images)
+    for path in save_check_tables(tables, args.out, settings):
         print(path)
+    for skipped in settings["skipped"]:
+        print(f"skipped {skipped}")
     flagged = sorted(set(tables["sanity"].loc[tables["sanity"].flagged, "method"]))
     if flagged:
         print(f"flagged by the randomisation test (maps barely depend on the decoder): {', '.join(flagged)}")
@@ -624,7 +639,7 @@ def _selectivity(args: argparse.Namespace) -> int:
 def _routing_args(p: argparse.ArgumentParser) -> None:
     from interpret.routing import RoutingSettings
 
-    add_run_args(p)
+    add_run_args(p, several=True)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--split", choices=("val", "test"), default=None,
                         help="the run's validation or test images (default val; a virtual subject's masks come with them)")

@@ -37,7 +37,8 @@ from model.figures import figure, save_figure
 from model.files import write_csv
 from model.images import list_images
 from model.rois import ROI_TO_CLASS
-from model.run import Run, open_run
+from model.ensemble import open_runs
+from model.run import Run
 from model.vision import CATEGORIES
 
 from .attention_selectivity import token_attention, token_contrast, token_coverage
@@ -208,7 +209,7 @@ def plot_routing(table: pd.DataFrame, out: str | Path, settings: RoutingSettings
     return save_figure(fig, out)
 
 
-def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path,
+def run_routing(run_dir: str | Path | Sequence[str | Path], data_dir: str | Path | None, out_dir: str | Path,
                 settings: RoutingSettings = RoutingSettings(), images: str | Path | None = None,
                 labels: str | Path | None = None, split: str | None = None, n_images: int | None = None,
                 seed: int = 0, cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
@@ -217,7 +218,8 @@ def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     Parameters
     ----------
     run_dir, data_dir : path
-        A complete transformer run and its data (None: the run's).
+        A complete transformer run (or a list of runs: their attention averaged,
+        :func:`model.ensemble.open_runs`) and its data (None: the run's).
     out_dir : path
         Folder for the table and figure.
     settings : RoutingSettings
@@ -237,7 +239,7 @@ def run_routing(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         Where the backbone and the encoder run (``auto``: CUDA, then MPS, then CPU).
     """
     settings.check()
-    run = open_run(run_dir, data_dir, device)
+    run = open_runs(run_dir, data_dir, device)
     chosen = choose_images(run, images, labels, split, n_images)
     log.info("routing of %d queries over %d images (%s)%s", len(run.queries.rois), len(chosen.paths), chosen.name,
              "" if chosen.masks is not None else "; no category masks: content not tested")

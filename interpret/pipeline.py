@@ -156,16 +156,32 @@ def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str,
                         backbone_attention=False)
     log.info("sanity: cascading randomisation of the decoder")
     tables["sanity"] = checks.sanity(run.model, lambda enc: compute_maps(run, sanity_job, inputs, encoder=enc))
-    if run.subject.truth is not None:
+    why = truth_missing(run, inputs)
+    if why is None:
         tables["localization"] = localize(run, inputs, ds)
     else:
-        log.info("localization skipped: %s has no ground truth (not a virtual subject)", run.subject.root)
+        log.info("localization skipped: %s", why)
     rois = faithfulness_rois or job.rois
     targets = roi_targets(run, list(rois) if rois else None)
     n = faithfulness_images or len(inputs.names)
     tables["faithfulness"] = checks.faithfulness(ds.isel(image=slice(n)), inputs.backbone, run.model, targets,
                                                  inputs.images[:n], inputs.grid)
     return tables
+
+
+def truth_missing(run: Run, inputs: Inputs) -> str | None:
+    """Why the maps of ``inputs`` cannot be checked against planted truth (localization); None when they can.
+
+    Only a virtual subject's own images have planted masks: not those of a
+    real subject, nor any folder of images outside the subject.
+    """
+    if run.subject.truth is None:
+        return f"{run.subject.root} has no ground truth (not a virtual subject)"
+    root = run.subject.root.resolve()
+    outside = [p for p in inputs.paths if not Path(p).resolve().is_relative_to(root)]
+    if outside:
+        return f"the images of {outside[0].parent} are not the virtual subject's: no planted masks to check against"
+    return None
 
 
 def localize(run: Run, inputs: Inputs, ds: xr.Dataset) -> pd.DataFrame:
@@ -194,9 +210,17 @@ CHECK_SETTINGS = "settings.json"
 
 def check_settings(job: MapJob, inputs: Inputs, sanity_methods: tuple[str, ...] | None = None,
                    faithfulness_rois: tuple[str, ...] | None = None,
-                   faithfulness_images: int | None = None) -> dict:
-    """What :func:`check_maps` was run with, as a report shows it next to the tables."""
-    return {"split": job.split, "n_images": len(inputs.names), "images": list(inputs.names),
+                   faithfulness_images: int | None = None, run: Run | None = None,
+                   folder: str | Path | None = None) -> dict:
+    """What :func:`check_maps` was run with, as a report shows it next to the tables.
+
+    ``folder``: the folder of images used instead of the split; with ``run``,
+    ``skipped`` lists each check that was not run, as ``"<check>: <why>"``
+    (localization without planted truth, :func:`truth_missing`).
+    """
+    why = truth_missing(run, inputs) if run is not None else None
+    return {"split": job.split if folder is None else None, "folder": str(folder) if folder is not None else None,
+            "skipped": [f"localization: {why}"] if why else [], "n_images": len(inputs.names), "images": list(inputs.names),
             "methods": list(job.methods), "rois": list(job.rois) if job.rois else "all",
             "n_steps": job.settings.n_steps, "sanity_methods": list(sanity_methods or job.methods),
             "faithfulness_rois": list(faithfulness_rois) if faithfulness_rois else list(job.rois or ["all"]),

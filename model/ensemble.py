@@ -87,6 +87,7 @@ import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -311,7 +312,7 @@ def check_members(runs: Sequence[str | Path], data_dir: str | Path | None = None
     seen: set[Path] = set()
     for path in paths:
         if path in seen:
-            raise InputError(path, "listed twice in --runs")
+            raise InputError(path, "listed twice")
         seen.add(path)
         if is_ensemble(path):
             raise InputError(path, "is an ensemble; list its member runs instead (ensembles are not nested)")
@@ -635,6 +636,11 @@ class EnsembleRun(Run):
     members: list[Run] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
 
+    @cached_property
+    def val_indices(self) -> np.ndarray:
+        """The members' shared validation split (checked when opened; an ensemble held in memory has no directory)."""
+        return self.members[0].val_indices
+
     def backbone(self, device: str = "cpu"):
         """The members' backbones, one per feature group (stacked when several; see :class:`StackedBackbone`)."""
         reps = [self.members[g] for g in self.groups]
@@ -689,6 +695,45 @@ def open_ensemble(ens: str | Path, data_dir: str | Path | None = None, device: s
     model = EnsembleEncoder([m.model for m in members], weights, channels,
                             members[0].queries.memberships if shared else None).to(members[0].device).eval()
     return EnsembleRun(ens, config, subject, queries, model, members[0].device, members=members, groups=firsts)
+
+
+def open_runs(runs: str | Path | Sequence[str | Path], data_dir: str | Path | None = None,
+              device: str | torch.device = "cpu") -> Run:
+    """One run (or ensemble) as :func:`~model.run.open_run` opens it; several runs as one equal-weight ensemble.
+
+    Several runs are opened as an :class:`EnsembleRun` held in memory
+    (nothing is written): every vertex weighs each member ``1/M``, so its
+    predictions are the members' mean and the attention map of each ROI
+    query is the mean of the members' head-averaged last-layer maps (see
+    :class:`EnsembleEncoder`). This is what ``tbe interpret --run A B``
+    and the other attention tools open. The runs must be ones
+    :func:`check_members` accepts (one subject and its data, one validation
+    split, none an ensemble), with the same ROI queries and one token grid
+    (else their maps cannot be averaged); otherwise one error names the run.
+    """
+    if isinstance(runs, (str, Path)) or len(runs) == 1:
+        return open_run(runs if isinstance(runs, (str, Path)) else runs[0], data_dir, device)
+    subject, listed, _ = check_members(runs, data_dir)
+    first = listed[0]
+    for m in listed[1:]:
+        if tuple(m.config.grid) != tuple(first.config.grid):
+            raise InputError(m.path, f"gives a {m.config.grid[0]}x{m.config.grid[1]} token grid, {first.path} a "
+                                     f"{first.config.grid[0]}x{first.config.grid[1]} one: attention maps on other grids "
+                                     "cannot be averaged")
+        if list(m.config.queries) != list(first.config.queries):
+            raise InputError(m.path, f"has other ROI queries ({m.config.readout_res}) than {first.path} "
+                                     f"({first.config.readout_res}): their attention maps cannot be averaged")
+    members = [open_run(m.path, subject.root.parent, device) for m in listed]
+    n_total = sum(subject.n_vertices(h) for h in HEMIS)
+    weights = np.full((len(members), n_total), 1.0 / len(members))
+    firsts, channels = feature_groups([m.config for m in members])
+    model = EnsembleEncoder([m.model for m in members], weights, channels,
+                            members[0].queries.memberships).to(members[0].device).eval()
+    config = EnsembleConfig([str(m.path) for m in listed], "mean", 0.0, str(subject.root.parent), subject.subj,
+                            {h: subject.n_vertices(h) for h in HEMIS}, subject.fingerprint(), [m.label for m in listed])
+    path = Path(" + ".join(str(m.path) for m in listed))  # a name for the maps' attributes, not a directory
+    return EnsembleRun(path, config, subject, members[0].queries, model, members[0].device, members=members,
+                       groups=firsts)
 
 
 def _roi_queries(subject: Subject):

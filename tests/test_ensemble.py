@@ -320,3 +320,39 @@ def test_attributions_and_the_report_read_an_ensemble(grid, tmp_path):
                "--out", report) == 0
     html = (report / "encoding_accuracy.html").read_text()
     assert "Ensemble" in html and "cross-fitted" in html and "challenge_score" in html and "score_nc_positive" in html
+
+
+def test_attention_of_a_list_of_runs_is_the_mean_of_each_runs_attention(grid, two_subjects, tmp_path, capsys):
+    """``tbe interpret --run A B`` opens an equal-weight ensemble in memory: its attention maps are the runs' mean."""
+    import pandas as pd
+    import xarray as xr
+
+    from model.ensemble import open_runs
+
+    out, cache = grid
+    a, b = members(out)[0], members(out)[-1]  # two layers: the ensemble stacks two feature groups
+    common = ["-q", "interpret", "--split", "test", "--n-images", "2", "--methods", "attention,saliency",
+              "--rois", "V1v,FFA-1", "--cache-dir", cache, "--overlays", "0"]
+    for name, runs in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        assert tbe(*common, "--run", *runs, "--out", tmp_path / f"{name}.nc") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nc", "ab.nc", "b.nc"], "nothing else is written"
+    with xr.open_dataset(tmp_path / "a.nc") as da, xr.open_dataset(tmp_path / "b.nc") as db, \
+            xr.open_dataset(tmp_path / "ab.nc") as dab:
+        mean = (da["attention_mean"].values + db["attention_mean"].values) / 2
+        assert np.isfinite(mean).all()
+        assert np.allclose(dab["attention_mean"].values, mean, atol=1e-5)
+        assert not np.allclose(da["attention_mean"].values, db["attention_mean"].values, atol=1e-3), "runs differ"
+        assert str(a) in dab.attrs["run"] and str(b) in dab.attrs["run"]
+    routing = tmp_path.parent / f"{tmp_path.name}_routing"
+    assert tbe("-q", "routing", "--run", a, b, "--split", "test", "--n-permutations", "20", "--n-bootstrap", "20",
+               "--cache-dir", cache, "--out", routing) == 0
+    assert len(pd.read_csv(routing / "routing.csv")) > 0
+    run = open_runs([a, b])
+    assert np.allclose(run.model.weights.numpy(), 0.5) and run.config.weighting == "mean"
+    assert np.array_equal(run.val_indices, open_run(a).val_indices)
+    other_subject = tmp_path / "subj2"
+    assert tbe("-q", "train", "--data-dir", two_subjects, "--cache-dir", cache, "--enc-output-layer", "6", "--subj", "2",
+               *GRID_TRAIN, "--out", other_subject) == 0
+    line = error_line(capsys, *common, "--run", a, other_subject, "--out", tmp_path / "x.nc")
+    assert str(other_subject) in line and "subject 2" in line
+    assert not (tmp_path / "x.nc").exists()

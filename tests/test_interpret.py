@@ -275,7 +275,34 @@ def test_check_maps_command_writes_the_three_tables_and_figures(trained_run, cac
     assert {"same_quadrant", "centre_error_deg"} <= set(loc[loc.roi == "V1v"].measure)
     used = read_check_settings(out)  # what a report reading these tables shows as their settings
     assert used["n_images"] == 2 and used["split"] == "test" and used["faithfulness_rois"] == ["V1v"]
+    assert used["skipped"] == [] and "skipped" not in " ".join(printed)
 
+
+
+def test_check_maps_on_a_folder_runs_sanity_and_faithfulness_and_says_localization_is_skipped(
+        trained_run, small_data, cache_dir, tmp_path, capsys):
+    """A folder of images has no planted masks: localization is skipped, in settings.json and on stdout."""
+    import shutil
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for src in sorted((small_data / "subj01" / "test_split" / "test_images").iterdir())[:2]:
+        shutil.copy(src, folder / f"my_{src.name}")
+    out = tmp_path / "checks"
+    assert tbe("-q", "check-maps", "--run", trained_run, "--images", folder, "--n-images", "2", "--methods", "attention",
+               "--rois", "V1v", "--out", out, "--cache-dir", cache_dir) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped localization: the images of {folder} are not the virtual subject's" in printed
+    assert not (out / "localization.csv").exists()
+    for name in ("sanity", "faithfulness"):
+        assert len(pd.read_csv(out / f"{name}.csv")), name
+    used = read_check_settings(out)
+    assert used["folder"] == str(folder) and used["split"] is None
+    assert used["images"] == sorted(p.name for p in folder.iterdir())
+    assert len(used["skipped"]) == 1 and used["skipped"][0].startswith("localization: ")
+    assert tbe("-q", "check-maps", "--run", trained_run, "--images", folder, "--containing", "face",
+               "--out", tmp_path / "x") == 2
+    assert "--containing" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 @pytest.mark.parametrize("option, value, message", [
     ("--rois", "FFA", "no query for ROI 'FFA'"),

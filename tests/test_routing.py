@@ -222,8 +222,12 @@ def test_routing_refuses_split_with_images(trained_run, tmp_path, capsys):
 
 def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_path):
     from analyses import routing as rt
-    from analyses.top_images import plot_top_images, top_images
+    from analyses.top_images import ATTRIBUTION_COLUMNS, COLUMNS, plot_top_images, top_attributions, top_images
+    from interpret import checks
+    from interpret.maps import MapGrid
+    from model.errors import InputError
     from model.run import open_run
+    from model.vision import CATEGORIES
 
     run = open_run(trained_run)
     chosen = rt.choose_images(run, None, None, "test", None)
@@ -233,9 +237,29 @@ def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_
     faces = run.subject.truth.images.set_index("image")["n_face"] > 0
     top = faces[table.loc[table["direction"] == "top", "image"]].mean()
     assert top >= 0.6 and top > faces[[p.name for p in chosen.paths]].mean(), table.to_string()
-    b = run.shared_backbone
-    png = plot_top_images(table, chosen, attention, tuple(b.grid), b.image_side, b.patch, "lh", tmp_path / "top.png")
-    assert png.stat().st_size > 10_000
+    plain = plot_top_images(table, chosen, attention, MapGrid.for_backbone(run.shared_backbone), "lh",
+                            tmp_path / "attention_only.png")
+    explained, maps, grid = top_attributions(run, chosen, table, attention, cache_dir=cache_dir)
+    assert list(explained.columns) == [*COLUMNS, *ATTRIBUTION_COLUMNS]
+    assert (explained["attribution"] == "token_integrated_gradients").all()
+    assert explained["attribution_attention_r"].between(-1, 1).all()
+    assert set(maps) == {(h, r, i) for h, r, i in zip(table.hemi, table.roi, table.image)}, "only the shown images"
+    assert all(m.shape == (grid.size, grid.size) and np.abs(m).max() > 0 for m in maps.values())
+    # the face ROI's response is driven by the faces the virtual subject planted: its attribution is higher on them
+    truth = run.subject.truth
+    top = explained[(explained["direction"] == "top") & explained["image"].isin(faces[faces].index)]
+    masks = checks.masks_on_grid(truth.masks("test", list(top["image"])), grid)
+    inside, outside = [], []
+    for row, mask in zip(top.itertuples(), masks[:, CATEGORIES.index("face")]):
+        m = maps[(row.hemi, row.roi, row.image)]
+        inside.append(m[mask > 0].mean()), outside.append(m[mask == 0].mean())
+    assert len(inside) >= 3 and np.mean(np.array(inside) > np.array(outside)) >= 0.8, (inside, outside)
+    cheap, pixel_maps, _ = top_attributions(run, chosen, table.head(2), attention, "saliency", cache_dir=cache_dir)
+    assert set(cheap["attribution"]) == {"saliency"} and all((m >= 0).all() for m in pixel_maps.values())
+    png = plot_top_images(explained, chosen, attention, grid, "lh", tmp_path / "top.png", maps)
+    assert png.stat().st_size > plain.stat().st_size > 10_000  # a second row of maps, with its colour bar
+    with pytest.raises(InputError, match="--attribution: attention is the attention already shown"):
+        top_attributions(run, chosen, table, attention, attribution="attention")
 
 
 def test_interpret_takes_any_folder_of_images(trained_run, small_data, cache_dir, tmp_path, capsys):
