@@ -172,6 +172,34 @@ def accuracy_figure(table: pd.DataFrame, models: list[str]):
     return fig
 
 
+def class_accuracy_figure(scores_table: pd.DataFrame, measure: str = "r"):
+    """Mean r per ROI class (every vertex of the class) of each encoder side by side, one panel per hemisphere.
+
+    ``scores_table``: :func:`analyses.accuracy.compare_scores` (rows
+    (measure, group), columns (encoder, hemi)).
+    """
+    import matplotlib.pyplot as plt
+
+    part = scores_table.loc[measure]
+    encoders = list(dict.fromkeys(part.columns.get_level_values(0)))
+    hemis = [h for h in dict.fromkeys(part.columns.get_level_values(1)) if h != "both"]
+    groups = list(part.index)
+    fig, axes = plt.subplots(1, len(hemis), figsize=(max(5, 0.9 * len(groups) + 1.5) * len(hemis) / 1.4, 3.2),
+                             squeeze=False, sharey=True)
+    width = 0.8 / max(1, len(encoders))
+    x = np.arange(len(groups))
+    for ax, hemi in zip(axes[0], hemis):
+        for k, name in enumerate(encoders):
+            ax.bar(x + (k - (len(encoders) - 1) / 2) * width, part[(name, hemi)].to_numpy(float), width=width, label=name)
+        ax.set_xticks(x, groups, rotation=45, ha="right", fontsize=8)
+        ax.set_title(hemi, fontsize=9)
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[0, 0].set_ylabel(f"mean {measure} over the class's vertices")
+    axes[0, 0].legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def vertex_scatter(a, b, subject) -> Any:
     """Per-vertex r of encoder ``a`` against encoder ``b`` (VertexScores), coloured by ROI class."""
     import matplotlib.pyplot as plt

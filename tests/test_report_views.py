@@ -183,3 +183,20 @@ def test_deletion_aucs_outside_the_unit_interval_are_named_for_every_method():
     assert "saliency (rh V1v: deletion -0.06" in text and "token_integrated_gradients" in text
     assert "not only token IG" in text and "random" not in text.split(":")[0]
     assert rv.outside_unit_note(faith.iloc[2:]) == "Every deletion and insertion AUC lies in [0, 1]."
+
+
+def test_the_class_figure_shows_every_encoder_s_mean_r_per_class_and_hemisphere():
+    from analyses.accuracy import compare_scores
+
+    def table(shift: float) -> pd.DataFrame:
+        return pd.DataFrame([{"hemi": h, "measure": "r", "group": g, "value": v + shift + (0.01 if h == "rh" else 0)}
+                             for h in ("lh", "rh") for g, v in (("early", 0.5), ("faces", 0.3), ("all", 0.2))])
+
+    scores = compare_scores({"transformer": table(0.1), "ridge": table(0.0)})
+    fig = rv.class_accuracy_figure(scores)
+    axes = fig.axes
+    assert [a.get_title() for a in axes] == ["lh", "rh"]
+    heights = [[round(p.get_height(), 6) for p in a.patches] for a in axes]
+    assert heights[0] == [0.6, 0.4, 0.3, 0.5, 0.3, 0.2]  # transformer's three classes, then ridge's
+    assert heights[1] == [0.61, 0.41, 0.31, 0.51, 0.31, 0.21]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["early", "faces", "all"]
