@@ -14,11 +14,32 @@ The ``ground truth`` row predicts the clean responses themselves: the best
 any encoder can do against the noisy responses (against the clean responses
 it scores 1 by construction).
 
-    python benchmarks/bench_accuracy.py [--work DIR] [--encoders transformer,ridge_squared,...]
+Besides the demo's backbone it trains the other families of the original's
+``--backbone_arch`` and its ``voxels`` readout, each changing one thing from
+the ``transformer`` row (random weights throughout, offline):
 
-Reuse the demo's folder (``--work demo``) to skip the virtual subject, the
-feature cache and the two runs the demo already trained. About 25 minutes on
-2 cores from nothing.
+* ``resnet18``: timm's ResNet-18, the last stage's map projected per token
+  (the original's ``resnet18``);
+* ``clip``: timm's CLIP ViT-B/16 (:data:`CLIP_BACKBONE`), the last block's patch
+  tokens through ``ln_post`` and CLIP's projection (the original's ``clip``
+  took CLIP ViT-L/14; B/16 is the same family at about a fifth of the cost);
+* ``voxels``: one query per vertex, each vertex reading its own query token
+  (``--readout-res voxels --readout linear``, the original's ``voxels``).
+
+    python benchmarks/bench_accuracy.py [--work DIR] [--encoders transformer,ridge_squared,...]
+                                        [--n-train 1000 --n-test 200 --image-size 224] [--epochs 15]
+
+Reuse the demo's folder (``--work demo``, at the demo's sizes and epochs
+only) to skip the virtual subject, the feature cache and the two runs the
+demo already trained. About 25 minutes on 2 cores from nothing for the first
+five encoders. A complete run in ``--work`` is reused as it is (its epochs
+and subject included): give each size its own folder. The README's table of
+the other families and ``voxels`` is the small subject of
+``bench_original.py``'s table, about 35 minutes on 2 busy cores (30 of them
+``voxels``)::
+
+    python benchmarks/bench_accuracy.py --work /tmp/bench-small --n-train 300 --n-test 100 --image-size 112 \
+        --epochs 10 --encoders transformer,resnet18,clip,voxels
 """
 from __future__ import annotations
 
@@ -32,6 +53,7 @@ import pandas as pd
 
 from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
+from bench_ensemble import subject_image_size
 from model.architectures import RidgeConfig
 from model.rois import HEMIS
 from model.run import METRICS, RunConfig
@@ -41,16 +63,25 @@ from model.train import train
 from model.synthetic import VirtualConfig, write_virtual_subject
 
 
-def encoders(data: Path) -> dict[str, RunConfig]:
-    """Every encoder of the comparison, on the demo's backbone and training settings."""
+#: the CLIP row's backbone (random weights): the original's ``clip`` family at ViT-B/16
+CLIP_BACKBONE = "vit_base_patch16_clip_224.openai"
+
+
+def encoders(data: Path, epochs: int | None = None) -> dict[str, RunConfig]:
+    """Every encoder of the comparison, on the demo's backbone and training settings (``epochs``: the demo's if None)."""
     demo = demo_runs(data)
     base = demo["transformer"]
+    if epochs is not None:
+        base = replace(base, train=replace(base.train, epochs=epochs))
     return {
         "transformer": base,
         "ridge_tokens": replace(base, encoder_arch="ridge", ridge=RidgeConfig(features="pooled")),
-        "ridge_squared": demo["ridge"],
+        "ridge_squared": replace(demo["ridge"], train=base.train),
         "linear": replace(base, encoder_arch="linear"),
         "spatial_feature": replace(base, encoder_arch="spatial_feature"),
+        "resnet18": replace(base, backbone=replace(base.backbone, name="resnet18.tv_in1k", layer=1, feature="tokens")),
+        "clip": replace(base, backbone=replace(base.backbone, name=CLIP_BACKBONE, layer=1, feature="tokens_proj")),
+        "voxels": replace(base, readout_res="voxels", decoder=replace(base.decoder, readout="linear")),
     }
 
 
@@ -67,13 +98,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench-accuracy"), help="working folder (default bench-accuracy)")
     parser.add_argument("--encoders", default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's, 15)")
+    defaults = VirtualConfig()
+    parser.add_argument("--n-train", type=int, default=defaults.n_train, help="virtual subject's training images")
+    parser.add_argument("--n-test", type=int, default=defaults.n_test, help="virtual subject's test images")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="virtual subject's image size")
     args = parser.parse_args()
     paths = DemoPaths(args.work)
     if not subject_dir(paths.data, 1).exists():
-        write_virtual_subject(paths.data, VirtualConfig())
+        write_virtual_subject(paths.data, VirtualConfig(n_train=args.n_train, n_test=args.n_test, image_size=args.image_size))
     subject = load_subject(paths.data, 1)
     reference = virtual_reference(subject)
-    chosen = encoders(paths.data)
+    chosen = encoders(paths.data, args.epochs)
     if args.encoders:
         chosen = {k: chosen[k] for k in args.encoders.split(",")}
 
@@ -88,6 +124,9 @@ def main() -> None:
         print(f"{name}: done in {rows[-1]['seconds']:.0f} s", flush=True)
 
     table = pd.DataFrame(rows).set_index("encoder")
+    print()
+    print(f"virtual subject: {subject.n_train} training, {subject.n_test} test images of {subject_image_size(subject)} px; "
+          f"{chosen[next(iter(chosen))].train.epochs} epochs; random backbones")
     best_ridge = table.loc[[n for n in table.index if n.startswith("ridge")]]
     print()
     print(table.round(3).to_string())

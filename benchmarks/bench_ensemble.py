@@ -11,14 +11,17 @@ Trains (or reuses) a grid of ``tbe train`` runs over backbone layers x seeds
 * the grid's best and median member, ranked by the challenge score on the
   test images (the best member is chosen with hindsight, which favours it;
   the default ``tbe train`` run, layer 6 seed 0, is a member);
+* the member with the highest validation r: the one a user without the test
+  responses would pick (``best_member`` of the ensemble's ``metrics.json``);
 * the three ensembles of the whole grid.
 
 Columns (:func:`analyses.accuracy.summary_row`): the challenge score (the
 Algonauts 2023 definition) and ours over vertices with a noise ceiling
 (``score_nc_positive``), r per ROI class against the noisy and the clean test
 responses, and the within-ROI r of early visual ROIs (clean). Below the
-table: by how much the softmax ensemble beats its best member on the
-challenge score, and its cross-fitted against its in-sample validation r.
+table: by how much the softmax ensemble beats its best member (and the
+member validation picks) on the challenge score, and its cross-fitted
+against its in-sample validation r.
 (The original's model through ``main.py``, other backbone families and the
 ``voxels`` readout have their own rows in ``bench_original.py`` and
 ``bench_accuracy.py``.)
@@ -32,9 +35,12 @@ complete run are kept (``--work demo`` reuses the demo's subject and cache).
 ``--quick`` uses a tiny subject, 2 layers x 2 seeds, a narrow decoder and 2
 epochs: it checks that everything runs, its numbers mean nothing. From
 nothing, at the demo's 15 epochs, the grid takes about an hour on 2 CPU
-cores (12 members, features of 4 layers); ``--n-train 300 --n-test 100
---image-size 112 --epochs 10`` (as ``bench_original.py``'s small table) a
-fraction of that.
+cores (12 members, features of 4 layers). The README's table is
+
+    python benchmarks/bench_ensemble.py --work /tmp/bench-ensemble --n-train 300 --n-test 100 --image-size 112 --epochs 10
+
+(the small virtual subject of ``bench_original.py``'s table: 8 x 8 tokens), about 20
+minutes on 2 busy CPU cores.
 """
 from __future__ import annotations
 
@@ -111,15 +117,19 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     best, median = by_score[-1], by_score[len(by_score) // 2]
     grid_name = f"{len(layers)} layers x {len(seeds)} seeds, {base.train.epochs} epochs"
     print(f"virtual subject: {subject.n_train} training, {subject.n_test} test images of "
-          f"{subject_image_size(subject)} px; grid of {grid_name}")
+          f"{subject_image_size(subject)} px; grid of {grid_name} (trained, or reused, in {grid_seconds:.0f} s)")
     rows = {"ground truth (clean responses)": summary_row(score(reference.clean, subject, reference)),
-            f"best member ({best.name}; grid of {grid_name}: {grid_seconds:.0f} s)": member_rows[best],
+            f"best member on the test images ({best.name})": member_rows[best],
             f"median member ({median.name})": member_rows[median]}
     for weighting, label in WEIGHTINGS.items():
         ens = paths.runs / f"ensemble_{weighting}"
         if not (ens / METRICS).is_file():
             make_ensemble(runs, ens, weighting, 40.0)
         rows[f"ensemble of the grid ({label})"] = scored(ens, subject, reference)
+    m = read_metrics(paths.runs / "ensemble_softmax")
+    picked_path = next(Path(x["path"]) for x in m["members"] if x["label"] == m["best_member"])
+    picked = next(run for run in runs if Path(run).resolve() == picked_path.resolve())
+    rows[f"member with the best validation r ({picked.name})"] = member_rows[picked]
 
     table = pd.DataFrame.from_dict(rows, orient="index")
     with pd.option_context("display.width", 250, "display.max_columns", 20):
@@ -127,10 +137,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(table.round(3).to_string(na_rep=""))
     soft = rows["ensemble of the grid (softmax, temperature 40)"]["challenge score"]
     best_score = member_rows[best]["challenge score"]
-    m = read_metrics(paths.runs / "ensemble_softmax")
+    picked_score = member_rows[picked]["challenge score"]
     print()
     print(f"softmax ensemble minus its best member (challenge score, test images): {soft - best_score:+.2f} points "
           f"({'beats' if soft > best_score else 'does NOT beat'} it; median member {member_rows[median]['challenge score']:.2f})")
+    print(f"softmax ensemble minus the member with the best validation r ({picked.name}): {soft - picked_score:+.2f} points "
+          f"({'beats' if soft > picked_score else 'does NOT beat'} it)")
     print(f"softmax ensemble validation r: cross-fitted {m['val_r']['mean']:.4f}, in-sample {m['val_r_in_sample']['mean']:.4f} "
           f"(best member {m['best_member']} {m['best_member_val_r']:.4f})")
     return table

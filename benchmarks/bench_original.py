@@ -16,8 +16,9 @@ score from the defaults. Runs already in the work folder are reused.
     python benchmarks/bench_original.py [--work DIR] [--epochs 15] [--n-train 1000 --n-test 200 --image-size 224]
 
 The defaults (the default virtual subject, the demo's 15 epochs) take about
-an hour on 2 busy cores; ``--n-train 300 --n-test 100 --image-size 112
---epochs 8`` (8 x 8 tokens) a few minutes.
+an hour on 2 busy cores. The README's settings table is the shortened run
+``--n-train 300 --n-test 100 --image-size 112 --epochs 5`` (8 x 8 tokens),
+a few minutes per row.
 """
 from __future__ import annotations
 
