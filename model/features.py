@@ -240,6 +240,27 @@ def subject_features(data_dir: str | Path, subj: int, config, cache_dir: str | P
             for split in ("train", "test")}
 
 
+def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
+                   cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features") -> np.ndarray:
+    """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible.
+
+    When every image is one of ``subject``'s (``rows`` gives its split and
+    index) and the split's features are already cached (training computed
+    them), those rows are read from the cache (float32) instead of being
+    computed; otherwise the images' own entry (memory-mapped float16).
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if rows is not None and len(rows) and all(r is not None for r in rows):
+        entries = {}
+        for split in {r[0] for r in rows}:
+            entry = cache_dir / digest_json(cache_key(backbone, subject.images(split)))
+            if (entry / META_FILE).is_file():
+                entries[split] = open_entry(entry).features
+        if len(entries) == len({r[0] for r in rows}):
+            return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
+    return extract_features(backbone, list(paths), cache_dir, device=device, desc=desc).features
+
+
 # --------------------------------------------------------------------------
 # Feature rows for training: streamed from the cache, or resident on the device
 # --------------------------------------------------------------------------
@@ -324,24 +345,3 @@ def training_rows(features: np.ndarray, device: torch.device, policy: str = "aut
     if resident:
         log.info("features resident on %s (%.2f GiB)", device, features.nbytes / 2**30)
     return FeatureRows(features, device, resident)
-
-
-def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
-                   cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features") -> np.ndarray:
-    """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible.
-
-    When every image is one of ``subject``'s (``rows`` gives its split and
-    index) and the split's features are already cached (training computed
-    them), those rows are read from the cache (float32) instead of being
-    computed; otherwise the images' own entry (memory-mapped float16).
-    """
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if rows is not None and len(rows) and all(r is not None for r in rows):
-        entries = {}
-        for split in {r[0] for r in rows}:
-            entry = cache_dir / digest_json(cache_key(backbone, subject.images(split)))
-            if (entry / META_FILE).is_file():
-                entries[split] = open_entry(entry).features
-        if len(entries) == len({r[0] for r in rows}):
-            return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
-    return extract_features(backbone, list(paths), cache_dir, device=device, desc=desc).features
