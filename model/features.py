@@ -280,6 +280,12 @@ def free_device_memory(device: torch.device) -> int | None:
     return None
 
 
+def check_residency(policy: str) -> None:
+    """One clear error for a ``--features-on-device`` policy that is not one of :data:`RESIDENCY`."""
+    if policy not in RESIDENCY:
+        raise InputError("--features-on-device", f"unknown policy {policy!r}; choose from {', '.join(RESIDENCY)}")
+
+
 def keep_resident(policy: str, n_bytes: int, device: torch.device, free_bytes: int | None = None) -> bool:
     """Whether to keep ``n_bytes`` of features on ``device`` for training (:data:`RESIDENCY` policy).
 
@@ -288,8 +294,7 @@ def keep_resident(policy: str, n_bytes: int, device: torch.device, free_bytes: i
     default: asked from the device), and never on the CPU, where the
     memory-mapped cache already is the in-memory copy (the page cache).
     """
-    if policy not in RESIDENCY:
-        raise InputError("--features-on-device", f"unknown policy {policy!r}; choose from {', '.join(RESIDENCY)}")
+    check_residency(policy)
     if policy != "auto":
         return policy == "always"
     free = free_device_memory(device) if free_bytes is None else free_bytes

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from .architectures import architecture, build_encoder
 from .device import autocast, pick_device
 from .errors import InputError
-from .features import FeatureRows, FeatureSet, default_cache_dir, subject_features, training_rows
+from .features import FeatureRows, FeatureSet, check_residency, default_cache_dir, subject_features, training_rows
 from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
 from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
@@ -220,9 +220,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     the device instead of streaming them from the cache; results are the same.
     """
     out = Path(out)
-    from .features import keep_resident
-
-    keep_resident(features_on_device, 0, torch.device("cpu"))  # an unknown policy stops here, before any work
+    check_residency(features_on_device)  # before any work
     subject = _check_before_writing(config, out, cache_dir)
     procs = setup_processes(device)
     with claim_run_directory(out, config, resume, writer=procs.main) as claim:
