@@ -606,14 +606,19 @@ def _check_maps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _selectivity_args(p: argparse.ArgumentParser) -> None:
-    from analyses.selectivity import SelectivitySettings
-
-    add_run_args(p, subj=True)
+def add_stimuli_args(p: argparse.ArgumentParser) -> None:
+    """``--images`` and ``--labels``: labelled stimuli as ``tbe selectivity`` and ``tbe claims`` take them."""
     p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
     p.add_argument("--labels", type=Path, default=None,
                    help="CSV with columns image, category and optionally mask (default: a virtual subject's "
                         "held-out images, else the rendered localizer)")
+
+
+def _selectivity_args(p: argparse.ArgumentParser) -> None:
+    from analyses.selectivity import SelectivitySettings
+
+    add_run_args(p, subj=True)
+    add_stimuli_args(p)
     p.add_argument("--categories", type=_comma_list, default=None,
                    help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
@@ -677,10 +682,7 @@ def _claims_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--claims", type=Path, required=True,
                    help="text file, one claim per line, e.g. 'FFA-1 prefers face', 'lh V1v attends upper-right', "
                         "'EBA routes by content' (grammar: analyses/claims.py)")
-    p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
-    p.add_argument("--labels", type=Path, default=None,
-                   help="CSV with columns image, category and optionally mask (default: a virtual subject's "
-                        "held-out images, else the rendered localizer)")
+    add_stimuli_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for claims.csv")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations and the bootstrap")
     add_cache_arg(p)
