@@ -42,6 +42,11 @@ run. ``--small`` runs a scaled-down version (ViT-S, 112 px, hundreds of
 vertices; the CI runs it on the CPU) in under two minutes on 2 cores.
 
     python benchmarks/bench_gpu.py [--device auto|cuda|cpu] [--small] [--json OUT.json]
+
+On a CPU the real-size ``voxels readout`` section alone is the useful part
+(bounded memory at real size; minutes per step on 2 cores)::
+
+    python benchmarks/bench_gpu.py --device cpu --sections "voxels readout" --voxel-steps 1
 """
 from __future__ import annotations
 
@@ -722,6 +727,7 @@ def voxels(report: Report, scale: Scale, device: torch.device) -> None:
     g = torch.Generator(device).manual_seed(4)
     x = torch.randn(scale.batch, n_tokens, probe.dim, device=device, generator=g)
     decoder = replace(scale.decoder, readout="linear")
+    dtype_name = "bfloat16" if device.type == "cuda" else "float32"
     results = {}
     for name, queries in (("rois_all", synthetic_queries(scale.n_vertices)),
                           ("voxels", vertex_queries(dict(zip(HEMIS, scale.n_vertices))))):
@@ -731,7 +737,7 @@ def voxels(report: Report, scale: Scale, device: torch.device) -> None:
         y = torch.randn(scale.batch, queries.n_total, device=device, generator=g)
 
         def step(model=model, optimizer=optimizer, y=y) -> None:
-            with precision(device, "bfloat16" if device.type == "cuda" else "float32"):
+            with precision(device, dtype_name):
                 pred = model(x)["pred"]
             loss = ((pred.float() - y) ** 2).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -742,10 +748,10 @@ def voxels(report: Report, scale: Scale, device: torch.device) -> None:
         with PeakMemory(device) as memory:
             seconds = min(timed(device, step) for _ in range(scale.voxel_steps))
         results[name] = (seconds, memory.peak_gib)
-        dense = scale.batch * decoder.nheads * queries.n_queries * n_tokens * 2
+        dense = scale.batch * decoder.nheads * queries.n_queries * n_tokens * (2 if dtype_name == "bfloat16" else 4)
         report.add(section, f"training step, {name}", 1000 * seconds, "ms",
                    f"{queries.n_queries} queries, {n_tokens} tokens, batch {scale.batch}, hidden {decoder.hidden_dim}"
-                   + (f"; chunks of {decoder.query_chunk} (a whole bf16 attention map would be {_size(dense)})"
+                   + (f"; chunks of {decoder.query_chunk} (a whole {dtype_name} attention map would be {_size(dense)})"
                       if name == "voxels" else ""))
         report.add(section, f"peak memory, {name}", memory.peak_gib, memory.unit,
                    f"the step above what was allocated before: {memory.peak_gib - memory.before_gib:.2f}")
@@ -818,9 +824,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    parser.add_argument("--voxel-steps", type=int, default=None,
+                        help=f"training steps timed per readout in the voxels section, after one untimed "
+                             f"(default {REAL.voxel_steps}; the fastest counts)")
     parser.add_argument("--ddp-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     scale = SMALL if args.small else REAL
+    if args.voxel_steps is not None:
+        scale = replace(scale, voxel_steps=args.voxel_steps)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.ddp_worker:
@@ -831,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [s for s in args.sections.split(",") if s not in SECTIONS]
         if unknown:
             raise InputError("--sections", f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+        if scale.voxel_steps < 1:
+            raise InputError("--voxel-steps", f"must be at least 1, not {scale.voxel_steps}")
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -162,3 +162,18 @@ def test_a_failed_ddp_launch_says_why_with_torchruns_stderr(monkeypatch, tmp_pat
     assert len(calls) == bench.DDP_TRIES  # a port taken in between is tried again, on another port
     assert str(info.value).count("Address already in use") == bench.DDP_TRIES and "exited 1" in str(info.value)
     assert "Address already in use" in capsys.readouterr().err
+
+
+def test_voxel_steps_sets_the_timed_steps_and_refuses_zero(monkeypatch, tmp_path, capsys):
+    bench = _bench_module()
+    assert bench.main(["--small", "--device", "cpu", "--voxel-steps", "0", "--sections", "voxels readout"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --voxel-steps: must be at least 1, not 0"
+    calls = []
+    real_timed = bench.timed
+    monkeypatch.setattr(bench, "timed", lambda device, fn: calls.append(1) or real_timed(device, fn))
+    out = tmp_path / "voxels.json"
+    assert bench.main(["--small", "--device", "cpu", "--voxel-steps", "2", "--sections", "voxels readout",
+                       "--json", str(out)]) == 0
+    assert len(calls) == 2 * 2  # rois_all and voxels, two timed steps each
+    results = json.loads(out.read_text())["sections"]["voxels readout"]["results"]
+    assert results["training step, voxels"]["value"] > 0
