@@ -29,14 +29,21 @@ the ``transformer`` row (random weights throughout, offline):
     python benchmarks/bench_accuracy.py [--work DIR] [--encoders transformer,ridge_squared,...]
                                         [--n-train 1000 --n-test 200 --image-size 224] [--epochs 15]
 
-Reuse the demo's folder (``--work demo``, at the demo's sizes and epochs
-only) to skip the virtual subject, the feature cache and the two runs the
-demo already trained. About 25 minutes on 2 cores from nothing for the first
-five encoders. A complete run in ``--work`` is reused as it is (its epochs
-and subject included): give each size its own folder. The README's table of
-the other families and ``voxels`` is the small subject of
-``bench_original.py``'s table, about 35 minutes on 2 busy cores (30 of them
-``voxels``)::
+Reuse the demo's folder (``--work demo``) to skip the virtual subject, the
+feature cache and, at the demo's epochs, the two runs the demo already
+trained; with ``--epochs N`` each run goes to ``<encoder>-N-epochs``. About
+25 minutes on 2 cores from nothing for the first five encoders. A finished
+run in ``--work`` is reused only if its settings and epochs are the ones
+asked for; otherwise the script stops with an error naming the run (its
+subject is the folder's: give each subject size its own folder). The
+``voxels`` row on the default subject takes about 11 minutes per epoch on 2
+cores, so the README's is 5 epochs, next to the transformer at 5 epochs
+(54 minutes)::
+
+    python benchmarks/bench_accuracy.py --work demo --epochs 5 --encoders transformer,voxels
+
+and the README's small-subject table of the other families and ``voxels``
+(about 35 minutes on 2 busy cores, 30 of them ``voxels``)::
 
     python benchmarks/bench_accuracy.py --work /tmp/bench-small --n-train 300 --n-test 100 --image-size 112 \
         --epochs 10 --encoders transformer,resnet18,clip,voxels
@@ -56,7 +63,7 @@ from analyses.demo import DemoPaths, demo_runs
 from bench_ensemble import subject_image_size
 from model.architectures import RidgeConfig
 from model.rois import HEMIS
-from model.run import METRICS, RunConfig
+from model.run import METRICS, RunConfig, read_config
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.train import train
@@ -85,8 +92,38 @@ def encoders(data: Path, epochs: int | None = None) -> dict[str, RunConfig]:
     }
 
 
-#: demo run folders that the comparison can reuse as they are
+#: demo run folders that the comparison can reuse as they are (at the demo's epochs)
 DEMO_RUN_NAMES = {"transformer": "transformer", "ridge_squared": "ridge"}
+
+
+def run_name(encoder: str, epochs: int | None) -> str:
+    """The run folder of one row: the demo's own at the demo's epochs, else one named by the epochs."""
+    if epochs is None:
+        return DEMO_RUN_NAMES.get(encoder, encoder)
+    return f"{encoder}-{epochs}-epochs"
+
+
+def trained_run(config: RunConfig, run_dir: Path, cache: Path) -> Path:
+    """``run_dir`` trained with ``config``: a finished run there is reused if its settings are these, else trained.
+
+    A finished run with other settings (another ``--epochs``, another
+    readout...) stops the benchmark with an error naming it, rather than be
+    scored under the wrong row.
+    """
+    if not (run_dir / METRICS).is_file():
+        train(config, run_dir, cache)
+        return run_dir
+    found = read_config(run_dir)
+    mine, theirs = config.comparable(), found.comparable()
+    for filled_in_by_training in ("data_fingerprint",):
+        mine.pop(filled_in_by_training), theirs.pop(filled_in_by_training)
+    differ = [k for k in mine if mine[k] != theirs.get(k)]
+    if config.train.epochs != found.train.epochs:
+        differ.append(f"epochs {found.train.epochs}, not {config.train.epochs}")
+    if differ:
+        raise SystemExit(f"error: {run_dir}: a finished run with other settings ({', '.join(differ)}); "
+                         f"move it away or use another --work")
+    return run_dir
 
 
 def summary(name: str, scores: dict) -> dict:
@@ -115,10 +152,8 @@ def main() -> None:
 
     rows = [summary("ground truth", score(reference.clean, subject, reference))]
     for name, config in chosen.items():
-        run_dir = paths.runs / DEMO_RUN_NAMES.get(name, name)
         start = time.perf_counter()
-        if not (run_dir / METRICS).is_file():
-            train(config, run_dir, paths.cache)
+        run_dir = trained_run(config, paths.runs / run_name(name, args.epochs), paths.cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start})
         print(f"{name}: done in {rows[-1]['seconds']:.0f} s", flush=True)

@@ -11,14 +11,14 @@ settings (random ViT-S/14, block 7 tokens, hidden 384, 15 epochs):
 and prints, side by side, the challenge score against the noisy test
 responses, r against the clean responses (early visual, category ROIs),
 within-ROI r in early visual ROIs, and each row's change of the challenge
-score from the defaults. Runs already in the work folder are reused.
+score from the defaults. Finished runs in the work folder are reused when
+their settings are these (else the script stops and names the run).
 
     python benchmarks/bench_original.py [--work DIR] [--epochs 15] [--n-train 1000 --n-test 200 --image-size 224]
 
-The defaults (the default virtual subject, the demo's 15 epochs) take about
-an hour on 2 busy cores. The README's settings table is the shortened run
-``--n-train 300 --n-test 100 --image-size 112 --epochs 5`` (8 x 8 tokens),
-a few minutes per row.
+The README's settings table is ``--work demo`` after ``make demo`` (the
+demo's subject and feature cache; runs in ``demo/runs/variant0`` ...):
+9 minutes on 2 quiet cores, about 2 minutes per row.
 """
 from __future__ import annotations
 
@@ -31,13 +31,12 @@ import numpy as np
 import pandas as pd
 
 from analyses.demo import DemoPaths, demo_runs
-from bench_accuracy import summary
+from bench_accuracy import summary, trained_run
 from model.rois import HEMIS
-from model.run import METRICS, RunConfig
+from model.run import RunConfig
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
-from model.train import train
 
 
 def variants(data: Path, epochs: int) -> dict[str, RunConfig]:
@@ -69,10 +68,8 @@ def main() -> None:
     reference = virtual_reference(subject)
     rows = []
     for i, (name, config) in enumerate(variants(paths.data, args.epochs).items()):
-        run_dir = paths.runs / f"variant{i}"
         start = time.perf_counter()
-        if not (run_dir / METRICS).is_file():
-            train(config, run_dir, paths.cache)
+        run_dir = trained_run(config, paths.runs / f"variant{i}", paths.cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start})
         row = rows[-1]

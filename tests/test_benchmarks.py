@@ -1,0 +1,37 @@
+"""The accuracy benchmarks reuse a finished run only when it was trained with the settings of its row."""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from model.run import read_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_accuracy  # noqa: E402
+
+
+def test_rows_at_other_epochs_get_their_own_run_folders():
+    assert bench_accuracy.run_name("transformer", None) == "transformer"  # the demo's own run
+    assert bench_accuracy.run_name("ridge_squared", None) == "ridge"
+    assert bench_accuracy.run_name("transformer", 5) == "transformer-5-epochs"
+    assert bench_accuracy.run_name("voxels", None) == "voxels"
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(trained_run, cache_dir, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run with the same settings was trained again")
+
+    monkeypatch.setattr(bench_accuracy, "train", no_training)
+    config = read_config(trained_run)
+    assert bench_accuracy.trained_run(replace(config, data_fingerprint={}), trained_run, cache_dir) == trained_run
+
+    longer = replace(config, train=replace(config.train, epochs=config.train.epochs + 1))
+    with pytest.raises(SystemExit, match=f"{trained_run}: a finished run with other settings "
+                                         f"\\(epochs {config.train.epochs}, not {config.train.epochs + 1}\\)"):
+        bench_accuracy.trained_run(longer, trained_run, cache_dir)
+    other_readout = replace(config, readout_res="voxels")
+    with pytest.raises(SystemExit, match="other settings \\(readout_res\\)"):
+        bench_accuracy.trained_run(other_readout, trained_run, cache_dir)
