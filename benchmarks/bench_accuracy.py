@@ -60,7 +60,6 @@ import pandas as pd
 
 from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
-from bench_ensemble import subject_image_size
 from model.architectures import RidgeConfig
 from model.rois import HEMIS
 from model.run import METRICS, RunConfig, read_config
@@ -90,6 +89,14 @@ def encoders(data: Path, epochs: int | None = None) -> dict[str, RunConfig]:
         "clip": replace(base, backbone=replace(base.backbone, name=CLIP_BACKBONE, layer=1, feature="tokens_proj")),
         "voxels": replace(base, readout_res="voxels", decoder=replace(base.decoder, readout="linear")),
     }
+
+
+def subject_image_size(subject) -> int:
+    """Side of the subject's first training image, in pixels."""
+    from PIL import Image
+
+    with Image.open(subject.train_images[0]) as image:
+        return image.size[0]
 
 
 #: demo run folders that the comparison can reuse as they are (at the demo's epochs)

@@ -8,6 +8,9 @@ Trains (or reuses) a grid of ``tbe train`` runs over backbone layers x seeds
 
 * the ground truth (the clean responses themselves: the best any encoder can
   do against the noisy test responses);
+* the original's model as ``main.py --run 1`` trains it (its readout, raw
+  tokens, N(0, 1) queries, split and weights seeded by 1; ``bench_original.py``);
+* ``tbe train``'s defaults (the grid's member of the demo's layer and seed);
 * the grid's best and median member, ranked by the challenge score on the
   test images (the best member is chosen with hindsight, which favours it;
   the default ``tbe train`` run, layer 6 seed 0, is a member);
@@ -22,7 +25,7 @@ responses, and the within-ROI r of early visual ROIs (clean). Below the
 table: by how much the softmax ensemble beats its best member (and the
 member validation picks) on the challenge score, and its cross-fitted
 against its in-sample validation r.
-(The original's model through ``main.py``, other backbone families and the
+(Each of the original's settings alone, other backbone families and the
 ``voxels`` readout have their own rows in ``bench_original.py`` and
 ``bench_accuracy.py``.)
 
@@ -35,12 +38,16 @@ complete run are kept (``--work demo`` reuses the demo's subject and cache).
 ``--quick`` uses a tiny subject, 2 layers x 2 seeds, a narrow decoder and 2
 epochs: it checks that everything runs, its numbers mean nothing. From
 nothing, at the demo's 15 epochs, the grid takes about an hour on 2 CPU
-cores (12 members, features of 4 layers). The README's table is
+cores (12 members, features of 4 layers). The README's main table is
+
+    python benchmarks/bench_ensemble.py --work demo
+
+after ``make demo`` (its subject, feature cache and layer-6 features reused;
+about 25 minutes on 2 quiet cores); its small-subject tables are
 
     python benchmarks/bench_ensemble.py --work /tmp/bench-ensemble --n-train 300 --n-test 100 --image-size 112 --epochs 10
 
-(the small virtual subject of ``bench_original.py``'s table: 8 x 8 tokens), about 20
-minutes on 2 busy CPU cores.
+(8 x 8 tokens; about 20 minutes on 2 busy CPU cores) and the same with ``--epochs 25``.
 """
 from __future__ import annotations
 
@@ -55,10 +62,12 @@ import pandas as pd
 
 from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
+from bench_accuracy import subject_image_size, trained_run
+from bench_original import RUN_FOLDERS, original_run
 from model.ensemble import make_ensemble
 from model.grid import grid_members, int_list, train_grid
 from model.rois import HEMIS
-from model.run import METRICS, PRED_TEST, read_metrics
+from model.run import METRICS, PRED_TEST, read_config, read_metrics
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
@@ -67,18 +76,19 @@ QUICK_SUBJECT = VirtualConfig(subj=1, n_train=120, n_test=24, image_size=112, se
 WEIGHTINGS = {"softmax": "softmax, temperature 40", "mean": "mean", "best": "best"}
 
 
-def subject_image_size(subject) -> int:
-    """Side of the subject's first training image, in pixels."""
-    from PIL import Image
-
-    with Image.open(subject.train_images[0]) as image:
-        return image.size[0]
-
-
 def scored(run: Path, subject, reference) -> dict:
     """The summary row of a run's (or an ensemble's) test predictions."""
     pred = {h: np.load(run / PRED_TEST.format(hemi=h)) for h in HEMIS}
     return summary_row(score(pred, subject, reference))
+
+
+def defaults_run(base, members: list[Path], paths: DemoPaths) -> Path:
+    """``tbe train``'s defaults: the grid's member of ``base``'s layer and seed, or that run trained on its own."""
+    for run in members:
+        config = read_config(run)
+        if (config.backbone.layer, config.train.seed) == (base.backbone.layer, base.train.seed):
+            return run
+    return trained_run(base, paths.runs / RUN_FOLDERS["tbe train defaults"], paths.cache)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -112,6 +122,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     members = grid_members(paths.runs / "grid", [1], layers, seeds, per_member=True)
     runs = train_grid(base, members, paths.cache)
     grid_seconds = time.perf_counter() - start
+    defaults = defaults_run(base, runs, paths)
+    original = original_run(base, paths.runs, paths.cache)
     member_rows = {run: scored(run, subject, reference) for run in runs}
     by_score = sorted(runs, key=lambda r: member_rows[r]["challenge score"])
     best, median = by_score[-1], by_score[len(by_score) // 2]
@@ -119,6 +131,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"virtual subject: {subject.n_train} training, {subject.n_test} test images of "
           f"{subject_image_size(subject)} px; grid of {grid_name} (trained, or reused, in {grid_seconds:.0f} s)")
     rows = {"ground truth (clean responses)": summary_row(score(reference.clean, subject, reference)),
+            "the original's model (main.py --run 1)": scored(original, subject, reference),
+            f"tbe train defaults ({defaults.name})": scored(defaults, subject, reference),
             f"best member on the test images ({best.name})": member_rows[best],
             f"median member ({median.name})": member_rows[median]}
     for weighting, label in WEIGHTINGS.items():
@@ -143,6 +157,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           f"({'beats' if soft > best_score else 'does NOT beat'} it; median member {member_rows[median]['challenge score']:.2f})")
     print(f"softmax ensemble minus the member with the best validation r ({picked.name}): {soft - picked_score:+.2f} points "
           f"({'beats' if soft > picked_score else 'does NOT beat'} it)")
+    original_score = rows["the original's model (main.py --run 1)"]["challenge score"]
+    print(f"softmax ensemble minus the original's model (main.py --run 1): {soft - original_score:+.2f} points")
     print(f"softmax ensemble validation r: cross-fitted {m['val_r']['mean']:.4f}, in-sample {m['val_r_in_sample']['mean']:.4f} "
           f"(best member {m['best_member']} {m['best_member_val_r']:.4f})")
     return table

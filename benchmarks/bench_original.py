@@ -17,7 +17,7 @@ their settings are these (else the script stops and names the run).
     python benchmarks/bench_original.py [--work DIR] [--epochs 15] [--n-train 1000 --n-test 200 --image-size 224]
 
 The README's settings table is ``--work demo`` after ``make demo`` (the
-demo's subject and feature cache; runs in ``demo/runs/variant0`` ...):
+demo's subject and feature cache; runs in ``demo/runs/defaults`` ...):
 9 minutes on 2 quiet cores, about 2 minutes per row.
 """
 from __future__ import annotations
@@ -39,17 +39,30 @@ from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
 
 
-def variants(data: Path, epochs: int) -> dict[str, RunConfig]:
-    """Row label -> run configuration: the defaults, each of the original's settings alone, and the original."""
-    base = demo_runs(data)["transformer"]
-    base = replace(base, train=replace(base.train, epochs=epochs))
+#: the row of the original's model
+ORIGINAL = "original (main.py --run 1)"
+
+
+def variants(base: RunConfig) -> dict[str, RunConfig]:
+    """Row label -> run configuration: ``base`` (``tbe train``'s defaults), each of the original's settings alone, and the original."""
     linear = replace(base, decoder=replace(base.decoder, readout="linear"))
     raw = replace(base, train=replace(base.train, standardise_tokens=False))
     normal = replace(base, decoder=replace(base.decoder, query_init="normal"))
     original = replace(base, decoder=replace(base.decoder, readout="linear", query_init="normal"),
                        train=replace(base.train, standardise_tokens=False, seed=1, split_seed=1))
     return {"tbe train defaults": base, "--readout linear": linear, "--no-standardise-tokens": raw,
-            "--query-init normal": normal, "original (main.py --run 1)": original}
+            "--query-init normal": normal, ORIGINAL: original}
+
+
+#: row label -> its run folder under the work folder's runs/
+RUN_FOLDERS = {"tbe train defaults": "defaults", "--readout linear": "readout-linear",
+               "--no-standardise-tokens": "raw-tokens", "--query-init normal": "query-init-normal",
+               ORIGINAL: "original"}
+
+
+def original_run(base: RunConfig, runs: Path, cache: Path) -> Path:
+    """The original's model (``main.py --run 1``) on ``base``'s subject, backbone and epochs, trained or reused."""
+    return trained_run(variants(base)[ORIGINAL], runs / RUN_FOLDERS[ORIGINAL], cache)
 
 
 def main() -> None:
@@ -67,9 +80,11 @@ def main() -> None:
     subject = load_subject(paths.data, 1)
     reference = virtual_reference(subject)
     rows = []
-    for i, (name, config) in enumerate(variants(paths.data, args.epochs).items()):
+    base = demo_runs(paths.data)["transformer"]
+    base = replace(base, train=replace(base.train, epochs=args.epochs))
+    for name, config in variants(base).items():
         start = time.perf_counter()
-        run_dir = trained_run(config, paths.runs / f"variant{i}", paths.cache)
+        run_dir = trained_run(config, paths.runs / RUN_FOLDERS[name], paths.cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start})
         row = rows[-1]
