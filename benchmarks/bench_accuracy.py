@@ -51,6 +51,7 @@ and the README's small-subject table of the other families and ``voxels``
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -63,9 +64,10 @@ from analyses.demo import DemoPaths, demo_runs
 from model.architectures import RidgeConfig
 from model.rois import HEMIS
 from model.run import METRICS, RunConfig, read_config
+from model.rundir import settings_differences
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
-from model.train import train
+from model.train import resolve_config, train
 from model.synthetic import VirtualConfig, write_virtual_subject
 
 
@@ -121,10 +123,9 @@ def trained_run(config: RunConfig, run_dir: Path, cache: Path) -> Path:
         train(config, run_dir, cache)
         return run_dir
     found = read_config(run_dir)
-    mine, theirs = config.comparable(), found.comparable()
-    for filled_in_by_training in ("data_fingerprint",):
-        mine.pop(filled_in_by_training), theirs.pop(filled_in_by_training)
-    differ = [k for k in mine if mine[k] != theirs.get(k)]
+    wanted = copy.deepcopy(config)
+    resolve_config(wanted)
+    differ = settings_differences(wanted, found)
     if config.train.epochs != found.train.epochs:
         differ.append(f"epochs {found.train.epochs}, not {config.train.epochs}")
     if differ:

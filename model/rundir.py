@@ -160,11 +160,19 @@ def _check_contents(out: Path, config: RunConfig, resume: bool) -> Claim:
     raise InputError(out, f"run directory is not empty; {hint}")
 
 
-def _check_same_settings(where: Path, config: RunConfig, previous: RunConfig) -> None:
+def settings_differences(config: RunConfig, previous: RunConfig) -> list[str]:
+    """The fields of :meth:`RunConfig.comparable` on which ``previous`` (a run's ``config.json``) differs from ``config``.
+
+    ``config`` must be filled in as training fills it (``model.train.resolve_config``).
+    """
     mine, theirs = config.comparable(), previous.comparable()
     if not theirs.get("data_fingerprint"):  # a run from before fingerprints were recorded
         mine.pop("data_fingerprint"), theirs.pop("data_fingerprint")
-    diff = [k for k in mine if mine[k] != theirs.get(k)]
+    return [k for k in mine if mine[k] != theirs.get(k)]
+
+
+def _check_same_settings(where: Path, config: RunConfig, previous: RunConfig) -> None:
+    diff = settings_differences(config, previous)
     if diff:
         raise InputError(where, f"--resume with different settings or data ({', '.join(diff)}); use a new --out")
 

@@ -255,8 +255,13 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     return out
 
 
-def _check_before_writing(config: RunConfig, out: Path, cache_dir: str | Path | None) -> Subject:
-    """Every check that needs no writing: options, data, split, weights file, folders. Fills in what the data decides."""
+def resolve_config(config: RunConfig) -> Subject:
+    """Check ``config`` against its data and fill in what the data decides, as training does; returns the subject.
+
+    Fills ``data_dir`` (made absolute), ``queries``, ``n_vertices`` and
+    ``data_fingerprint`` in place: a config so resolved compares with a
+    trained run's ``config.json`` (:func:`model.rundir.settings_differences`).
+    """
     config.validate()
     config.data_dir = str(Path(config.data_dir).resolve())  # a run must open from any working directory
     subject = load_subject(config.data_dir, config.subj)
@@ -264,6 +269,12 @@ def _check_before_writing(config: RunConfig, out: Path, cache_dir: str | Path | 
     queries = build_queries(subject, config.readout_res)
     config.queries, config.n_vertices = queries.names, dict(queries.n_vertices)
     config.data_fingerprint = subject.fingerprint()
+    return subject
+
+
+def _check_before_writing(config: RunConfig, out: Path, cache_dir: str | Path | None) -> Subject:
+    """Every check that needs no writing: options, data, split, weights file, folders. Fills in what the data decides."""
+    subject = resolve_config(config)
     weights = config.backbone.weights
     if weights not in ("random", "pretrained") and not Path(weights).is_file():
         raise InputError(weights, "missing checkpoint file (backbone weights)")
