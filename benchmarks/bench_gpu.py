@@ -748,7 +748,7 @@ def voxels(report: Report, scale: Scale, device: torch.device) -> None:
         with PeakMemory(device) as memory:
             seconds = min(timed(device, step) for _ in range(scale.voxel_steps))
         results[name] = (seconds, memory.peak_gib)
-        dense = scale.batch * decoder.nheads * queries.n_queries * n_tokens * (2 if dtype_name == "bfloat16" else 4)
+        dense = scale.batch * decoder.nheads * queries.n_queries * n_tokens * getattr(torch, dtype_name).itemsize
         report.add(section, f"training step, {name}", 1000 * seconds, "ms",
                    f"{queries.n_queries} queries, {n_tokens} tokens, batch {scale.batch}, hidden {decoder.hidden_dim}"
                    + (f"; chunks of {decoder.query_chunk} (a whole {dtype_name} attention map would be {_size(dense)})"
