@@ -22,13 +22,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import stats
 
+from model.metrics import reliability_test
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES, ROI_TO_CLASS
 from model.run import Run, predict
 from model.subject import Subject
-
-from .stats import fdr_bh
 
 log = logging.getLogger(__name__)
 
@@ -135,23 +133,20 @@ def heldout_responses(run: Run, cache_dir: str | Path | None = None
 def reliability(predicted: xr.DataArray, measured: xr.DataArray, alpha: float = 0.05) -> pd.DataFrame:
     """Does the run predict each ROI? Pearson r over held-out images, one-sided p, BH-FDR.
 
-    Returns one row per hemi x ROI with ``r_heldout``, ``p_reliable``,
-    ``p_reliable_fdr``, ``reliable`` and ``n_heldout``.
+    Returns one row per hemi x ROI (those present in ``predicted``) with
+    ``r_heldout``, ``p_reliable``, ``p_reliable_fdr``, ``reliable`` and
+    ``n_heldout`` (:func:`model.metrics.reliability_test`).
     """
-    rows = []
+    keys, x, y = [], [], []
     for hemi in predicted.hemi.values:
         for roi in predicted.roi.values:
-            x = predicted.sel(hemi=hemi, roi=roi).values
-            y = measured.sel(hemi=hemi, roi=roi).values
-            if not np.isfinite(x).any():
+            values = predicted.sel(hemi=hemi, roi=roi).values
+            if not np.isfinite(values).any():
                 continue  # the ROI does not exist in this hemisphere
-            ok = np.isfinite(x) & np.isfinite(y)
-            r, p = np.nan, np.nan
-            if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
-                res = stats.pearsonr(x[ok], y[ok], alternative="greater")
-                r, p = float(res.statistic), float(res.pvalue)
-            rows.append({"hemi": str(hemi), "roi": str(roi), "r_heldout": r, "p_reliable": p, "n_heldout": int(ok.sum())})
-    table = pd.DataFrame(rows)
-    table["p_reliable_fdr"] = fdr_bh(table["p_reliable"].to_numpy())
-    table["reliable"] = table["p_reliable_fdr"] < alpha
-    return table
+            keys.append({"hemi": str(hemi), "roi": str(roi)})
+            x.append(values), y.append(measured.sel(hemi=hemi, roi=roi).values)
+    columns = ["hemi", "roi", "r_heldout", "p_reliable", "n_heldout", "p_reliable_fdr", "reliable"]
+    if not keys:
+        return pd.DataFrame(columns=columns)
+    test = reliability_test(np.stack(x, 1), np.stack(y, 1), alpha)
+    return pd.concat([pd.DataFrame(keys), test], axis=1)[columns]

@@ -14,11 +14,15 @@
   per vertex). It is *not* comparable with the leaderboard; every output
   names it ``score_nc_positive`` so it is never taken for the challenge score.
 * :func:`roi_summary`: mean and median r per ROI and ROI class, per hemisphere.
+* :func:`reliability_test`: does a run predict an ROI at all? r of its
+  ROI-mean prediction with the ROI-mean measurement over held-out images,
+  one-sided p, BH-FDR over the ROIs.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .rois import HEMIS, ROI_CLASSES, UNKNOWN
 
@@ -178,3 +182,31 @@ def _row(hemi: str, roi_class: str, roi: str, v: np.ndarray) -> dict:
     return {"hemi": hemi, "class": roi_class, "roi": roi, "n": int(v.size),
             "mean": float(finite.mean()) if finite.size else np.nan,
             "median": float(np.median(finite)) if finite.size else np.nan}
+
+
+def reliability_test(predicted: np.ndarray, measured: np.ndarray, alpha: float = 0.05) -> pd.DataFrame:
+    """Is each column's prediction related to its measurement? One row per column (ROI).
+
+    ``predicted`` and ``measured`` are (images, ROIs) ROI means over held-out
+    images (NaN where an image has no measurement). Returns ``r_heldout``
+    (Pearson r over the images with both), ``p_reliable`` (one-sided, r > 0),
+    ``p_reliable_fdr`` (Benjamini-Hochberg over the columns with a p),
+    ``reliable`` (``p_reliable_fdr < alpha``) and ``n_heldout``. A column
+    with fewer than three images or a constant side has NaN r and p and is
+    not reliable.
+    """
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    n_rois = predicted.shape[1]
+    r, p, n = np.full(n_rois, np.nan), np.full(n_rois, np.nan), np.zeros(n_rois, int)
+    for j in range(n_rois):
+        x, y = predicted[:, j], measured[:, j]
+        ok = np.isfinite(x) & np.isfinite(y)
+        n[j] = int(ok.sum())
+        if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+            res = stats.pearsonr(x[ok], y[ok], alternative="greater")
+            r[j], p[j] = float(res.statistic), float(res.pvalue)
+    p_fdr = np.full(n_rois, np.nan)
+    if np.isfinite(p).any():
+        p_fdr[np.isfinite(p)] = stats.false_discovery_control(p[np.isfinite(p)], method="bh")
+    return pd.DataFrame({"r_heldout": r, "p_reliable": p, "p_reliable_fdr": p_fdr,
+                         "reliable": np.nan_to_num(p_fdr, nan=1.0) < alpha, "n_heldout": n})

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -27,12 +28,14 @@ from safetensors.torch import load_file
 from .architectures import architecture, build_encoder
 from .device import autocast, pick_device
 from .errors import InputError
+from .faithfulness import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
+                           faithfulness_summary, query_reliability)
 from .features import FeatureRows, FeatureSet, check_residency, default_cache_dir, subject_features, training_rows
 from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
 from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
-from .readout import build_queries
+from .readout import QuerySet, build_queries
 from .rois import HEMIS
 from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
                   TrainConfig, iter_batches, load_weights, predict, save_weights, write_config)
@@ -201,6 +204,7 @@ class Job:
     val_idx: np.ndarray
     bounds: list[slice]
     rows: FeatureRows  # the training split's features, streamed or resident on the device
+    queries: QuerySet
 
     @property
     def data(self) -> EpochData:
@@ -235,7 +239,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
         gradient = not architecture(config.encoder_arch).capabilities.closed_form
         rows = training_rows(feats["train"].features, procs.device, features_on_device if gradient else "never")
         job = Job(config, out, procs, claim, feats, subject, Targets.of_subject(subject), train_idx, val_idx,
-                  [queries.vertex_slice(h) for h in HEMIS], rows)
+                  [queries.vertex_slice(h) for h in HEMIS], rows, queries)
         torch.manual_seed(config.train.seed)
         model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
                           config.train.standardise_tokens)
@@ -427,6 +431,7 @@ def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
         save_npy(out / PRED_TEST.format(hemi=hemi), test_pred[:, s].astype(np.float32))
         per_hemi[hemi] = r[s]
     summary = roi_summary(per_hemi, job.subject.labels, job.subject.mappings, name="val_r")
+    faithfulness = _attention_faithfulness(job, model, val_pred)
     write_json(out / METRICS, {
         "encoder_arch": config.encoder_arch,
         "readout_res": config.readout_res,
@@ -439,5 +444,24 @@ def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
         "fit_seconds": round(elapsed, 2),
         "history": history,
         "val_roi_summary": summary.to_dict(orient="records"),
+        **({"attention_faithfulness": faithfulness} if faithfulness else {}),
     })
     log.info("run complete: %s (validation r lh %.3f, rh %.3f)", out, means["lh"], means["rh"])
+    if faithfulness:
+        (log.info if faithfulness["faithful"] else log.warning)(describe_faithfulness(faithfulness))
+
+
+def _attention_faithfulness(job: Job, model, val_pred: np.ndarray) -> dict | None:
+    """The deletion test of the attention (:mod:`model.faithfulness`) on validation images, for the summary.
+
+    Queries count when the run predicts them reliably on the validation
+    images; the test itself runs on the first :data:`~model.faithfulness.SUMMARY_IMAGES`.
+    """
+    if not model.capabilities.decoder_attention or len(job.val_idx) < 3:
+        return None
+    memberships = job.queries.memberships
+    table = query_reliability(val_pred, job.targets.rows(job.val_idx), memberships, job.targets.valid)
+    idx = np.sort(job.val_idx)[:SUMMARY_IMAGES]
+    changes = deletion_changes(model, read_rows(job.feats["train"].features, idx), memberships)
+    table = pd.concat([deletion_ratios(changes, job.queries.names), table], axis=1)
+    return {**faithfulness_summary(table), "queries": table.round(4).to_dict(orient="records")}
