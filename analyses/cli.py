@@ -600,6 +600,10 @@ def _check_maps(args: argparse.Namespace) -> int:
         print(path)
     for skipped in settings["skipped"]:
         print(f"skipped {skipped}")
+    if "attention" in tables:
+        from interpret.attention_use import verdict
+
+        print(verdict(tables["attention"]))
     flagged = sorted(set(tables["sanity"].loc[tables["sanity"].flagged, "method"]))
     if flagged:
         print(f"flagged by the randomisation test (maps barely depend on the decoder): {', '.join(flagged)}")

@@ -20,7 +20,8 @@ from . import checks
 from .attention import backbone_attention
 from .attribution import Settings, compute_methods, method
 from .maps import Inputs, MapGrid, load_images, roi_targets, select_images
-from .overlay import plot_faithfulness, plot_localization, plot_sanity
+from .attention_use import attention_use
+from .overlay import plot_attention_use, plot_faithfulness, plot_localization, plot_sanity
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,11 @@ def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str,
         tables["localization"] = localize(run, inputs, ds)
     else:
         log.info("localization skipped: %s", why)
+    if "attention_mean" in ds:
+        log.info("attention use: focus, token deletion and agreement with token IG")
+        tables["attention"] = attention_use(run, inputs, ds)
+    else:
+        log.info("attention use skipped: the job's methods do not include attention")
     rois = faithfulness_rois or job.rois
     targets = roi_targets(run, list(rois) if rois else None)
     n = faithfulness_images or len(inputs.names)
@@ -199,7 +205,8 @@ def localize(run: Run, inputs: Inputs, ds: xr.Dataset) -> pd.DataFrame:
     return checks.localization(ds, truth, roi_masks, masks, inputs.grid)
 
 
-CHECK_PLOTS = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness}
+CHECK_PLOTS = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness,
+               "attention": plot_attention_use}
 #: The tables of the map checks, as :func:`save_check_tables` writes them
 CHECK_TABLES = tuple(CHECK_PLOTS)
 

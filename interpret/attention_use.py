@@ -1,0 +1,133 @@
+"""Does the prediction use the attention? One row per ROI query: focus, token deletion, agreement with token IG.
+
+An attention map is worth showing only as far as the model's prediction
+depends on it. For each query of a run with decoder attention, on the
+images of a map job:
+
+* ``focus``: 1 minus the normalised entropy of the head-averaged attention
+  (:func:`interpret.focus.focus`), mean over images: 0 for a uniform map;
+* ``deletion_ratio``: how much more the ROI's prediction changes when the
+  query's top-attended 20% of tokens are replaced by the mean token than
+  when a random 20% are, with its bootstrap interval over images
+  (:mod:`model.faithfulness`); ``faithful`` when it reaches
+  :data:`model.faithfulness.MIN_RATIO`;
+* ``ig_rank_correlation``: Spearman correlation, per image, of the
+  attention map with the magnitude of the token integrated gradients of
+  the ROI's prediction (what the prediction depends on), mean over images;
+* ``r_heldout`` and ``reliable``: does the run predict the ROI at all
+  (validation images; :func:`model.faithfulness.query_reliability`)?
+
+:func:`verdict` turns the table into the one sentence every report that
+shows attention prints above it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.stats import spearmanr
+
+from model.faithfulness import (MIN_RATIO, SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
+                                faithfulness_summary, query_reliability)
+from model.rois import HEMIS
+from model.run import VAL_PRED, Run, load_run_array
+
+from .focus import focus
+from .maps import Inputs
+
+#: the columns of :func:`attention_use`, in order
+COLUMNS = ["hemi", "roi", "focus", "deletion_ratio", "deletion_ratio_ci_low", "deletion_ratio_ci_high", "faithful",
+           "ig_rank_correlation", "r_heldout", "reliable", "n_images"]
+
+
+def run_reliability(run: Run) -> pd.DataFrame:
+    """Per query of ``run``: ``r_heldout`` and ``reliable`` on its validation images (``query`` = ``hemi:roi``)."""
+    idx = run.val_indices
+    pred = np.concatenate([load_run_array(run.path, VAL_PRED, h, run.subject.n_vertices(h), len(idx)) for h in HEMIS], 1)
+    measured = np.concatenate([np.asarray(run.subject.fmri[h][np.sort(idx)], np.float32)[np.argsort(np.argsort(idx))]
+                               for h in HEMIS], 1)
+    valid = np.isfinite(measured).all(0)
+    table = query_reliability(pred, np.nan_to_num(measured), run.queries.memberships, valid)
+    return table.assign(query=run.queries.names)
+
+
+def ig_agreement(ds: xr.Dataset, attention: str = "attention_mean",
+                 attribution: str = "token_integrated_gradients") -> pd.DataFrame:
+    """Per hemi x ROI, the mean over images of Spearman r between the attention and ``|attribution|`` maps."""
+    rows = []
+    att, ig = ds[attention], np.abs(ds[attribution])
+    for hemi in att.hemi.values:
+        for roi in att.roi.values:
+            a, g = att.sel(hemi=hemi, roi=roi).values, ig.sel(hemi=hemi, roi=roi).values
+            values = [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, g)
+                      if np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0]
+            if values:
+                rows.append({"hemi": str(hemi), "roi": str(roi), "ig_rank_correlation": float(np.mean(values))})
+    return pd.DataFrame(rows, columns=["hemi", "roi", "ig_rank_correlation"])
+
+
+def attention_use(run: Run, inputs: Inputs, ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:
+    """The table of the module for the queries whose attention ``ds`` holds (``attention_mean``).
+
+    ``ds`` must hold the head-averaged attention of ``inputs``' images; the
+    IG agreement column is filled where it also holds
+    ``token_integrated_gradients`` (NaN otherwise).
+    """
+    changes = deletion_changes(run.model, inputs.tokens, run.queries.memberships, seed=seed)
+    table = deletion_ratios(changes, run.queries.names, seed=seed)
+    table = table.merge(run_reliability(run)[["query", "r_heldout", "reliable"]], on="query")
+    att = ds["attention_mean"]
+    shown = [{"hemi": str(h), "roi": str(r), "focus": float(np.mean(focus(att.sel(hemi=h, roi=r).values)))}
+             for h in att.hemi.values for r in att.roi.values if np.isfinite(att.sel(hemi=h, roi=r).values).all()]
+    table = pd.DataFrame(shown, columns=["hemi", "roi", "focus"]).merge(table, on=["hemi", "roi"])
+    if "token_integrated_gradients" in ds:
+        table = table.merge(ig_agreement(ds), on=["hemi", "roi"], how="left")
+    else:
+        table["ig_rank_correlation"] = np.nan
+    return table[COLUMNS]
+
+
+def run_faithfulness(run: Run, cache_dir=None) -> dict | None:
+    """The run's attention faithfulness as ``tbe train`` measured it (``metrics.json``), or measured now the same way.
+
+    None for encoders without decoder attention. Runs trained before the
+    test existed (and ensembles) get it computed on the first
+    :data:`~model.faithfulness.SUMMARY_IMAGES` validation images, as
+    training would have; nothing is written.
+    """
+    if not run.model.capabilities.decoder_attention:
+        return None
+    recorded = run.metrics.get("attention_faithfulness")
+    if recorded:
+        return recorded
+    idx = np.sort(run.val_indices)[:SUMMARY_IMAGES]
+    paths = [run.subject.train_images[i] for i in idx]
+    tokens = run.features(paths, cache_dir, device=str(run.device), rows=[("train", int(i)) for i in idx])
+    changes = deletion_changes(run.model, tokens, run.queries.memberships)
+    table = deletion_ratios(changes, run.queries.names).merge(run_reliability(run).drop(columns=["n_heldout"]),
+                                                              on="query")
+    return {**faithfulness_summary(table), "queries": table.round(4).to_dict(orient="records")}
+
+
+def describe_run(run: Run, cache_dir=None) -> str | None:
+    """The run's faithfulness line (:func:`model.faithfulness.describe_faithfulness`), None without attention."""
+    summary = run_faithfulness(run, cache_dir)
+    return describe_faithfulness(summary) if summary else None
+
+
+def verdict(table: pd.DataFrame) -> str:
+    """The sentence above every attention figure: is this run's attention used by its predictions?"""
+    summary = faithfulness_summary(table.assign(query=table["hemi"] + ":" + table["roi"]))
+    n, total = summary["n_faithful_reliable"], summary["n_reliable"]
+    if total == 0:
+        return "Attention faithfulness cannot be judged: no ROI shown here is reliably predicted."
+    if summary["faithful"]:
+        return (f"Attention is faithful for all {total} reliably predicted ROIs shown (replacing the top-attended 20% "
+                f"of tokens changes the prediction at least {MIN_RATIO:g}x more than a random 20%).")
+    worst = ", ".join(sorted(summary["unfaithful"], key=summary["unfaithful"].get)[:6])
+    return (f"WARNING: attention is NOT faithful for {total - n} of {total} reliably predicted ROIs ({worst}): "
+            f"their predictions change less than {MIN_RATIO:g}x more when the top-attended 20% of tokens are replaced "
+            "than when a random 20% are, so their attention maps do not show what the prediction uses.")
+
+
+__all__ = ["COLUMNS", "attention_use", "describe_run", "ig_agreement", "run_faithfulness", "run_reliability", "verdict"]
