@@ -27,11 +27,14 @@ How each kind is tested (the ``statistic`` column names it):
     Over the images showing ``C``: the share of the ROI query's attention
     on ``C``'s mask minus the share of the image the mask covers (chance,
     as in :mod:`analyses.attention_selectivity`); effect: its mean with a
-    bootstrap interval; p: one-sample t-test over images.
+    bootstrap interval; p: one-sample t-test over images of the excess
+    against the settings' minimum excess (``min_attention_excess``, 0.05:
+    five points of the attention's mass beyond a uniform map's), so a
+    significant but negligible excess does not support the claim.
 ``attends DIRECTION``
     The per-image excess of attention in that part of the visual field over
     the part's share of the image; effect: its mean with a bootstrap
-    interval; p: one-sample t-test over images.
+    interval; p: as for ``attends C``, against the same minimum.
 ``routes by location|content``
     :mod:`interpret.routing`'s combined location test (circular shifts, and
     the index above the routing settings' minimum) or content test (mask
@@ -43,7 +46,7 @@ hemisphere row of one analysis. Verdicts at ``alpha``: ``supported`` (the
 claim's p_fdr < alpha and, for predicted responses, the run predicts that
 ROI reliably on held-out fMRI), ``contradicted`` (the opposite direction is
 significant, with the same reliability condition: the other category
-preferred, attention *below* chance), else ``not supported``. Routing claims have no opposite that a test could
+preferred, attention below chance by at least the minimum excess), else ``not supported``. Routing claims have no opposite that a test could
 establish, so they are never ``contradicted``.
 """
 from __future__ import annotations
@@ -174,6 +177,8 @@ class ClaimSettings:
     n_bootstrap: int = setting(2000, "bootstrap resamples of the effect intervals", minimum=1)
     alpha: float = setting(0.05, "FDR level of the verdicts", minimum=0, maximum=1)
     confidence: float = setting(0.95, "level of the effect intervals", minimum=0, maximum=1)
+    min_attention_excess: float = setting(0.05, "smallest mean excess of attention share over area share (0-1) that "
+                                                "supports an 'attends' claim", minimum=0, maximum=1)
 
     def check(self) -> None:
         """One clear error naming the option of the first setting out of range."""
@@ -213,16 +218,21 @@ def preference_test(x: np.ndarray, first: np.ndarray, second: np.ndarray, settin
 
 
 def mean_excess_test(excess: np.ndarray, statistic: str, settings: ClaimSettings, rng: np.random.Generator,
-                     effect: np.ndarray | None = None) -> dict:
-    """Is the per-image ``excess`` above 0 on average? One-sample t-test both ways; effect: mean of ``effect`` (default the excess) with a bootstrap interval."""
+                     effect: np.ndarray | None = None, minimum: float = 0.0) -> dict:
+    """Is the per-image ``excess`` above ``minimum`` on average (or below ``-minimum``)?
+
+    One-sample t-tests against ``minimum`` (``p``) and against ``-minimum``
+    the other way (``p_opposite``); effect: mean of ``effect`` (default the
+    excess) with a bootstrap interval.
+    """
     excess = np.asarray(excess, float)
     effect = excess if effect is None else np.asarray(effect, float)
     if len(excess) < 2:
         raise InputError("claims", f"needs at least two images, got {len(excess)}")
     boot = effect[rng.integers(0, len(effect), (settings.n_bootstrap, len(effect)))].mean(1)
     low, high = _interval(boot, settings.confidence)
-    greater = stats.ttest_1samp(excess, 0.0, alternative="greater")
-    less = stats.ttest_1samp(excess, 0.0, alternative="less")
+    greater = stats.ttest_1samp(excess, minimum, alternative="greater")
+    less = stats.ttest_1samp(excess, -minimum, alternative="less")
     return {"statistic": statistic, "value": float(greater.statistic), "effect": float(effect.mean()), "ci_low": low,
             "ci_high": high, "p": float(greater.pvalue), "p_opposite": float(less.pvalue)}
 
@@ -359,7 +369,7 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
         weights = direction_weights(claim.target, ev.positions, ev.image)
         share = weights.sum() / ev.image.sum()
         mass = density @ weights
-        row = mean_excess_test(mass - share, "mass_minus_area", settings, rng)
+        row = mean_excess_test(mass - share, "mass_minus_area", settings, rng, minimum=settings.min_attention_excess)
         return {**row, "n_images": len(a)}
     if ev.coverage is None:
         raise InputError(f"claim {claim.text!r}", "attention to a category needs category masks (a virtual "
@@ -371,7 +381,7 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
     area = masks.sum(1) / ev.image.sum()
     use = np.isfinite(area) & (area > 0)
     mass = (density[use] * masks[use]).sum(1)
-    row = mean_excess_test(mass - area[use], "mass_minus_chance", settings, rng)
+    row = mean_excess_test(mass - area[use], "mass_minus_chance", settings, rng, minimum=settings.min_attention_excess)
     return {**row, "n_images": int(use.sum())}
 
 

@@ -69,6 +69,21 @@ def test_preference_test_is_calibrated_and_finds_a_planted_preference():
     assert list(table["verdict"]) == ["supported", "contradicted"]
 
 
+def test_attention_claims_need_the_minimum_excess():
+    """A tiny but consistent excess (0.005 of the attention's mass) is significant against 0, not against the minimum."""
+    settings = C.ClaimSettings(n_bootstrap=100)
+    rng = np.random.default_rng(1)
+    tiny = 0.005 + 0.002 * rng.standard_normal(60)
+    assert C.mean_excess_test(tiny, "mass_minus_area", settings, rng)["p"] < 1e-6
+    row = C.mean_excess_test(tiny, "mass_minus_area", settings, rng, minimum=settings.min_attention_excess)
+    assert row["p"] > 0.5 and row["p_opposite"] > 0.5 and abs(row["effect"] - tiny.mean()) < 1e-12
+    large = 0.12 + 0.05 * rng.standard_normal(60)
+    assert C.mean_excess_test(large, "mass_minus_area", settings, rng, minimum=settings.min_attention_excess)["p"] < 1e-6
+    below = -large
+    assert C.mean_excess_test(below, "mass_minus_area", settings, rng,
+                              minimum=settings.min_attention_excess)["p_opposite"] < 1e-6
+
+
 def test_an_unreliable_roi_is_neither_supported_nor_contradicted():
     table = C.verdicts(pd.DataFrame([{"p": 0.001, "p_opposite": 0.99, "reliable": False},
                                      {"p": 0.99, "p_opposite": 0.001, "reliable": False},
