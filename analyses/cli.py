@@ -635,6 +635,33 @@ def stimulus_options(args: argparse.Namespace):
                            args.partial_masks)
 
 
+def _labels_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coco", type=Path, nargs="+", required=True, metavar="INSTANCES",
+                   help="COCO instances files (NSD used instances_train2017.json and instances_val2017.json)")
+    p.add_argument("--stim-info", type=Path, required=True,
+                   help="NSD's nsd_stim_info_merged.csv: each NSD image's COCO id and crop box")
+    add_data_args(p)
+    p.add_argument("--out", type=Path, required=True,
+                   help="labels file to write (.csv); the masks go into OUT_STEM_masks/ beside it")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--categories", type=_comma_list, default=None,
+                       help="comma-separated COCO categories or supercategories to label, e.g. person,animal,vehicle "
+                            "(default: every category)")
+    which.add_argument("--supercategories", action="store_true",
+                       help="label every COCO supercategory (person, animal, vehicle, food, ...)")
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from analyses.coco_labels import write_coco_labels
+
+    written = write_coco_labels(args.coco, args.stim_info, args.data_dir, args.subj, args.out, args.categories,
+                                args.supercategories)
+    shown = ", ".join(f"{k} {v}" for k, v in written.counts.items() if v)
+    print(f"{written.n_images} images: {shown}")
+    print(written.labels)
+    return 0
+
+
 def _selectivity_args(p: argparse.ArgumentParser) -> None:
     from analyses.selectivity import SelectivitySettings
 
@@ -834,6 +861,8 @@ COMMANDS: dict[str, Command] = {
     "surface": ("put per-vertex values on fsaverage: a figure and GIFTI files", _surface_args, _surface),
     "interpret": ("attention and attribution maps of a trained run (NetCDF + overlays)", _interpret_args, _interpret),
     "check-maps": ("sanity, localization and faithfulness checks of the maps", _check_maps_args, _check_maps),
+    "labels": ("a labels file of a subject's NSD images with per-category masks, from COCO annotations cropped as NSD "
+               "cropped them", _labels_args, _labels),
     "selectivity": ("ROI selectivity of predicted (and measured) responses and of attention, with permutation statistics",
                     _selectivity_args, _selectivity),
     "routing": ("how each ROI query routes the image: location and content indices, tests and labels",

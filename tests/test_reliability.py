@@ -538,6 +538,48 @@ def test_bad_labels_files_are_one_line_in_every_command(trained_run, small_data,
         assert tree(tmp_path) == before, f"{command} wrote something"
 
 
+LABELS_IMPORT_CASES = {
+    "no stim-info row": ("nsd_stim_info.csv: has no row for nsdId",),
+    "not shown to the subject": ("was not shown to subject 1: is --subj right?",),
+    "COCO image missing": ("instances.json: has no image", "pass every split's instances file to --coco"),
+    "bad crop box": ("nsd_stim_info.csv: line 3: cropBox", "four numbers"),
+    "COCO file not JSON": ("instances.json: not a readable JSON file",),
+    "unknown category": ("--categories: 'animal' is no COCO category or supercategory",),
+    "not a csv": ("use a .csv file name",),
+}
+
+
+@pytest.mark.parametrize("case", list(LABELS_IMPORT_CASES))
+def test_bad_coco_inputs_of_tbe_labels_are_one_line(tiny_data, tmp_path, capsys, case):
+    truth = load_subject(tiny_data, 1).truth
+    coco, info = tmp_path / "instances.json", tmp_path / "nsd_stim_info.csv"
+    shutil.copy(truth.coco_instances, coco)
+    table = pd.read_csv(truth.nsd_stim_info, index_col=0)
+    extra, out = [], tmp_path / "out" / "labels.csv"
+    if case == "no stim-info row":
+        table = table.drop(table.index[5])
+    elif case == "not shown to the subject":
+        table.loc[table.index[5], "subject1"] = 0
+    elif case == "COCO image missing":
+        data = json.loads(coco.read_text())
+        data["images"] = data["images"][1:]
+        coco.write_text(json.dumps(data))
+    elif case == "bad crop box":
+        table["cropBox"] = table["cropBox"].astype(object)
+        table.loc[table.index[1], "cropBox"] = "(0.1, 0.2)"
+    elif case == "COCO file not JSON":
+        coco.write_text("{\"images\": [")
+    elif case == "unknown category":
+        extra = ["--categories", "face,animal"]
+    elif case == "not a csv":
+        out = tmp_path / "out" / "labels.txt"
+    table.to_csv(info)
+    (tmp_path / "out").mkdir()
+    fails(capsys, "labels", "--coco", coco, "--stim-info", info, "--data-dir", tiny_data, "--out", out, *extra,
+          words=LABELS_IMPORT_CASES[case])
+    assert tree(tmp_path / "out") == set(), "nothing written, not even a partial masks folder"
+
+
 # --------------------------------------------------------------------------
 # Exit status 2 for every error; internal errors say how to see the traceback
 # --------------------------------------------------------------------------
