@@ -281,6 +281,7 @@ class Evidence:
     coverage: np.ndarray | None = None  # (image, category, token)
     image: np.ndarray | None = None  # (token,)
     categories: tuple[str, ...] = ()
+    name: str = ""  # the stimuli, for error lines
     positions: np.ndarray | None = None
     routing: pd.DataFrame | None = None
 
@@ -295,7 +296,7 @@ def gather_evidence(run: Run, claims: list[Claim], stimuli, settings: ClaimSetti
 
     kinds = {c.kind for c in claims}
     features = features_for(run, stimuli.paths, stimuli.fmri_rows, cache_dir)
-    ev = Evidence(np.asarray(stimuli.membership, bool), categories=tuple(stimuli.categories))
+    ev = Evidence(np.asarray(stimuli.membership, bool), categories=tuple(stimuli.categories), name=stimuli.name)
     if "prefers" in kinds:
         ev.responses = roi_means(predicted_vertices(run, features), run.subject)
         _, held_pred, held_meas = heldout_responses(run, cache_dir)
@@ -356,9 +357,10 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
     if claim.kind == "routes":
         part = ev.routing.iloc[q]
         if claim.target == "content" and not np.isfinite(part["content_p"]):
-            raise InputError(f"claim {claim.text!r}", "content routing needs category masks (a virtual subject's "
-                                                       "images, or a labels CSV with a mask column) known for at "
-                                                       "least two images in every category")
+            raise InputError(f"claim {claim.text!r}", f"content routing needs category masks, every category's "
+                                                       f"known in at least two images; {ev.name} has "
+                                                       f"{'none' if ev.coverage is None else 'too few'} (a labels "
+                                                       "file with a mask column, or a virtual subject's images)")
         name = "location" if claim.target == "location" else "content"
         low, high = part[f"{name}_ci_low"], part[f"{name}_ci_high"]
         return {"statistic": f"{name}_index", "value": float(part[f"{name}_index"]),
@@ -373,8 +375,9 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
         row = mean_excess_test(mass - share, "mass_minus_area", settings, rng)
         return {**row, "n_images": len(a)}
     if ev.coverage is None:
-        raise InputError(f"claim {claim.text!r}", "attention to a category needs category masks (a virtual "
-                                                   "subject's images, or a labels CSV with a mask column)")
+        raise InputError(f"claim {claim.text!r}", f"attention to a category needs category masks; {ev.name} has "
+                                                   "none (a labels file with a mask column, or a virtual subject's "
+                                                   "images)")
     c = ev.categories.index(claim.target) if claim.target in ev.categories else None
     if c is None:
         raise InputError(f"claim {claim.text!r}", f"no image shows {claim.target}")
@@ -382,8 +385,8 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
     area = masks.sum(1) / ev.image.sum()
     use = np.isfinite(area) & (area > 0)
     if use.sum() < 2:
-        raise InputError(f"claim {claim.text!r}", f"{int(use.sum())} image(s) show {claim.target} with a known mask; "
-                                                   "the test needs at least two")
+        raise InputError(f"claim {claim.text!r}", f"{int(use.sum())} image(s) of {ev.name} show {claim.target} "
+                                                   "with a known mask; the test needs at least two")
     mass = (density[use] * masks[use]).sum(1)
     row = mean_excess_test(mass - area[use], "mass_minus_chance", settings, rng)
     return {**row, "n_images": int(use.sum())}

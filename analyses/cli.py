@@ -611,7 +611,8 @@ def add_stimuli_args(p: argparse.ArgumentParser) -> None:
 
     The labels format and what each option means: :mod:`analyses.stimuli` (and docs/real-data.md).
     """
-    g = p.add_argument_group("stimuli (default: a virtual subject's held-out images, else the rendered localizer)")
+    g = p.add_argument_group("stimuli (without --labels: selectivity and claims take a virtual subject's held-out "
+                             "images, else the rendered localizer; routing takes --split)")
     g.add_argument("--labels", type=Path, default=None,
                    help="labels CSV: one row per image and category it shows (columns image, category, optionally "
                         "mask and partial); an image's unlisted categories are known absent (tbe labels writes one "
@@ -678,7 +679,8 @@ def _selectivity(args: argparse.Namespace) -> int:
     from analyses.selectivity import SelectivitySettings, run_selectivity
 
     table = run_selectivity(args.run, args.data_dir, args.out, args.subj, settings_from_args(SelectivitySettings, args),
-                            stimulus_options(args), seed=args.seed, cache_dir=args.cache_dir, device=args.device)
+                            stimuli=stimulus_options(args), seed=args.seed, cache_dir=args.cache_dir,
+                            device=args.device)
     found = table[table["supported"] & table["preferred"]]
     for source, part in found.groupby("source", sort=False):
         print(f"{source}: " + ", ".join(f"{h}:{r} {c}" for h, r, c in zip(part.hemi, part.roi, part.category)))
@@ -707,7 +709,7 @@ def _routing(args: argparse.Namespace) -> int:
     from interpret.routing import RoutingSettings
 
     table = run_routing(args.run, args.data_dir, args.out, settings_from_args(RoutingSettings, args),
-                        stimulus_options(args), split=args.split, n_images=args.n_images, seed=args.seed,
+                        stimuli=stimulus_options(args), split=args.split, n_images=args.n_images, seed=args.seed,
                         cache_dir=args.cache_dir, device=args.device)
     for label, part in table.groupby("routing", sort=False):
         print(f"{label}: " + ", ".join(f"{h}:{r}" for h, r in zip(part.hemi, part.roi)))
@@ -734,7 +736,7 @@ def _claims(args: argparse.Namespace) -> int:
     from analyses.claims import ClaimSettings, run_claims
 
     table = run_claims(args.run, args.data_dir, args.claims, args.out, settings_from_args(ClaimSettings, args),
-                       stimulus_options(args), seed=args.seed, cache_dir=args.cache_dir, device=args.device)
+                       stimuli=stimulus_options(args), seed=args.seed, cache_dir=args.cache_dir, device=args.device)
     for row in table.itertuples():
         print(f"{row.verdict:>13}  {row.hemi}  {row.claim}  (effect {row.effect:.3g}, p_fdr {row.p_fdr:.3g})")
     print(args.out / "claims.csv")
