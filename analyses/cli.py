@@ -35,7 +35,7 @@ CONFIG_FLAGS = {
     "train.seed": "--seed", "train.split_seed": "--split-seed", "train.val_fraction": "--val-fraction",
     "train.standardise_tokens": "--standardise-tokens", "decoder.query_init": "--query-init",
     "decoder.enc_layers": "--enc-layers", "decoder.pre_norm": "--pre-norm", "decoder.position_embedding": "--position-embedding",
-    "decoder.query_chunk": "--query-chunk",
+    "decoder.query_chunk": "--query-chunk", "decoder.attention": "--attention",
     "decoder.hidden_dim": "--hidden-dim", "decoder.nheads": "--nheads", "decoder.dec_layers": "--dec-layers",
     "decoder.dim_feedforward": "--dim-feedforward", "decoder.dropout": "--dropout",
     "decoder.query_self_attention": "--query-self-attention", "decoder.readout": "--readout",
@@ -209,7 +209,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
     from model.architectures import ARCHITECTURES, RidgeConfig
     from model.baselines import RIDGE_FEATURES
-    from model.encoder import POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
+    from model.encoder import ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
     from model.features import RESIDENCY, RESIDENT_SHARE
     from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
@@ -253,6 +253,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="let the ROI queries attend to each other before the cross-attention (default: off)")
     g.add_argument("--readout", choices=list(READOUTS), default=d.readout,
                    help="vertex readout: " + "; ".join(f"{k}: {v.__doc__.splitlines()[0].rstrip('.').replace('``', '')}" for k, v in READOUTS.items()))
+    g.add_argument("--attention", choices=list(ATTENTIONS), default=d.attention,
+                   help="how a query's cross-attention selects tokens: " + "; ".join(f"{k}: {v}" for k, v in ATTENTIONS.items()))
     g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
     g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim, help="token embedding size of those maps")
     g.add_argument("--query-init", choices=list(QUERY_INITS), default=d.query_init,

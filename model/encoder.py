@@ -24,6 +24,7 @@ from .errors import OptionError, check_fields, is_int, is_number, positive_int
 from .interface import Capabilities, EncoderInputs
 from .readout import READOUTS, QuerySet, with_readout_subset
 from .transformer_layers import CustomDecoderLayer, PositionEmbeddingLearned, PostNormDecoderLayer, TokenEncoder
+from .windows import QueryWindows, WindowedCrossAttention
 
 
 #: ``--query-init``: how the query embeddings start. The original left PyTorch's
@@ -53,6 +54,7 @@ class DecoderConfig:
     pre_norm: bool = True
     position_embedding: str = "sine"
     query_chunk: int = 1024
+    attention: str = "standard"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +77,10 @@ class DecoderConfig:
             ("pre_norm", lambda v: isinstance(v, bool), "must be true or false"),
             ("position_embedding", lambda v: v in POSITION_EMBEDDINGS, f"must be one of {', '.join(POSITION_EMBEDDINGS)}"),
             ("query_chunk", lambda v: is_int(v) and v >= 0, "must be a whole number of queries >= 0 (0: all at once)"),
+            ("attention", lambda v: v in ATTENTIONS, f"must be one of {', '.join(ATTENTIONS)}"),
         ))
+        if self.attention == "windows" and not self.pre_norm:
+            raise OptionError("decoder.attention", "windows need pre-norm decoder layers (decoder.pre_norm)")
         if self.query_self_attention and not self.pre_norm:
             raise OptionError("decoder.query_self_attention", "needs pre-norm decoder layers (the original's post-norm "
                                                               "layer has none)")
@@ -120,22 +125,35 @@ class DecoderLayer(nn.Module):
         if cfg.query_self_attention:
             self.self_attn = nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout, batch_first=True)
             self.norm_self, self.drop_self = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
-        self.cross_attn = nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout, batch_first=True)
+        self.windowed = cfg.attention == "windows"
+        if self.windowed:
+            self.cross_attn = WindowedCrossAttention(d, cfg.nheads, cfg.dropout)
+        else:
+            self.cross_attn = nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.dim_feedforward), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.dim_feedforward, d))
         self.norm_cross, self.norm_ffn = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop_cross, self.drop_ffn = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
 
-    def forward(self, tgt, memory, pos, query_pos, need_weights: bool = False):
+    def forward(self, tgt, memory, pos, query_pos, need_weights: bool = False, log_prior: torch.Tensor | None = None):
         if self.self_attn is not None:
             q = self.norm_self(tgt) + query_pos
             tgt = tgt + self.drop_self(self.self_attn(q, q, self.norm_self(tgt), need_weights=False)[0])
-        out, weights = self.cross_attn(self.norm_cross(tgt) + query_pos, memory + pos, memory,
-                                       need_weights=need_weights, average_attn_weights=False)
+        if self.windowed:  # where the query looks comes from its windows alone: no position in the keys
+            out, weights = self.cross_attn(self.norm_cross(tgt) + query_pos, memory, memory, log_prior)
+            weights = weights if need_weights else None
+        else:
+            out, weights = self.cross_attn(self.norm_cross(tgt) + query_pos, memory + pos, memory,
+                                           need_weights=need_weights, average_attn_weights=False)
         tgt = tgt + self.drop_cross(out)
         tgt = tgt + self.drop_ffn(self.ffn(self.norm_ffn(tgt)))
         return tgt, weights
 
 
+#: ``--attention``: how a query's cross-attention selects tokens (:mod:`model.windows`)
+ATTENTIONS = {
+    "standard": "multi-head attention over the tokens with their positions in the keys (DETR's)",
+    "windows": "one content score per query seen through a learned Gaussian window per head",
+}
 #: ``--position-embedding``: how token positions enter the attention keys
 POSITION_EMBEDDINGS = {"sine": PositionEmbeddingSine, "learned": PositionEmbeddingLearned}
 #: decoder layer by ``pre_norm``
@@ -173,6 +191,7 @@ class BrainEncoder(nn.Module):
         self.pos = POSITION_EMBEDDINGS[cfg.position_embedding](d)
         self.token_encoder = TokenEncoder(cfg) if cfg.enc_layers else None
         self.query_embed = nn.Embedding(queries.n_queries, d)
+        self.windows = QueryWindows(queries.n_queries, cfg.nheads) if cfg.attention == "windows" else None
         self.layers = nn.ModuleList(self.decoder_layer(cfg) for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(d) if self.final_norm else nn.Identity()
         self.readout = READOUTS[cfg.readout].from_config(queries, cfg, grid[0] * grid[1])
@@ -197,7 +216,7 @@ class BrainEncoder(nn.Module):
         for name, p in self.named_parameters():
             if name == "query_embed.weight":
                 QUERY_INITS[self.cfg.query_init](p)
-            elif p.dim() > 1 and not name.startswith(("readout.", "pos.")):  # the learned positions keep their own init
+            elif p.dim() > 1 and not name.startswith(("readout.", "pos.", "windows.")):  # those keep their own init
                 nn.init.xavier_uniform_(p)
 
     def forward(self, features: torch.Tensor, return_attention: bool = False) -> dict[str, torch.Tensor]:
@@ -209,10 +228,11 @@ class BrainEncoder(nn.Module):
         query_pos = self.query_embed.weight[None].expand(features.shape[0], -1, -1)
         need_last = self.readout.uses_attention
         chunk = self.query_chunk(query_pos.shape[1])
+        prior = self.windows.log_prior(self.grid) if self.windows is not None else None
         if chunk is None:
-            tokens, attention = self.decode(memory, pos, query_pos, return_attention, need_last)
+            tokens, attention = self.decode(memory, pos, query_pos, return_attention, need_last, prior)
         else:
-            tokens, attention = self.decode_in_chunks(memory, pos, query_pos, chunk, return_attention)
+            tokens, attention = self.decode_in_chunks(memory, pos, query_pos, chunk, return_attention, prior)
         window = attention[-1] if need_last else None  # (B, heads, Q, T) of the last layer
         out = {"pred": self.readout(tokens, memory, window), "tokens": tokens}
         if return_attention:
@@ -229,17 +249,23 @@ class BrainEncoder(nn.Module):
         independent = not self.cfg.query_self_attention and not self.readout.uses_attention
         return chunk if chunk and n_queries > chunk and independent else None
 
-    def decode(self, memory, pos, query_pos, return_attention: bool = False, need_last: bool = False):
-        """The decoder layers on ``query_pos``'s queries: (tokens (B, Q, D), per-layer attention or None)."""
+    def decode(self, memory, pos, query_pos, return_attention: bool = False, need_last: bool = False,
+               prior: torch.Tensor | None = None):
+        """The decoder layers on ``query_pos``'s queries: (tokens (B, Q, D), per-layer attention or None).
+
+        ``prior``: those queries' log windows (Q, heads, T) with ``--attention windows``.
+        """
         tgt = torch.zeros_like(query_pos)
         attention = []
+        extra = {} if prior is None else {"log_prior": prior}
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
-            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention or (last and need_last))
+            tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention or (last and need_last), **extra)
             attention.append(weights)
         return self.norm(tgt), attention
 
-    def decode_in_chunks(self, memory, pos, query_pos, chunk: int, return_attention: bool = False):
+    def decode_in_chunks(self, memory, pos, query_pos, chunk: int, return_attention: bool = False,
+                         prior: torch.Tensor | None = None):
         """:meth:`decode`, ``chunk`` queries at a time (one query per vertex: ~40,000 at real size).
 
         Each chunk's attention (B, heads, chunk, T) is the most any step
@@ -252,12 +278,13 @@ class BrainEncoder(nn.Module):
         tokens, attention = [], []
         for start in range(0, query_pos.shape[1], chunk):
             part = query_pos[:, start:start + chunk]
+            window = prior[start:start + chunk] if prior is not None else None
             if grad and not return_attention:
-                t = torch.utils.checkpoint.checkpoint(lambda m, p, q: self.decode(m, p, q)[0], memory, pos, part,
-                                                      use_reentrant=False)
+                t = torch.utils.checkpoint.checkpoint(lambda m, p, q, w: self.decode(m, p, q, prior=w)[0], memory, pos,
+                                                      part, window, use_reentrant=False)
                 a = [None] * len(self.layers)
             else:
-                t, a = self.decode(memory, pos, part, return_attention)
+                t, a = self.decode(memory, pos, part, return_attention, prior=window)
             tokens.append(t), attention.append(a)
         per_layer = [torch.cat(ws, dim=2) if ws[0] is not None else None for ws in zip(*attention)]
         return torch.cat(tokens, dim=1), per_layer
@@ -282,6 +309,8 @@ class CustomTransformer(BrainEncoder):
             raise OptionError("decoder.pre_norm", "custom_transformer has pre-norm decoder layers only (as the original)")
         if cfg.query_self_attention:
             raise OptionError("decoder.query_self_attention", "custom_transformer has no query self-attention (as the original)")
+        if cfg.attention != "standard":
+            raise OptionError("decoder.attention", "custom_transformer has the original's attention only (standard)")
 
     def __init__(self, queries: QuerySet, feature_dim: int, grid: tuple[int, int], cfg: DecoderConfig = DecoderConfig()):
         self.check(cfg)

@@ -4,19 +4,26 @@ For one ROI query and one image, the tokens the query attends to most (the
 last decoder layer's cross-attention, averaged over heads) are replaced by
 the training images' mean token, the encoder's neutral input (zero after
 its standardisation, the baseline of the token attributions), and the
-change of the ROI's predicted response is measured: the root mean square,
-over the query's vertices, of the change of each vertex's prediction (a
-mean over the ROI would let vertices that move in opposite directions
-cancel). The same is done for random sets of as many tokens. The
-**deletion ratio** of a query is
+change of the ROI's predicted response is measured as the mean, over the
+query's vertices, of the squared change of each vertex's prediction (a
+change of the ROI mean would let vertices that move in opposite
+directions cancel). The same is done for random sets of as many tokens.
+The **deletion ratio** of a query is
 
     mean over images of the change (top-attended tokens replaced)
     / mean over images of the change (random tokens replaced),
 
-with a percentile bootstrap interval over images. An attention the
-prediction ignores gives about 1: replacing what it points at changes no
-more than replacing anything else. A query is called *faithful* when its
-ratio reaches :data:`MIN_RATIO`.
+with a percentile bootstrap interval over images. Squared changes add up
+over tokens that contribute independently, so for such a prediction the
+ratio is the share of the prediction's dependence on the tokens that the
+top-attended fraction ``f`` carries, divided by ``f``: about 1 when the
+attention is unrelated to what the prediction uses (replacing what it
+points at changes no more than replacing anything else), at most ``1 / f``
+(5 for the default 20%) when all of it lies in the top-attended tokens,
+below 1 when the attention points away from it. A query is called
+*faithful* when its ratio reaches :data:`MIN_RATIO` (3: at least 60% of
+what the prediction uses lies in the top-attended fifth of the image).
+Nonlinear predictions can exceed ``1 / f``.
 
 The test needs the encoder's cross-attention and nothing else, so it runs
 on cached tokens without the backbone; ``tbe train`` runs it on the
@@ -44,7 +51,7 @@ N_RANDOM = 4
 
 @dataclass(frozen=True)
 class DeletionChanges:
-    """Per image and query, the ROI's prediction change when its top-attended or random tokens are replaced.
+    """Per image and query, the ROI's mean squared prediction change when its top-attended or random tokens are replaced.
 
     ``top`` and ``random`` are (images, queries); ``random`` is the mean over
     :data:`N_RANDOM` random token sets (the same sets for every query).
@@ -60,9 +67,9 @@ def mean_token(encoder: torch.nn.Module) -> torch.Tensor:
     return encoder.feature_mean.detach()
 
 
-def _rms_per_query(change: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """(B, V) change, (V, Q) memberships -> (B, Q) root mean square over each query's vertices."""
-    return ((change.double() ** 2) @ members / members.sum(0)).sqrt()
+def _mean_square_per_query(change: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """(B, V) change, (V, Q) memberships -> (B, Q) mean square over each query's vertices."""
+    return (change.double() ** 2) @ members / members.sum(0)
 
 
 def _replace(x: torch.Tensor, index: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
@@ -113,11 +120,11 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
         index = torch.topk(attention, k, dim=2).indices.flatten(0, 1)  # (B * Q, k)
         change = _predict_replaced(encoder, x, index, token, 4 * batch_size).view(b, n_queries, -1) - pred[:, None]
         own = (change.double() ** 2 * members.T[None]).sum(2) / members.sum(0)  # each query over its own vertices
-        top[start:start + b] = own.sqrt().cpu().numpy()
+        top[start:start + b] = own.cpu().numpy()
         for _ in range(n_random):
             index = torch.argsort(torch.rand(b, t, generator=generator), dim=1)[:, :k].to(dev)
             change = encoder(_replace(x, index, token))["pred"].float() - pred
-            random[start:start + b] += _rms_per_query(change, members).cpu().numpy() / n_random
+            random[start:start + b] += _mean_square_per_query(change, members).cpu().numpy() / n_random
     return DeletionChanges(top, random, fraction)
 
 

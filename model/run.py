@@ -144,6 +144,8 @@ class RunConfig:
 
     #: sections and the dataclass each is read into
     SECTIONS = {"backbone": BackboneConfig, "decoder": DecoderConfig, "train": TrainConfig, "ridge": RidgeConfig}
+    #: what a config written before a setting existed meant by its absence (not today's default)
+    ABSENT_MEANS = {"decoder": {"attention": "standard"}}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -154,7 +156,7 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         d = dict(d)
         for name, section in cls.SECTIONS.items():
-            d[name] = section(**d[name])
+            d[name] = section(**{**cls.ABSENT_MEANS.get(name, {}), **d[name]})
         d["grid"] = tuple(d["grid"])
         return cls(**d)
 

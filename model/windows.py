@@ -1,0 +1,88 @@
+"""Cross-attention through learned windows: *what* from the tokens' content, *where* from a Gaussian window per head.
+
+With the standard cross-attention (``--attention standard``) a query's
+heads are free to specialise: some on a place in the image, some on a
+kind of content, so their average, the map every figure shows, mixes
+windows the prediction reads separately. Here (``--attention windows``)
+every head of a query shares one *content* score and looks at the image
+through its own Gaussian *window* over the token grid, a learned centre
+and width per query and head, in the manner of spatially modulated
+co-attention (Gao et al. 2021, SMCA-DETR):
+
+    a[q, h, t] = softmax over t of ( s[q, t] - |x_t - mu[q, h]|^2 / (2 sigma[q, h]^2) )
+
+``s[q, t] = (W_q e_q) . (W_k m_t) / sqrt(d)`` is the content score of token
+``m_t`` for query ``e_q`` (no position enters it), ``x_t`` the token's place
+on the grid in [-1, 1] (x right, y down), ``mu`` and ``sigma`` the window.
+A head's attention is the content score restricted to its window, the
+head average is the content score restricted to the union of the windows,
+so a face query's map stays on faces however its heads divide the field,
+and an early visual query's windows tile its part of the visual field
+like population receptive fields. The values and the output projection
+are those of multi-head attention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: windows' centres are ``CENTRE_SCALE x`` their parameters, so that the optimiser can move
+#: a window across the image within a training run (Adam's steps are about the learning rate)
+CENTRE_SCALE = 4.0
+#: initial window width (standard deviation) on the [-1, 1] grid: a quarter of the image
+INITIAL_SIGMA = 0.5
+
+
+def grid_positions(rows: int, cols: int, device=None) -> torch.Tensor:
+    """(rows * cols, 2) token centres on [-1, 1]: x right, y down, row-major like the flattened tokens."""
+    y = (torch.arange(rows, dtype=torch.float32, device=device) + 0.5) / rows * 2 - 1
+    x = (torch.arange(cols, dtype=torch.float32, device=device) + 0.5) / cols * 2 - 1
+    return torch.stack(torch.meshgrid(x, y, indexing="xy"), -1).reshape(-1, 2)
+
+
+def initial_centres(nheads: int) -> torch.Tensor:
+    """(nheads, 2) centres on a near-square lattice over the image, so every query starts by seeing all of it."""
+    side = math.ceil(math.sqrt(nheads))
+    ticks = (torch.arange(side, dtype=torch.float32) + 0.5) / side * 2 - 1
+    lattice = torch.stack(torch.meshgrid(ticks, ticks, indexing="xy"), -1).reshape(-1, 2)
+    return lattice[:nheads]
+
+
+class QueryWindows(nn.Module):
+    """Each query's Gaussian window per head: a learned centre and width on the token grid."""
+
+    def __init__(self, n_queries: int, nheads: int):
+        super().__init__()
+        self.centre = nn.Parameter(initial_centres(nheads).expand(n_queries, -1, -1) / CENTRE_SCALE)
+        self.log_sigma = nn.Parameter(torch.full((n_queries, nheads), math.log(INITIAL_SIGMA)))
+
+    def log_prior(self, grid: tuple[int, int], queries: slice = slice(None)) -> torch.Tensor:
+        """(Q, heads, T) log window of the queries ``queries``: ``-|x_t - mu|^2 / (2 sigma^2)``."""
+        xy = grid_positions(*grid, device=self.centre.device)
+        centre = self.centre[queries] * CENTRE_SCALE
+        d2 = ((xy[None, None] - centre[:, :, None]) ** 2).sum(-1)
+        return -d2 / (2 * torch.exp(2 * self.log_sigma[queries])[:, :, None])
+
+
+class WindowedCrossAttention(nn.Module):
+    """Multi-head cross-attention whose heads share one content score and differ by an additive log window."""
+
+    def __init__(self, d: int, nheads: int, dropout: float):
+        super().__init__()
+        self.heads = nheads
+        self.q_proj, self.k_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.v_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, log_prior: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """query (B, Q, D), key and value (B, T, D), log_prior (Q, heads, T) -> output (B, Q, D), weights (B, heads, Q, T)."""
+        content = self.q_proj(query) @ self.k_proj(key).transpose(1, 2) / math.sqrt(query.shape[-1])  # (B, Q, T)
+        logits = content[:, None] + log_prior.transpose(0, 1)[None].to(content.dtype)  # (B, heads, Q, T)
+        weights = logits.float().softmax(-1).to(content.dtype)
+        b, t = value.shape[:2]
+        v = self.v_proj(value).view(b, t, self.heads, -1).transpose(1, 2)  # (B, heads, T, D / heads)
+        out = (self.drop(weights) @ v).transpose(1, 2).flatten(2)  # (B, Q, D)
+        return self.out_proj(out), weights

@@ -1,0 +1,96 @@
+"""Cross-attention through learned windows (model/windows.py, ``--attention windows``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.backbone import BackboneConfig
+from model.encoder import BrainEncoder, CustomTransformer, DecoderConfig
+from model.errors import OptionError
+from model.readout import QuerySet
+from model.run import RunConfig
+from model.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
+
+QUERIES = QuerySet(["lh", "lh", "rh"], ["V1v", "FFA-1", "V1v"], {"lh": 6, "rh": 4},
+                   np.eye(3, dtype=bool)[[0, 0, 0, 1, 1, 1, 2, 2, 2, 2]])
+
+
+def test_grid_positions_are_token_centres_row_major():
+    xy = grid_positions(2, 4)
+    assert xy.shape == (8, 2)
+    np.testing.assert_allclose(xy[0], [-0.75, -0.5])  # top-left token: x left, y up the page (down is +)
+    np.testing.assert_allclose(xy[3], [0.75, -0.5])
+    np.testing.assert_allclose(xy[4], [-0.75, 0.5])
+
+
+def test_initial_windows_tile_the_image():
+    c = initial_centres(16)
+    assert c.shape == (16, 2) and len(torch.unique(c, dim=0)) == 16
+    assert torch.allclose(c.mean(0), torch.zeros(2), atol=1e-6)
+    windows = QueryWindows(3, 4)
+    prior = windows.log_prior((8, 8))
+    assert prior.shape == (3, 4, 64) and (prior <= 0).all()
+    peak = grid_positions(8, 8)[prior[0].argmax(-1)]  # each head's most open token is the one nearest its centre
+    assert torch.allclose(peak, initial_centres(4), atol=0.13)
+
+
+def test_without_content_each_head_sees_its_normalised_window():
+    attn = WindowedCrossAttention(8, 2, dropout=0.0)
+    torch.nn.init.zeros_(attn.q_proj.weight), torch.nn.init.zeros_(attn.q_proj.bias)
+    windows = QueryWindows(1, 2)
+    with torch.no_grad():
+        windows.centre[0] = torch.tensor([[-0.5, -0.5], [0.5, 0.5]]) / CENTRE_SCALE
+    prior = windows.log_prior((6, 6))
+    _, weights = attn(torch.randn(1, 1, 8), torch.randn(1, 36, 8), torch.randn(1, 36, 8), prior)
+    expected = prior.softmax(-1).transpose(0, 1)[None]  # (1, heads, Q, T)
+    torch.testing.assert_close(weights, expected)
+
+
+def test_content_moves_every_head_alike():
+    """A token the content score favours gains weight in every head, inside each head's window."""
+    attn = WindowedCrossAttention(8, 4, dropout=0.0)
+    keys = torch.randn(1, 36, 8)
+    prior = QueryWindows(1, 4).log_prior((6, 6))
+    query = torch.randn(1, 1, 8)
+    _, base = attn(query, keys, keys, prior)
+    content = attn.q_proj(query) @ attn.k_proj(keys).transpose(1, 2)
+    best = int(content.argmax())
+    keys2 = keys.clone()
+    keys2[0, best] *= 3  # a stronger match of the favoured token
+    _, more = attn(query, keys2, keys2, prior)
+    assert (more[0, :, 0, best] > base[0, :, 0, best]).all()
+
+
+@pytest.mark.parametrize("readout", ["linear", "heads", "retinotopic"])
+def test_windows_train_with_every_readout_and_chunking_is_exact(readout):
+    cfg = DecoderConfig(hidden_dim=32, nheads=4, dim_feedforward=64, attention="windows", readout=readout, query_chunk=0)
+    cfg.validate()
+    torch.manual_seed(0)
+    enc = BrainEncoder(QUERIES, 16, (4, 4), cfg)
+    out = enc(torch.randn(2, 16, 16), return_attention=True)
+    assert out["pred"].shape == (2, 10) and out["attention"].shape == (2, 1, 4, 3, 16)
+    torch.testing.assert_close(out["attention"].sum(-1), torch.ones(2, 1, 4, 3))
+    out["pred"].square().sum().backward()
+    assert enc.windows.centre.grad.abs().sum() > 0 and enc.windows.log_sigma.grad.abs().sum() > 0
+    if readout == "linear":  # chunks of queries decode exactly as all at once
+        enc.eval()
+        x = torch.randn(2, 16, 16)
+        whole = enc(x)["pred"]
+        enc.cfg = DecoderConfig(**{**cfg.to_dict(), "query_chunk": 1})
+        torch.testing.assert_close(enc(x)["pred"], whole)
+
+
+def test_windows_refused_where_they_cannot_apply():
+    with pytest.raises(OptionError, match="decoder.attention: windows need pre-norm"):
+        DecoderConfig(attention="windows", pre_norm=False).validate()
+    with pytest.raises(OptionError, match="decoder.attention: must be one of standard, windows"):
+        DecoderConfig(attention="gaussian").validate()
+    with pytest.raises(OptionError, match="custom_transformer has the original's attention only"):
+        CustomTransformer(QUERIES, 16, (4, 4), DecoderConfig(hidden_dim=32, nheads=4, attention="windows"))
+
+
+def test_a_config_written_before_windows_existed_reads_as_standard_attention():
+    config = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig(attention="windows")).to_dict()
+    del config["decoder"]["attention"]
+    assert RunConfig.from_dict(config).decoder.attention == "standard"
