@@ -8,9 +8,9 @@ images of a map job:
   (:func:`interpret.focus.focus`), mean over images: 0 for a uniform map;
 * ``deletion_ratio``: how much more the ROI's prediction changes when the
   query's top-attended 20% of tokens are replaced by the mean token than
-  when a random 20% are, with its bootstrap interval over images
-  (:mod:`model.faithfulness`); ``faithful`` when it reaches
-  :data:`model.faithfulness.MIN_RATIO`;
+  when a random 20% are, and ``specificity``: than when the other queries'
+  top-attended tokens are, each with its bootstrap interval over images
+  (:mod:`model.faithfulness`); ``faithful`` when both reach their minimum;
 * ``ig_rank_correlation``: Spearman correlation, per image, of the
   attention map with the magnitude of the token integrated gradients of
   the ROI's prediction (what the prediction depends on), mean over images;
@@ -27,7 +27,7 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
-from model.faithfulness import (MIN_RATIO, SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
+from model.faithfulness import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
                                 faithfulness_summary, query_reliability)
 from model.rois import HEMIS
 from model.run import VAL_PRED, Run, load_run_array
@@ -36,8 +36,9 @@ from .focus import focus
 from .maps import Inputs
 
 #: the columns of :func:`attention_use`, in order
-COLUMNS = ["hemi", "roi", "focus", "deletion_ratio", "deletion_ratio_ci_low", "deletion_ratio_ci_high", "faithful",
-           "ig_rank_correlation", "r_heldout", "reliable", "n_images"]
+COLUMNS = ["hemi", "roi", "focus", "deletion_ratio", "deletion_ratio_ci_low", "deletion_ratio_ci_high", "specificity",
+           "specificity_ci_low", "specificity_ci_high", "faithful", "ig_rank_correlation", "r_heldout", "reliable",
+           "n_images"]
 
 
 def run_reliability(run: Run) -> pd.DataFrame:
@@ -119,15 +120,15 @@ def verdict(table: pd.DataFrame) -> str:
     """The sentence above every attention figure: is this run's attention used by its predictions?"""
     summary = faithfulness_summary(table.assign(query=table["hemi"] + ":" + table["roi"]))
     n, total = summary["n_faithful_reliable"], summary["n_reliable"]
+    rule = (f"replacing a query's top-attended 20% of tokens changes its ROI's prediction at least {MIN_RATIO:g}x more "
+            f"than a random 20% and {MIN_SPECIFICITY:g}x more than the other queries' top-attended tokens")
     if total == 0:
         return "Attention faithfulness cannot be judged: no ROI shown here is reliably predicted."
     if summary["faithful"]:
-        return (f"Attention is faithful for all {total} reliably predicted ROIs shown (replacing the top-attended 20% "
-                f"of tokens changes the prediction at least {MIN_RATIO:g}x more than a random 20%).")
-    worst = ", ".join(sorted(summary["unfaithful"], key=summary["unfaithful"].get)[:6])
-    return (f"WARNING: attention is NOT faithful for {total - n} of {total} reliably predicted ROIs ({worst}): "
-            f"their predictions change less than {MIN_RATIO:g}x more when the top-attended 20% of tokens are replaced "
-            "than when a random 20% are, so their attention maps do not show what the prediction uses.")
+        return f"Attention is faithful for all {total} reliably predicted ROIs shown ({rule})."
+    worst = ", ".join(sorted(summary["unfaithful"], key=lambda q: summary["unfaithful"][q]["specificity"])[:6])
+    return (f"WARNING: attention is NOT faithful for {total - n} of {total} reliably predicted ROIs ({worst}): their "
+            f"attention maps do not show what their predictions use (faithful: {rule}).")
 
 
 __all__ = ["COLUMNS", "attention_use", "describe_run", "ig_agreement", "run_faithfulness", "run_reliability", "verdict"]

@@ -168,23 +168,26 @@ def plot_faithfulness(table: pd.DataFrame, out: str | Path) -> Path:
 
 
 def plot_attention_use(table: pd.DataFrame, out: str | Path) -> Path:
-    """Each ROI query's deletion ratio with its bootstrap interval, the faithfulness line, unreliable ROIs in grey."""
-    from model.faithfulness import MIN_RATIO
+    """Each ROI query's deletion ratio and specificity with their intervals and minimums; unreliable ROIs in grey."""
+    from model.faithfulness import MIN_RATIO, MIN_SPECIFICITY
 
     rows = table.reset_index(drop=True)
-    fig = figure(figsize=(6.5, 0.22 * len(rows) + 1.2))
-    ax = fig.subplots()
+    fig = figure(figsize=(8, 0.2 * len(rows) + 1.4))
+    axes = fig.subplots(1, 2, sharey=True)
     y = np.arange(len(rows))[::-1]
-    reliable = rows["reliable"].astype(bool).to_numpy()
-    err = np.clip([rows["deletion_ratio"] - rows["deletion_ratio_ci_low"],
-                   rows["deletion_ratio_ci_high"] - rows["deletion_ratio"]], 0, None)
-    ax.errorbar(rows["deletion_ratio"], y, xerr=np.nan_to_num(err), fmt="none", ecolor="0.6", lw=0.8)
-    ax.scatter(rows["deletion_ratio"], y, c=np.where(reliable, "tab:blue", "0.7"), zorder=3, s=14)
-    ax.axvline(MIN_RATIO, color="k", ls="--", lw=0.8, label=f"faithful from {MIN_RATIO:g}")
-    ax.axvline(1, color="0.8", lw=0.8, label="1: the prediction ignores the attention")
-    ax.set_yticks(y, [f"{h} {r}" for h, r in zip(rows["hemi"], rows["roi"])], fontsize=6)
-    ax.set_xlabel("deletion ratio: change when the top-attended 20% of tokens are replaced / a random 20% "
-                  "(95% bootstrap interval of the ratio); grey: not reliably predicted", fontsize=7)
-    ax.legend(fontsize=7)
+    colours = np.where(rows["reliable"].astype(bool).to_numpy(), "tab:blue", "0.7")
+    for ax, name, minimum, label in ((axes[0], "deletion_ratio", MIN_RATIO, "vs a random 20%"),
+                                     (axes[1], "specificity", MIN_SPECIFICITY, "vs the other queries' top 20%")):
+        err = np.clip([rows[name] - rows[f"{name}_ci_low"], rows[f"{name}_ci_high"] - rows[name]], 0, None)
+        ax.errorbar(rows[name], y, xerr=np.nan_to_num(err), fmt="none", ecolor="0.6", lw=0.8)
+        ax.scatter(rows[name], y, c=colours, zorder=3, s=14)
+        ax.axvline(minimum, color="k", ls="--", lw=0.8, label=f"faithful from {minimum:g}")
+        ax.axvline(1, color="0.8", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"{name.replace('_', ' ')} ({label})", fontsize=8)
+        ax.legend(fontsize=7)
+    axes[0].set_yticks(y, [f"{h} {r}" for h, r in zip(rows["hemi"], rows["roi"])], fontsize=6)
+    fig.supxlabel("change of the ROI's prediction when its query's top-attended 20% of tokens are replaced, relative "
+                  "(95% bootstrap interval of the ratio; grey: not reliably predicted)", fontsize=7)
     fig.tight_layout()
     return save_figure(fig, out)

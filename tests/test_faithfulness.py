@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from model.faithfulness import MIN_RATIO, deletion_changes, deletion_ratios, faithfulness_summary, query_reliability
+from model.faithfulness import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
+                                query_reliability)
 from model.interface import Capabilities
 
 T, C = 64, 8
@@ -50,9 +51,19 @@ def test_an_attention_that_selects_what_is_read_is_faithful():
     window = [np.arange(0, 10), np.arange(30, 40)]
     table = _ratios(Planted(window, window))
     assert ((table["deletion_ratio"] > 4) & (table["deletion_ratio"] < 6.5)).all(), table
+    assert (table["specificity"] > 10).all(), table  # the other query's tokens are not read at all
     assert (table["deletion_ratio"] > MIN_RATIO).all() and table["faithful"].all()
-    assert (table["deletion_ratio_ci_low"] <= table["deletion_ratio"]).all()
-    assert (table["deletion_ratio"] <= table["deletion_ratio_ci_high"]).all()
+    for name in ("deletion_ratio", "specificity"):
+        assert (table[f"{name}_ci_low"] <= table[name]).all() and (table[name] <= table[f"{name}_ci_high"]).all()
+
+
+def test_an_attention_every_query_shares_is_used_but_not_specific():
+    """Both queries attend to the same (salient) tokens, which both ROIs read: deletion ratio high, specificity 1."""
+    salient = [np.arange(0, 10), np.arange(0, 10)]
+    table = _ratios(Planted(salient, salient))
+    assert (table["deletion_ratio"] > MIN_RATIO).all(), table
+    assert ((table["specificity"] > 0.9) & (table["specificity"] < 1.1)).all(), table
+    assert not table["faithful"].any()
 
 
 def test_an_attention_the_prediction_ignores_is_not_faithful():
@@ -83,12 +94,13 @@ def test_reliability_and_the_summary_count_only_reliable_queries():
     pred[:, 5:] = rng.standard_normal((40, 5))  # query B's vertices are not predicted
     reliable = query_reliability(pred, measured, MEMBERS)
     assert list(reliable["reliable"]) == [True, False]
-    table = pd.concat([pd.DataFrame({"query": ["lh:A", "lh:B"], "deletion_ratio": [4.0, 1.1],
+    table = pd.concat([pd.DataFrame({"query": ["lh:A", "lh:B"], "deletion_ratio": [4.0, 1.1], "specificity": [1.2, 1.0],
                                      "faithful": [True, False], "n_images": [40, 40]}), reliable], axis=1)
     summary = faithfulness_summary(table)
     assert (summary["n_reliable"], summary["n_faithful_reliable"], summary["faithful"]) == (1, 1, True)
     table.loc[0, "faithful"] = False
-    assert faithfulness_summary(table)["unfaithful"] == {"lh:A": 4.0}
+    assert faithfulness_summary(table)["unfaithful"] == {"lh:A": {"deletion_ratio": 4.0, "specificity": 1.2}}
+    assert "NOT FAITHFUL: lh:A (ratio 4.0, specificity 1.20)" in describe_faithfulness(faithfulness_summary(table))
 
 
 @pytest.mark.slow
