@@ -147,7 +147,9 @@ def localization(ds: xr.Dataset, truth: GroundTruth, roi_masks: dict[tuple[str, 
     ``roi_masks`` maps (hemi, roi) to the ROI's vertex mask; ``category_masks``
     is (image, category, y, x) on the map grid (fraction of each cell covered).
     Maps are scored by their absolute value.
-    Early visual ROIs: ``centre_error_deg``, ``same_quadrant`` and
+    Early visual ROIs: ``centre_error_deg``, ``same_quadrant`` (share of
+    images whose map's centre lies in the quadrant of the true coverage's),
+    ``mean_map_quadrant`` (1 when the image-averaged map's centre does) and
     ``coverage_correlation``; category ROIs: ``pointing_game`` and
     ``relevance_mass`` with their ``chance`` levels.
     """
@@ -179,8 +181,11 @@ def _prf_scores(maps: np.ndarray, truth: GroundTruth, mask: np.ndarray, hemi: st
     same = (np.sign(centres[:, 0]) == np.sign(tx)) & (np.sign(centres[:, 1]) == np.sign(ty))
     mean_map = np.clip(maps, 0, None).mean(0)
     corr = np.corrcoef(mean_map.ravel(), coverage.ravel())[0, 1] if mean_map.std() > 0 else np.nan
+    mx, my = centre_of_mass_deg(mean_map, grid)
+    mean_same = bool(np.sign(mx) == np.sign(tx) and np.sign(my) == np.sign(ty))
     return [{**base, "measure": "centre_error_deg", "value": float(np.nanmean(error)), "chance": np.nan},
             {**base, "measure": "same_quadrant", "value": float(np.mean(same)), "chance": 0.25},
+            {**base, "measure": "mean_map_quadrant", "value": float(mean_same), "chance": 0.25},
             {**base, "measure": "coverage_correlation", "value": float(corr), "chance": 0.0}]
 
 

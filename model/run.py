@@ -267,10 +267,10 @@ def read_metrics(run: str | Path) -> dict:
 
 def load_run_array(run: str | Path, template: str, hemi: str, n_vertices: int | None = None,
                    n_rows: int | None = None) -> np.ndarray:
-    """A per-hemisphere array of a run (``VAL_CORR`` or ``PRED_TEST``), checked against the expected shape."""
+    """A per-hemisphere array of a run (``VAL_CORR``, ``VAL_PRED`` or ``PRED_TEST``), checked against the expected shape."""
     path = Path(run) / template.format(hemi=hemi)
-    what = "test predictions" if template == PRED_TEST else "per-vertex values"
-    ndim = 2 if template == PRED_TEST else 1
+    what = {PRED_TEST: "test predictions", VAL_PRED: "validation predictions"}.get(template, "per-vertex values")
+    ndim = 2 if template in (PRED_TEST, VAL_PRED) else 1
     shape = (n_rows, n_vertices) if ndim == 2 else (n_vertices,)
     return load_npy(path, ndim=ndim, kinds="f", shape=shape, what=what)
 
