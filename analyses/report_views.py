@@ -382,6 +382,20 @@ def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
 # Runs
 # --------------------------------------------------------------------------
 
+def faithfulness_note(run, cache_dir: str | Path | None = None) -> None:
+    """Say above any attention figure whether the run's predictions use its attention (:mod:`model.faithfulness`).
+
+    The line ``tbe train`` logged (recomputed the same way for runs trained
+    before the test existed); a run whose attention is not faithful gets it
+    as a warning, naming the queries.
+    """
+    from interpret.attention_use import describe_run
+
+    line = describe_run(run, cache_dir or None)
+    if line:
+        note(("**Warning.** " if "NOT FAITHFUL" in line else "") + line[0].upper() + line[1:] + ".")
+
+
 def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int, device: str = "cpu"):
     """:func:`model.run.open_run` on ``device`` (a notebook's ``device`` parameter), refusing a subject other than the run's."""
     from model.errors import InputError
