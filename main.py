@@ -5,8 +5,8 @@
 The seed's flags (underscored) are translated to ``tbe train`` options, and
 where the original's model differs from ``tbe train``'s defaults the
 original's setting is passed (:data:`ORIGINAL_SETTINGS`): the linear readout,
-raw tokens, N(0, 1) query embeddings, and a split and initialisation seeded
-by ``--run``. Any ``tbe train`` option (``--no-pretrained``, ``--backbone``,
+the standard cross-attention, raw tokens, N(0, 1) query embeddings, and a
+split and initialisation seeded by ``--run``. Any ``tbe train`` option (``--no-pretrained``, ``--backbone``,
 ``--cache-dir``, ...) may be added, and wins. The run directory follows the seed's layout:
 ``{output_path}nsd_test/{backbone_arch}_{encoder_arch}/subj_XX/{readout_res}/enc_{layer}/run_{run}/``.
 Flags of the seed that have no effect here (wandb, worker counts, ...) are
@@ -38,6 +38,7 @@ BACKBONE_ARCH = {
 #: where the original differs from ``tbe train``'s defaults: its values (README, "main.py is the original")
 ORIGINAL_SETTINGS = (
     "--readout", "linear",  # one linear readout per vertex of its queries' tokens (rois_all: summed over its ROIs)
+    "--attention", "standard",  # multi-head cross-attention with the positions in the keys (DETR's)
     "--no-standardise-tokens",  # raw backbone tokens into the decoder
     "--query-init", "normal",  # nn.Embedding's N(0, 1), not re-initialised
     "--val-fraction", "0.1",  # 90/10 split, round(0.9 N) training images

@@ -3,10 +3,10 @@
 Trains on the default virtual subject with the demo's backbone and training
 settings (random ViT-S/14, block 7 tokens, hidden 384, 15 epochs):
 
-* ``tbe train`` defaults (retinotopic readout, standardised tokens, xavier queries);
+* ``tbe train`` defaults (windows attention, heads readout, standardised tokens, xavier queries);
 * each setting where the original differs, changed alone: ``--readout linear``,
-  ``--no-standardise-tokens``, ``--query-init normal``;
-* the original as ``main.py --run 1`` trains it: all three, split and weights seeded by 1.
+  ``--attention standard``, ``--no-standardise-tokens``, ``--query-init normal``;
+* the original as ``main.py --run 1`` trains it: all four, split and weights seeded by 1.
 
 and prints, side by side, the challenge score against the noisy test
 responses, r against the clean responses (early visual, category ROIs),
@@ -46,16 +46,19 @@ ORIGINAL = "original (main.py --run 1)"
 def variants(base: RunConfig) -> dict[str, RunConfig]:
     """Row label -> run configuration: ``base`` (``tbe train``'s defaults), each of the original's settings alone, and the original."""
     linear = replace(base, decoder=replace(base.decoder, readout="linear"))
+    standard = replace(base, decoder=replace(base.decoder, attention="standard"))
     raw = replace(base, train=replace(base.train, standardise_tokens=False))
     normal = replace(base, decoder=replace(base.decoder, query_init="normal"))
-    original = replace(base, decoder=replace(base.decoder, readout="linear", query_init="normal"),
+    original = replace(base, decoder=replace(base.decoder, readout="linear", attention="standard", query_init="normal"),
                        train=replace(base.train, standardise_tokens=False, seed=1, split_seed=1))
-    return {"tbe train defaults": base, "--readout linear": linear, "--no-standardise-tokens": raw,
+    return {"tbe train defaults": base, "--readout linear": linear, "--attention standard": standard,
+            "--no-standardise-tokens": raw,
             "--query-init normal": normal, ORIGINAL: original}
 
 
 #: row label -> its run folder under the work folder's runs/
 RUN_FOLDERS = {"tbe train defaults": "defaults", "--readout linear": "readout-linear",
+               "--attention standard": "attention-standard",
                "--no-standardise-tokens": "raw-tokens", "--query-init normal": "query-init-normal",
                ORIGINAL: "original"}
 

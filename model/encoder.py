@@ -38,7 +38,7 @@ QUERY_INITS = {
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Decoder options; defaults are the seed's."""
+    """Decoder options; defaults are the seed's but for the attention and readout (``docs/attention.md``)."""
 
     hidden_dim: int = 768
     nheads: int = 16
@@ -46,7 +46,7 @@ class DecoderConfig:
     dim_feedforward: int = 1024
     dropout: float = 0.1
     query_self_attention: bool = False
-    readout: str = "retinotopic"
+    readout: str = "heads"
     readout_maps: int = 4
     readout_map_dim: int = 64
     query_init: str = "xavier"
@@ -54,7 +54,7 @@ class DecoderConfig:
     pre_norm: bool = True
     position_embedding: str = "sine"
     query_chunk: int = 1024
-    attention: str = "standard"
+    attention: str = "windows"
 
     def to_dict(self) -> dict:
         return asdict(self)

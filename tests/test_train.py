@@ -141,7 +141,8 @@ def test_seed_command_line_trains_the_original(small_data, cache_dir, tmp_path):
     """python main.py --run 1 --subj 1 --enc_output_layer 1 --readout_res 'rois_all' trains the original's model.
 
     Its config.json holds the original's settings where they differ from tbe train's defaults (linear readout,
-    raw tokens, N(0, 1) queries, split and weights seeded by --run, 90/10), and --run 2 draws another split.
+    standard attention, raw tokens, N(0, 1) queries, split and weights seeded by --run, 90/10), and --run 2 draws
+    another split.
     """
     runs = {}
     for run in (1, 2):
@@ -155,6 +156,7 @@ def test_seed_command_line_trains_the_original(small_data, cache_dir, tmp_path):
     assert config["backbone"]["feature"] == "q" and config["backbone"]["layer"] == 1
     assert config["readout_res"] == "rois_all" and config["encoder_arch"] == "transformer"
     assert config["decoder"]["readout"] == "linear" and config["decoder"]["query_init"] == "normal"
+    assert config["decoder"]["attention"] == "standard"
     assert config["train"]["standardise_tokens"] is False
     assert (config["train"]["seed"], config["train"]["split_seed"], config["train"]["val_fraction"]) == (1, 1, 0.1)
     assert (runs[1] / "lh_pred_test.npy").is_file()
