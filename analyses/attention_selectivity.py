@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from model.files import read_rows
 from model.images import read_image
 
 from model.backbone import Backbone
@@ -63,15 +64,17 @@ def token_attention(run: Run, features: np.ndarray, layer: int = -1) -> tuple[np
     """
     run.model.eval()
     dev = module_device(run.model)
-    out = []
-    for start in progress(range(0, len(features), BATCH), desc="attention", unit="batch"):
-        x = torch.from_numpy(np.asarray(features[start:start + BATCH], np.float32)).to(dev)
-        with autocast(dev):
-            att = run.model(x, return_attention=True)["attention"][:, layer].mean(1)  # (B, Q, T)
-        out.append(att.float().cpu().numpy())
     keep = [q for q, roi in enumerate(run.queries.rois) if roi != UNASSIGNED]
+    out = None
+    for start in progress(range(0, len(features), BATCH), desc="attention", unit="batch"):
+        x = torch.from_numpy(read_rows(features, slice(start, start + BATCH)).astype(np.float32, copy=False)).to(dev)
+        with autocast(dev):
+            att = run.model(x, return_attention=True)["attention"][:, layer].mean(1)[:, keep]  # (B, Q, T)
+        if out is None:  # filled batch by batch: the features are read a batch at a time, never all at once
+            out = np.empty((len(features), *att.shape[1:]), np.float64)
+        out[start:start + len(att)] = att.float().cpu().numpy()
     queries = [(run.queries.hemis[q], run.queries.rois[q]) for q in keep]
-    return np.concatenate(out)[:, keep].astype(np.float64), queries
+    return out, queries
 
 
 def token_coverage(masks: np.ndarray, backbone: Backbone) -> tuple[np.ndarray, np.ndarray]:

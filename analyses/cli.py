@@ -509,7 +509,7 @@ def _comma_list(text: str) -> list[str]:
 def add_map_args(p: argparse.ArgumentParser) -> None:
     """Options shared by ``tbe interpret`` and ``tbe check-maps``."""
     from interpret.attribution import Settings
-    from interpret.pipeline import DEFAULT_METHODS, DEFAULT_ROIS
+    from interpret.pipeline import DEFAULT_BATCH, DEFAULT_METHODS, DEFAULT_ROIS
 
     add_run_args(p, several=True)
     p.add_argument("--split", default="val", help="val or test images (default val)")
@@ -523,6 +523,9 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rois", type=_comma_list, default=list(DEFAULT_ROIS),
                    help="comma-separated ROI names ('all' for every query; vertex:<hemi>:<index> for one vertex)")
     p.add_argument("--map-size", type=int, default=None, help="side of the stored maps in cells (default 4 per token)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                   help="images mapped at a time: maps are computed and written (or checked) batch by batch, so memory "
+                        "does not grow with --n-images")
     add_cache_arg(p)
     add_device_arg(p)
     add_settings_args(p.add_argument_group("method settings"), Settings)
@@ -534,40 +537,52 @@ def map_job(args: argparse.Namespace, run):
     from interpret.pipeline import map_job as checked_job
 
     return checked_job(run, args.split, args.n_images, args.methods, args.rois, settings_from_args(Settings, args),
-                       map_size=args.map_size, containing=args.containing)
+                       map_size=args.map_size, containing=args.containing,
+                       backbone_attention=getattr(args, "backbone_attention", False), batch_size=args.batch_size)
 
 
 def map_inputs(args: argparse.Namespace, run, job):
-    """The images of ``tbe interpret`` / ``tbe check-maps``: the first --n-images of --images DIR, else of --split."""
-    from interpret.pipeline import load_inputs, prepare
+    """The images of ``tbe interpret`` / ``tbe check-maps`` (the first --n-images of --images DIR, else of --split),
+    to be read batch by batch."""
+    from interpret.pipeline import open_images, source_of
     from model.images import list_images
 
     if args.images is None:
-        return prepare(run, job, args.cache_dir)
+        return open_images(run, job, args.cache_dir)
     if args.containing is not None:
         raise InputError("--containing", "chooses among a virtual subject's own images; not with --images")
-    return load_inputs(run, list_images(args.images)[:args.n_images], job.map_size, args.cache_dir)
+    return source_of(run, list_images(args.images)[:args.n_images], job.map_size, args.cache_dir)
 
 
 def _interpret_args(p: argparse.ArgumentParser) -> None:
     add_map_args(p)
     p.add_argument("--out", type=Path, required=True, help="maps as NetCDF (.nc)")
     p.add_argument("--overlays", type=int, default=2, help="overlay figures for this many images (default 2)")
+    p.add_argument("--backbone-attention", action="store_true",
+                   help="also map the backbone's own attention: its class token's in the last block run, per head, and "
+                        "the attention rollout through every block run (costly at large inputs: off unless asked)")
 
 
 def _interpret(args: argparse.Namespace) -> int:
+    import xarray as xr
+
+    from interpret.mapfile import check_maps_path
     from interpret.overlay import overlay, rois_with_maps
-    from interpret.pipeline import compute_maps, save_maps
+    from interpret.pipeline import write_maps
     from model.ensemble import open_runs
 
-    if args.out.suffix != ".nc":
-        raise InputError(args.out, "maps are written as NetCDF: use a .nc file name")
+    check_maps_path(args.out)
     run = open_runs(args.run, args.data_dir, args.device)
     job = map_job(args, run)
-    inputs = map_inputs(args, run, job)
-    ds = compute_maps(run, job, inputs)
-    print(save_maps(ds, args.out))
-    for i in range(min(args.overlays, len(inputs.names))):
+    images = map_inputs(args, run, job)
+    print(write_maps(run, job, images, args.out))
+    shown = min(args.overlays, len(images))
+    if shown < 1:
+        return 0
+    inputs = images.batch(0, shown)
+    with xr.open_dataset(args.out) as stored:
+        ds = stored.isel(image=slice(shown)).load()
+    for i in range(shown):
         for hemi in ds.hemi.values:
             rois = rois_with_maps(ds, str(hemi))[:6]
             if rois:

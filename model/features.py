@@ -241,13 +241,15 @@ def subject_features(data_dir: str | Path, subj: int, config, cache_dir: str | P
 
 
 def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
-                   cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features") -> np.ndarray:
-    """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible.
+                   cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features"):
+    """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible, read by rows on demand.
 
     When every image is one of ``subject``'s (``rows`` gives its split and
     index) and the split's features are already cached (training computed
-    them), those rows are read from the cache (float32) instead of being
-    computed; otherwise the images' own entry (memory-mapped float16).
+    them), those rows are read from the cache (float32, :class:`CachedRows`)
+    instead of being computed; otherwise the images' own entry (memory-mapped
+    float16). Either way nothing is read until asked for: read the rows a
+    batch needs with :func:`model.files.read_rows`.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if rows is not None and len(rows) and all(r is not None for r in rows):
@@ -257,8 +259,43 @@ def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Seq
             if (entry / META_FILE).is_file():
                 entries[split] = open_entry(entry).features
         if len(entries) == len({r[0] for r in rows}):
-            return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
+            return CachedRows(entries, rows)
     return extract_features(backbone, list(paths), cache_dir, device=device, desc=desc).features
+
+
+class CachedRows:
+    """Rows of a subject's cached split features, as one ``(N, tokens, C)`` float32 array read on demand.
+
+    ``rows[i]`` is image ``i``'s ``(split, index)`` into ``entries[split]``
+    (memory-mapped cache arrays). Indexing by rows (a slice or an integer
+    array) reads just those rows (:func:`~model.files.read_rows`); ``np.asarray``
+    gives all of them.
+    """
+
+    def __init__(self, entries: dict[str, np.ndarray], rows: Sequence[tuple[str, int]]):
+        self.entries, self.rows = entries, list(rows)
+        first = next(iter(entries.values()))
+        self.shape = (len(self.rows), *first.shape[1:])
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, (int, np.integer)):
+            return self[np.array([idx])][0]
+        picked = np.arange(len(self.rows))[idx]
+        out = np.empty((len(picked), *self.shape[1:]), np.float32)
+        for split, entry in self.entries.items():
+            where = np.array([k for k, p in enumerate(picked) if self.rows[p][0] == split], int)
+            if len(where):
+                out[where] = read_rows(entry, np.array([self.rows[picked[k]][1] for k in where]))
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------
