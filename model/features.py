@@ -1,8 +1,8 @@
 """The feature cache: backbone features computed once, reused by every run.
 
 An entry is keyed by everything that changes the features (backbone name,
-weights digest, block, feature kind, input size, and a digest of the image
-files' bytes), holds ``features.npy`` (images x tokens x channels, float16,
+weights digest, block, feature kind, input size, precision, and a digest of
+the image files' bytes), holds ``features.npy`` (images x tokens x channels, float16,
 memory-mapped on read) and ``meta.json``, and is written under a temporary
 name and renamed into place only when complete, so an interrupted
 extraction never leaves an entry that looks complete.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .device import autocast, pick_device
+from .device import feature_precision, pick_device
 from .errors import InputError
 from .files import (NO_SPACE, atomic_directory, digest_files, digest_json, read_rows, remove_stale_partials,
                     usable_directory, write_json)
@@ -45,7 +45,10 @@ FEATURE_FORMAT = 2
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.json"
 #: what identifies a backbone's features; every run records these (``feature_key`` in config.json)
-FEATURE_KEY_FIELDS = ("format", "backbone", "weights", "block", "depth", "feature", "image_size", "input_size")
+FEATURE_KEY_FIELDS = ("format", "backbone", "weights", "block", "depth", "feature", "image_size", "input_size",
+                      "precision")
+#: the precision a key leaves unsaid: float32 keys are those written before precision was part of the key
+KEY_DEFAULT_PRECISION = "float32"
 #: rows of an entry whose digests are stored in meta.json and checked on every open
 SAMPLED_ROWS = 8
 
@@ -73,13 +76,18 @@ class FeatureSet:
 
     @property
     def key(self) -> dict:
-        """The backbone part of this entry's key (see :data:`FEATURE_KEY_FIELDS`)."""
-        return {k: self.meta.get(k) for k in FEATURE_KEY_FIELDS}
+        """The backbone part of this entry's key (see :data:`FEATURE_KEY_FIELDS`; ``precision`` only when not float32)."""
+        return {k: self.meta.get(k) for k in FEATURE_KEY_FIELDS if k != "precision" or k in self.meta}
 
 
 def feature_key(backbone: Backbone) -> dict:
-    """What the features of any image depend on (the backbone, its weights, block, feature and input size)."""
-    return {
+    """What the features of any image depend on (the backbone, its weights, block, feature, input size and precision).
+
+    ``precision`` is in the key only when it is not float32, so that float32
+    entries keep the keys (and the cache hits) they had before precision
+    could be chosen.
+    """
+    key = {
         "format": FEATURE_FORMAT,
         "backbone": backbone.config.name,
         "weights": backbone.weights_digest,
@@ -89,6 +97,10 @@ def feature_key(backbone: Backbone) -> dict:
         "image_size": backbone.config.image_size,
         "input_size": backbone.input_size,
     }
+    precision = getattr(backbone.config, "precision", KEY_DEFAULT_PRECISION)
+    if precision != KEY_DEFAULT_PRECISION:
+        key["precision"] = precision
+    return key
 
 
 def cache_key(backbone: Backbone, image_paths: Sequence[Path]) -> dict:
@@ -192,7 +204,7 @@ def _write_features(path: Path, backbone: Backbone, image_paths: list[Path], bat
         _preallocate(f, f.tell() + int(np.prod(shape)) * 2)
         for start in progress(range(0, len(image_paths), batch_size), desc=desc, unit="batch"):
             batch = image_batch(image_paths[start:start + batch_size], backbone.image_side).to(dev)
-            with torch.inference_mode(), autocast(dev):
+            with torch.inference_mode(), feature_precision(dev, backbone.config.precision):
                 feats = backbone(backbone.preprocess(batch))
             values = feats.float().cpu().numpy().astype(np.float16)
             for i in sample.intersection(range(start, start + len(values))):
