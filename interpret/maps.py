@@ -114,9 +114,10 @@ def _containing(run: Run, split: str, paths: list[Path], category: str) -> list[
         raise InputError("--containing", f"{run.subject.root} has no ground truth (only virtual subjects know what images show)")
     if category not in CATEGORIES:
         raise InputError("--containing", f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
-    masks = run.subject.truth.masks("train" if split == "val" else "test", [p.name for p in paths])
-    shown = masks[:, CATEGORIES.index(category)].reshape(len(paths), -1).any(1)
-    return [p for p, keep in zip(paths, shown) if keep]
+    c = CATEGORIES.index(category)
+    shown = [m[:, c].reshape(len(m), -1).any(1) for m in
+             run.subject.truth.mask_batches("train" if split == "val" else "test", [p.name for p in paths])]
+    return [p for p, keep in zip(paths, np.concatenate(shown) if shown else []) if keep]
 
 
 def load_images(backbone: Backbone, paths: list[Path]) -> torch.Tensor:
@@ -176,17 +177,28 @@ class MapGrid:
     def token_weights(self, n_tokens: int) -> np.ndarray:
         """(size, n_tokens) weights: the share of each cell's pixel rows (or columns) that each token row covers.
 
-        Pixel ``p`` of the padded input belongs to token ``p // patch``
-        (``n_tokens * patch = input_size``); a cell's pixels are those of
-        ``adaptive_avg_pool2d``'s bin over the ``image_side`` pixels of the
-        image (the padding is cropped away first).
+        Pixel ``p`` of the padded input belongs to the token nearest
+        upsampling gives it (:func:`nearest_source`: ``p // patch``); a cell's
+        pixels are those of ``adaptive_avg_pool2d``'s bin over the
+        ``image_side`` pixels of the image (the padding is cropped away first).
         """
-        token_of = np.arange(self.image_side) * n_tokens // self.input_size
+        token_of = nearest_source(n_tokens, self.input_size)[:self.image_side]
         weights = np.zeros((self.size, n_tokens))
         for i in range(self.size):
             start, stop = i * self.image_side // self.size, -(-(i + 1) * self.image_side // self.size)
             np.add.at(weights[i], token_of[start:stop], 1.0 / (stop - start))
         return weights
+
+
+def nearest_source(n_in: int, n_out: int) -> np.ndarray:
+    """For each of ``n_out`` positions, the one of ``n_in`` that nearest upsampling (``F.interpolate``) copies.
+
+    Read from torch itself, so that maps computed as weight matrices
+    (:meth:`MapGrid.token_weights`, :func:`analyses.attention_selectivity.token_coverage`)
+    are the ones an upsampled map would give.
+    """
+    ramp = torch.arange(n_in, dtype=torch.float32)[None, None, :, None]
+    return F.interpolate(ramp, size=(n_out, 1), mode="nearest")[0, 0, :, 0].long().numpy()
 
 
 @dataclass

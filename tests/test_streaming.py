@@ -239,3 +239,47 @@ def test_responses_in_chunks_are_those_of_all_images(trained_run, cache_dir, mon
     assert np.allclose(measured_roi_means(run, rows).values, measured.values, equal_nan=True)
     assert np.isnan(measured_roi_means(run, rows).values[9]).all()  # an image without fMRI
     assert measured_roi_means(run, [None] * 5) is None
+
+
+def test_planted_masks_are_read_a_batch_of_images_at_a_time(trained_run, monkeypatch):
+    """Full-resolution masks (0.9 MB per image at 434 px) are reduced batch by batch, to the same values."""
+    from analyses.routing import split_images
+    from analyses.stimuli import subject_heldout
+    from interpret.maps import select_images
+    from model import truth as truth_module
+
+    run = open_run(trained_run)
+    whole_routing = split_images(run, "val", 100).masks
+    whole_heldout = subject_heldout(run).masks
+    whole_faces = select_images(run, "val", 100, containing="face")
+    read, real = [], truth_module.GroundTruth.masks
+
+    def recorded(self, split, names=None):
+        read.append(len(names))
+        return real(self, split, names)
+
+    monkeypatch.setattr(truth_module, "MASK_BATCH", 5)
+    monkeypatch.setattr(truth_module.GroundTruth, "masks", recorded)
+    assert np.array_equal(split_images(run, "val", 100).masks, whole_routing)
+    assert np.array_equal(subject_heldout(run).masks, whole_heldout)
+    assert select_images(run, "val", 100, containing="face") == whole_faces and len(whole_faces) >= 2
+    assert read and max(read) <= 5 and len(read) > 3
+
+
+@pytest.mark.parametrize("side, size, cells", [(434, 434, 64), (425, 434, 64), (112, 112, 64), (220, 224, 50)])
+def test_token_coverage_is_the_masks_upsampled_padded_and_pooled(side, size, cells):
+    """The definition (nearest upsampling to the image, zero padding, mean over each patch), without the
+    upsampled masks it used to make (30 MB per 8 images at 434 px, which fragmented the heap)."""
+    from types import SimpleNamespace
+
+    backbone = SimpleNamespace(image_side=side, input_size=size, patch=14)
+    masks = np.random.default_rng(0).random((3, 2, cells, cells)).astype(np.float32)
+    masks[1, 0] = np.nan  # an unknown mask stays unknown
+    t = torch.from_numpy(masks).reshape(-1, 1, cells, cells)
+    full = F.pad(F.interpolate(t, size=(side, side), mode="nearest"), (0, size - side, 0, size - side))
+    expected = F.avg_pool2d(full, 14).reshape(3, 2, -1).double().numpy()
+    tokens, image = attention_selectivity.token_coverage(masks, backbone)
+    assert np.array_equal(np.isnan(tokens), np.isnan(expected)) and np.isnan(tokens[1, 0]).all()
+    assert np.allclose(tokens, expected, atol=1e-6, equal_nan=True)
+    ones = F.avg_pool2d(F.pad(torch.ones(1, 1, side, side), (0, size - side, 0, size - side)), 14).ravel().numpy()
+    assert np.allclose(image, ones, atol=1e-6)
