@@ -298,11 +298,11 @@ def check_settings(job: MapJob, inputs: Inputs | MapSource, sanity_methods: tupl
     """
     why = truth_missing(run, inputs) if run is not None else None
     return {"split": job.split if folder is None else None, "folder": str(folder) if folder is not None else None,
-            "skipped": [f"localization: {why}"] if why else [], "n_images": len(inputs), "images": list(inputs.names),
+            "skipped": [f"localization: {why}"] if why else [], "n_images": len(inputs.names), "images": list(inputs.names),
             "methods": list(job.methods), "rois": list(job.rois) if job.rois else "all",
             "n_steps": job.settings.n_steps, "sanity_methods": list(sanity_methods or job.methods),
             "faithfulness_rois": list(faithfulness_rois) if faithfulness_rois else list(job.rois or ["all"]),
-            "faithfulness_images": faithfulness_images or len(inputs)}
+            "faithfulness_images": faithfulness_images or len(inputs.names)}
 
 
 def save_check_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, settings: dict | None = None) -> list[Path]:

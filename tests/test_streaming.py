@@ -24,7 +24,7 @@ from interpret import pipeline
 from interpret.attention import backbone_attention
 from interpret.attribution import Settings
 from interpret.mapfile import MapWriter
-from interpret.maps import MapGrid, MapSource
+from interpret.maps import MapGrid
 from interpret.pipeline import check_maps, compute_maps, map_job, open_images, prepare, write_maps
 from model.backbone import build_backbone
 from model.features import CachedRows, extract_features
