@@ -100,11 +100,11 @@ def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) 
     g.add_argument("--image-size", type=int, default=None,
                    help="resize images to this side (default: native size, padded to a multiple of the patch)")
     g.add_argument("--precision", default="float32", metavar="{" + ",".join(PRECISIONS) + "}",
-                   help="what the features are computed in: float32, or bf16 autocast (about 2.7x faster on CPUs with "
-                        "AMX-BF16 or AVX512-BF16 and on CUDA since Ampere; r 0.9996 with float32 predictions); auto: bf16 "
-                        "where the device computes it natively, else float32. Recorded in the run and the cache key; "
-                        "float32 by default so that a command gives the same numbers on every machine "
-                        "(docs/speed-and-memory.md)")
+                   help="what the features are computed in: float32, or bf16 autocast (ViT-B/14 at 434 px: 2.6x faster "
+                        "on a CPU with AMX-BF16, predictions r >= 0.9996 per vertex with float32's); auto: bf16 where "
+                        "the device computes it natively (CUDA since Ampere; CPU flags amx_bf16 or avx512_bf16), else "
+                        "float32. Recorded in the run and the cache key; float32 by default, so that a command gives "
+                        "the same numbers on every machine (docs/speed-and-memory.md)")
     add_cache_arg(g)
     add_device_arg(g)
 
