@@ -9,8 +9,8 @@ Algonauts spells them, any case)::
     [lh|rh] ROI routes by content|location
 
 CATEGORY is one of the stimuli's categories (``face``, ``body``, ``place``,
-``word``, ``object``; plurals and fLoc names such as ``faces`` or
-``characters`` are forgiven), DIRECTION one of :data:`DIRECTIONS`
+``word``, ``object``, or those ``--categories`` names; plurals and fLoc
+names such as ``faces`` or ``characters`` are forgiven), DIRECTION one of :data:`DIRECTIONS`
 (``upper``, ``lower``, ``left``, ``right`` and the four corners such as
 ``upper-right``). Without a hemisphere the claim is tested in each
 hemisphere that has the ROI (one row each).
@@ -22,7 +22,8 @@ How each kind is tested (the ``statistic`` column names it):
     other images: Welch's t, effect d-prime, permutation p (labels
     shuffled), as ``tbe selectivity`` (:mod:`analyses.stats`).
 ``prefers C over D``
-    The same, restricted to the images of ``C`` and ``D``.
+    The same, restricted to the images of ``C`` and ``D`` (an image that
+    shows both is in neither group).
 ``attends C``
     Over the images showing ``C``: the share of the ROI query's attention
     on ``C``'s mask minus the share of the image the mask covers (chance,
@@ -65,7 +66,7 @@ from model.run import Run, open_run
 from model.vision import CATEGORIES
 
 from . import stats as S
-from .stimuli import normalise_category
+from .stimuli import StimulusOptions, choose_stimuli, normalise_category
 
 log = logging.getLogger(__name__)
 
@@ -263,11 +264,16 @@ COLUMNS = ["claim", "hemi", "roi", "kind", "statistic", "value", "effect", "ci_l
            "p_opposite", "p_opposite_fdr", "n_images", "reliable", "r_heldout", "verdict"]
 
 
+def claim_vocabulary(stimuli: StimulusOptions | None = None) -> tuple[str, ...]:
+    """The categories a claim may name: the stimulus options' ``categories``, else :data:`model.vision.CATEGORIES`."""
+    return (stimuli.vocabulary() if stimuli is not None else None) or CATEGORIES
+
+
 @dataclass
 class Evidence:
     """What one analysis computes once for all its claims (each part only when a claim needs it)."""
 
-    labels: np.ndarray
+    membership: np.ndarray  # (image, category) bool
     responses: object = None  # xarray (image, hemi, roi) of predicted ROI means
     reliability: pd.DataFrame | None = None
     attention: np.ndarray | None = None  # (image, query, token)
@@ -275,6 +281,7 @@ class Evidence:
     coverage: np.ndarray | None = None  # (image, category, token)
     image: np.ndarray | None = None  # (token,)
     categories: tuple[str, ...] = ()
+    name: str = ""  # the stimuli, for error lines
     positions: np.ndarray | None = None
     routing: pd.DataFrame | None = None
 
@@ -289,7 +296,7 @@ def gather_evidence(run: Run, claims: list[Claim], stimuli, settings: ClaimSetti
 
     kinds = {c.kind for c in claims}
     features = features_for(run, stimuli.paths, stimuli.fmri_rows, cache_dir)
-    ev = Evidence(np.asarray(stimuli.labels), categories=tuple(stimuli.categories))
+    ev = Evidence(np.asarray(stimuli.membership, bool), categories=tuple(stimuli.categories), name=stimuli.name)
     if "prefers" in kinds:
         ev.responses = predicted_roi_means(run, features)
         _, held_pred, held_meas = heldout_responses(run, cache_dir)
@@ -329,11 +336,15 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
         x = ev.responses.sel(hemi=hemi, roi=claim.roi).values
         if not np.isfinite(x).any():
             return None
-        for c in (claim.target, claim.other):
-            if c is not None and (ev.labels == c).sum() < 2:
-                raise InputError(f"claim {claim.text!r}", f"fewer than two images show {c}")
-        first = ev.labels == claim.target
-        second = ev.labels == claim.other if claim.other else ~first
+        shows = {c: ev.membership[:, ev.categories.index(c)] for c in (claim.target, claim.other) if c is not None}
+        first = shows[claim.target]
+        second = shows[claim.other] & ~first if claim.other else ~first
+        if claim.other:
+            first = first & ~shows[claim.other]  # an image that shows both is evidence for neither
+        for name, group in ((claim.target, first), (claim.other or f"not {claim.target}", second)):
+            if group.sum() < 2:
+                raise InputError(f"claim {claim.text!r}", f"fewer than two images in the group {name!r}"
+                                 + (" (images that show both categories are in neither group)" if claim.other else ""))
         row = preference_test(x, first, second, settings, rng)
         row["n_images"] = int(first.sum() + second.sum())
         if ev.reliability is not None and (hemi, claim.roi) in ev.reliability.index:
@@ -346,8 +357,10 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
     if claim.kind == "routes":
         part = ev.routing.iloc[q]
         if claim.target == "content" and not np.isfinite(part["content_p"]):
-            raise InputError(f"claim {claim.text!r}", "content routing needs category masks (a virtual subject's "
-                                                       "images, or a labels CSV with a mask column)")
+            raise InputError(f"claim {claim.text!r}", f"content routing needs category masks, every category's "
+                                                       f"known in at least two images; {ev.name} has "
+                                                       f"{'none' if ev.coverage is None else 'too few'} (a labels "
+                                                       "file with a mask column, or a virtual subject's images)")
         name = "location" if claim.target == "location" else "content"
         low, high = part[f"{name}_ci_low"], part[f"{name}_ci_high"]
         return {"statistic": f"{name}_index", "value": float(part[f"{name}_index"]),
@@ -362,21 +375,25 @@ def _test_one(claim: Claim, hemi: str, ev: Evidence, settings: ClaimSettings, rn
         row = mean_excess_test(mass - share, "mass_minus_area", settings, rng)
         return {**row, "n_images": len(a)}
     if ev.coverage is None:
-        raise InputError(f"claim {claim.text!r}", "attention to a category needs category masks (a virtual "
-                                                   "subject's images, or a labels CSV with a mask column)")
+        raise InputError(f"claim {claim.text!r}", f"attention to a category needs category masks; {ev.name} has "
+                                                   "none (a labels file with a mask column, or a virtual subject's "
+                                                   "images)")
     c = ev.categories.index(claim.target) if claim.target in ev.categories else None
     if c is None:
         raise InputError(f"claim {claim.text!r}", f"no image shows {claim.target}")
     masks = ev.coverage[:, c]
     area = masks.sum(1) / ev.image.sum()
     use = np.isfinite(area) & (area > 0)
+    if use.sum() < 2:
+        raise InputError(f"claim {claim.text!r}", f"{int(use.sum())} image(s) of {ev.name} show {claim.target} "
+                                                   "with a known mask; the test needs at least two")
     mass = (density[use] * masks[use]).sum(1)
     row = mean_excess_test(mass - area[use], "mass_minus_chance", settings, rng)
     return {**row, "n_images": int(use.sum())}
 
 
-def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], images: str | Path | None = None,
-                labels: str | Path | None = None, settings: ClaimSettings = ClaimSettings(), seed: int = 0,
+def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], stimuli: StimulusOptions | None = None,
+                settings: ClaimSettings = ClaimSettings(), seed: int = 0,
                 cache_dir: str | Path | None = None, data_dir: str | Path | None = None,
                 device: str = "cpu") -> pd.DataFrame:
     """Test each claim (sentences of the module's grammar) in each hemisphere; one row per claim x hemisphere.
@@ -388,10 +405,11 @@ def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], images: st
     claims : sequence of str or Claim
         The hypotheses; a sentence that does not parse stops here, before
         anything is computed.
-    images, labels : path, optional
-        A folder of images and a labels CSV (``image``, ``category``,
-        optional ``mask``), as ``tbe selectivity`` takes them; default: a
-        virtual subject's held-out images, else the rendered localizer.
+    stimuli : StimulusOptions, optional
+        A labels file with its folder, categories and masks, as ``tbe
+        selectivity`` takes it (:mod:`analyses.stimuli`); its categories are
+        those a claim may name. Default: a virtual subject's held-out images,
+        else the rendered localizer.
     settings : ClaimSettings
         Permutations, resamples, FDR level and confidence.
     device : str
@@ -405,21 +423,20 @@ def test_claims(run: Run | str | Path, claims: Sequence[str | Claim], images: st
         responses: does the run predict the ROI on held-out fMRI) and the
         ``verdict``.
     """
-    from .selectivity import choose_stimuli
-
     settings.check()
-    parsed = [c if isinstance(c, Claim) else parse_claim(c) for c in claims]
+    vocabulary = claim_vocabulary(stimuli)
+    parsed = [c if isinstance(c, Claim) else parse_claim(c, vocabulary) for c in claims]
     if not parsed:
         raise InputError("claims", "no claims to test")
     if not isinstance(run, Run):
         run = open_run(run, data_dir, device)
-    stimuli = choose_stimuli(run, images, labels, None, cache_dir, seed)
+    chosen = choose_stimuli(run, stimuli, cache_dir, seed)
     for claim in parsed:
         for c in (claim.target, claim.other):
-            if claim.kind in ("prefers", "attends_category") and c is not None and c not in stimuli.categories:
-                raise InputError(f"claim {claim.text!r}", f"no image of {stimuli.name} shows {c}; they show "
-                                                           f"{', '.join(stimuli.categories)}")
-    ev = gather_evidence(run, parsed, stimuli, settings, seed, cache_dir)
+            if claim.kind in ("prefers", "attends_category") and c is not None and c not in chosen.categories:
+                raise InputError(f"claim {claim.text!r}", f"no image of {chosen.name} shows {c}; they show "
+                                                           f"{', '.join(chosen.categories)}")
+    ev = gather_evidence(run, parsed, chosen, settings, seed, cache_dir)
     rng = np.random.default_rng([seed, 11])
     rows = []
     for claim in parsed:
@@ -440,13 +457,12 @@ test_claims.__test__ = False  # a library function, not a pytest test
 
 
 def run_claims(run_dir: str | Path, data_dir: str | Path | None, claims_file: str | Path, out_dir: str | Path,
-               settings: ClaimSettings = ClaimSettings(), images: str | Path | None = None,
-               labels: str | Path | None = None, seed: int = 0, cache_dir: str | Path | None = None,
-               device: str = "cpu") -> pd.DataFrame:
+               settings: ClaimSettings = ClaimSettings(), stimuli: StimulusOptions | None = None, seed: int = 0,
+               cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
     """``tbe claims``: read the claims file (every line parsed first), test them on ``device``, write ``OUT/claims.csv``."""
     settings.check()
-    claims = read_claims(claims_file)
-    table = test_claims(run_dir, claims, images, labels, settings, seed, cache_dir, data_dir, device)
+    claims = read_claims(claims_file, claim_vocabulary(stimuli))
+    table = test_claims(run_dir, claims, stimuli, settings, seed, cache_dir, data_dir, device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "claims.csv", table)

@@ -635,11 +635,60 @@ def _check_maps(args: argparse.Namespace) -> int:
 
 
 def add_stimuli_args(p: argparse.ArgumentParser) -> None:
-    """``--images`` and ``--labels``: labelled stimuli as ``tbe selectivity`` and ``tbe claims`` take them."""
-    p.add_argument("--images", type=Path, default=None, help="folder the labels' image and mask paths are relative to")
-    p.add_argument("--labels", type=Path, default=None,
-                   help="CSV with columns image, category and optionally mask (default: a virtual subject's "
-                        "held-out images, else the rendered localizer)")
+    """The stimulus options of every command that takes labels (selectivity, routing, claims): one definition.
+
+    The labels format and what each option means: :mod:`analyses.stimuli` (and docs/real-data.md).
+    """
+    g = p.add_argument_group("stimuli (without --labels: selectivity and claims take a virtual subject's held-out "
+                             "images, else the rendered localizer; routing takes --split)")
+    g.add_argument("--labels", type=Path, default=None,
+                   help="labels CSV: one row per image and category it shows (columns image, category, optionally "
+                        "mask and partial); an image's unlisted categories are known absent (tbe labels writes one "
+                        "from COCO masks)")
+    g.add_argument("--images", type=Path, default=None,
+                   help="folder the labels' image and mask paths are relative to (default: the labels file's folder); "
+                        "tbe routing without --labels: a folder of images to use as they are (no masks)")
+    g.add_argument("--categories", type=_comma_list, default=None,
+                   help="comma-separated categories to analyse (rows of others are ignored; default: the file may "
+                        "use face,body,place,word,object,scrambled and any other is an error)")
+    g.add_argument("--partial-masks", action="store_true",
+                   help="every image may show categories its rows do not list: their masks are unknown, not empty "
+                        "(per image: the file's partial column)")
+
+
+def stimulus_options(args: argparse.Namespace):
+    """The :class:`~analyses.stimuli.StimulusOptions` of :func:`add_stimuli_args`' options."""
+    from analyses.stimuli import StimulusOptions
+
+    return StimulusOptions(args.images, args.labels, tuple(args.categories) if args.categories is not None else None,
+                           args.partial_masks)
+
+
+def _labels_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coco", type=Path, nargs="+", required=True, metavar="INSTANCES",
+                   help="COCO instances files (NSD used instances_train2017.json and instances_val2017.json)")
+    p.add_argument("--stim-info", type=Path, required=True,
+                   help="NSD's nsd_stim_info_merged.csv: each NSD image's COCO id and crop box")
+    add_data_args(p)
+    p.add_argument("--out", type=Path, required=True,
+                   help="labels file to write (.csv); the masks go into OUT_STEM_masks/ beside it")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--categories", type=_comma_list, default=None,
+                       help="comma-separated COCO categories or supercategories to label, e.g. person,animal,vehicle "
+                            "(default: every category)")
+    which.add_argument("--supercategories", action="store_true",
+                       help="label every COCO supercategory (person, animal, vehicle, food, ...)")
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from analyses.coco_labels import write_coco_labels
+
+    written = write_coco_labels(args.coco, args.stim_info, args.data_dir, args.subj, args.out, args.categories,
+                                args.supercategories)
+    shown = ", ".join(f"{k} {v}" for k, v in written.counts.items() if v)
+    print(f"{written.n_images} images: {shown}")
+    print(written.labels)
+    return 0
 
 
 def _selectivity_args(p: argparse.ArgumentParser) -> None:
@@ -647,8 +696,6 @@ def _selectivity_args(p: argparse.ArgumentParser) -> None:
 
     add_run_args(p, subj=True)
     add_stimuli_args(p)
-    p.add_argument("--categories", type=_comma_list, default=None,
-                   help="comma-separated categories the labels may use (default face,body,place,word,object,scrambled)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables (CSV), dataset (NetCDF) and figures")
     p.add_argument("--seed", type=int, default=0, help="seed of the permutations, the bootstrap and rendered images")
     add_cache_arg(p)
@@ -660,8 +707,8 @@ def _selectivity(args: argparse.Namespace) -> int:
     from analyses.selectivity import SelectivitySettings, run_selectivity
 
     table = run_selectivity(args.run, args.data_dir, args.out, args.subj, settings_from_args(SelectivitySettings, args),
-                            images=args.images, labels=args.labels, categories=args.categories, seed=args.seed,
-                            cache_dir=args.cache_dir, device=args.device)
+                            stimuli=stimulus_options(args), seed=args.seed, cache_dir=args.cache_dir,
+                            device=args.device)
     found = table[table["supported"] & table["preferred"]]
     for source, part in found.groupby("source", sort=False):
         print(f"{source}: " + ", ".join(f"{h}:{r} {c}" for h, r, c in zip(part.hemi, part.roi, part.category)))
@@ -673,13 +720,10 @@ def _routing_args(p: argparse.ArgumentParser) -> None:
     from interpret.routing import RoutingSettings
 
     add_run_args(p, several=True)
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--split", choices=("val", "test"), default=None,
-                        help="the run's validation or test images (default val; a virtual subject's masks come with them)")
-    source.add_argument("--labels", type=Path, default=None,
-                        help="CSV with columns image, category and optionally mask (masks enable the content test)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="any folder of images (without --labels: no masks, so only the location test)")
+    p.add_argument("--split", choices=("val", "test"), default=None,
+                   help="the run's validation or test images, instead of --labels or --images (default val; a virtual "
+                        "subject's masks come with them)")
+    add_stimuli_args(p)
     p.add_argument("--n-images", type=int, default=None, help="use the first N images (default all)")
     p.add_argument("--out", type=Path, required=True, help="folder for routing.csv and routing.png")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, the shift test and the mask shuffles")
@@ -692,10 +736,8 @@ def _routing(args: argparse.Namespace) -> int:
     from analyses.routing import run_routing
     from interpret.routing import RoutingSettings
 
-    if args.split is not None and args.images is not None:
-        raise InputError("--split", "give either --split or --images, not both")
-    table = run_routing(args.run, args.data_dir, args.out, settings_from_args(RoutingSettings, args), images=args.images,
-                        labels=args.labels, split=args.split, n_images=args.n_images, seed=args.seed,
+    table = run_routing(args.run, args.data_dir, args.out, settings_from_args(RoutingSettings, args),
+                        stimuli=stimulus_options(args), split=args.split, n_images=args.n_images, seed=args.seed,
                         cache_dir=args.cache_dir, device=args.device)
     for label, part in table.groupby("routing", sort=False):
         print(f"{label}: " + ", ".join(f"{h}:{r}" for h, r in zip(part.hemi, part.roi)))
@@ -722,8 +764,7 @@ def _claims(args: argparse.Namespace) -> int:
     from analyses.claims import ClaimSettings, run_claims
 
     table = run_claims(args.run, args.data_dir, args.claims, args.out, settings_from_args(ClaimSettings, args),
-                       images=args.images, labels=args.labels, seed=args.seed, cache_dir=args.cache_dir,
-                       device=args.device)
+                       stimuli=stimulus_options(args), seed=args.seed, cache_dir=args.cache_dir, device=args.device)
     for row in table.itertuples():
         print(f"{row.verdict:>13}  {row.hemi}  {row.claim}  (effect {row.effect:.3g}, p_fdr {row.p_fdr:.3g})")
     print(args.out / "claims.csv")
@@ -850,6 +891,8 @@ COMMANDS: dict[str, Command] = {
     "surface": ("put per-vertex values on fsaverage: a figure and GIFTI files", _surface_args, _surface),
     "interpret": ("attention and attribution maps of a trained run (NetCDF + overlays)", _interpret_args, _interpret),
     "check-maps": ("sanity, localization and faithfulness checks of the maps", _check_maps_args, _check_maps),
+    "labels": ("a labels file of a subject's NSD images with per-category masks, from COCO annotations cropped as NSD "
+               "cropped them", _labels_args, _labels),
     "selectivity": ("ROI selectivity of predicted (and measured) responses and of attention, with permutation statistics",
                     _selectivity_args, _selectivity),
     "routing": ("how each ROI query routes the image: location and content indices, tests and labels",

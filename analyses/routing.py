@@ -4,7 +4,9 @@ The measures and tests are :mod:`interpret.routing`'s, on the decoder's
 cross-attention (last layer, heads averaged) of a set of images: a split of
 the run's subject (``val`` by default; a virtual subject's category masks
 come with it), any folder of images (no masks: only the location test), or
-a labels CSV with masks (as ``tbe selectivity`` takes it). Where there are
+a labels file with masks (:mod:`analyses.stimuli`, as ``tbe selectivity``
+takes it; the content test uses the images whose every category's mask is
+known). Where there are
 masks, each token's share of the image's luminance contrast energy
 (:func:`analyses.attention_selectivity.token_contrast`, the attention
 selectivity's low-level control) is partialled out of the content measures,
@@ -43,7 +45,7 @@ from model.vision import CATEGORIES
 
 from .attention_selectivity import token_attention, token_contrast, token_coverage
 from .responses import features_for, heldout_responses, reliability
-from .stimuli import from_labels_csv, masks_to_grid, subject_rows
+from .stimuli import StimulusOptions, StimulusSet, check_subject, labelled_stimuli, masks_to_grid, subject_rows
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +80,26 @@ def split_images(run: Run, split: str, n_images: int) -> RoutingImages:
     return RoutingImages(f"{run.subject.root.name} {split} images", paths, rows, masks, tuple(CATEGORIES))
 
 
-def choose_images(run: Run, images: str | Path | None, labels: str | Path | None, split: str | None,
-                  n_images: int | None, categories: Sequence[str] | None = None) -> RoutingImages:
-    """A labels CSV (masks where it has them), else a folder of images (no masks), else a split (default val)."""
+def choose_images(run: Run, stimuli: StimulusOptions | None = None, split: str | None = None,
+                  n_images: int | None = None) -> RoutingImages:
+    """A labels file (masks where it has them), else a folder of images (no masks), else a split (default val)."""
+    stimuli = stimuli or StimulusOptions()
     if n_images is not None and n_images < 2:
         raise InputError("--n-images", f"must be at least 2 (the measures compare images), got {n_images}")
-    if split is not None and (images is not None or labels is not None):
+    if split is not None and (stimuli.images is not None or stimuli.labels is not None):
         raise InputError("--split", "give either --split or --images/--labels, not both")
-    if labels is not None:
-        stimuli = from_labels_csv(labels, images, categories)
-        keep = slice(n_images)
-        masks = stimuli.masks[keep] if stimuli.masks is not None else None
-        return RoutingImages(stimuli.name, stimuli.paths[keep], subject_rows(run, stimuli.paths[keep]), masks,
-                             stimuli.categories)
-    if images is not None:
-        paths = list_images(images)[slice(n_images)]
+    if stimuli.labels is not None:
+        labelled = labelled_stimuli(run, stimuli).subset(slice(n_images))
+        return RoutingImages(labelled.name, labelled.paths, labelled.fmri_rows, labelled.masks, labelled.categories)
+    for flag, value in (("--categories", stimuli.categories), ("--partial-masks", stimuli.partial_masks)):
+        if value:
+            raise InputError(flag, "applies to a labels file: give --labels too")
+    if stimuli.images is not None:
+        paths = list_images(stimuli.images)[slice(n_images)]
         if len(paths) < 2:
-            raise InputError(images, "holds one image: the routing measures compare at least two")
-        return RoutingImages(str(images), paths, subject_rows(run, paths), None, ())
+            raise InputError(stimuli.images, "holds one image: the routing measures compare at least two")
+        check_subject(run, StimulusSet(str(stimuli.images), paths, (), np.zeros((len(paths), 0), bool)))
+        return RoutingImages(str(stimuli.images), paths, subject_rows(run, paths), None, ())
     return split_images(run, split or "val", n_images or 10**9)
 
 
@@ -211,8 +215,8 @@ def plot_routing(table: pd.DataFrame, out: str | Path, settings: RoutingSettings
 
 
 def run_routing(run_dir: str | Path | Sequence[str | Path], data_dir: str | Path | None, out_dir: str | Path,
-                settings: RoutingSettings = RoutingSettings(), images: str | Path | None = None,
-                labels: str | Path | None = None, split: str | None = None, n_images: int | None = None,
+                settings: RoutingSettings = RoutingSettings(), stimuli: StimulusOptions | None = None,
+                split: str | None = None, n_images: int | None = None,
                 seed: int = 0, cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
     """Write ``routing.csv`` and ``routing.png`` for a run; returns the table.
 
@@ -225,9 +229,9 @@ def run_routing(run_dir: str | Path | Sequence[str | Path], data_dir: str | Path
         Folder for the table and figure.
     settings : RoutingSettings
         Permutations, bootstrap resamples, FDR level and confidence.
-    images, labels : path, optional
-        A folder of images (no masks), or a labels CSV (``image``, ``category``,
-        optional ``mask``) with its folder.
+    stimuli : StimulusOptions, optional
+        A labels file (:mod:`analyses.stimuli`) with its folder, categories
+        and masks; or, without labels, a folder of images (no masks).
     split : {'val', 'test'}, optional
         The subject's images to use when no folder is given (default ``val``).
     n_images : int, optional
@@ -241,9 +245,14 @@ def run_routing(run_dir: str | Path | Sequence[str | Path], data_dir: str | Path
     """
     settings.check()
     run = open_runs(run_dir, data_dir, device)
-    chosen = choose_images(run, images, labels, split, n_images)
+    chosen = choose_images(run, stimuli, split, n_images)
     log.info("routing of %d queries over %d images (%s)%s", len(run.queries.rois), len(chosen.paths), chosen.name,
              "" if chosen.masks is not None else "; no category masks: content not tested")
+    if chosen.masks is not None:
+        known = int(np.isfinite(chosen.masks).all((1, 2, 3)).sum())
+        if known < len(chosen.paths):
+            log.warning("content test over the %d of %d images whose every category's mask is known%s", known,
+                        len(chosen.paths), " (fewer than two: content not tested)" if known < 2 else "")
     table = analyse(run, chosen, settings, seed, cache_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

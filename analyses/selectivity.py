@@ -13,7 +13,10 @@ category's images is compared with its response to all other images:
   hemispheres, ROIs and categories of one response source).
 
 Sources: ``predicted`` (the run's predictions) and ``measured`` (the fMRI,
-for the images that have it). A prediction can be selective without the
+for the images that have it). An image may show several categories (a
+labels file with several rows per image, :mod:`analyses.stimuli`): the rest
+of a category is then every image that does not show it, and a permutation
+moves an image's whole set of categories. A prediction can be selective without the
 brain being so, when the run does not predict that ROI at all; so predicted
 rows also carry the ROI's held-out reliability (``r_heldout``,
 ``reliable``), and ``supported`` marks a predicted preference that is both
@@ -44,7 +47,7 @@ from model.run import Run, open_run
 
 from . import stats as S
 from .responses import features_for, heldout_responses, measured_roi_means, predicted_roi_means, reliability
-from .stimuli import CLASS_CATEGORY, StimulusSet, from_labels_csv, localizer, subject_heldout, subject_rows
+from .stimuli import CLASS_CATEGORY, StimulusOptions, StimulusSet, choose_stimuli
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +80,41 @@ class SelectivitySettings:
 # The table
 # --------------------------------------------------------------------------
 
-def _columns(responses: xr.DataArray) -> tuple[np.ndarray, list[tuple[str, str, str]]]:
-    """(images, K) matrix of the hemi x ROI columns that exist, and their (hemi, roi, class)."""
+def _columns(responses: xr.DataArray) -> tuple[np.ndarray, list[tuple[str, str, str]], np.ndarray]:
+    """(images, K) matrix of the hemi x ROI columns that exist, their (hemi, roi, class), and which images it keeps.
+
+    Images without any response (no fMRI: held-out test images of a real
+    subject) are left out first, so that they cannot remove every column.
+    """
     stacked = responses.stack(target=("hemi", "roi")).transpose("image", "target")
-    present = np.isfinite(stacked.values).all(0)
+    values = stacked.values
+    images = np.isfinite(values).any(1)
+    present = np.isfinite(values[images]).all(0) & images.any()
     keys = [(str(h), str(r), str(c)) for (h, r), c, ok in
             zip(stacked.target.values, stacked.roi_class.values, present) if ok]
-    return stacked.values[:, present], keys
+    return values[images][:, present], keys, images
 
 
-def selectivity_table(responses: xr.DataArray, labels: Sequence[str], categories: Sequence[str],
+def comparable(member: np.ndarray, min_images: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Which images and categories a category-vs-rest test can use: ``(image mask, category mask)``.
+
+    A category needs ``min_images`` images that show it and as many that do
+    not. An image whose every category is dropped is dropped too (it was
+    labelled, but with nothing tested here), unless it showed none to begin
+    with (the rest of every category). Repeated until nothing changes.
+    """
+    images, categories = np.ones(len(member), bool), np.ones(member.shape[1], bool)
+    showed_none = ~member.any(1)
+    while True:
+        shown = member[images].sum(0)
+        keep = categories & (shown >= min_images) & (images.sum() - shown >= min_images)
+        kept_images = images & (member[:, keep].any(1) | showed_none)
+        if (keep == categories).all() and (kept_images == images).all():
+            return images, categories
+        images, categories = kept_images, keep
+
+
+def selectivity_table(responses: xr.DataArray, labels: Sequence[str] | np.ndarray, categories: Sequence[str],
                       settings: SelectivitySettings = SelectivitySettings(), seed: int = 0, source: str = "predicted") -> pd.DataFrame:
     """Every hemi x ROI x category contrast of one response source, with BH-FDR over all of them.
 
@@ -95,10 +123,11 @@ def selectivity_table(responses: xr.DataArray, labels: Sequence[str], categories
     responses : xarray.DataArray
         ROI means ``(image, hemi, roi)`` (see :func:`analyses.responses.roi_means`);
         images whose responses are missing for every ROI are left out.
-    labels : sequence of str
-        Category of each image.
+    labels : sequence of str, or ndarray
+        Category of each image, or an ``(image, category)`` bool membership
+        matrix (images that show several categories, or none).
     categories : sequence of str
-        Category order of the table.
+        Category order of the table (and of a membership matrix's columns).
     settings : SelectivitySettings
         Permutations, bootstrap resamples, alpha and the alternative.
     seed : int
@@ -107,25 +136,27 @@ def selectivity_table(responses: xr.DataArray, labels: Sequence[str], categories
         Written into the ``source`` column.
     """
     settings.check()
-    x, keys = _columns(responses)
+    categories = list(categories)
     labels = np.asarray(labels)
-    keep = np.isfinite(x).all(1)
-    x, labels = x[keep], labels[keep]
-    present = [c for c in categories if (labels == c).sum() >= 2]
-    if len(present) < 2:
-        raise InputError(source, "responses exist for fewer than two categories with two images each")
-    use = np.isin(labels, present)
-    x, labels = x[use], labels[use]
-    codes = np.array([present.index(c) for c in labels])
+    member = (labels.astype(bool) if labels.ndim == 2 else
+              np.array([[label == c for c in categories] for label in labels], bool).reshape(len(labels), -1))
+    x, keys, rows = _columns(responses)
+    member = member[rows]
+    images, usable = comparable(member)
+    if not keys or not usable.any():
+        raise InputError(source, f"responses exist for {len(member)} labelled image(s): no category has two images "
+                                 "that show it and two that do not")
+    x, member = x[images], member[images][:, usable]
+    present = [c for c, ok in zip(categories, usable) if ok]
     rng = np.random.default_rng(seed)
-    moments = S.category_moments(x, codes, len(present))
+    moments = S.category_moments(x, member, len(present))
     t, df = S.welch_t(moments)
-    _, p = S.permutation_test(x, codes, len(present), settings.n_permutations, rng, settings.alternative)
+    _, p = S.permutation_test(x, member, len(present), settings.n_permutations, rng, settings.alternative)
     p_parametric = _parametric_p(t, df, settings.alternative)
     dp, si = S.d_prime(moments), S.selectivity_index(moments)
     lows, highs = np.empty_like(t), np.empty_like(t)
     for c in progress(range(len(present)), desc=f"{source} bootstrap intervals", unit="category"):
-        lows[c], highs[c] = S.bootstrap_mean_ci(x[codes == c], settings.confidence, settings.n_bootstrap, rng)
+        lows[c], highs[c] = S.bootstrap_mean_ci(x[member[:, c]], settings.confidence, settings.n_bootstrap, rng)
 
     rows = []
     for c, category in enumerate(present):
@@ -183,29 +214,6 @@ def add_planted(table: pd.DataFrame, run: Run) -> pd.DataFrame:
 # The job
 # --------------------------------------------------------------------------
 
-def choose_stimuli(run: Run, images: str | Path | None, labels: str | Path | None, categories: Sequence[str] | None,
-                   cache_dir: str | Path | None, seed: int = 0) -> StimulusSet:
-    """A labels file if given; else a virtual subject's held-out images; else the rendered localizer."""
-    if images is not None and labels is None:
-        raise InputError("--images", "needs --labels (a CSV with the columns image, category and optionally mask)")
-    if labels is not None:
-        stimuli = from_labels_csv(labels, images, categories)
-        stimuli.fmri_rows = subject_rows(run, stimuli.paths)
-        heldout = {("train", int(i)) for i in run.val_indices} | {("test", i) for i in range(run.subject.n_test)}
-        trained = sum(r is not None and r not in heldout for r in stimuli.fmri_rows)
-        if trained:
-            log.warning("%d labelled images are training images of the run: their predictions are fits, not "
-                        "predictions; prefer held-out images", trained)
-        return stimuli
-    if run.subject.truth is not None:
-        return subject_heldout(run)
-    from model.images import native_size
-    from model.features import default_cache_dir
-
-    log.info("no labels given and %s is not a virtual subject: using the rendered localizer", run.subject.root)
-    return localizer(cache_dir or default_cache_dir(), native_size(run.subject.train_images[0]), seed)
-
-
 def analyse(run: Run, stimuli: StimulusSet, settings: SelectivitySettings = SelectivitySettings(), seed: int = 0,
             cache_dir: str | Path | None = None, attention: bool = True) -> dict:
     """Selectivity of predicted (and measured) responses, and of attention, for one stimulus set.
@@ -223,7 +231,7 @@ def analyse(run: Run, stimuli: StimulusSet, settings: SelectivitySettings = Sele
     tables = []
     for name, responses in sources.items():
         try:
-            tables.append(selectivity_table(responses, stimuli.labels, stimuli.categories, settings, seed, name))
+            tables.append(selectivity_table(responses, stimuli.membership, stimuli.categories, settings, seed, name))
         except InputError as exc:
             if name == "predicted":
                 raise
@@ -284,9 +292,8 @@ def write_outputs(result: dict, stimuli: StimulusSet, out_dir: Path) -> list[Pat
 
 
 def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: str | Path, subj: int | None = 1,
-                    settings: SelectivitySettings = SelectivitySettings(), images: str | Path | None = None,
-                    labels: str | Path | None = None, categories: Sequence[str] | None = None, seed: int = 0,
-                    cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
+                    settings: SelectivitySettings = SelectivitySettings(), stimuli: StimulusOptions | None = None,
+                    seed: int = 0, cache_dir: str | Path | None = None, device: str = "cpu") -> pd.DataFrame:
     """ROI selectivity of a run's predictions (and the fMRI where the images have it).
 
     Parameters
@@ -303,11 +310,10 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     settings : SelectivitySettings
         Permutations, bootstrap resamples, FDR level, the alternative and
         the confidence level (checked before anything is read).
-    images, labels : path, optional
-        A folder of images and a labels CSV (``image``, ``category``, ``mask``).
-        Without them: a virtual subject's held-out images, else the localizer.
-    categories : sequence of str, optional
-        Categories a labels file may use.
+    stimuli : StimulusOptions, optional
+        A labels file (:mod:`analyses.stimuli`) with its folder, categories
+        and masks. Without one: a virtual subject's held-out images, else the
+        rendered localizer.
     seed : int
         Seed of permutations, bootstrap and the rendered localizer.
     cache_dir : path, optional
@@ -325,8 +331,8 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     run = open_run(run_dir, data_dir, device)
     if subj is not None and subj != run.config.subj:
         raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
-    stimuli = choose_stimuli(run, images, labels, categories, cache_dir, seed)
-    result = analyse(run, stimuli, settings, seed, cache_dir)
-    for path in write_outputs(result, stimuli, Path(out_dir)):
+    chosen = choose_stimuli(run, stimuli, cache_dir, seed)
+    result = analyse(run, chosen, settings, seed, cache_dir)
+    for path in write_outputs(result, chosen, Path(out_dir)):
         log.info("wrote %s", path)
     return result["table"]

@@ -62,14 +62,30 @@ def moments_from_sums(sums: np.ndarray, squares: np.ndarray, counts: np.ndarray,
     return GroupMoments(counts, mean_in, var_in, n - counts, mean_out, var_out)
 
 
+def as_membership(codes: np.ndarray, n_categories: int) -> np.ndarray:
+    """``(N, C)`` bool: which categories each image shows.
+
+    ``codes`` is one category index per image, or already such a matrix
+    (images that show several categories, or none). The *rest* of a
+    category is every image that does not show it.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim == 2:
+        if codes.shape[1] != n_categories:
+            raise ValueError(f"membership has {codes.shape[1]} categories, expected {n_categories}")
+        return codes.astype(bool)
+    return codes[:, None] == np.arange(n_categories)[None, :]
+
+
 def category_moments(x: np.ndarray, codes: np.ndarray, n_categories: int) -> GroupMoments:
     """Moments of each category against the rest: arrays ``(C, K)`` for ``x`` of shape ``(N, K)``.
 
+    ``codes``: one category per image, or a membership matrix (:func:`as_membership`).
     Two-pass (means first), so responses far from zero lose no precision.
     """
     x = _as_2d(x)
-    codes = np.asarray(codes)
-    parts = [two_group_moments(x, codes == c, codes != c) for c in range(n_categories)]
+    member = as_membership(codes, n_categories)
+    parts = [two_group_moments(x, member[:, c], ~member[:, c]) for c in range(n_categories)]
     stack = {f: np.stack([np.broadcast_to(getattr(p, f), x.shape[1:]) for p in parts])
              for f in ("n_in", "mean_in", "var_in", "n_out", "mean_out", "var_out")}
     stack["n_in"], stack["n_out"] = stack["n_in"][:, :1], stack["n_out"][:, :1]
@@ -118,28 +134,29 @@ def permutation_statistics(x: np.ndarray, codes: np.ndarray, n_categories: int, 
     """Welch t of every contrast under each label permutation: ``(B, C, K)``.
 
     ``permutations`` is ``(B, N)``, each row a permutation of the images;
-    row ``b`` relabels image ``i`` with ``codes[permutations[b, i]]``. The
+    row ``b`` relabels image ``i`` with ``codes[permutations[b, i]]`` (for a
+    membership matrix, its row: an image keeps its set of categories). The
     category sums of all permutations in a chunk are one matrix product,
-    ``onehot(permuted labels) @ [x, x**2]``; counts and totals do not change
+    ``membership(permuted labels) @ [x, x**2]``; counts and totals do not change
     under permutation, so the rest's moments follow from them. Work is
     chunked to about ``chunk_elements`` numbers.
     """
     x = _as_2d(x)
     x = x - x.mean(0)  # t does not change; sums of squares of centred data lose no precision
     n, k = x.shape
-    counts = np.bincount(codes, minlength=n_categories)
+    member = as_membership(codes, n_categories)
+    counts = member.sum(0)
     if (counts == 0).any():
         raise ValueError("every category needs at least one image")
     both = np.concatenate([x, x**2], axis=1)  # (N, 2K): sums and sums of squares in one product
     total, total_sq = x.sum(0), (x**2).sum(0)
-    categories = np.arange(n_categories)[None, :, None]
     out = np.empty((len(permutations), n_categories, k))
     step = max(1, chunk_elements // (n * n_categories))
     with progress(total=len(permutations), desc="permutations", unit="perm") as bar:
         for s in range(0, len(permutations), step):
-            labels = np.asarray(codes)[permutations[s:s + step]]  # (b, N)
+            labels = member[permutations[s:s + step]]  # (b, N, C)
             b = len(labels)
-            onehot = (labels[:, None, :] == categories).reshape(b * n_categories, n).astype(float)
+            onehot = labels.transpose(0, 2, 1).reshape(b * n_categories, n).astype(float)
             sums = (onehot @ both).reshape(b, n_categories, 2 * k)
             out[s:s + b] = _welch_t_from_sums(sums[..., :k], sums[..., k:], counts, total, total_sq, n)
             bar.update(b)

@@ -58,9 +58,9 @@ def planted(n_queries: int, n_images: int, rng: np.random.Generator):
     return att / att.sum(-1, keepdims=True), masks, kinds
 
 
-def timed(f, *args):
+def timed(f, *args, **kwargs):
     start = time.perf_counter()
-    out = f(*args)
+    out = f(*args, **kwargs)
     return out, time.perf_counter() - start
 
 
@@ -101,8 +101,8 @@ def main() -> None:
         from analyses.routing import confusion, run_routing
 
         run = args.work / "runs" / "transformer"
-        table, seconds = timed(run_routing, run, None, args.work / "routing", settings, None, None, "val", None, 0,
-                               args.work / "cache")
+        table, seconds = timed(run_routing, run, None, args.work / "routing", settings, split="val",
+                               cache_dir=args.work / "cache")
         print(f"3. tbe routing on the demo's validation images ({int(table['n_images'].iloc[0])} images, "
               f"{len(table)} queries): {seconds:.1f} s")
         print(confusion(table).to_string())

@@ -408,10 +408,11 @@ def routing_table(att: np.ndarray, grid: tuple[int, int], positions: np.ndarray,
     """Every measure of the module, one row per query of ``att`` ``(image, query, token)``.
 
     ``coverage`` ``(image, category, token)`` names where ``categories`` are
-    in each image (NaN rows: unknown, left out of the content test); None
-    skips the content test. ``control`` ``(image, token)``: a low-level map
-    partialled out of the content measures (each token's share of the
-    image's contrast energy; None: none). Columns: :data:`COLUMNS`.
+    in each image (NaN rows: unknown, left out of the content test); None,
+    or fewer than two images with every mask known, skips the content
+    test. ``control`` ``(image, token)``: a low-level map partialled out of
+    the content measures (each token's share of the image's contrast
+    energy; None: none). Columns: :data:`COLUMNS`.
     """
     settings.check()
     rng = np.random.default_rng(rng)
@@ -423,10 +424,12 @@ def routing_table(att: np.ndarray, grid: tuple[int, int], positions: np.ndarray,
     p_location = _and_size_test(p_shift, boot, settings.min_location)
     index_c, best, p_shuffle, p_content = np.full(q, np.nan), np.full(q, -1), np.full(q, np.nan), None
     c_low, c_high = np.full(q, np.nan), np.full(q, np.nan)
+    known = np.zeros(len(att), bool)
     if coverage is not None:
         known = np.isfinite(coverage).all((1, 2))
         if control is not None:
             known &= np.isfinite(control).all(1)
+    if known.sum() >= 2:  # the content measures compare images: with fewer known, the content test is not run
         part = None if control is None else control[known]
         index_c, best, p_shuffle = content_test(att[known], coverage[known], settings.n_permutations, rng, part)
         c_boot = content_bootstrap(att[known], coverage[known], settings.n_bootstrap, rng, part)

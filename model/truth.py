@@ -63,6 +63,16 @@ class GroundTruth:
         return pd.read_csv(self.folder / "images.csv")
 
     @property
+    def coco_instances(self) -> Path:
+        """The images' objects as a COCO instances file (:mod:`model.virtual.coco`)."""
+        return self.folder / "coco" / "instances.json"
+
+    @property
+    def nsd_stim_info(self) -> Path:
+        """The images' NSD stim-info file: the COCO ids and crop boxes of :attr:`coco_instances`."""
+        return self.folder / "coco" / "nsd_stim_info.csv"
+
+    @property
     def stimulus_confounds(self) -> dict[str, str]:
         """Known confounds of the painted stimuli, name -> what they can bias (reports state them)."""
         return dict(STIMULUS_CONFOUNDS)

@@ -8,6 +8,7 @@ import pytest
 
 from analyses.cli import build_parser, settings_from_args
 from analyses.selectivity import SelectivitySettings
+from analyses.stimuli import StimulusOptions
 from interpret.attribution import Settings
 from interpret.routing import RoutingSettings
 from model.errors import InputError
@@ -75,6 +76,7 @@ def test_selectivity_command_builds_its_settings(monkeypatch, tmp_path, capsys):
     assert tbe("-q", "selectivity", "--run", tmp_path, "--out", tmp_path / "out", "--alpha", "0.01",
                "--n-permutations", "123", "--seed", "4") == 0
     assert seen["settings"] == SelectivitySettings(n_permutations=123, alpha=0.01) and seen["seed"] == 4
+    assert seen["stimuli"] == StimulusOptions()
     assert "predicted: lh:FFA-1 face" in capsys.readouterr().out
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -42,6 +43,7 @@ from model.run import CONFIG, TrainConfig, open_run
 from model.subject import load_subject
 
 from .conftest import QUICK_TRAIN, TINY_BACKBONE, tbe
+from .labelfiles import subject_images, true_masks, write_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -474,6 +476,108 @@ def test_pickled_values_for_surface_are_refused_unexecuted(small_data, tmp_path,
     fails(capsys, "surface", "--data-dir", small_data, "--values", f"{tmp_path}/{{hemi}}.npy", "--out", tmp_path / "map",
           words=("lh.npy", "pickled Python objects", "refused"))
     assert not target.exists() and not list(tmp_path.glob("map*"))
+
+
+# --------------------------------------------------------------------------
+# Bad and odd labels files: every command that takes labels reads them alike
+# --------------------------------------------------------------------------
+
+def _labels_case(case: str, small_data: Path, folder: Path) -> Path:
+    """A labels file of the small subject's test images with one defect (``case``), in ``folder``."""
+    paths = subject_images(small_data, 12)
+    masks = true_masks(small_data, paths)
+    if case == "another subject":  # the same images, in a second subject's folder of the Algonauts layout
+        other = folder / "data" / "subj02"
+        (other / "roi_masks").mkdir(parents=True)
+        (other / "test_split" / "test_images").mkdir(parents=True)
+        paths = [Path(shutil.copy(p, other / "test_split" / "test_images")) for p in paths]
+    labels = write_labels(folder, paths, masks)
+    table = pd.read_csv(labels, keep_default_na=False)
+    if case == "empty file":
+        labels.write_text("")
+    elif case == "header only":
+        labels.write_text("image,category,mask\n")
+    elif case == "one category only":
+        table.drop_duplicates("image").assign(category="face", mask="").to_csv(labels, index=False)
+    elif case == "an image listed twice with one category":
+        pd.concat([table, table.iloc[[3]]]).to_csv(labels, index=False)
+    elif case == "a category with one image":
+        one = table.drop_duplicates("image").assign(category="place", mask="")
+        one.iloc[0, one.columns.get_loc("category")] = "face"
+        one.to_csv(labels, index=False)
+    elif case in ("a mask of the wrong size", "a mask that is all zero"):
+        mask = folder / table["mask"].iloc[2]
+        image = Image.open(mask)
+        blank = np.zeros(image.size[::-1], np.uint8)
+        (image.resize((50, 50)) if case == "a mask of the wrong size" else Image.fromarray(blank)).save(mask)
+    return labels
+
+
+LABEL_CASES = {
+    "empty file": ("is empty",),
+    "header only": ("has a header but no rows",),
+    "one category only": ("only one category ('face'), shown by every image",),
+    "an image listed twice with one category": ("is listed twice with category", "(first on line 5)"),
+    "a category with one image": ("category 'face' has 1 image(s)",),
+    "a mask of the wrong size": ("line 4:", "is 50x50 px, its image 112x112 px"),
+    "a mask that is all zero": ("line 4:", "marks no pixel"),
+    "another subject": ("line 2: image", "is subject 2's", "the run is of subject 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(LABEL_CASES))
+def test_bad_labels_files_are_one_line_in_every_command(trained_run, small_data, tmp_path, capsys, case):
+    """Refused by selectivity, routing and claims alike: exit 2, one line naming the file, nothing written."""
+    labels = _labels_case(case, small_data, tmp_path / "in")
+    (tmp_path / "claims.txt").write_text("FFA-1 prefers face\n")
+    before = tree(tmp_path)
+    for command, extra in (("selectivity", ()), ("routing", ()), ("claims", ("--claims", tmp_path / "claims.txt"))):
+        line = fails(capsys, command, "--run", trained_run, "--labels", labels, "--out", tmp_path / command, *extra,
+                     words=(str(labels), *LABEL_CASES[case]))
+        assert "internal error" not in line
+        assert tree(tmp_path) == before, f"{command} wrote something"
+
+
+LABELS_IMPORT_CASES = {
+    "no stim-info row": ("nsd_stim_info.csv: has no row for nsdId",),
+    "not shown to the subject": ("was not shown to subject 1: is --subj right?",),
+    "COCO image missing": ("instances.json: has no image", "pass every split's instances file to --coco"),
+    "bad crop box": ("nsd_stim_info.csv: line 3: cropBox", "four numbers"),
+    "COCO file not JSON": ("instances.json: not a readable JSON file",),
+    "unknown category": ("--categories: 'animal' is no COCO category or supercategory",),
+    "not a csv": ("use a .csv file name",),
+}
+
+
+@pytest.mark.parametrize("case", list(LABELS_IMPORT_CASES))
+def test_bad_coco_inputs_of_tbe_labels_are_one_line(tiny_data, tmp_path, capsys, case):
+    truth = load_subject(tiny_data, 1).truth
+    coco, info = tmp_path / "instances.json", tmp_path / "nsd_stim_info.csv"
+    shutil.copy(truth.coco_instances, coco)
+    table = pd.read_csv(truth.nsd_stim_info, index_col=0)
+    extra, out = [], tmp_path / "out" / "labels.csv"
+    if case == "no stim-info row":
+        table = table.drop(table.index[5])
+    elif case == "not shown to the subject":
+        table.loc[table.index[5], "subject1"] = 0
+    elif case == "COCO image missing":
+        data = json.loads(coco.read_text())
+        data["images"] = data["images"][1:]
+        coco.write_text(json.dumps(data))
+    elif case == "bad crop box":
+        table["cropBox"] = table["cropBox"].astype(object)
+        table.loc[table.index[1], "cropBox"] = "(0.1, 0.2)"
+    elif case == "COCO file not JSON":
+        coco.write_text("{\"images\": [")
+    elif case == "unknown category":
+        extra = ["--categories", "face,animal"]
+    elif case == "not a csv":
+        out = tmp_path / "out" / "labels.txt"
+    table.to_csv(info)
+    (tmp_path / "out").mkdir()
+    fails(capsys, "labels", "--coco", coco, "--stim-info", info, "--data-dir", tiny_data, "--out", out, *extra,
+          words=LABELS_IMPORT_CASES[case])
+    assert tree(tmp_path / "out") == set(), "nothing written, not even a partial masks folder"
 
 
 # --------------------------------------------------------------------------

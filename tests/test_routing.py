@@ -230,7 +230,7 @@ def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_
     from model.vision import CATEGORIES
 
     run = open_run(trained_run)
-    chosen = rt.choose_images(run, None, None, "test", None)
+    chosen = rt.choose_images(run, None, "test", None)
     table, attention = top_images(run, chosen, ["FFA-1"], 5, cache_dir)
     assert len(table) == 2 * 2 * 5 and set(table["direction"]) == {"top", "bottom"}
     assert table["measured"].notna().all()  # a virtual subject's test images have fMRI

@@ -196,7 +196,10 @@ def test_labels_file_with_plural_names_and_masks(small_data, tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     stimuli = from_labels_csv(tmp_path / "labels.csv", images[0].parent)
     assert stimuli.labels == ["face"] * 3 + ["place"] * 3 and stimuli.categories == ("face", "place")
-    assert np.isclose(np.nanmean(stimuli.masks[:3, 0]), 0.25) and np.isnan(stimuli.masks[:3, 1]).all()
+    assert np.isclose(np.nanmean(stimuli.masks[:3, 0]), 0.25)
+    assert (stimuli.masks[:3, 1] == 0).all(), "a face image's unlisted place mask is known empty"
+    partial = from_labels_csv(tmp_path / "labels.csv", images[0].parent, partial_masks=True)
+    assert np.isnan(partial.masks[:3, 1]).all() and np.isclose(np.nanmean(partial.masks[:3, 0]), 0.25)
 
 
 @pytest.mark.parametrize("case, problem", [

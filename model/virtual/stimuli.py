@@ -46,11 +46,12 @@ class SceneSpec:
 
 @dataclass
 class Scene:
-    """A rendered scene: RGB pixels and one boolean mask per category."""
+    """A rendered scene: RGB pixels, one boolean mask per category, and each object's visible pixels."""
 
     image: np.ndarray  # (S, S, 3) uint8
     masks: dict[str, np.ndarray]  # category -> (S, S) bool
     spec: SceneSpec
+    instances: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (category, visible (S, S) bool) per object
 
     def mask_bits(self) -> np.ndarray:
         """The masks packed into one uint8 image (bit i = :data:`CATEGORIES`\\[i])."""
@@ -308,6 +309,7 @@ def render_scene(spec: SceneSpec, size: int) -> Scene:
     pixels, layout = BACKGROUNDS[spec.background](rng, size)
     canvas = Image.fromarray(pixels).convert("RGBA")
     masks = {name: np.zeros((size, size), bool) for name in CATEGORIES}
+    instances: list[tuple[str, np.ndarray]] = []
     for obj in spec.objects:
         layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
         PAINTERS[obj.category](ImageDraw.Draw(layer), np.random.default_rng(obj.seed),
@@ -315,14 +317,18 @@ def render_scene(spec: SceneSpec, size: int) -> Scene:
         covered = np.asarray(layer)[..., 3] > 0
         for name in OBJECT_CATEGORIES:  # a later object occludes earlier ones
             masks[name] &= ~covered
+        for _, visible in instances:
+            visible &= ~covered
         masks[obj.category] |= covered
+        instances.append((obj.category, covered.copy()))
         canvas.alpha_composite(layer)
     image = np.asarray(canvas.convert("RGB")).copy()
     masks["place"] = layout & ~np.any([masks[c] for c in OBJECT_CATEGORIES], axis=0)
     if spec.scramble:
         image = _block_scramble(image, rng, blocks=8)
         masks = {name: np.zeros_like(m) for name, m in masks.items()}
-    return Scene(image, masks, spec)
+        instances = []
+    return Scene(image, masks, spec, [(c, m) for c, m in instances if m.any()])
 
 
 def _block_scramble(image: np.ndarray, rng: np.random.Generator, blocks: int) -> np.ndarray:

@@ -4,7 +4,9 @@
 from the ROI layout, computes clean responses and three noisy repeats, and
 writes ``OUT/subjXX/`` exactly as the challenge data are laid out (the
 reader needs no special case), with ``ground_truth/`` next to it. The whole
-directory appears at once, or not at all.
+directory appears at once, or not at all. ``ground_truth/coco/`` holds the
+images' objects as NSD users have them for real images: a COCO instances
+file and a stim-info file with crop boxes (:mod:`model.virtual.coco`).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..rois import HEMIS, ROI_CLASSES, class_mapping
 from ..subject import SPLIT_DIRS
 from ..vision import CATEGORIES, FIELD_OF_VIEW_DEG
 from . import responses as R
+from .coco import CocoFiles
 from .stimuli import render_scene, sample_scene
 from .surface import CATEGORY_PATCHES, EARLY_VISUAL_SECTORS, SURFACES, build_layout
 
@@ -64,8 +67,8 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
         from ..errors import InputError
 
         raise InputError(target, "already exists (pass --overwrite to replace it)")
-    seeds = np.random.SeedSequence([config.seed, config.subj]).spawn(4)
-    scene_rng, nsd_rng, tuning_rng, noise_rng = (np.random.default_rng(s) for s in seeds)
+    seeds = np.random.SeedSequence([config.seed, config.subj]).spawn(5)
+    scene_rng, nsd_rng, tuning_rng, noise_rng, coco_rng = (np.random.default_rng(s) for s in seeds)
     n_total = config.n_train + config.n_test
     split_of = np.array(["train"] * config.n_train + ["test"] * config.n_test)
     nsd_ids = np.concatenate([np.sort(ids) for ids in np.split(
@@ -89,6 +92,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
         energy = np.empty((n_total, R.GRID, R.GRID), np.float16)
         coverage = np.empty((n_total, len(CATEGORIES), R.GRID, R.GRID), np.float16)
         rows = []
+        coco = CocoFiles(config.image_size, coco_rng)
         bar = progress(total=n_total, desc="rendering stimuli", unit="img")
         for start in range(0, n_total, chunk):
             stop = min(n_total, start + chunk)
@@ -100,6 +104,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
                 images.append(scene.image)
                 masks.append(np.stack([scene.masks[c] for c in CATEGORIES]))
                 rows.append(_image_row(split_of[k], names[k], scene))
+                coco.add(nsd_ids[k], scene.instances)
                 bar.update()
             energy[start:stop] = R.contrast_energy(np.stack(images))
             coverage[start:stop] = R.category_coverage(np.stack(masks))
@@ -122,6 +127,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
             save_npy(truth / f"{hemi}_test_fmri.npy", noisy[test])
             save_npy(truth / f"{hemi}_noise_ceiling.npy", R.noise_ceiling(t.ncsnr, config.n_repeats).astype(np.float32))
             t.to_dataset().to_netcdf(truth / f"{hemi}_tuning.nc")
+        coco.write(truth / "coco", config.subj)
         _write_roi_masks(tmp / "roi_masks", layout)
         _write_images_table(truth / "images.csv", rows)
         write_json(truth / "rois.json", _roi_truth(layout, tuning))
