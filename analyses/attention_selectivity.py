@@ -31,16 +31,19 @@ not selectivity.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from model.images import read_image
-
+from interpret.maps import nearest_source
 from model.backbone import Backbone
 from model.device import autocast, module_device
+from model.files import read_rows
+from model.images import read_image
 from model.progress import progress
 from model.rois import ROI_TO_CLASS
 from model.run import Run
@@ -63,15 +66,17 @@ def token_attention(run: Run, features: np.ndarray, layer: int = -1) -> tuple[np
     """
     run.model.eval()
     dev = module_device(run.model)
-    out = []
-    for start in progress(range(0, len(features), BATCH), desc="attention", unit="batch"):
-        x = torch.from_numpy(np.asarray(features[start:start + BATCH], np.float32)).to(dev)
-        with autocast(dev):
-            att = run.model(x, return_attention=True)["attention"][:, layer].mean(1)  # (B, Q, T)
-        out.append(att.float().cpu().numpy())
     keep = [q for q, roi in enumerate(run.queries.rois) if roi != UNASSIGNED]
+    out = None
+    for start in progress(range(0, len(features), BATCH), desc="attention", unit="batch"):
+        x = torch.from_numpy(read_rows(features, slice(start, start + BATCH)).astype(np.float32, copy=False)).to(dev)
+        with autocast(dev):
+            att = run.model(x, return_attention=True)["attention"][:, layer].mean(1)[:, keep]  # (B, Q, T)
+        if out is None:  # filled batch by batch: the features are read a batch at a time, never all at once
+            out = np.empty((len(features), *att.shape[1:]), np.float64)
+        out[start:start + len(att)] = att.float().cpu().numpy()
     queries = [(run.queries.hemis[q], run.queries.rois[q]) for q in keep]
-    return np.concatenate(out)[:, keep].astype(np.float64), queries
+    return out, queries
 
 
 def token_coverage(masks: np.ndarray, backbone: Backbone) -> tuple[np.ndarray, np.ndarray]:
@@ -80,19 +85,27 @@ def token_coverage(masks: np.ndarray, backbone: Backbone) -> tuple[np.ndarray, n
     ``masks`` are cell fractions over the image (any grid); they are laid on
     the backbone's padded input (image at the top left, as it is padded)
     and averaged over each patch. NaN masks (unknown) stay NaN.
+    Nearest upsampling, padding and patch averaging are one separable linear
+    map (:func:`token_weights`), applied :data:`BATCH` images at a time: the
+    upsampled masks (0.75 MB per image and category at 434 px) are never made.
     """
-    side, size, patch = backbone.image_side, backbone.input_size, backbone.patch
-    pad = (0, size - side, 0, size - side)
-
-    def to_tokens(m: torch.Tensor) -> torch.Tensor:
-        full = F.pad(F.interpolate(m, size=(side, side), mode="nearest"), pad)
-        return F.avg_pool2d(full, patch).flatten(1)
-
     n, c = masks.shape[:2]
-    t = torch.from_numpy(np.ascontiguousarray(masks, np.float32))
-    tokens = torch.cat([to_tokens(t[i:i + 8].reshape(-1, 1, *t.shape[2:])) for i in range(0, n, 8)])
-    image = to_tokens(torch.ones(1, 1, *t.shape[2:]))[0]
-    return tokens.reshape(n, c, -1).double().numpy(), image.double().numpy()
+    rows, cols = (token_weights(k, backbone) for k in masks.shape[-2:])
+    tokens = np.empty((n, c, rows.shape[0] * cols.shape[0]))
+    for start in range(0, n, BATCH):
+        part = np.asarray(masks[start:start + BATCH], np.float64)
+        tokens[start:start + len(part)] = (rows @ part @ cols.T).reshape(len(part), c, -1)
+    image = (rows.sum(1)[:, None] * cols.sum(1)[None, :]).ravel()
+    return tokens, image
+
+
+def token_weights(cells: int, backbone: Backbone) -> np.ndarray:
+    """(token rows, cells) weights: the share of each token's pixel rows that nearest upsampling of ``cells`` cells
+    to the image's side takes from each cell (the padding's pixels take nothing)."""
+    side, size, patch = backbone.image_side, backbone.input_size, backbone.patch
+    weights = np.zeros((size // patch, cells))
+    np.add.at(weights, (np.arange(side) // patch, nearest_source(cells, side)), 1.0 / patch)
+    return weights
 
 
 def mass_test(att: np.ndarray, masks: np.ndarray, image: np.ndarray, n_permutations: int, rng: np.random.Generator,
@@ -127,21 +140,24 @@ def mass_test(att: np.ndarray, masks: np.ndarray, image: np.ndarray, n_permutati
     return observed, np.full(att.shape[1], chance), S.permutation_p(observed, null, "greater")
 
 
-def contrast_energy(images: list[np.ndarray], grid: int) -> np.ndarray:
-    """``(image, grid, grid)`` share of each image's luminance contrast energy (squared gradient) in each cell."""
-    out = np.empty((len(images), grid, grid))
-    for i, img in enumerate(images):
+def contrast_energy(images: Iterable[np.ndarray], grid: int) -> np.ndarray:
+    """``(image, grid, grid)`` share of each image's luminance contrast energy (squared gradient) in each cell.
+
+    ``images`` may be a generator: each is read, reduced and let go in turn.
+    """
+    cells_of = []
+    for img in images:
         lum = np.asarray(img, np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114]) / 255
         gy, gx = np.gradient(lum)
         energy = torch.from_numpy(gx ** 2 + gy ** 2)[None, None]
         cells = F.adaptive_avg_pool2d(energy, grid)[0, 0].numpy()
-        out[i] = cells / max(cells.sum(), 1e-12)
-    return out
+        cells_of.append(cells / max(cells.sum(), 1e-12))
+    return np.stack(cells_of) if cells_of else np.empty((0, grid, grid))
 
 
 def token_contrast(paths: list, grid: int, backbone: Backbone) -> np.ndarray:
     """``(image, token)`` :func:`contrast_energy` share of each image laid on the backbone's tokens (as masks are)."""
-    energy = contrast_energy([read_image(p) for p in paths], grid)
+    energy = contrast_energy((read_image(p) for p in paths), grid)
     return token_coverage(energy[:, None], backbone)[0][:, 0]
 
 
@@ -167,7 +183,7 @@ def attention_table(run: Run, features: np.ndarray, stimuli: StimulusSet, settin
     att, queries = token_attention(run, features)
     masks, image = token_coverage(stimuli.masks, run.shared_backbone)
     density = att / (att @ image)[..., None]
-    energy = contrast_energy([read_image(p) for p in stimuli.paths], stimuli.masks.shape[-1])
+    energy = contrast_energy((read_image(p) for p in stimuli.paths), stimuli.masks.shape[-1])
     rng = np.random.default_rng([seed, 2])
     rows = []
     for c, category in enumerate(stimuli.categories):

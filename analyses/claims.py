@@ -302,13 +302,13 @@ def gather_evidence(run: Run, claims: list[Claim], stimuli, settings: ClaimSetti
     from interpret.routing import RoutingSettings, routing_table, token_positions_deg
 
     from .attention_selectivity import token_attention, token_contrast, token_coverage
-    from .responses import features_for, heldout_responses, predicted_vertices, reliability, roi_means
+    from .responses import features_for, heldout_responses, predicted_roi_means, reliability
 
     kinds = {c.kind for c in claims}
     features = features_for(run, stimuli.paths, stimuli.fmri_rows, cache_dir)
     ev = Evidence(np.asarray(stimuli.membership, bool), categories=tuple(stimuli.categories), name=stimuli.name)
     if "prefers" in kinds:
-        ev.responses = roi_means(predicted_vertices(run, features), run.subject)
+        ev.responses = predicted_roi_means(run, features)
         _, held_pred, held_meas = heldout_responses(run, cache_dir)
         if held_pred is not None:
             ev.reliability = reliability(held_pred, held_meas, settings.alpha).set_index(["hemi", "roi"])

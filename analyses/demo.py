@@ -120,7 +120,7 @@ def run_demo(out: str | Path, n_train: int = 1000, n_test: int = 200, seed: int 
 #: ROIs shown in the demo's overlays: early visual cortex and one planted ROI per category
 OVERLAY_ROIS = ("V1v", "V1d", "hV4", "FFA-1", "EBA", "PPA")
 #: The maps the demo saves and overlays: every default method, pixel-level IG included, on two images
-DEMO_MAPS = MapJob(split="val", n_images=2, rois=OVERLAY_ROIS, settings=Settings(n_steps=16))
+DEMO_MAPS = MapJob(split="val", n_images=2, rois=OVERLAY_ROIS, settings=Settings(n_steps=16), backbone_attention=True)
 #: The maps the demo checks: more images and ROIs, with the cheap methods, so the checks have power
 #: and the whole demo stays within minutes on a CPU (pixel IG is checked in tests/test_interpret.py)
 DEMO_CHECKS = MapJob(split="val", n_images=6, methods=("attention", "saliency", "token_integrated_gradients"),

@@ -66,21 +66,41 @@ def roi_means(values: dict[str, np.ndarray], subject: Subject,
 # --------------------------------------------------------------------------
 
 def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
-                 cache_dir: str | Path | None = None) -> np.ndarray:
-    """The run's encoder input ``(N, tokens, C)`` for ``paths`` (:meth:`model.run.Run.features`).
+                 cache_dir: str | Path | None = None):
+    """The run's encoder input ``(N, tokens, C)`` for ``paths`` (:meth:`model.run.Run.features`), read by rows.
 
     When every image is one of the subject's (``rows`` gives its split and
     index) and the split's features are already cached (training computed
     them), those rows are read from the cache instead of recomputing.
+    Nothing is held in memory: read the rows a batch needs with
+    :func:`model.files.read_rows` (``np.asarray`` reads them all).
     """
-    return np.asarray(run.features(list(paths), cache_dir, device=str(run.device), rows=rows, desc="stimulus features"),
-                      np.float32)
+    return run.features(list(paths), cache_dir, device=str(run.device), rows=rows, desc="stimulus features")
 
 
-def predicted_vertices(run: Run, features: np.ndarray) -> dict[str, np.ndarray]:
+#: Images predicted at a time by :func:`predicted_roi_means` (a multiple of :func:`model.run.predict`'s batch)
+PREDICT_CHUNK = 256
+
+
+def predicted_vertices(run: Run, features) -> dict[str, np.ndarray]:
     """The run's predictions ``{hemi: (N, V)}``."""
     pred = predict(run.model, features)
     return {hemi: pred[:, run.hemi_slice(hemi)] for hemi in HEMIS}
+
+
+def predicted_roi_means(run: Run, features, classes: Sequence[str] = SELECTIVITY_CLASSES) -> xr.DataArray:
+    """:func:`roi_means` of :func:`predicted_vertices`, predicted :data:`PREDICT_CHUNK` images at a time.
+
+    Only the ROI means of every image are kept, never every vertex of every
+    image (160 kB per image at NSD's size), so memory does not grow with the
+    images beyond ``(image, hemi, roi)``.
+    """
+    parts = []
+    for start in range(0, len(features), PREDICT_CHUNK):
+        idx = np.arange(start, min(start + PREDICT_CHUNK, len(features)))
+        pred = predict(run.model, features, idx)
+        parts.append(roi_means({hemi: pred[:, run.hemi_slice(hemi)] for hemi in HEMIS}, run.subject, classes))
+    return xr.concat(parts, dim="image") if len(parts) > 1 else parts[0]
 
 
 def measured_vertices(run: Run, rows: Sequence[tuple[str, int] | None]) -> dict[str, np.ndarray] | None:
@@ -104,6 +124,23 @@ def measured_vertices(run: Run, rows: Sequence[tuple[str, int] | None]) -> dict[
     return out
 
 
+def measured_roi_means(run: Run, rows: Sequence[tuple[str, int] | None],
+                       classes: Sequence[str] = SELECTIVITY_CLASSES) -> xr.DataArray | None:
+    """:func:`roi_means` of :func:`measured_vertices` (NaN where an image has no fMRI), :data:`PREDICT_CHUNK`
+    images at a time; None when no image has fMRI."""
+    parts, known = [], False
+    for start in range(0, len(rows), PREDICT_CHUNK):
+        chunk = list(rows[start:start + PREDICT_CHUNK])
+        values = measured_vertices(run, chunk)
+        known |= values is not None
+        if values is None:  # no image of this chunk has fMRI
+            values = {hemi: np.full((len(chunk), run.subject.n_vertices(hemi)), np.nan, np.float32) for hemi in HEMIS}
+        parts.append(roi_means(values, run.subject, classes))
+    if not known:
+        return None
+    return xr.concat(parts, dim="image") if len(parts) > 1 else parts[0]
+
+
 # --------------------------------------------------------------------------
 # Held-out images and reliability
 # --------------------------------------------------------------------------
@@ -125,8 +162,8 @@ def heldout_responses(run: Run, cache_dir: str | Path | None = None
         log.info("no held-out images with fMRI (no validation split): reliability not assessed")
         return rows, None, None
     paths = [run.subject.images(split)[i] for split, i in rows]
-    predicted = roi_means(predicted_vertices(run, features_for(run, paths, rows, cache_dir)), run.subject)
-    measured = roi_means(measured_vertices(run, rows), run.subject)
+    predicted = predicted_roi_means(run, features_for(run, paths, rows, cache_dir))
+    measured = measured_roi_means(run, rows)
     return rows, predicted, measured
 
 

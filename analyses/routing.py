@@ -75,7 +75,8 @@ def split_images(run: Run, split: str, n_images: int) -> RoutingImages:
         rows = [("test", i) for i in range(len(paths))]
     masks = None
     if run.subject.truth is not None:
-        masks = masks_to_grid(run.subject.truth.masks(rows[0][0], [p.name for p in paths]))
+        names = [p.name for p in paths]  # full-resolution masks a batch at a time, each reduced to the grid
+        masks = np.concatenate([masks_to_grid(m) for m in run.subject.truth.mask_batches(rows[0][0], names)])
     return RoutingImages(f"{run.subject.root.name} {split} images", paths, rows, masks, tuple(CATEGORIES))
 
 

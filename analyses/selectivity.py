@@ -46,8 +46,7 @@ from model.options import check_settings, setting
 from model.run import Run, open_run
 
 from . import stats as S
-from .responses import (features_for, heldout_responses, measured_vertices, predicted_vertices, reliability,
-                        roi_means)
+from .responses import features_for, heldout_responses, measured_roi_means, predicted_roi_means, reliability
 from .stimuli import CLASS_CATEGORY, StimulusOptions, StimulusSet, choose_stimuli
 
 log = logging.getLogger(__name__)
@@ -224,11 +223,11 @@ def analyse(run: Run, stimuli: StimulusSet, settings: SelectivitySettings = Sele
     (``(source, image, hemi, roi)``).
     """
     features = features_for(run, stimuli.paths, stimuli.fmri_rows, cache_dir)
-    sources = {"predicted": roi_means(predicted_vertices(run, features), run.subject)}
+    sources = {"predicted": predicted_roi_means(run, features)}
     if stimuli.fmri_rows is not None:
-        measured = measured_vertices(run, stimuli.fmri_rows)
+        measured = measured_roi_means(run, stimuli.fmri_rows)
         if measured is not None:
-            sources["measured"] = roi_means(measured, run.subject)
+            sources["measured"] = measured
     tables = []
     for name, responses in sources.items():
         try:

@@ -576,9 +576,9 @@ def subject_heldout(run: Run) -> StimulusSet:
     for folder in ("train", "test"):
         picked = [j for j, k in enumerate(keep) if rows[k][0] == folder]
         if picked:
-            full = truth.masks(folder, [kept_paths[j].name for j in picked])  # (n, CATEGORIES, S, S)
             columns = [CATEGORIES.index(c) for c in order]
-            masks[picked] = masks_to_grid(full[:, columns])
+            names = [kept_paths[j].name for j in picked]  # full: (n, CATEGORIES, S, S) of a batch of them
+            masks[picked] = np.concatenate([masks_to_grid(full[:, columns]) for full in truth.mask_batches(folder, names)])
     label_list = [str(labels[k]) for k in keep]
     check_categories(root / "ground_truth" / "images.csv", label_list)
     log.info("held-out images of %s: %d of %d show one category (%s)", root.name, len(keep), len(rows),

@@ -29,7 +29,7 @@ from model.figures import colour_scale, figure, save_figure
 from model.run import Run
 
 from .attention_selectivity import token_attention
-from .responses import features_for, measured_vertices, predicted_vertices, roi_means
+from .responses import features_for, measured_roi_means, predicted_roi_means
 from .routing import RoutingImages
 
 #: Columns of :func:`top_images`.
@@ -55,14 +55,11 @@ def top_images(run: Run, chosen: RoutingImages, rois: Sequence[str], k: int = 5,
     if k < 1:
         raise InputError("--k", f"must be at least 1, got {k}")
     features = features_for(run, chosen.paths, chosen.rows, cache_dir)
-    predicted = roi_means(predicted_vertices(run, features), run.subject)
+    predicted = predicted_roi_means(run, features)
     unknown = [r for r in rois if r not in predicted.roi.values]
     if unknown:
         raise InputError("--rois", f"unknown ROI {unknown[0]!r}; choose from {', '.join(map(str, predicted.roi.values))}")
-    measured = None
-    if chosen.rows is not None:
-        values = measured_vertices(run, chosen.rows)
-        measured = roi_means(values, run.subject) if values is not None else None
+    measured = measured_roi_means(run, chosen.rows) if chosen.rows is not None else None
     names = [p.name for p in chosen.paths]
     rows = []
     for hemi in predicted.hemi.values:

@@ -27,27 +27,30 @@ from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array
 
 @torch.no_grad()
 def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names: list[str],
-                      layer: int = -1, batch_size: int = 16) -> xr.Dataset:
+                      layer: int = -1, batch_size: int = 16, rois: list[str] | None = None) -> xr.Dataset:
     """Cross-attention of every query over the image, per head and head-averaged.
 
     Returns ``attention`` (image, hemi, roi, head, y, x) and
     ``attention_mean`` (image, hemi, roi, y, x); each query's map sums to 1
-    over the token grid (less where tokens fall on padding). Computed on
-    the model's device (bf16 autocast on CUDA; the softmax stays float32).
+    over the token grid (less where tokens fall on padding). ``rois``: only
+    these ROIs' queries (default: every query). Computed on the model's
+    device (bf16 autocast on CUDA; the softmax stays float32).
     """
     dev = module_device(run.model)
     if not run.model.capabilities.decoder_attention:
         raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
+    wanted = set(run.queries.rois) if rois is None else set(rois)
+    keep = [q for q, roi in enumerate(run.queries.rois) if roi in wanted]
     weights, n_layers = [], 0
     for start in range(0, len(features), batch_size):
         x = torch.from_numpy(np.asarray(features[start:start + batch_size], np.float32)).to(dev)
         with autocast(dev):
             stacked = run.model(x, return_attention=True)["attention"]  # (B, layers, heads, Q, T)
         n_layers = stacked.shape[1]
-        weights.append(stacked[:, layer].float().cpu())  # (B, heads, Q, T)
+        weights.append(stacked[:, layer][:, :, keep].float().cpu())  # (B, heads, kept Q, T)
     att = torch.cat(weights).permute(0, 2, 1, 3)  # (N, Q, heads, T)
     per_query = grid.from_tokens(att)  # (N, Q, heads, size, size)
-    targets = Targets(list(run.queries.hemis), list(run.queries.rois), torch.empty(0))
+    targets = Targets([run.queries.hemis[q] for q in keep], [run.queries.rois[q] for q in keep], torch.empty(0))
     arranged, rois = by_hemi_roi(per_query, targets)
     coords = {"image": image_names, "hemi": list(HEMIS), "roi": rois, "head": np.arange(att.shape[2])}
     attrs = {"layer": layer if layer >= 0 else n_layers + layer, "units": "attention weight per token, averaged over its pixels"}
@@ -66,21 +69,42 @@ def query_attention(run: Run, inputs: Inputs, targets: Targets, methods: list[st
     arguments, which attention does not need.
     """
     source = run if encoder is None else dataclasses.replace(run, model=encoder)
-    att = decoder_attention(source, inputs.tokens, inputs.grid, inputs.names)
-    wanted = set(targets.rois)
-    return att.sel(roi=[r for r in att.roi.values if r in wanted])
+    return decoder_attention(source, inputs.tokens, inputs.grid, inputs.names, rois=list(dict.fromkeys(targets.rois)))
+
+
+class _Rollout:
+    """Attention rollout and the last block's class-token attention, folded in block by block.
+
+    Only the product so far (B, N, N) and the newest block's class-token
+    row are kept: holding every block's (B, heads, N, N) attention took
+    0.5 GB per image for ViT-B/14 at 434 px.
+    """
+
+    def __init__(self, prefix: int):
+        self.prefix, self.blocks = prefix, 0
+        self.product: torch.Tensor | None = None
+        self.cls: torch.Tensor | None = None
+
+    def add(self, att: torch.Tensor) -> None:
+        att = att.detach().float().cpu()  # (B, heads, N, N), combined on the CPU
+        self.cls = att[:, :, 0, self.prefix:]  # (B, heads, T) of the latest block
+        a = att.mean(1)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1])
+        a = a / a.sum(-1, keepdim=True)
+        self.product = a if self.product is None else a @ self.product
+        self.blocks += 1
 
 
 @contextlib.contextmanager
-def _captured_self_attention(backbone: Backbone):
-    """Record each block's softmax attention (B, heads, N, N) while fused attention is off."""
-    captured, handles, fused = [], [], []
+def _rollout_hooks(backbone: Backbone, rollout: _Rollout):
+    """Feed each block's softmax attention to ``rollout`` while fused attention is off."""
+    handles, fused = [], []
     for block in backbone.vit.blocks:
         fused.append(block.attn.fused_attn)
         block.attn.fused_attn = False
-        handles.append(block.attn.attn_drop.register_forward_hook(lambda m, inp, out: captured.append(inp[0].detach())))
+        handles.append(block.attn.attn_drop.register_forward_hook(lambda m, inp, out: rollout.add(inp[0])))
     try:
-        yield captured
+        yield rollout
     finally:
         for block, was in zip(backbone.vit.blocks, fused):
             block.attn.fused_attn = was
@@ -94,30 +118,22 @@ def backbone_attention(backbone: Backbone, images: torch.Tensor, grid: MapGrid, 
 
     The backbone runs where it lives, in float32 (the rollout multiplies
     every block's attention: bf16 errors would compound); the maps are
-    combined on the CPU.
+    combined on the CPU, one block at a time.
     """
     if backbone.num_prefix_tokens < 1:
         raise InputError("--backbone", "this backbone has no class token to read attention from")
-    with _captured_self_attention(backbone) as captured:
-        backbone(backbone.preprocess(images.to(module_device(backbone))))
-    captured = [a.float().cpu() for a in captured]
-    if not captured:
-        raise InputError("--enc-output-layer", "no attention block runs before the features are taken")
     prefix = backbone.num_prefix_tokens
-    cls = captured[-1][:, :, 0, prefix:]  # (B, heads, T)
-    rollout = None
-    for att in captured:
-        a = att.mean(1)
-        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1])
-        a = a / a.sum(-1, keepdim=True)
-        rollout = a if rollout is None else a @ rollout
-    roll = rollout[:, 0, prefix:]
+    with _rollout_hooks(backbone, _Rollout(prefix)) as rollout:
+        backbone(backbone.preprocess(images.to(module_device(backbone))))
+    if not rollout.blocks:
+        raise InputError("--enc-output-layer", "no attention block runs before the features are taken")
+    roll = rollout.product[:, 0, prefix:]
     roll = roll / roll.sum(-1, keepdim=True)
     # its own head dimension: the backbone's heads are not the decoder's
-    coords = {"image": image_names, "backbone_head": np.arange(cls.shape[1])}
+    coords = {"image": image_names, "backbone_head": np.arange(rollout.cls.shape[1])}
     return xr.Dataset({
-        "backbone_cls_attention": map_array(grid.from_tokens(cls), ("image", "backbone_head", "y", "x"), coords, grid,
-                                            "backbone_cls_attention", {"block": len(captured)}),
+        "backbone_cls_attention": map_array(grid.from_tokens(rollout.cls), ("image", "backbone_head", "y", "x"), coords,
+                                            grid, "backbone_cls_attention", {"block": rollout.blocks}),
         "backbone_rollout": map_array(grid.from_tokens(roll), ("image", "y", "x"), coords, grid,
-                                      "backbone_rollout", {"blocks": len(captured)}),
+                                      "backbone_rollout", {"blocks": rollout.blocks}),
     })

@@ -27,8 +27,8 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
-from model.faithfulness import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
-                                faithfulness_summary, query_reliability)
+from model.faithfulness import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes,
+                                deletion_ratios, describe_faithfulness, faithfulness_summary, query_reliability)
 from model.rois import HEMIS
 from model.run import VAL_PRED, Run, load_run_array
 
@@ -52,19 +52,51 @@ def run_reliability(run: Run) -> pd.DataFrame:
     return table.assign(query=run.queries.names)
 
 
-def ig_agreement(ds: xr.Dataset, attention: str = "attention_mean",
-                 attribution: str = "token_integrated_gradients") -> pd.DataFrame:
-    """Per hemi x ROI, the mean over images of Spearman r between the attention and ``|attribution|`` maps."""
-    rows = []
-    att, ig = ds[attention], np.abs(ds[attribution])
-    for hemi in att.hemi.values:
-        for roi in att.roi.values:
-            a, g = att.sel(hemi=hemi, roi=roi).values, ig.sel(hemi=hemi, roi=roi).values
-            values = [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, g)
-                      if np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0]
-            if values:
-                rows.append({"hemi": str(hemi), "roi": str(roi), "ig_rank_correlation": float(np.mean(values))})
-    return pd.DataFrame(rows, columns=["hemi", "roi", "ig_rank_correlation"])
+def _spearman_per_image(a: np.ndarray, g: np.ndarray) -> list[float]:
+    """Spearman r of each image's two maps (images whose maps are constant or not finite left out)."""
+    return [spearmanr(x.ravel(), y.ravel())[0] for x, y in zip(a, g)
+            if np.isfinite(x).all() and np.isfinite(y).all() and x.std() > 0 and y.std() > 0]
+
+
+class AttentionUse:
+    """:func:`attention_use` over images that come in batches.
+
+    What is kept of an image is a few numbers per query (its deletion
+    changes, focus and IG correlation), not its maps.
+    """
+
+    def __init__(self, run: Run, seed: int = 0):
+        self.run, self.seed = run, seed
+        self.changes: list = []
+        self.focus: dict[tuple[str, str], list[float]] = {}
+        self.ig: dict[tuple[str, str], list[float]] = {}
+        self.n = 0
+
+    def add(self, batch: Inputs, ds: xr.Dataset) -> None:
+        """Measure one batch: its tokens, and its maps ``ds`` (``attention_mean``, maybe token IG)."""
+        self.changes.append(deletion_changes(self.run.model, batch.tokens, self.run.queries.memberships,
+                                             seed=self.seed, first_image=self.n))
+        self.n += len(batch.names)
+        att = ds["attention_mean"]
+        ig = np.abs(ds["token_integrated_gradients"]) if "token_integrated_gradients" in ds else None
+        for hemi in att.hemi.values:
+            for roi in att.roi.values:
+                maps = att.sel(hemi=hemi, roi=roi).values
+                if not np.isfinite(maps).all():
+                    continue
+                key = (str(hemi), str(roi))
+                self.focus.setdefault(key, []).extend(focus(maps).tolist())
+                if ig is not None:
+                    self.ig.setdefault(key, []).extend(_spearman_per_image(maps, ig.sel(hemi=hemi, roi=roi).values))
+
+    def table(self) -> pd.DataFrame:
+        """The table of :func:`attention_use` (:data:`COLUMNS`) over every image added."""
+        table = deletion_ratios(concatenate(self.changes), self.run.queries.names, seed=self.seed)
+        table = table.merge(run_reliability(self.run)[["query", "r_heldout", "reliable"]], on="query")
+        shown = pd.DataFrame([{"hemi": h, "roi": r, "focus": float(np.mean(v)),
+                               "ig_rank_correlation": float(np.mean(self.ig[(h, r)])) if self.ig.get((h, r)) else np.nan}
+                              for (h, r), v in self.focus.items()], columns=["hemi", "roi", "focus", "ig_rank_correlation"])
+        return shown.merge(table, on=["hemi", "roi"])[COLUMNS]
 
 
 def attention_use(run: Run, inputs: Inputs, ds: xr.Dataset, seed: int = 0) -> pd.DataFrame:
@@ -74,18 +106,9 @@ def attention_use(run: Run, inputs: Inputs, ds: xr.Dataset, seed: int = 0) -> pd
     IG agreement column is filled where it also holds
     ``token_integrated_gradients`` (NaN otherwise).
     """
-    changes = deletion_changes(run.model, inputs.tokens, run.queries.memberships, seed=seed)
-    table = deletion_ratios(changes, run.queries.names, seed=seed)
-    table = table.merge(run_reliability(run)[["query", "r_heldout", "reliable"]], on="query")
-    att = ds["attention_mean"]
-    shown = [{"hemi": str(h), "roi": str(r), "focus": float(np.mean(focus(att.sel(hemi=h, roi=r).values)))}
-             for h in att.hemi.values for r in att.roi.values if np.isfinite(att.sel(hemi=h, roi=r).values).all()]
-    table = pd.DataFrame(shown, columns=["hemi", "roi", "focus"]).merge(table, on=["hemi", "roi"])
-    if "token_integrated_gradients" in ds:
-        table = table.merge(ig_agreement(ds), on=["hemi", "roi"], how="left")
-    else:
-        table["ig_rank_correlation"] = np.nan
-    return table[COLUMNS]
+    use = AttentionUse(run, seed)
+    use.add(inputs, ds)
+    return use.table()
 
 
 def run_faithfulness(run: Run, cache_dir=None) -> dict | None:
@@ -131,4 +154,4 @@ def verdict(table: pd.DataFrame) -> str:
             f"attention maps do not show what their predictions use (faithful: {rule}).")
 
 
-__all__ = ["COLUMNS", "attention_use", "describe_run", "ig_agreement", "run_faithfulness", "run_reliability", "verdict"]
+__all__ = ["AttentionUse", "COLUMNS", "attention_use", "describe_run", "run_faithfulness", "run_reliability", "verdict"]

@@ -110,21 +110,48 @@ def sanity(encoder: torch.nn.Module, maps_of: MapsFn, seed: int = 0) -> pd.DataF
     ``maps_of(encoder)`` returns the maps of every method for that encoder.
     A method is flagged when its maps still correlate above
     :data:`FLAG_RANK_CORRELATION` after the whole decoder is randomised.
+    :class:`SanityComparisons` gathers the same table batch by batch of images.
     """
-    original = maps_of(encoder)
-    rows = []
-    for step, (part, model) in enumerate(randomised(encoder, seed), start=1):
-        maps = maps_of(model)
-        for name in per_roi_variables(original):
-            rho, ssim = _mean_comparison(original[name], maps[name])
+    comparisons = SanityComparisons(encoder, seed)
+    comparisons.add(maps_of)
+    return comparisons.table()
+
+
+class SanityComparisons:
+    """:func:`sanity` over images that come in batches: each batch's map pairs are compared as they come.
+
+    Every batch is mapped by the same randomised copies (the cascade is
+    seeded), and the table averages every (image, hemi, ROI) comparison of
+    all batches, as :func:`sanity` of all images at once does.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, seed: int = 0):
+        self.encoder, self.seed = encoder, seed
+        self.pairs: dict[tuple[int, str, str], list[tuple[float, float]]] = {}
+
+    def add(self, maps_of: MapsFn) -> None:
+        """Compare one batch's maps (``maps_of(encoder)``) with those of every step of the cascade."""
+        original = maps_of(self.encoder)
+        for step, (part, model) in enumerate(randomised(self.encoder, self.seed), start=1):
+            maps = maps_of(model)
+            for name in per_roi_variables(original):
+                self.pairs.setdefault((step, part, name), []).extend(_comparisons(original[name], maps[name]))
+
+    def table(self) -> pd.DataFrame:
+        """One row per method and step: mean rank correlation and SSIM, and whether the method is flagged."""
+        rows = []
+        for (step, part, name), pairs in self.pairs.items():
+            values = np.array(pairs, float)
+            rho, ssim = tuple(np.nanmean(values, axis=0)) if len(values) else (np.nan, np.nan)
             rows.append({"method": name, "step": step, "randomised": part, "rank_correlation": rho, "ssim": ssim})
-    table = pd.DataFrame(rows)
-    last = table[table.step == table.step.max()].set_index("method")
-    table["flagged"] = table.method.map(lambda m: bool(last.loc[m, "rank_correlation"] > FLAG_RANK_CORRELATION))
-    return table
+        table = pd.DataFrame(rows)
+        last = table[table.step == table.step.max()].set_index("method")
+        table["flagged"] = table.method.map(lambda m: bool(last.loc[m, "rank_correlation"] > FLAG_RANK_CORRELATION))
+        return table
 
 
-def _mean_comparison(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float]:
+def _comparisons(a: xr.DataArray, b: xr.DataArray) -> list[tuple[float, float]]:
+    """(rank correlation, SSIM) of every pair of finite maps of ``a`` and ``b`` (heads averaged)."""
     if "head" in a.dims:
         a, b = a.mean("head"), b.mean("head")
     pairs = []
@@ -132,8 +159,7 @@ def _mean_comparison(a: xr.DataArray, b: xr.DataArray) -> tuple[float, float]:
         x, y = a.values[index], b.values[index]
         if np.isfinite(x).all() and np.isfinite(y).all():
             pairs.append(_compare(x, y))
-    values = np.array(pairs, float)
-    return tuple(np.nanmean(values, axis=0)) if len(values) else (np.nan, np.nan)
+    return pairs
 
 
 # --------------------------------------------------------------------------
@@ -152,62 +178,114 @@ def localization(ds: xr.Dataset, truth: GroundTruth, roi_masks: dict[tuple[str, 
     ``mean_map_quadrant`` (1 when the image-averaged map's centre does) and
     ``coverage_correlation``; category ROIs: ``pointing_game`` and
     ``relevance_mass`` with their ``chance`` levels.
+    :class:`Localization` gathers the same table batch by batch of images.
     """
-    rows = []
-    preference = {roi: info["preference"] for roi, info in truth.rois.items()}
-    for name in per_roi_variables(ds):
-        arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
-        for hemi in arr.hemi.values:
-            for roi in arr.roi.values:
-                # Relevance is the magnitude: in a contrast-driven ROI a pixel raises the
-                # response whether it is made brighter or darker, so attribution signs
-                # carry no "where" information.
-                maps = np.abs(arr.sel(hemi=hemi, roi=roi).values)  # (image, y, x)
-                if not np.isfinite(maps).all() or (hemi, roi) not in roi_masks:
-                    continue
-                base = {"method": name, "hemi": str(hemi), "roi": str(roi)}
-                if roi in EARLY_VISUAL:
-                    rows += _prf_scores(maps, truth, roi_masks[(hemi, roi)], str(hemi), grid, base)
-                elif preference.get(roi) in CATEGORIES:
-                    rows += _category_scores(maps, category_masks[:, CATEGORIES.index(preference[roi])], base)
-    return pd.DataFrame(rows)
+    scores = Localization(truth, roi_masks, grid)
+    scores.add(ds, category_masks)
+    return scores.table()
 
 
-def _prf_scores(maps: np.ndarray, truth: GroundTruth, mask: np.ndarray, hemi: str, grid: MapGrid, base: dict) -> list[dict]:
-    coverage = truth.prf_coverage(mask, hemi, grid=grid.size)
-    tx, ty = centre_of_mass_deg(coverage, grid)
-    centres = np.array([centre_of_mass_deg(m, grid) for m in maps])
-    error = np.hypot(centres[:, 0] - tx, centres[:, 1] - ty)
-    same = (np.sign(centres[:, 0]) == np.sign(tx)) & (np.sign(centres[:, 1]) == np.sign(ty))
-    mean_map = np.clip(maps, 0, None).mean(0)
+class Localization:
+    """:func:`localization` over images that come in batches.
+
+    Every score is a mean over images of a per-image value (or, for the
+    coverage correlation, of the image-averaged map), so each batch adds
+    its per-image values and its sum of maps; a (method, hemi, ROI) whose
+    maps are not finite in some batch is left out, as it is when any of its
+    maps is not finite.
+    """
+
+    def __init__(self, truth: GroundTruth, roi_masks: dict[tuple[str, str], np.ndarray], grid: MapGrid):
+        self.truth, self.roi_masks, self.grid = truth, roi_masks, grid
+        self.preference = {roi: info["preference"] for roi, info in truth.rois.items()}
+        self.parts: dict[tuple[str, str, str], dict] = {}
+        self.left_out: set[tuple[str, str, str]] = set()
+
+    def add(self, ds: xr.Dataset, category_masks: np.ndarray) -> None:
+        """Score the maps of one batch ``ds``; ``category_masks`` (image, category, y, x) are its images'."""
+        for name in per_roi_variables(ds):
+            arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
+            for hemi in arr.hemi.values:
+                for roi in arr.roi.values:
+                    key = (name, str(hemi), str(roi))
+                    if key in self.left_out or (hemi, roi) not in self.roi_masks:
+                        continue
+                    # Relevance is the magnitude: in a contrast-driven ROI a pixel raises the
+                    # response whether it is made brighter or darker, so attribution signs
+                    # carry no "where" information.
+                    maps = np.abs(arr.sel(hemi=hemi, roi=roi).values)  # (image, y, x)
+                    if not np.isfinite(maps).all():
+                        self.left_out.add(key)
+                        self.parts.pop(key, None)
+                        continue
+                    if roi in EARLY_VISUAL:
+                        self._add_prf(key, maps)
+                    elif self.preference.get(roi) in CATEGORIES:
+                        masks = category_masks[:, CATEGORIES.index(self.preference[roi])]
+                        self._add_category(key, maps, masks)
+
+    def _add_prf(self, key: tuple[str, str, str], maps: np.ndarray) -> None:
+        part = self.parts.get(key)
+        if part is None:
+            coverage = self.truth.prf_coverage(self.roi_masks[key[1:]], key[1], grid=self.grid.size)
+            part = self.parts[key] = {"kind": "prf", "coverage": coverage, "grid": self.grid,
+                                      "centre": centre_of_mass_deg(coverage, self.grid), "error": [], "same": [],
+                                      "sum": np.zeros(coverage.shape), "n": 0}
+        tx, ty = part["centre"]
+        centres = np.array([centre_of_mass_deg(m, self.grid) for m in maps])
+        part["error"].append(np.hypot(centres[:, 0] - tx, centres[:, 1] - ty))
+        part["same"].append((np.sign(centres[:, 0]) == np.sign(tx)) & (np.sign(centres[:, 1]) == np.sign(ty)))
+        part["sum"] += np.clip(maps, 0, None).sum(0, dtype=np.float64)
+        part["n"] += len(maps)
+
+    def _add_category(self, key: tuple[str, str, str], maps: np.ndarray, masks: np.ndarray) -> None:
+        part = self.parts.setdefault(key, {"kind": "category", "hits": [], "hit_chance": [], "mass": [],
+                                           "mass_chance": [], "n": 0})
+        has = masks.reshape(len(masks), -1).max(1) > 0
+        for m, mask in zip(maps[has], masks[has]):
+            inside = mask > 0
+            tolerant = ndimage.binary_dilation(inside)  # one cell of tolerance, as in the pointing game
+            peak = np.unravel_index(np.nanargmax(m), m.shape)
+            part["hits"].append(bool(tolerant[peak]))
+            part["hit_chance"].append(tolerant.mean())
+            positive = np.clip(m, 0, None)
+            if positive.sum() > 0:
+                part["mass"].append(float((positive * mask).sum() / positive.sum()))
+                part["mass_chance"].append(float(mask.mean()))
+        part["n"] += int(has.sum())
+
+    def table(self) -> pd.DataFrame:
+        """One row per (method, hemi, ROI) and measure, over every image added."""
+        rows = []
+        for (name, hemi, roi), part in self.parts.items():
+            base = {"method": name, "hemi": hemi, "roi": roi}
+            if part["kind"] == "prf":
+                rows += _prf_rows(part, base)
+            elif part["n"]:
+                rows += _category_rows(part, base)
+        return pd.DataFrame(rows)
+
+
+def _prf_rows(part: dict, base: dict) -> list[dict]:
+    mean_map = part["sum"] / part["n"]
+    coverage = part["coverage"]
     corr = np.corrcoef(mean_map.ravel(), coverage.ravel())[0, 1] if mean_map.std() > 0 else np.nan
-    mx, my = centre_of_mass_deg(mean_map, grid)
+    tx, ty = part["centre"]
+    mx, my = centre_of_mass_deg(mean_map, part["grid"])
     mean_same = bool(np.sign(mx) == np.sign(tx) and np.sign(my) == np.sign(ty))
-    return [{**base, "measure": "centre_error_deg", "value": float(np.nanmean(error)), "chance": np.nan},
-            {**base, "measure": "same_quadrant", "value": float(np.mean(same)), "chance": 0.25},
+    return [{**base, "measure": "centre_error_deg", "value": float(np.nanmean(np.concatenate(part["error"]))),
+             "chance": np.nan},
+            {**base, "measure": "same_quadrant", "value": float(np.mean(np.concatenate(part["same"]))), "chance": 0.25},
             {**base, "measure": "mean_map_quadrant", "value": float(mean_same), "chance": 0.25},
             {**base, "measure": "coverage_correlation", "value": float(corr), "chance": 0.0}]
 
 
-def _category_scores(maps: np.ndarray, masks: np.ndarray, base: dict) -> list[dict]:
-    has = masks.reshape(len(masks), -1).max(1) > 0
-    if not has.any():
-        return []
-    hits, hit_chance, mass, mass_chance = [], [], [], []
-    for m, mask in zip(maps[has], masks[has]):
-        inside = mask > 0
-        tolerant = ndimage.binary_dilation(inside)  # one cell of tolerance, as in the pointing game
-        peak = np.unravel_index(np.nanargmax(m), m.shape)
-        hits.append(bool(tolerant[peak]))
-        hit_chance.append(tolerant.mean())
-        positive = np.clip(m, 0, None)
-        if positive.sum() > 0:
-            mass.append(float((positive * mask).sum() / positive.sum()))
-            mass_chance.append(float(mask.mean()))
-    return [{**base, "measure": "pointing_game", "value": float(np.mean(hits)), "chance": float(np.mean(hit_chance)),
-             "n_images": int(has.sum())},
+def _category_rows(part: dict, base: dict) -> list[dict]:
+    mass, mass_chance = part["mass"], part["mass_chance"]
+    return [{**base, "measure": "pointing_game", "value": float(np.mean(part["hits"])),
+             "chance": float(np.mean(part["hit_chance"])), "n_images": part["n"]},
             {**base, "measure": "relevance_mass", "value": float(np.mean(mass)) if mass else np.nan,
-             "chance": float(np.mean(mass_chance)) if mass_chance else np.nan, "n_images": int(has.sum())}]
+             "chance": float(np.mean(mass_chance)) if mass_chance else np.nan, "n_images": part["n"]}]
 
 
 def masks_on_grid(masks: np.ndarray, grid: MapGrid) -> np.ndarray:
@@ -225,7 +303,6 @@ def masks_on_grid(masks: np.ndarray, grid: MapGrid) -> np.ndarray:
 FAITHFULNESS_MODES = ("deletion", "insertion")
 
 
-@torch.no_grad()
 def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, targets: Targets,
                  images: torch.Tensor, grid: MapGrid, steps: int = 8, seed: int = 0) -> pd.DataFrame:
     """Deletion and insertion AUCs of every map variable, and of a random order.
@@ -236,53 +313,76 @@ def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, t
     fast (low AUC), insertion rise fast (high AUC). Images are averaged
     with weights ``|intact - blurred|`` (:func:`gap_weighted_mean`).
     The curves are forward passes on the encoder's device (bf16 autocast on CUDA).
+    :class:`Faithfulness` gathers the same table batch by batch of images.
     """
-    dev = module_device(encoder)
-    net = ImageModel(backbone.to(dev), encoder, targets).to(dev).eval()
+    curves = Faithfulness(backbone, encoder, targets, grid, steps, seed)
+    curves.add(ds, images)
+    return curves.table()
 
-    def model(batch: torch.Tensor) -> torch.Tensor:
-        with autocast(dev):
-            return net(batch.to(dev)).float().cpu()
 
-    blurred = baseline_images(images, "blur", backbone)  # on the CPU, with the images
-    patch = backbone.patch
-    side = images.shape[-1]
-    rows_n, cols_n = -(-side // patch), -(-side // patch)
-    n_patches = rows_n * cols_n
-    fractions = np.linspace(0, 1, steps + 1)
-    counts = [int(round(f * n_patches)) for f in fractions[1:-1]]
-    rng = np.random.default_rng(seed)
-    methods = per_roi_variables(ds)
-    target_index = {(h, r): t for t, (h, r) in enumerate(zip(targets.hemis, targets.rois))}
+class Faithfulness:
+    """:func:`faithfulness` over images that come in batches: each image's curves are measured as it comes.
 
-    def curve(i: int, mode: str, order: np.ndarray) -> np.ndarray:
-        """Outputs (steps - 1, targets) on the way between the intact and the blurred image, by ``order``."""
-        start, end = (images[i], blurred[i]) if mode == "deletion" else (blurred[i], images[i])
-        return model(torch.stack([_compose(start, end, order[:k], patch, cols_n) for k in counts])).numpy()
+    One random order per image is drawn from one generator in the images'
+    order, so batches give the draws (and the table) of all images at once.
+    """
 
-    rows = []
-    for i in progress(range(len(images)), desc="faithfulness", unit="image"):
-        intact, blank = model(torch.stack([images[i], blurred[i]])).numpy()
-        random_order = rng.permutation(n_patches)  # one per image: its curves serve every target at once
-        random_curves = {mode: curve(i, mode, random_order) for mode in FAITHFULNESS_MODES}
-        for (hemi, roi), t in target_index.items():
-            for name in (*methods, "random"):
-                if name == "random":
-                    inner = {mode: c[:, t] for mode, c in random_curves.items()}
-                else:
-                    arr = ds[name].mean("head") if "head" in ds[name].dims else ds[name]
-                    m = torch.from_numpy(np.nan_to_num(arr.sel(hemi=hemi, roi=roi).values[i]))
-                    order = np.argsort(-_patch_scores(m, rows_n, cols_n).numpy().ravel(), kind="stable")
-                    inner = {mode: curve(i, mode, order)[:, t] for mode in FAITHFULNESS_MODES}
-                gap = intact[t] - blank[t]
-                row = {"method": name, "hemi": hemi, "roi": roi, "image": i, "gap": gap}
-                for mode, values in inner.items():
-                    first, last = (intact[t], blank[t]) if mode == "deletion" else (blank[t], intact[t])
-                    f = np.concatenate([[first], values, [last]])
-                    norm = (f - blank[t]) / gap if abs(gap) > 1e-8 else np.full_like(f, np.nan)
-                    row[f"{mode}_auc"] = float(trapezoid(norm, fractions))
-                rows.append(row)
-    return gap_weighted_mean(pd.DataFrame(rows))
+    def __init__(self, backbone: Backbone, encoder: torch.nn.Module, targets: Targets, grid: MapGrid, steps: int = 8,
+                 seed: int = 0):
+        self.dev = module_device(encoder)
+        self.net = ImageModel(backbone.to(self.dev), encoder, targets).to(self.dev).eval()
+        self.backbone, self.targets, self.grid = backbone, targets, grid
+        self.fractions = np.linspace(0, 1, steps + 1)
+        self.rng = np.random.default_rng(seed)
+        self.rows: list[dict] = []
+
+    @torch.no_grad()
+    def _model(self, batch: torch.Tensor) -> torch.Tensor:
+        with autocast(self.dev):
+            return self.net(batch.to(self.dev)).float().cpu()
+
+    @torch.no_grad()
+    def add(self, ds: xr.Dataset, images: torch.Tensor, first: int = 0) -> None:
+        """Measure the curves of ``images`` (those of ``ds``, in order); ``first``: the first one's position in the job."""
+        blurred = baseline_images(images, "blur", self.backbone)  # on the CPU, with the images
+        patch = self.backbone.patch
+        side = images.shape[-1]
+        rows_n, cols_n = -(-side // patch), -(-side // patch)
+        n_patches = rows_n * cols_n
+        counts = [int(round(f * n_patches)) for f in self.fractions[1:-1]]
+        methods = per_roi_variables(ds)
+        target_index = {(h, r): t for t, (h, r) in enumerate(zip(self.targets.hemis, self.targets.rois))}
+        maps = {name: ds[name].mean("head") if "head" in ds[name].dims else ds[name] for name in methods}
+
+        def curve(i: int, mode: str, order: np.ndarray) -> np.ndarray:
+            """Outputs (steps - 1, targets) on the way between the intact and the blurred image, by ``order``."""
+            start, end = (images[i], blurred[i]) if mode == "deletion" else (blurred[i], images[i])
+            return self._model(torch.stack([_compose(start, end, order[:k], patch, cols_n) for k in counts])).numpy()
+
+        for i in progress(range(len(images)), desc="faithfulness", unit="image"):
+            intact, blank = self._model(torch.stack([images[i], blurred[i]])).numpy()
+            random_order = self.rng.permutation(n_patches)  # one per image: its curves serve every target at once
+            random_curves = {mode: curve(i, mode, random_order) for mode in FAITHFULNESS_MODES}
+            for (hemi, roi), t in target_index.items():
+                for name in (*methods, "random"):
+                    if name == "random":
+                        inner = {mode: c[:, t] for mode, c in random_curves.items()}
+                    else:
+                        m = torch.from_numpy(np.nan_to_num(maps[name].sel(hemi=hemi, roi=roi).values[i]))
+                        order = np.argsort(-_patch_scores(m, rows_n, cols_n).numpy().ravel(), kind="stable")
+                        inner = {mode: curve(i, mode, order)[:, t] for mode in FAITHFULNESS_MODES}
+                    gap = intact[t] - blank[t]
+                    row = {"method": name, "hemi": hemi, "roi": roi, "image": first + i, "gap": gap}
+                    for mode, values in inner.items():
+                        a, b = (intact[t], blank[t]) if mode == "deletion" else (blank[t], intact[t])
+                        f = np.concatenate([[a], values, [b]])
+                        norm = (f - blank[t]) / gap if abs(gap) > 1e-8 else np.full_like(f, np.nan)
+                        row[f"{mode}_auc"] = float(trapezoid(norm, self.fractions))
+                    self.rows.append(row)
+
+    def table(self) -> pd.DataFrame:
+        """Per method x hemi x ROI: the gap-weighted mean AUCs of every image added (:func:`gap_weighted_mean`)."""
+        return gap_weighted_mean(pd.DataFrame(self.rows))
 
 
 def gap_weighted_mean(per_image: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import xarray as xr
 
 from model.backbone import Backbone
 from model.errors import InputError
+from model.files import read_rows
 from model.images import image_batch
 from model.rois import HEMIS
 from model.run import Run
@@ -112,9 +114,10 @@ def _containing(run: Run, split: str, paths: list[Path], category: str) -> list[
         raise InputError("--containing", f"{run.subject.root} has no ground truth (only virtual subjects know what images show)")
     if category not in CATEGORIES:
         raise InputError("--containing", f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
-    masks = run.subject.truth.masks("train" if split == "val" else "test", [p.name for p in paths])
-    shown = masks[:, CATEGORIES.index(category)].reshape(len(paths), -1).any(1)
-    return [p for p, keep in zip(paths, shown) if keep]
+    c = CATEGORIES.index(category)
+    shown = [m[:, c].reshape(len(m), -1).any(1) for m in
+             run.subject.truth.mask_batches("train" if split == "val" else "test", [p.name for p in paths])]
+    return [p for p, keep in zip(paths, np.concatenate(shown) if shown else []) if keep]
 
 
 def load_images(backbone: Backbone, paths: list[Path]) -> torch.Tensor:
@@ -156,18 +159,51 @@ class MapGrid:
         return out.reshape(*lead, self.size, self.size)
 
     def from_tokens(self, maps: torch.Tensor) -> torch.Tensor:
-        """(..., T) token maps -> (..., size, size): upsampled over the padded input, cropped to the image."""
+        """(..., T) token maps -> (..., size, size): upsampled over the padded input, cropped to the image.
+
+        Each cell is the mean, over its pixels of the image, of the token
+        covering each pixel (nearest upsampling by the patch, then area
+        averaging). That is separable, so it is computed as ``R_y M R_x^T``
+        with the (size x token rows) weights of :meth:`token_weights`: the
+        maps are never upsampled to pixels, which took 0.3 GB per image for
+        the decoder's queries x heads at 434 px.
+        """
         lead = maps.shape[:-1]
-        grid = maps.reshape(-1, 1, *self.token_grid).float()
-        full = F.interpolate(grid, size=(self.input_size, self.input_size), mode="nearest")
-        image = full[..., : self.image_side, : self.image_side]
-        out = F.adaptive_avg_pool2d(image, self.size)
-        return out.reshape(*lead, self.size, self.size)
+        grid = maps.reshape(*lead, *self.token_grid).double()
+        rows, cols = (torch.from_numpy(self.token_weights(n)) for n in self.token_grid)
+        out = rows @ grid @ cols.T
+        return out.float().reshape(*lead, self.size, self.size)
+
+    def token_weights(self, n_tokens: int) -> np.ndarray:
+        """(size, n_tokens) weights: the share of each cell's pixel rows (or columns) that each token row covers.
+
+        Pixel ``p`` of the padded input belongs to the token nearest
+        upsampling gives it (:func:`nearest_source`: ``p // patch``); a cell's
+        pixels are those of ``adaptive_avg_pool2d``'s bin over the
+        ``image_side`` pixels of the image (the padding is cropped away first).
+        """
+        token_of = nearest_source(n_tokens, self.input_size)[:self.image_side]
+        weights = np.zeros((self.size, n_tokens))
+        for i in range(self.size):
+            start, stop = i * self.image_side // self.size, -(-(i + 1) * self.image_side // self.size)
+            np.add.at(weights[i], token_of[start:stop], 1.0 / (stop - start))
+        return weights
+
+
+def nearest_source(n_in: int, n_out: int) -> np.ndarray:
+    """For each of ``n_out`` positions, the one of ``n_in`` that nearest upsampling (``F.interpolate``) copies.
+
+    Read from torch itself, so that maps computed as weight matrices
+    (:meth:`MapGrid.token_weights`, :func:`analyses.attention_selectivity.token_coverage`)
+    are the ones an upsampled map would give.
+    """
+    ramp = torch.arange(n_in, dtype=torch.float32)[None, None, :, None]
+    return F.interpolate(ramp, size=(n_out, 1), mode="nearest")[0, 0, :, 0].long().numpy()
 
 
 @dataclass
 class Inputs:
-    """The images of one map job, their backbone tokens and the grid their maps are stored on."""
+    """The images of one map job (or one batch of it), their backbone tokens and the grid their maps are stored on."""
 
     names: list[str]
     paths: list[Path]
@@ -175,6 +211,52 @@ class Inputs:
     tokens: np.ndarray  # (N, tokens, channels): the decoder's input
     grid: MapGrid
     backbone: Backbone
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batch(self, start: int, stop: int) -> "Inputs":
+        """Images ``start:stop`` (views of the tensors held)."""
+        return Inputs(self.names[start:stop], self.paths[start:stop], self.images[start:stop], self.tokens[start:stop],
+                      self.grid, self.backbone)
+
+
+@dataclass
+class MapSource:
+    """The images of one map job, held as paths and their tokens' rows, and read batch by batch.
+
+    ``tokens`` is anything whose rows :func:`model.files.read_rows` reads
+    (a memory-mapped feature-cache entry, :class:`model.features.CachedRows`,
+    an ensemble's stacked features): nothing of an image is in memory until
+    its batch is read, so a job's memory does not grow with its images.
+    """
+
+    names: list[str]
+    paths: list[Path]
+    tokens: object  # (N, tokens, channels), read by rows
+    grid: MapGrid
+    backbone: Backbone
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batch(self, start: int, stop: int) -> Inputs:
+        """Images ``start:stop`` read from their files, with their tokens: an :class:`Inputs`."""
+        paths = self.paths[start:stop]
+        return Inputs(self.names[start:stop], paths, load_images(self.backbone, paths),
+                      read_rows(self.tokens, slice(start, stop)), self.grid, self.backbone)
+
+    def load(self) -> Inputs:
+        """Every image at once (small jobs: the notebooks)."""
+        return self.batch(0, len(self))
+
+
+def batches(images: Inputs | MapSource, size: int) -> Iterator[tuple[int, Inputs]]:
+    """``(first image's position, Inputs)`` of consecutive batches of at most ``size`` images."""
+    if size < 1:
+        raise InputError("--batch-size", f"must be at least 1, got {size}")
+    for start in range(0, len(images), size):
+        yield start, images.batch(start, min(start + size, len(images)))
 
 
 def centre_of_mass_deg(m: np.ndarray, grid: MapGrid) -> tuple[float, float]:

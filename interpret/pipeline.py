@@ -1,6 +1,7 @@
 """The interpretation jobs behind ``tbe interpret`` and ``tbe check-maps``."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,14 +14,16 @@ import xarray as xr
 
 from model.errors import InputError
 from model.files import atomic_path, write_csv, write_json
+from model.progress import progress
 from model.rois import EARLY_VISUAL, HEMIS
 from model.run import Run
 
 from . import checks
 from .attention import backbone_attention
 from .attribution import Settings, compute_methods, method
-from .maps import Inputs, MapGrid, load_images, roi_targets, select_images
-from .attention_use import attention_use
+from .attention_use import AttentionUse
+from .mapfile import MapWriter, check_maps_path
+from .maps import Inputs, MapGrid, MapSource, batches, roi_targets, select_images
 from .overlay import plot_attention_use, plot_faithfulness, plot_localization, plot_sanity
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_METHODS = ("attention", "integrated_gradients", "saliency", "token_integrated_gradients")
 #: ROIs explained by default: early visual cortex and one planted ROI per category
 DEFAULT_ROIS = (*EARLY_VISUAL, "FFA-1", "EBA", "PPA", "VWFA-1")
+#: Images whose maps are computed (and written) at once; bounds a job's memory whatever its number of images
+DEFAULT_BATCH = 4
 
 
 @dataclass
@@ -40,30 +45,35 @@ class MapJob:
     rois: tuple[str, ...] | None = DEFAULT_ROIS
     map_size: int | None = None
     settings: Settings = Settings()
-    backbone_attention: bool = True
+    backbone_attention: bool = False  # the backbone's own attention and rollout: only when asked (costly)
     containing: str | None = None  # only images showing this category (virtual subjects)
+    batch_size: int = DEFAULT_BATCH  # images whose maps are made at once: memory does not grow with n_images
 
     def check(self, run: Run) -> None:
         """Unknown methods, methods the run's encoder cannot give and settings out of range stop here."""
         for name in self.methods:
             if method(name)[0].needs_attention and not run.model.capabilities.decoder_attention:
                 raise InputError("--methods", f"{name} needs the transformer; this run is {run.config.encoder_arch!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError("--batch-size", f"must be a whole number of images >= 1, got {self.batch_size!r}")
         self.settings.check()
 
 
 def map_job(run: Run, split: str = "val", n_images: int = 4, methods: Sequence[str] | None = DEFAULT_METHODS,
             rois: Sequence[str] | None = DEFAULT_ROIS, settings: Settings = Settings(), map_size: int | None = None,
-            containing: str | None = None, backbone_attention: bool = True) -> MapJob:
+            containing: str | None = None, backbone_attention: bool = False, batch_size: int = DEFAULT_BATCH) -> MapJob:
     """A :class:`MapJob`, checked against the run before any image is read (``tbe interpret``, the notebooks).
 
     ``methods`` None means :data:`DEFAULT_METHODS`; ``rois`` None, empty or
     ``['all']`` means every query of the run. Unknown methods or ROI names,
     methods the run's encoder cannot give and settings out of range stop
-    here with one clear error.
+    here with one clear error. ``backbone_attention`` adds the backbone's own
+    class-token attention and rollout (:func:`interpret.attention.backbone_attention`);
+    ``batch_size`` images are mapped at a time.
     """
     wanted = None if not rois or list(rois) == ["all"] else tuple(rois)
     job = MapJob(split, int(n_images), tuple(methods) if methods is not None else DEFAULT_METHODS, wanted, map_size,
-                 settings, backbone_attention, containing)
+                 settings, backbone_attention, containing, batch_size)
     job.check(run)
     roi_targets(run, list(wanted) if wanted else None)
     return job
@@ -71,9 +81,20 @@ def map_job(run: Run, split: str = "val", n_images: int = 4, methods: Sequence[s
 
 def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str | None = None,
             images: Sequence[str] | None = None, seed: int = 0) -> Inputs:
-    """The job's images, their tokens and map grid.
+    """Every image of the job in memory, with its tokens and map grid (small jobs: the notebooks).
 
-    Features are computed on ``device`` (default: the run's, :attr:`model.run.Run.device`).
+    :func:`open_images` gives the same images read batch by batch, as the
+    commands read them; the arguments are its.
+    """
+    return open_images(run, job, cache_dir, device, images, seed).load()
+
+
+def open_images(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: str | None = None,
+                images: Sequence[str] | None = None, seed: int = 0) -> MapSource:
+    """The job's images and their tokens, to be read batch by batch (:class:`~interpret.maps.MapSource`).
+
+    Features are computed (or found in the cache) on ``device`` (default:
+    the run's, :attr:`model.run.Run.device`) and stay on disk.
 
     ``images`` None (or empty): the first ``job.n_images`` of the split (see
     :func:`~interpret.maps.select_images`); ``['random']``: ``job.n_images``
@@ -84,7 +105,7 @@ def prepare(run: Run, job: MapJob, cache_dir: str | Path | None = None, device: 
     else:
         paths = choose_images(select_images(run, job.split, 10**9, job.containing), list(images), job.n_images, seed,
                               job.split)
-    return load_inputs(run, paths, job.map_size, cache_dir, device)
+    return source_of(run, paths, job.map_size, cache_dir, device)
 
 
 def choose_images(pool: list[Path], chosen: list[str], n_images: int, seed: int = 0, split: str = "val") -> list[Path]:
@@ -106,15 +127,28 @@ def choose_images(pool: list[Path], chosen: list[str], n_images: int, seed: int 
 
 def load_inputs(run: Run, paths: list[Path], map_size: int | None = None, cache_dir: str | Path | None = None,
                 device: str | None = None) -> Inputs:
-    """These images, their tokens (from the feature cache when there) and the map grid.
+    """These images, their tokens (from the feature cache when there) and the map grid, all in memory."""
+    return source_of(run, paths, map_size, cache_dir, device).load()
+
+
+def source_of(run: Run, paths: list[Path], map_size: int | None = None, cache_dir: str | Path | None = None,
+              device: str | None = None) -> MapSource:
+    """These images and their tokens, read batch by batch (:class:`~interpret.maps.MapSource`).
 
     The backbone lives on the run's device, where the maps are computed; the
     images and tokens stay on the CPU (each method moves them where it runs).
     """
     backbone = run.shared_backbone
-    tokens = run.features(paths, cache_dir, device=str(device or run.device), desc="features")
-    return Inputs([p.name for p in paths], paths, load_images(backbone, paths), np.asarray(tokens),
-                  MapGrid.for_backbone(backbone, map_size), backbone)
+    tokens = run.features(paths, cache_dir, device=str(device or run.device), rows=subject_rows(run, paths),
+                          desc="features")
+    return MapSource([p.name for p in paths], list(paths), tokens, MapGrid.for_backbone(backbone, map_size), backbone)
+
+
+def subject_rows(run: Run, paths: Sequence[Path]) -> list[tuple[str, int] | None]:
+    """``(split, index)`` of each path among the subject's images (None for others), so that the features
+    training cached for the subject's splits are read instead of computed again (:meth:`model.run.Run.features`)."""
+    index = {Path(p).resolve(): (split, i) for split in ("train", "test") for i, p in enumerate(run.subject.images(split))}
+    return [index.get(Path(p).resolve()) for p in paths]
 
 
 def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module | None = None) -> xr.Dataset:
@@ -131,51 +165,80 @@ def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module
 
 
 def save_maps(ds: xr.Dataset, out: str | Path) -> Path:
-    out = Path(out)
-    if out.suffix != ".nc":
-        raise InputError(out, "maps are written as NetCDF: use a .nc file name")
+    """Write a maps dataset as NetCDF (atomically)."""
+    out = check_maps_path(out)
     with atomic_path(out) as tmp:
         ds.to_netcdf(tmp)
     return out
 
 
-def check_maps(run: Run, job: MapJob, inputs: Inputs, sanity_methods: tuple[str, ...] | None = None,
+def write_maps(run: Run, job: MapJob, images: Inputs | MapSource, out: str | Path) -> Path:
+    """Compute the job's maps ``job.batch_size`` images at a time and append each batch to ``out`` (NetCDF).
+
+    The file holds what :func:`compute_maps` of every image at once would
+    give (read it with :func:`xarray.open_dataset`), but no more than one
+    batch of images, tokens and maps is ever in memory.
+    """
+    job.check(run)
+    with MapWriter(out) as writer:
+        for _, batch in progress(batches(images, job.batch_size), total=-(-len(images) // job.batch_size),
+                                 desc="maps", unit="batch"):
+            writer.append(compute_maps(run, job, batch))
+    return writer.out
+
+
+def check_maps(run: Run, job: MapJob, inputs: Inputs | MapSource, sanity_methods: tuple[str, ...] | None = None,
                maps: xr.Dataset | None = None, faithfulness_rois: tuple[str, ...] | None = None,
                faithfulness_images: int | None = None) -> dict[str, pd.DataFrame]:
-    """Sanity, localization (virtual subjects) and faithfulness tables.
+    """Sanity, localization (virtual subjects), faithfulness and attention-use (:mod:`interpret.attention_use`) tables.
 
-    ``maps`` are the job's maps if already computed; ``sanity_methods`` the
-    (cheaper) methods to recompute at every randomisation step;
-    ``faithfulness_rois`` and ``faithfulness_images`` the ROIs and the number
-    of the job's images whose deletion and insertion curves are measured
-    (default: all), since every curve re-runs the backbone once per step,
-    image, method and ROI.
+    ``maps`` are the job's maps if already computed (in the order of
+    ``inputs``); ``sanity_methods`` the (cheaper) methods to recompute at
+    every randomisation step; ``faithfulness_rois`` and
+    ``faithfulness_images`` the ROIs and the number of the job's images
+    whose deletion and insertion curves are measured (default: all), since
+    every curve re-runs the backbone once per step, image, method and ROI.
+
+    Images are checked ``job.batch_size`` at a time, each check gathering
+    what it needs of every batch (:mod:`interpret.checks`), so memory does
+    not grow with the number of images; the tables are those of all images
+    at once.
     """
-    ds = compute_maps(run, job, inputs) if maps is None else maps
-    tables: dict[str, pd.DataFrame] = {}
-    sanity_job = MapJob(job.split, job.n_images, sanity_methods or job.methods, job.rois, job.map_size, job.settings,
-                        backbone_attention=False)
-    log.info("sanity: cascading randomisation of the decoder")
-    tables["sanity"] = checks.sanity(run.model, lambda enc: compute_maps(run, sanity_job, inputs, encoder=enc))
-    why = truth_missing(run, inputs)
-    if why is None:
-        tables["localization"] = localize(run, inputs, ds)
-    else:
-        log.info("localization skipped: %s", why)
-    if "attention_mean" in ds:
-        log.info("attention use: focus, token deletion and agreement with token IG")
-        tables["attention"] = attention_use(run, inputs, ds)
-    else:
-        log.info("attention use skipped: the job's methods do not include attention")
+    job.check(run)
+    sanity_job = dataclasses.replace(job, methods=tuple(sanity_methods or job.methods), backbone_attention=False)
     rois = faithfulness_rois or job.rois
     targets = roi_targets(run, list(rois) if rois else None)
-    n = faithfulness_images or len(inputs.names)
-    tables["faithfulness"] = checks.faithfulness(ds.isel(image=slice(n)), inputs.backbone, run.model, targets,
-                                                 inputs.images[:n], inputs.grid)
+    n_faithful = faithfulness_images or len(inputs)
+    why = truth_missing(run, inputs)
+    if why is not None:
+        log.info("localization skipped: %s", why)
+    sanity = checks.SanityComparisons(run.model)
+    located = None if why is not None else Localizer(run)
+    faithful = checks.Faithfulness(inputs.backbone, run.model, targets, inputs.grid)
+    used = AttentionUse(run) if "attention" in job.methods else None
+    if used is None:
+        log.info("attention use skipped: the job's methods do not include attention")
+    for start, batch in progress(batches(inputs, job.batch_size), total=-(-len(inputs) // job.batch_size),
+                                 desc="map checks", unit="batch"):
+        ds = compute_maps(run, job, batch) if maps is None else maps.isel(image=slice(start, start + len(batch)))
+        sanity.add(lambda enc: compute_maps(run, sanity_job, batch, encoder=enc))
+        if located is not None:
+            located.add(batch, ds)
+        n = min(len(batch), n_faithful - start)
+        if n > 0:
+            faithful.add(ds.isel(image=slice(n)), batch.images[:n], start)
+        if used is not None:
+            used.add(batch, ds)
+    tables = {"sanity": sanity.table()}
+    if located is not None:
+        tables["localization"] = located.table()
+    tables["faithfulness"] = faithful.table()
+    if used is not None:
+        tables["attention"] = used.table()
     return tables
 
 
-def truth_missing(run: Run, inputs: Inputs) -> str | None:
+def truth_missing(run: Run, inputs: Inputs | MapSource) -> str | None:
     """Why the maps of ``inputs`` cannot be checked against planted truth (localization); None when they can.
 
     Only a virtual subject's own images have planted masks: not those of a
@@ -196,13 +259,30 @@ def localize(run: Run, inputs: Inputs, ds: xr.Dataset) -> pd.DataFrame:
     See :func:`interpret.checks.localization`; validation images are held-out
     training images, so their truth lives with the training images.
     """
-    truth = run.subject.truth
-    if truth is None:
-        raise InputError(run.subject.root / "ground_truth", "missing: only a virtual subject's maps can be localized")
-    folder = "test" if ds.attrs.get("split") == "test" else "train"
-    masks = checks.masks_on_grid(truth.masks(folder, inputs.names), inputs.grid)
-    roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values if r != "unknown"}
-    return checks.localization(ds, truth, roi_masks, masks, inputs.grid)
+    located = Localizer(run)
+    located.add(inputs, ds)
+    return located.table()
+
+
+class Localizer:
+    """:func:`localize`, gathered batch by batch of images (:class:`interpret.checks.Localization`)."""
+
+    def __init__(self, run: Run):
+        truth = run.subject.truth
+        if truth is None:
+            raise InputError(run.subject.root / "ground_truth", "missing: only a virtual subject's maps can be localized")
+        self.run, self.truth, self.scores = run, truth, None
+
+    def add(self, inputs: Inputs, ds: xr.Dataset) -> None:
+        """Score the maps ``ds`` of one batch ``inputs``."""
+        if self.scores is None:
+            roi_masks = {(h, r): self.run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values if r != "unknown"}
+            self.scores = checks.Localization(self.truth, roi_masks, inputs.grid)
+        folder = "test" if ds.attrs.get("split") == "test" else "train"
+        self.scores.add(ds, checks.masks_on_grid(self.truth.masks(folder, inputs.names), inputs.grid))
+
+    def table(self) -> pd.DataFrame:
+        return self.scores.table() if self.scores is not None else pd.DataFrame()
 
 
 CHECK_PLOTS = {"sanity": plot_sanity, "localization": plot_localization, "faithfulness": plot_faithfulness,
@@ -215,7 +295,7 @@ CHECK_TABLES = tuple(CHECK_PLOTS)
 CHECK_SETTINGS = "settings.json"
 
 
-def check_settings(job: MapJob, inputs: Inputs, sanity_methods: tuple[str, ...] | None = None,
+def check_settings(job: MapJob, inputs: Inputs | MapSource, sanity_methods: tuple[str, ...] | None = None,
                    faithfulness_rois: tuple[str, ...] | None = None,
                    faithfulness_images: int | None = None, run: Run | None = None,
                    folder: str | Path | None = None) -> dict:

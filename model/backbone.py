@@ -39,6 +39,8 @@ from .files import digest_files
 from .images import to_side
 
 DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
+#: what a configuration's features are computed in (``--precision auto`` is resolved to one of these)
+FEATURE_PRECISIONS = ("float32", "bf16")
 WEIGHT_SOURCES = ("pretrained", "random")  # or a path to a checkpoint file
 RANDOM_LAYERSCALE = 1.0
 
@@ -51,6 +53,10 @@ class BackboneConfig:
     ``image_size`` resizes images to that square size; ``None`` keeps the
     native size. Either way the input is zero-padded (after normalisation,
     as the seed did) at the bottom and right to a multiple of the patch size.
+    ``precision`` is what the features are computed in: ``float32``, or
+    ``bf16`` (autocast; :func:`model.device.feature_precision`). A
+    configuration written before it existed reads as float32, which its
+    features were (on the CPU).
     """
 
     name: str = DEFAULT_BACKBONE
@@ -59,6 +65,7 @@ class BackboneConfig:
     layer: int = 1
     feature: str = "q"
     image_size: int | None = None
+    precision: str = "float32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +82,8 @@ class BackboneConfig:
             ("weights", lambda v: isinstance(v, str) and v != "", "must be 'pretrained', 'random' or a checkpoint file"),
             ("seed", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("feature", lambda v: v in FEATURES, f"must be one of {', '.join(FEATURES)}"),
+            ("precision", lambda v: v in FEATURE_PRECISIONS,
+             f"must be one of {', '.join(FEATURE_PRECISIONS)} ('auto' is resolved to one of them when a command starts)"),
         ))
         family = family_of(self.name)
         depth, patch = _shape_of(self.name)
@@ -207,8 +216,10 @@ class ImageBackbone(nn.Module):
         """One line for logs and reports, saying plainly when weights are random."""
         source = {"pretrained": "pretrained weights", "random": f"RANDOM weights (seed {self.config.seed}; not a trained network)"}
         weights = source.get(self.config.weights, f"weights from {self.config.weights}")
+        precision = "; computed in bf16 (autocast)" if self.config.precision == "bf16" else ""
         return (f"{self.config.name} with {weights}; feature '{self.config.feature}' of {self.unit} "
-                f"{self.block_index + 1}/{self.depth}; input {self.input_size} px -> {self.grid[0]}x{self.grid[1]} tokens x {self.dim}")
+                f"{self.block_index + 1}/{self.depth}; input {self.input_size} px -> {self.grid[0]}x{self.grid[1]} "
+                f"tokens x {self.dim}{precision}")
 
 
 class Backbone(ImageBackbone):

@@ -101,7 +101,8 @@ def _replace(x: torch.Tensor, index: torch.Tensor, token: torch.Tensor) -> torch
 
 @torch.no_grad()
 def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray, fraction: float = FRACTION,
-                     n_random: int = N_RANDOM, seed: int = 0, batch_size: int = 16) -> DeletionChanges:
+                     n_random: int = N_RANDOM, seed: int = 0, batch_size: int = 16, first_image: int = 0
+                     ) -> DeletionChanges:
     """The prediction changes behind the deletion ratio (see the module), for every query of ``encoder``.
 
     Parameters
@@ -117,9 +118,13 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
     n_random : int
         Random token sets per image.
     seed : int
-        Seed of the random sets.
+        Seed of the random sets; each image's sets are drawn from it and the
+        image's position (``first_image`` + its row), so images measured in
+        batches get the sets they would get all at once.
     batch_size : int
         Images per forward pass; memory does not grow with the number of images.
+    first_image : int
+        Position of the first of ``features`` among all images measured.
     """
     if not encoder.capabilities.decoder_attention:
         raise TypeError(f"{type(encoder).__name__} has no decoder attention to test")
@@ -128,7 +133,6 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
     token = mean_token(encoder).to(dev)
     n, t = len(features), features.shape[1]
     k = max(1, int(round(fraction * t)))
-    generator = torch.Generator().manual_seed(seed)
     n_queries = members.shape[1]
     cross, random = np.zeros((n, n_queries, n_queries)), np.zeros((n, n_queries))
     for start in range(0, n, batch_size):
@@ -140,11 +144,26 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
         index = torch.topk(attention, k, dim=2).indices.flatten(0, 1)  # (B * Q, k)
         change = _predict_replaced(encoder, x, index, token, 4 * batch_size) - pred.repeat_interleave(n_queries, 0)
         cross[start:start + b] = _mean_square_per_query(change, members).view(b, n_queries, n_queries).cpu().numpy()
-        for _ in range(n_random):
-            index = torch.argsort(torch.rand(b, t, generator=generator), dim=1)[:, :k].to(dev)
+        draws = _random_sets(n_random, b, t, k, seed, first_image + start).to(dev)  # (n_random, B, k)
+        for index in draws:
             change = encoder(_replace(x, index, token))["pred"].float() - pred
             random[start:start + b] += _mean_square_per_query(change, members).cpu().numpy() / n_random
     return DeletionChanges(cross, random, fraction)
+
+
+def _random_sets(n_random: int, b: int, t: int, k: int, seed: int, first: int) -> torch.Tensor:
+    """(n_random, b, k) random token sets; image ``first + i``'s come from its own generator."""
+    out = torch.empty(n_random, b, k, dtype=torch.long)
+    for i in range(b):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + first + i)
+        out[:, i] = torch.argsort(torch.rand(n_random, t, generator=generator), dim=1)[:, :k]
+    return out
+
+
+def concatenate(parts: list[DeletionChanges]) -> DeletionChanges:
+    """The changes of batches of images, in their order, as one."""
+    return DeletionChanges(np.concatenate([p.cross for p in parts]), np.concatenate([p.random for p in parts]),
+                           parts[0].fraction)
 
 
 def _predict_replaced(encoder: torch.nn.Module, x: torch.Tensor, index: torch.Tensor, token: torch.Tensor,
@@ -265,5 +284,6 @@ def describe_faithfulness(summary: dict) -> str:
         "predictions use")
 
 
-__all__ = ["DeletionChanges", "FRACTION", "MIN_RATIO", "MIN_SPECIFICITY", "N_RANDOM", "deletion_changes", "deletion_ratios", "describe_faithfulness",
-           "faithfulness_summary", "mean_token", "query_reliability", "SUMMARY_IMAGES"]
+__all__ = ["DeletionChanges", "FRACTION", "MIN_RATIO", "MIN_SPECIFICITY", "N_RANDOM", "SUMMARY_IMAGES", "concatenate",
+           "deletion_changes", "deletion_ratios", "describe_faithfulness", "faithfulness_summary", "mean_token",
+           "query_reliability"]

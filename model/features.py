@@ -1,8 +1,8 @@
 """The feature cache: backbone features computed once, reused by every run.
 
 An entry is keyed by everything that changes the features (backbone name,
-weights digest, block, feature kind, input size, and a digest of the image
-files' bytes), holds ``features.npy`` (images x tokens x channels, float16,
+weights digest, block, feature kind, input size, precision, and a digest of
+the image files' bytes), holds ``features.npy`` (images x tokens x channels, float16,
 memory-mapped on read) and ``meta.json``, and is written under a temporary
 name and renamed into place only when complete, so an interrupted
 extraction never leaves an entry that looks complete.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .backbone import Backbone
-from .device import autocast, pick_device
+from .device import feature_precision, pick_device
 from .errors import InputError
 from .files import (NO_SPACE, atomic_directory, digest_files, digest_json, read_rows, remove_stale_partials,
                     usable_directory, write_json)
@@ -45,7 +45,10 @@ FEATURE_FORMAT = 2
 FEATURES_FILE = "features.npy"
 META_FILE = "meta.json"
 #: what identifies a backbone's features; every run records these (``feature_key`` in config.json)
-FEATURE_KEY_FIELDS = ("format", "backbone", "weights", "block", "depth", "feature", "image_size", "input_size")
+FEATURE_KEY_FIELDS = ("format", "backbone", "weights", "block", "depth", "feature", "image_size", "input_size",
+                      "precision")
+#: the precision a key leaves unsaid: float32 keys are those written before precision was part of the key
+KEY_DEFAULT_PRECISION = "float32"
 #: rows of an entry whose digests are stored in meta.json and checked on every open
 SAMPLED_ROWS = 8
 
@@ -73,13 +76,18 @@ class FeatureSet:
 
     @property
     def key(self) -> dict:
-        """The backbone part of this entry's key (see :data:`FEATURE_KEY_FIELDS`)."""
-        return {k: self.meta.get(k) for k in FEATURE_KEY_FIELDS}
+        """The backbone part of this entry's key (see :data:`FEATURE_KEY_FIELDS`; ``precision`` only when not float32)."""
+        return {k: self.meta.get(k) for k in FEATURE_KEY_FIELDS if k != "precision" or k in self.meta}
 
 
 def feature_key(backbone: Backbone) -> dict:
-    """What the features of any image depend on (the backbone, its weights, block, feature and input size)."""
-    return {
+    """What the features of any image depend on (the backbone, its weights, block, feature, input size and precision).
+
+    ``precision`` is in the key only when it is not float32, so that float32
+    entries keep the keys (and the cache hits) they had before precision
+    could be chosen.
+    """
+    key = {
         "format": FEATURE_FORMAT,
         "backbone": backbone.config.name,
         "weights": backbone.weights_digest,
@@ -89,6 +97,10 @@ def feature_key(backbone: Backbone) -> dict:
         "image_size": backbone.config.image_size,
         "input_size": backbone.input_size,
     }
+    precision = getattr(backbone.config, "precision", KEY_DEFAULT_PRECISION)
+    if precision != KEY_DEFAULT_PRECISION:
+        key["precision"] = precision
+    return key
 
 
 def cache_key(backbone: Backbone, image_paths: Sequence[Path]) -> dict:
@@ -192,7 +204,7 @@ def _write_features(path: Path, backbone: Backbone, image_paths: list[Path], bat
         _preallocate(f, f.tell() + int(np.prod(shape)) * 2)
         for start in progress(range(0, len(image_paths), batch_size), desc=desc, unit="batch"):
             batch = image_batch(image_paths[start:start + batch_size], backbone.image_side).to(dev)
-            with torch.inference_mode(), autocast(dev):
+            with torch.inference_mode(), feature_precision(dev, backbone.config.precision):
                 feats = backbone(backbone.preprocess(batch))
             values = feats.float().cpu().numpy().astype(np.float16)
             for i in sample.intersection(range(start, start + len(values))):
@@ -241,13 +253,15 @@ def subject_features(data_dir: str | Path, subj: int, config, cache_dir: str | P
 
 
 def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
-                   cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features") -> np.ndarray:
-    """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible.
+                   cache_dir: str | Path | None = None, device: str = "cpu", desc: str = "features"):
+    """Backbone features ``(N, tokens, C)`` of ``paths``, from the cache where possible, read by rows on demand.
 
     When every image is one of ``subject``'s (``rows`` gives its split and
     index) and the split's features are already cached (training computed
-    them), those rows are read from the cache (float32) instead of being
-    computed; otherwise the images' own entry (memory-mapped float16).
+    them), those rows are read from the cache (float32, :class:`CachedRows`)
+    instead of being computed; otherwise the images' own entry (memory-mapped
+    float16). Either way nothing is read until asked for: read the rows a
+    batch needs with :func:`model.files.read_rows`.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if rows is not None and len(rows) and all(r is not None for r in rows):
@@ -257,8 +271,43 @@ def image_features(backbone: Backbone, subject, paths: Sequence[Path], rows: Seq
             if (entry / META_FILE).is_file():
                 entries[split] = open_entry(entry).features
         if len(entries) == len({r[0] for r in rows}):
-            return np.stack([np.asarray(entries[split][i], np.float32) for split, i in rows])
+            return CachedRows(entries, rows)
     return extract_features(backbone, list(paths), cache_dir, device=device, desc=desc).features
+
+
+class CachedRows:
+    """Rows of a subject's cached split features, as one ``(N, tokens, C)`` float32 array read on demand.
+
+    ``rows[i]`` is image ``i``'s ``(split, index)`` into ``entries[split]``
+    (memory-mapped cache arrays). Indexing by rows (a slice or an integer
+    array) reads just those rows (:func:`~model.files.read_rows`); ``np.asarray``
+    gives all of them.
+    """
+
+    def __init__(self, entries: dict[str, np.ndarray], rows: Sequence[tuple[str, int]]):
+        self.entries, self.rows = entries, list(rows)
+        first = next(iter(entries.values()))
+        self.shape = (len(self.rows), *first.shape[1:])
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, (int, np.integer)):
+            return self[np.array([idx])][0]
+        picked = np.arange(len(self.rows))[idx]
+        out = np.empty((len(picked), *self.shape[1:]), np.float32)
+        for split, entry in self.entries.items():
+            where = np.array([k for k, p in enumerate(picked) if self.rows[p][0] == split], int)
+            if len(where):
+                out[where] = read_rows(entry, np.array([self.rows[picked[k]][1] for k in where]))
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------

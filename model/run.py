@@ -444,7 +444,8 @@ def check_feature_key(where: Path, config: RunConfig) -> None:
     now_block = f"block {key['depth'] - abs(b.layer) + 1} of {key['depth']}"
     compared = {"name": (b.name, key["backbone"]), "feature": (b.feature, key["feature"]),
                 "image_size": (b.image_size, key["image_size"]), "layer": (now_block, then_block),
-                "weights": (named or "file:", key["weights"] if named else key["weights"][:5])}
+                "weights": (named or "file:", key["weights"] if named else key["weights"][:5]),
+                "precision": (b.precision, key.get("precision", "float32"))}  # float32 keys do not say it
     for name, (now, then) in compared.items():
         if now != then:
             shown = {"weights": (named or b.weights, key["weights"])}.get(name, (now, then))

@@ -38,3 +38,18 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(trained_run, cache
     other_readout = replace(fresh, decoder=replace(fresh.decoder, readout="linear"))
     with pytest.raises(SystemExit, match="other settings \\(decoder\\)"):
         bench_accuracy.trained_run(other_readout, trained_run, cache_dir)
+
+
+def test_the_interpret_memory_benchmark_prints_both_counts_side_by_side(trained_run, cache_dir, tmp_path, capsys):
+    """bench_interpret.py part 5 runs each command in its own process and prints RSS, ratio and time (not checked:
+    numbers belong to the benchmark, not to a test)."""
+    import bench_interpret
+
+    bench_interpret.memory_against_images(trained_run, cache_dir, (2, 3), "attention", 1, tmp_path)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "ratio" in line)
+    assert "2 images GiB" in header and "3 images GiB" in header and "s per added image" in header
+    for command in ("interpret", "routing"):
+        values = next(line for line in lines if line.strip().startswith(command)).split()[1:]
+        assert len(values) == 6 and all(float(v) == float(v) for v in values), values
+    assert (tmp_path / "maps3.nc").is_file() and (tmp_path / "routing3" / "routing.csv").is_file()

@@ -108,7 +108,7 @@ def test_completeness_gaps_are_what_integrated_gradients_explain(trained_run, ca
 def test_one_job_builder_checks_against_the_run_before_any_image(trained_run):
     run = open_run(trained_run)
     job = map_job(run, rois=["all"], methods=None)
-    assert job.rois is None and job.methods == DEFAULT_METHODS and job.backbone_attention
+    assert job.rois is None and job.methods == DEFAULT_METHODS and not job.backbone_attention  # only when asked
     with pytest.raises(InputError, match="no query for ROI 'NOPE'"):
         map_job(run, rois=["V1v", "NOPE"])
     with pytest.raises(InputError, match="--n-steps"):
