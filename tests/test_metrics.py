@@ -111,3 +111,20 @@ def test_user_files_give_the_same_scores(tiny_data, tmp_path):
     theirs = score(pred, s, file_reference(tmp_path, tmp_path))
     assert theirs["challenge_score"] == pytest.approx(ours["challenge_score"], rel=1e-6)
     assert "r_clean" not in theirs["hemis"]["lh"]
+
+
+def test_reliability_needs_a_prediction_worth_the_name():
+    """Columns with r 0.7 are reliable; a chance r of about 0.12 among them is not (it would be on significance alone)."""
+    from model.metrics import reliability_test
+
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((300, 41))
+    pred = truth + rng.standard_normal((300, 41))  # r about 0.7
+    pred[:, -1] = rng.standard_normal(300)
+    pred[:, -1] += 0.125 * (truth[:, -1] - pred[:, -1] * 0)  # a weak, chance-sized relation
+    table = reliability_test(pred, truth)
+    assert table["reliable"][:40].all() and (table["r_heldout"][:40] > 0.6).all()
+    assert 0.05 < table["r_heldout"].iloc[-1] < 0.2 and not table["reliable"].iloc[-1]
+    assert reliability_test(pred, truth, minimum_r=0.0)["reliable"].iloc[-1]  # significance alone calls it reliable
+    noise = reliability_test(rng.standard_normal((300, 200)), rng.standard_normal((300, 200)))
+    assert not noise["reliable"].any() and (noise["n_heldout"] == 300).all()
