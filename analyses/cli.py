@@ -269,7 +269,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attention", choices=list(ATTENTIONS), default=d.attention,
                    help="how a query's cross-attention selects tokens: " + "; ".join(f"{k}: {v}" for k, v in ATTENTIONS.items()))
     g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
-    g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim, help="token embedding size of those maps")
+    g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim,
+                   help="token embedding size of the retinotopic readout's maps or of the heads readout's per-head "
+                        "summaries (default: the readout's, 64 and 32)")
     g.add_argument("--query-init", choices=list(QUERY_INITS), default=d.query_init,
                    help="query embeddings' initialisation: xavier (default) or the original's N(0, 1) (normal)")
     g.add_argument("--enc-layers", type=int, default=d.enc_layers,

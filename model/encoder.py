@@ -48,7 +48,7 @@ class DecoderConfig:
     query_self_attention: bool = False
     readout: str = "heads"
     readout_maps: int = 4
-    readout_map_dim: int = 64
+    readout_map_dim: int | None = None  # None: the readout's own (``default_map_dim``)
     query_init: str = "xavier"
     enc_layers: int = 0
     pre_norm: bool = True
@@ -71,7 +71,8 @@ class DecoderConfig:
             ("query_self_attention", lambda v: isinstance(v, bool), "must be true or false"),
             ("readout", lambda v: v in READOUTS, f"must be one of {', '.join(READOUTS)}"),
             ("readout_maps", positive_int, "must be a whole number >= 1"),
-            ("readout_map_dim", positive_int, "must be a whole number >= 1"),
+            ("readout_map_dim", lambda v: v is None or positive_int(v), "must be a whole number >= 1 (or null: the "
+                                                                        "readout's default)"),
             ("query_init", lambda v: v in QUERY_INITS, f"must be one of {', '.join(QUERY_INITS)}"),
             ("enc_layers", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
             ("pre_norm", lambda v: isinstance(v, bool), "must be true or false"),

@@ -388,10 +388,12 @@ class RetinotopicReadout(LinearReadout):
     """
 
     uses_attention = True
+    #: token embedding size of the maps when the configuration leaves it to the readout
+    default_map_dim = 64
 
     @classmethod
     def from_config(cls, queries: QuerySet, cfg: "DecoderConfig", n_tokens: int) -> "RetinotopicReadout":
-        return cls(queries, cfg.hidden_dim, n_tokens, cfg.readout_maps, cfg.readout_map_dim)
+        return cls(queries, cfg.hidden_dim, n_tokens, cfg.readout_maps, cfg.readout_map_dim or cls.default_map_dim)
 
     def __init__(self, queries: QuerySet, hidden: int, n_tokens: int, n_maps: int = 4, map_dim: int = 64):
         super().__init__(queries, hidden)
@@ -431,10 +433,13 @@ class HeadReadout(LinearReadout):
     """
 
     uses_attention = True
+    #: token embedding size per head when the configuration leaves it to the readout (32: on the virtual
+    #: subjects 64 fitted the training images better and the test images worse, docs/attention.md)
+    default_map_dim = 32
 
     @classmethod
     def from_config(cls, queries: QuerySet, cfg: "DecoderConfig", n_tokens: int) -> "HeadReadout":
-        return cls(queries, cfg.hidden_dim, cfg.nheads, cfg.readout_map_dim)
+        return cls(queries, cfg.hidden_dim, cfg.nheads, cfg.readout_map_dim or cls.default_map_dim)
 
     def __init__(self, queries: QuerySet, hidden: int, nheads: int, map_dim: int = 32):
         super().__init__(queries, hidden)
