@@ -13,7 +13,7 @@ per query and head when asked, from the same pass that predicts.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -58,6 +58,11 @@ class DecoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self) -> "DecoderConfig":
+        """This configuration with what it leaves to its readout filled in (the size a run records)."""
+        return replace(self, readout_map_dim=self.readout_map_dim or getattr(READOUTS[self.readout], "default_map_dim",
+                                                                             None))
 
     def validate(self) -> None:
         """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``decoder.<field>``)."""

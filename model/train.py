@@ -262,11 +262,12 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
 def resolve_config(config: RunConfig) -> Subject:
     """Check ``config`` against its data and fill in what the data decides, as training does; returns the subject.
 
-    Fills ``data_dir`` (made absolute), ``queries``, ``n_vertices`` and
-    ``data_fingerprint`` in place: a config so resolved compares with a
+    Fills ``data_dir`` (made absolute), the decoder's sizes left to its
+    readout, ``queries``, ``n_vertices`` and ``data_fingerprint`` in place: a config so resolved compares with a
     trained run's ``config.json`` (:func:`model.rundir.settings_differences`).
     """
     config.validate()
+    config.decoder = config.decoder.resolved()
     config.data_dir = str(Path(config.data_dir).resolve())  # a run must open from any working directory
     subject = load_subject(config.data_dir, config.subj)
     config.train.validate(subject.n_train)
