@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
-import html
 import io
 import json
 import logging
@@ -530,57 +529,36 @@ def reproduce_command(run_dir: Path, data_dir: Path, out: Path, params: dict[str
 # The index page
 # --------------------------------------------------------------------------
 
-_STYLE = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-table.context td { padding: 1px 12px 1px 0; font-size: 0.9em; vertical-align: top; }
-table.notebooks { border-collapse: collapse; width: 100%; margin-top: 1.2em; }
-table.notebooks td, table.notebooks th { border-bottom: 1px solid #ddd; padding: 8px; vertical-align: top; text-align: left; }
-.ok { color: #116b2f; font-weight: 600; } .failed { color: #b3261e; font-weight: 600; }
-.summary { margin-top: 4px; } .description { color: #666; font-size: 0.85em; }
-.error { font-family: monospace; color: #b3261e; white-space: pre-wrap; margin-top: 4px; }
-img.thumb { width: 240px; border: 1px solid #ddd; }
-code { font-size: 0.85em; background: #f4f4f4; padding: 2px 4px; word-break: break-all; }
-"""
+#: The index page's template: a package data file (``analyses/templates``), rendered with autoescaping
+INDEX_TEMPLATE = "report_index.html.j2"
+
+
+def _templates():
+    """The jinja2 environment of the report's own templates: every value is escaped unless a template says otherwise."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    return Environment(loader=PackageLoader("analyses", "templates"), autoescape=True, undefined=StrictUndefined,
+                       keep_trailing_newline=True)
 
 
 def render_index(entries: list[Entry], context: dict[str, Any], files: dict[str, str] | None = None) -> str:
     """``index.html``: one row per notebook (status, one-line summary or error, thumbnail), inline CSS only.
 
-    ``files`` (label -> file name in the report folder) are linked under the context, e.g. the manifest.
+    ``files`` (label -> file name in the report folder) are linked under the
+    context, e.g. the manifest. The page is :data:`INDEX_TEMPLATE` rendered
+    with autoescaping: a run, summary or error holding ``<`` or ``&`` shows
+    as text.
     """
-    esc = html.escape
-    rows = []
-    for e in entries:
-        link = f'<a href="{esc(e.html)}">{esc(e.title)}</a>' if e.html else esc(e.title)
-        status = f'<span class="{esc(e.status)}">{esc(e.status)}</span>'
-        detail = f'<div class="summary">{esc(e.summary)}</div>' if e.summary else ""
-        if e.status != "ok":
-            cell = f" at cell [{e.failed_cell}]" if e.failed_cell is not None else ""
-            detail += f'<div class="error">failed{esc(cell)}: {esc(e.error)}</div>'
-        thumb = f'<img class="thumb" alt="{esc(e.name)}" src="data:image/png;base64,{e.thumbnail}">' if e.thumbnail else ""
-        notebook = f' &middot; <a href="{esc(e.notebook)}">notebook</a>' if e.notebook else ""
-        rows.append(f'<tr id="{esc(e.name)}"><td>{thumb}</td><td><b>{link}</b> {status}{notebook}'
-                    f'<div class="description">{esc(NOTEBOOKS[e.name].description)}</div>{detail}</td>'
-                    f'<td>{e.n_figures} figures<br>{e.seconds:.0f} s</td></tr>')
     n_failed = sum(e.status != "ok" for e in entries)
-    headline = "all notebooks ran" if not n_failed else f"{n_failed} of {len(entries)} notebooks failed"
-    info = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(str(v))}</code></td></tr>" for k, v in context.items() if v != "")
-    if files:
-        links = " &middot; ".join(f'<a href="{esc(name)}">{esc(label)}</a>' for label, name in files.items())
-        info += f'<tr class="reproduce"><td>reproduce</td><td>{links}</td></tr>'
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>tbe report: {esc(Path(context['run']).name)}</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>Report: {esc(Path(context['run']).name)}</h1>
-<p class="{'ok' if not n_failed else 'failed'}">{esc(headline)}</p>
-<table class="context">{info}</table>
-<table class="notebooks"><tr><th></th><th>notebook</th><th></th></tr>
-{''.join(rows)}
-</table>
-</body></html>
-"""
+    rows = [{**{k: getattr(e, k) for k in ("name", "title", "status", "html", "notebook", "summary", "error",
+                                             "failed_cell", "n_figures", "seconds", "thumbnail")},
+             "description": NOTEBOOKS[e.name].description} for e in entries]
+    return _templates().get_template(INDEX_TEMPLATE).render(
+        run_name=Path(context["run"]).name,
+        headline="all notebooks ran" if not n_failed else f"{n_failed} of {len(entries)} notebooks failed",
+        n_failed=n_failed, entries=rows,
+        context=[(k, str(v)) for k, v in context.items() if v != ""],
+        files=list((files or {}).items()))
 
 
 # --------------------------------------------------------------------------
