@@ -830,7 +830,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list every notebook's parameters and defaults, and exit")
     p.add_argument("--show-code", action="store_true",
                    help="show the notebooks' code cells in the HTML (default: hidden; a reader sees text, tables, "
-                        "figures and the parameters)")
+                        "figures and one table of the settings)")
 
 
 def _report(args: argparse.Namespace) -> int:
