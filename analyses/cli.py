@@ -432,7 +432,8 @@ def _surface_args(p: argparse.ArgumentParser) -> None:
                    help="per-vertex .npy files with {hemi} for lh/rh, e.g. 'RUN/{hemi}_val_corr.npy', or with --run "
                         "a file name inside it, e.g. '{hemi}_best_layer.npy' (an ensemble's preferred backbone layer)")
     p.add_argument("--out", type=Path, required=True, help="output prefix: PREFIX.png and PREFIX.{lh,rh}.func.gii")
-    p.add_argument("--title", default="", help="figure title and GIFTI name (default: the --values file stem)")
+    p.add_argument("--title", default="",
+                   help="figure title and GIFTI name (default title: the --values file stem without {hemi})")
     p.add_argument("--signed", choices=["auto", "yes", "no"], default="auto",
                    help="signed values get a diverging colour map centred on 0, others a sequential one from 0 "
                         "(default auto: signed if any value is negative)")
@@ -456,7 +457,7 @@ def _surface_source(args: argparse.Namespace) -> tuple[Path, int, str]:
 
 
 def _surface(args: argparse.Namespace) -> int:
-    from analyses.surface import plot_surface, save_gifti
+    from analyses.surface import plot_surface, save_gifti, values_title
     from model.files import load_npy
     from model.rois import HEMIS
     from model.subject import load_subject
@@ -464,7 +465,7 @@ def _surface(args: argparse.Namespace) -> int:
     data_dir, subj, template = _surface_source(args)
     subject = load_subject(data_dir, subj, check_images=False)
     values = {hemi: load_npy(Path(template.format(hemi=hemi)), kinds="fiub", what="per-vertex values") for hemi in HEMIS}
-    png = plot_surface(values, subject, f"{args.out}.png", title=args.title or Path(args.values).stem, cmap=args.cmap,
+    png = plot_surface(values, subject, f"{args.out}.png", title=args.title or values_title(args.values), cmap=args.cmap,
                        signed={"auto": None, "yes": True, "no": False}[args.signed])
     for path in [png, *save_gifti(values, subject, args.out, name=args.title or "value")]:
         print(path)
@@ -837,7 +838,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list every notebook's parameters and defaults, and exit")
     p.add_argument("--show-code", action="store_true",
                    help="show the notebooks' code cells in the HTML (default: hidden; a reader sees text, tables, "
-                        "figures and the parameters)")
+                        "figures and one table of the settings)")
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -23,14 +23,14 @@ Parameters: every notebook has one cell tagged ``parameters``. The report
 fills in what it knows (:data:`STANDARD_PARAMETERS`: the run, data and cache
 directories, the subject, where to write files, the device); ``params`` sets any other
 parameter in every notebook that declares it, or in one notebook only when
-written ``notebook.name``.
+written ``notebook.name``. The HTML states the settings once, as a table
+(:func:`settings_once`); the executed notebook keeps papermill's two cells.
 """
 from __future__ import annotations
 
 import base64
 import datetime as _dt
 import hashlib
-import html
 import io
 import json
 import logging
@@ -333,17 +333,76 @@ _HTML_TEMPLATE = """{%- extends 'index.html.j2' -%}
 """
 
 
-#: Tags of the cells whose code a reader sees even with the code hidden: the settings the notebook ran with
-VISIBLE_CODE_TAGS = frozenset({"parameters", "injected-parameters"})
+#: Tags of the cells that set a notebook's parameters: its defaults, and the values papermill injected
+PARAMETER_TAGS = ("parameters", "injected-parameters")
+
+
+def _assigned_values(source: str) -> dict[str, Any]:
+    """``name = literal`` lines of a parameters cell -> {name: value} (the source text where not a literal)."""
+    import ast
+
+    values: dict[str, Any] = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                values[node.targets[0].id] = ast.get_source_segment(source, node.value)
+    return values
+
+
+def notebook_settings(nb) -> list[dict[str, Any]]:
+    """The settings a notebook ran with: one row per parameter, in the order of its ``parameters`` cell.
+
+    Each row: ``setting``, ``value`` (the injected one where papermill
+    injected it, else the notebook's default), ``from`` (``report`` or
+    ``default``) and ``description`` (the parameter's comment).
+    """
+    from papermill.translators import PythonTranslator
+
+    cells = {tag: next((c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])), None)
+             for tag in PARAMETER_TAGS}
+    declared = cells["parameters"]
+    defaults = _assigned_values(declared.source) if declared is not None else {}
+    helps = {p.name: p.help for p in PythonTranslator.inspect(declared)} if declared is not None else {}
+    injected = _assigned_values(cells["injected-parameters"].source) if cells["injected-parameters"] is not None else {}
+    names = list(defaults) + [n for n in injected if n not in defaults]
+    return [{"setting": n, "value": injected[n] if n in injected else defaults[n],
+             "from": "report" if n in injected else "default", "description": helps.get(n, "")} for n in names]
+
+
+def settings_once(nb):
+    """A copy of ``nb`` that states its settings once, as a table: the parameters cell (the defaults) and papermill's
+    injected cell (the values given) become one output-only cell listing each setting's value where the first was."""
+    import copy
+
+    import nbformat
+
+    from .report_views import settings_table, table_html
+
+    rows = notebook_settings(nb)
+    at = [i for i, c in enumerate(nb.cells) if set(PARAMETER_TAGS) & set(c.metadata.get("tags", []))]
+    nb = copy.deepcopy(nb)
+    if not at:
+        return nb
+    table = settings_table({r["setting"]: r["value"] for r in rows}).assign(
+        **{"from": [r["from"] for r in rows], "description": [r["description"] for r in rows]})
+    text = "\n".join(f"{r['setting']} = {r['value']!r}" for r in rows)
+    html = ("<p><strong>Settings</strong> (<em>report</em>: given to this report; <em>default</em>: the "
+            "notebook's own)</p>" + table_html(table))
+    cell = nbformat.v4.new_code_cell("", metadata={"tags": ["settings"], "transient": {"remove_source": True}})
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": html, "text/plain": text})]
+    nb.cells = nb.cells[:at[0]] + [cell] + [c for i, c in enumerate(nb.cells) if i > at[0] and i not in at]
+    return nb
 
 
 def hide_code(nb):
-    """A copy of ``nb`` whose code cells render without their source, except the parameters cells."""
+    """A copy of ``nb`` whose code cells render without their source."""
     import copy
 
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
-        if cell.cell_type == "code" and not VISIBLE_CODE_TAGS & set(cell.metadata.get("tags", [])):
+        if cell.cell_type == "code":
             cell.metadata.setdefault("transient", {})["remove_source"] = True
     return nb
 
@@ -351,12 +410,13 @@ def hide_code(nb):
 def export_html(nb, out: Path, title: str, show_code: bool = False) -> Path:
     """One self-contained HTML file: figures are embedded as base64 PNG, no file next to it is needed.
 
-    Code cells are hidden unless ``show_code`` (the parameters cells always
-    show: they state the settings the report ran with).
+    The settings show once, as a table (:func:`settings_once`), in place of
+    the parameters cells; the other code cells are hidden unless ``show_code``.
     """
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    nb = settings_once(nb)
     if not show_code:
         nb = hide_code(nb)
     exporter = HTMLExporter(template_name="lab", extra_loaders=[DictLoader({"tbe_report.html.j2": _HTML_TEMPLATE})],
@@ -420,7 +480,7 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
     timeout : float, optional
         Seconds a single cell may run (default: no limit).
     show_code : bool
-        Show the code cells in the HTML (default: hidden; the parameters cells always show).
+        Show the code cells in the HTML (default: hidden; the settings always show, as one table).
     device : str
         The notebooks' ``device`` parameter: where they run the backbone,
         encoder, attributions and attention (``tbe report --device``).
@@ -530,57 +590,36 @@ def reproduce_command(run_dir: Path, data_dir: Path, out: Path, params: dict[str
 # The index page
 # --------------------------------------------------------------------------
 
-_STYLE = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; }
-table.context td { padding: 1px 12px 1px 0; font-size: 0.9em; vertical-align: top; }
-table.notebooks { border-collapse: collapse; width: 100%; margin-top: 1.2em; }
-table.notebooks td, table.notebooks th { border-bottom: 1px solid #ddd; padding: 8px; vertical-align: top; text-align: left; }
-.ok { color: #116b2f; font-weight: 600; } .failed { color: #b3261e; font-weight: 600; }
-.summary { margin-top: 4px; } .description { color: #666; font-size: 0.85em; }
-.error { font-family: monospace; color: #b3261e; white-space: pre-wrap; margin-top: 4px; }
-img.thumb { width: 240px; border: 1px solid #ddd; }
-code { font-size: 0.85em; background: #f4f4f4; padding: 2px 4px; word-break: break-all; }
-"""
+#: The index page's template: a package data file (``analyses/templates``), rendered with autoescaping
+INDEX_TEMPLATE = "report_index.html.j2"
+
+
+def _templates():
+    """The jinja2 environment of the report's own templates: every value is escaped unless a template says otherwise."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    return Environment(loader=PackageLoader("analyses", "templates"), autoescape=True, undefined=StrictUndefined,
+                       keep_trailing_newline=True)
 
 
 def render_index(entries: list[Entry], context: dict[str, Any], files: dict[str, str] | None = None) -> str:
     """``index.html``: one row per notebook (status, one-line summary or error, thumbnail), inline CSS only.
 
-    ``files`` (label -> file name in the report folder) are linked under the context, e.g. the manifest.
+    ``files`` (label -> file name in the report folder) are linked under the
+    context, e.g. the manifest. The page is :data:`INDEX_TEMPLATE` rendered
+    with autoescaping: a run, summary or error holding ``<`` or ``&`` shows
+    as text.
     """
-    esc = html.escape
-    rows = []
-    for e in entries:
-        link = f'<a href="{esc(e.html)}">{esc(e.title)}</a>' if e.html else esc(e.title)
-        status = f'<span class="{esc(e.status)}">{esc(e.status)}</span>'
-        detail = f'<div class="summary">{esc(e.summary)}</div>' if e.summary else ""
-        if e.status != "ok":
-            cell = f" at cell [{e.failed_cell}]" if e.failed_cell is not None else ""
-            detail += f'<div class="error">failed{esc(cell)}: {esc(e.error)}</div>'
-        thumb = f'<img class="thumb" alt="{esc(e.name)}" src="data:image/png;base64,{e.thumbnail}">' if e.thumbnail else ""
-        notebook = f' &middot; <a href="{esc(e.notebook)}">notebook</a>' if e.notebook else ""
-        rows.append(f'<tr id="{esc(e.name)}"><td>{thumb}</td><td><b>{link}</b> {status}{notebook}'
-                    f'<div class="description">{esc(NOTEBOOKS[e.name].description)}</div>{detail}</td>'
-                    f'<td>{e.n_figures} figures<br>{e.seconds:.0f} s</td></tr>')
     n_failed = sum(e.status != "ok" for e in entries)
-    headline = "all notebooks ran" if not n_failed else f"{n_failed} of {len(entries)} notebooks failed"
-    info = "".join(f"<tr><td>{esc(k)}</td><td><code>{esc(str(v))}</code></td></tr>" for k, v in context.items() if v != "")
-    if files:
-        links = " &middot; ".join(f'<a href="{esc(name)}">{esc(label)}</a>' for label, name in files.items())
-        info += f'<tr class="reproduce"><td>reproduce</td><td>{links}</td></tr>'
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>tbe report: {esc(Path(context['run']).name)}</title>
-<style>{_STYLE}</style></head>
-<body>
-<h1>Report: {esc(Path(context['run']).name)}</h1>
-<p class="{'ok' if not n_failed else 'failed'}">{esc(headline)}</p>
-<table class="context">{info}</table>
-<table class="notebooks"><tr><th></th><th>notebook</th><th></th></tr>
-{''.join(rows)}
-</table>
-</body></html>
-"""
+    rows = [{**{k: getattr(e, k) for k in ("name", "title", "status", "html", "notebook", "summary", "error",
+                                             "failed_cell", "n_figures", "seconds", "thumbnail")},
+             "description": NOTEBOOKS[e.name].description} for e in entries]
+    return _templates().get_template(INDEX_TEMPLATE).render(
+        run_name=Path(context["run"]).name,
+        headline="all notebooks ran" if not n_failed else f"{n_failed} of {len(entries)} notebooks failed",
+        n_failed=n_failed, entries=rows,
+        context=[(k, str(v)) for k, v in context.items() if v != ""],
+        files=list((files or {}).items()))
 
 
 # --------------------------------------------------------------------------

@@ -58,25 +58,20 @@ def _tables_as_html() -> None:
         shell.display_formatter.formatters["text/html"].for_type(pd.DataFrame, table_html)
 
 
-def column_format(values: pd.Series) -> str:
-    """One number format for a whole column: fixed 3 decimals, or 3 significant digits in e-notation when
-    a value of the column is below 0.001 or 10,000 and above in magnitude (p-values, counts of vertices stay apart)."""
-    v = pd.to_numeric(values, errors="coerce").to_numpy(float)
-    v = np.abs(v[np.isfinite(v) & (v != 0)])
-    return "{:.2e}" if v.size and (v.min() < 1e-3 or v.max() >= 1e4) else "{:.3f}"
-
-
 def table_html(table: pd.DataFrame) -> str:
-    """A table for reading: no index column, one number format per float column, NaN shown as blank.
+    """A table for reading: no index column, numbers formatted by their kind, NaN shown as blank.
 
-    A meaningful index (named, or of labels such as method names) becomes an
-    ordinary first column; a bare row number is dropped.
+    Each number reads as a paper's table prints it (:mod:`analyses.formatting`:
+    r and d' with three decimals, p-values in e-notation only below 0.001,
+    counts as integers); text is HTML-escaped. A meaningful index (named, or
+    of labels such as method names) becomes an ordinary first column; a bare
+    row number is dropped.
     """
+    from .formatting import format_table
+
     if any(table.index.names) or not pd.api.types.is_integer_dtype(table.index):
         table = table.reset_index(names=[n or "" for n in table.index.names])
-    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
-    styler = table.style.hide(axis="index").format({c: column_format(table[c]) for c in floats}, na_rep="")
-    return styler.to_html()
+    return format_table(table).style.hide(axis="index").format(escape="html").to_html()
 
 
 def seed_everything(seed: int) -> None:

@@ -7,6 +7,7 @@ Vertices outside the challenge set are NaN in GIFTI and blank in figures.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +24,16 @@ from model.subject import Subject
 MESHES = {10242: "fsaverage5", 40962: "fsaverage6", 163842: "fsaverage"}
 VIEWS = ("lateral", "medial", "ventral")
 _NILEARN_HEMI = {"lh": "left", "rh": "right"}
+
+
+def values_title(template: str | Path) -> str:
+    """A figure title from a per-hemisphere file template: its file stem, placeholders removed.
+
+    ``'RUN/{hemi}_val_corr.npy'`` -> ``'val_corr'``; a title never shows ``{hemi}``.
+    """
+    stem = re.sub(r"\{[^{}]*\}", "", Path(str(template)).stem)
+    stem = re.sub(r"([-_. ])[-_. ]+", r"\1", stem).strip("-_. ")
+    return stem or "values"
 
 
 def to_fsaverage(values: np.ndarray, subject: Subject, hemi: str) -> np.ndarray:

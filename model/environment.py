@@ -25,13 +25,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .errors import InputError
 from .files import atomic_path
 from .manifest import SUITE
 
-#: PyPI name (normalised) -> conda-forge name, for the distributions known to be on conda-forge.
+#: PyPI name (``packaging.utils.canonicalize_name``) -> conda-forge name, for the distributions known to be on conda-forge.
 CONDA_FORGE: dict[str, str] = {
     **{n: n for n in (
         "numpy", "scipy", "torchvision", "timm", "safetensors", "pillow", "tqdm", "nilearn", "nibabel", "matplotlib",
@@ -68,11 +69,6 @@ TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
 PYTORCH_INDEX = "https://download.pytorch.org/whl/{label}"
 
 
-def normalise(name: str) -> str:
-    """PEP 503 normalised name: lower case, runs of ``-_.`` as one ``-``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def _public(version: str) -> str:
     try:
         return Version(version).public
@@ -92,7 +88,7 @@ def _pinned(manifest: dict) -> tuple[dict[str, str], list[str]]:
     sources = manifest.get("sources") or {}
     pins, notes = {}, []
     for name, version in manifest["distributions"].items():
-        if normalise(name) == SUITE:
+        if canonicalize_name(name) == SUITE:
             continue
         if name in sources:
             notes.append(f"{name}=={version} was installed from {_source(sources[name])}: not pinned here")
@@ -136,10 +132,10 @@ def _header(manifest: dict, path_hint: str, recreate: str) -> list[str]:
 def pip_requirements(manifest: dict, path_hint: str = "") -> str:
     """A ``requirements.txt`` that pins every distribution of the manifest (see the module docstring)."""
     pins, notes = _pinned(manifest)
-    pins = {n: v for n, v in pins.items() if normalise(n) != "pip"}
+    pins = {n: v for n, v in pins.items() if canonicalize_name(n) != "pip"}
     lines = [f"# {line}" for line in _header(manifest, path_hint, "python -m venv ENV && ENV/bin/pip install -r requirements.txt")]
     lines += [f"# {note}" for note in notes]
-    labels = sorted({_local(v) for n, v in pins.items() if normalise(n) in TORCH_FAMILY and _local(v)})
+    labels = sorted({_local(v) for n, v in pins.items() if canonicalize_name(n) in TORCH_FAMILY and _local(v)})
     lines += [f"--extra-index-url {PYTORCH_INDEX.format(label=label)}" for label in labels]
     lines += [f"{name}=={version}" for name, version in pins.items()]
     return "\n".join(lines) + "\n"
@@ -153,9 +149,9 @@ def conda_environment(manifest: dict, path_hint: str = "", name: str | None = No
     torch = manifest.get("torch") or {}
     python = (manifest.get("python") or {}).get("version")
     conda, pip, omitted = [], [], []
-    has_pytorch = any(normalise(n) == "torch" for n in pins)
+    has_pytorch = any(canonicalize_name(n) == "torch" for n in pins)
     for dist, version in pins.items():
-        key = normalise(dist)
+        key = canonicalize_name(dist)
         if has_pytorch and CONDA_PROVIDED_WITH_PYTORCH.match(key):
             omitted.append(f"{dist}=={version}")
         elif key in CONDA_FORGE and key in TORCH_FAMILY:  # conda-forge's builds carry no +cuXXX label

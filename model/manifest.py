@@ -39,6 +39,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from packaging.utils import canonicalize_name
+
 from .errors import InputError
 from .files import digest_json, file_fingerprint, image_list_fingerprint, write_json
 from .run import MANIFEST
@@ -122,10 +124,6 @@ def torch_info() -> dict[str, Any]:
     }
 
 
-def _normalise(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
 def distributions() -> tuple[dict[str, str], dict[str, dict]]:
     """Every installed distribution -> version, and the ones installed from elsewhere than an index.
 
@@ -138,9 +136,9 @@ def distributions() -> tuple[dict[str, str], dict[str, dict]]:
     seen: set[str] = set()
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
-        if not name or _normalise(name) in seen:  # the first on sys.path wins, as for imports
+        if not name or canonicalize_name(name) in seen:  # the first on sys.path wins, as for imports
             continue
-        seen.add(_normalise(name))
+        seen.add(canonicalize_name(name))
         versions[name] = dist.version
         direct = dist.read_text("direct_url.json")
         if direct:

@@ -39,10 +39,16 @@ def test_score_command(trained_run, tmp_path, capsys):
     assert "challenge score" in capsys.readouterr().out
 
 
-def test_surface_maps_and_gifti(trained_run, small_data, tmp_path):
+def test_surface_maps_and_gifti(trained_run, small_data, tmp_path, monkeypatch):
+    import analyses.surface
+
+    titles = []
+    plot = analyses.surface.plot_surface
+    monkeypatch.setattr(analyses.surface, "plot_surface", lambda *a, **kw: titles.append(kw["title"]) or plot(*a, **kw))
     prefix = tmp_path / "val_r"
     assert tbe("-q", "surface", "--data-dir", small_data, "--values", f"{trained_run}/{{hemi}}_val_corr.npy",
                "--out", prefix) == 0
+    assert titles == ["val_corr"]  # the file stem, never the template's {hemi}
     assert (tmp_path / "val_r.png").stat().st_size > 10_000
     s = load_subject(small_data, 1)
     for hemi in HEMIS:
@@ -52,6 +58,16 @@ def test_surface_maps_and_gifti(trained_run, small_data, tmp_path):
         mask = s.fsaverage_masks[hemi]
         assert np.allclose(on_surface[mask], values, equal_nan=True)
         assert np.isnan(on_surface[~mask]).all()
+
+
+def test_a_figure_title_never_shows_a_template():
+    from analyses.surface import values_title
+
+    assert values_title("RUN/{hemi}_val_corr.npy") == "val_corr"
+    assert values_title("{hemi}_best_layer.npy") == "best_layer"
+    assert values_title("maps/{hemi}.r-{hemi}.npy") == "r"
+    assert values_title("{hemi}.npy") == "values"
+    assert "{" not in values_title("x/{hemi}/{hemi}__corr.npy")
 
 
 def test_surface_rejects_wrong_lengths(small_data):

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from model.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY, normalise
+from model.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY
 from model.features import FeatureSet
 from model.files import SAMPLE_BLOCK_BYTES, file_fingerprint
 from model.manifest import (MANIFEST, SUITE, data_fingerprint,
@@ -28,12 +29,12 @@ def installed() -> dict[str, str]:
     """What importlib.metadata reports: normalised name -> version (first on sys.path wins)."""
     out: dict[str, str] = {}
     for dist in metadata.distributions():
-        out.setdefault(normalise(dist.metadata["Name"]), dist.version)
+        out.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)
     return out
 
 
 def not_from_an_index() -> set[str]:
-    return {normalise(d.metadata["Name"]) for d in metadata.distributions() if d.read_text("direct_url.json")}
+    return {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions() if d.read_text("direct_url.json")}
 
 
 # --------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def test_a_run_has_a_manifest_with_every_field(trained_run, small_data, cache_di
     assert manifest["torch"]["version"] == torch.__version__ and manifest["torch"]["cuda"] == torch.version.cuda
     assert "cudnn" in manifest["torch"] and manifest["torch"]["gpus"] == (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
-    assert {normalise(k): v for k, v in manifest["distributions"].items()} == installed()
+    assert {canonicalize_name(k): v for k, v in manifest["distributions"].items()} == installed()
     assert manifest["seeds"] == {"train": config.train.seed, "split": config.train.split_seed,
                                  "backbone": config.backbone.seed}
 
@@ -106,6 +107,34 @@ def test_resume_keeps_the_start_and_records_what_changed(tiny_data, tmp_path, mo
 def test_an_installed_copy_without_git_says_so(tmp_path):
     info = suite_info(tmp_path)
     assert info["git"] is None and "not a git checkout" in info["note"] and info["version"] == metadata.version(SUITE)
+
+
+def test_package_names_have_one_normaliser_and_it_is_packaging_s(monkeypatch):
+    """The manifest's list and the environment files read a distribution's name the same way (PEP 503)."""
+    import packaging.utils
+
+    import model.environment
+    import model.manifest
+    from model.environment import pip_requirements
+
+    assert model.manifest.canonicalize_name is model.environment.canonicalize_name is packaging.utils.canonicalize_name
+    for module in (model.manifest, model.environment):
+        names = [n for n in vars(module) if "normalis" in n.lower() or "normaliz" in n.lower()]
+        assert not names, f"{module.__name__} has its own name normaliser: {names}"
+
+    class Dist:
+        def __init__(self, name, version):
+            self.metadata, self.version = {"Name": name}, version
+
+        def read_text(self, name):
+            return None
+
+    found = [Dist("Foo__Bar", "1.0"), Dist("foo.bar", "2.0"), Dist("Transformer_Brain.Encoder", "0.1.0")]
+    monkeypatch.setattr(model.manifest.metadata, "distributions", lambda: iter(found))
+    versions, sources = model.manifest.distributions()
+    assert versions == {"Foo__Bar": "1.0", "Transformer_Brain.Encoder": "0.1.0"} and sources == {}  # first one wins
+    pins = pip_requirements({"distributions": versions}).splitlines()
+    assert "Foo__Bar==1.0" in pins and not [p for p in pins if "Transformer" in p and not p.startswith("#")]
 
 
 # --------------------------------------------------------------------------
@@ -184,8 +213,8 @@ def test_tbe_env_pip_pins_exactly_what_is_installed(recorded, tmp_path, capsys):
         req = Requirement(line)
         (spec,) = req.specifier
         assert spec.operator == "==", line
-        assert normalise(req.name) not in pins, f"{req.name} pinned twice"
-        pins[normalise(req.name)] = spec.version
+        assert canonicalize_name(req.name) not in pins, f"{req.name} pinned twice"
+        pins[canonicalize_name(req.name)] = spec.version
     assert pins == _expected_pins(exclude_pip=True)
     assert tbe("env", "--report", recorded, "--format", "pip") == 0  # without --out: printed
     assert capsys.readouterr().out == out.read_text()
@@ -205,7 +234,7 @@ def test_tbe_env_conda_parses_and_pins_exactly_what_is_installed(recorded, tmp_p
             for line in entry["pip"]:
                 req = Requirement(line)
                 (spec,) = req.specifier
-                pins[normalise(req.name)] = spec.version
+                pins[canonicalize_name(req.name)] = spec.version
             continue
         name, _, version = entry.partition("==")
         if name == "python":
@@ -220,7 +249,7 @@ def test_tbe_env_conda_parses_and_pins_exactly_what_is_installed(recorded, tmp_p
     expected = _expected_pins(exclude_pip=False)
     left_to_pytorch = {n for n in expected if CONDA_PROVIDED_WITH_PYTORCH.match(n)}
     header = [line for line in text.splitlines() if line.startswith("# Left to conda-forge's pytorch")]
-    named = {normalise(n): v for n, _, v in (t.strip().partition("==") for t in header[0].split(":", 1)[1].split(","))} \
+    named = {canonicalize_name(n): v for n, _, v in (t.strip().partition("==") for t in header[0].split(":", 1)[1].split(","))} \
         if header else {}
     assert named == {n: expected[n] for n in left_to_pytorch}, "the CUDA wheels left to pytorch are named with versions"
     from packaging.version import Version

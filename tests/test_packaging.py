@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import yaml
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 #: conda-forge package name -> PyPI name, where they differ
@@ -107,16 +108,12 @@ def third_party_imports() -> dict[str, set[str]]:
     return found
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def test_every_import_is_declared_and_every_dependency_imported():
     from importlib.metadata import packages_distributions
 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    declared = {_normalise(_split(r)[0]) for r in pyproject["project"]["dependencies"]}
-    providers = {module: {_normalise(d) for d in dists} for module, dists in packages_distributions().items()}
+    declared = {canonicalize_name(_split(r)[0]) for r in pyproject["project"]["dependencies"]}
+    providers = {module: {canonicalize_name(d) for d in dists} for module, dists in packages_distributions().items()}
     imports = third_party_imports()
     assert {"torch", "numpy", "yaml", "huggingface_hub", "jinja2", "nbformat"} <= set(imports), "the scan finds imports"
     undeclared, used = {}, set()

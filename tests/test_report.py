@@ -210,6 +210,9 @@ def test_html_reports_embed_their_figures(small_report):
         assert "require.min.js" not in html
         assert "setup_notebook(seed)" not in html  # code is hidden by default ...
         assert str(out / "files" / entry["name"]) in html  # ... but the parameters it ran with (injected) show
+        assert html.count("<strong>Settings</strong>") == 1 and "# Parameters" not in html  # once, as a table
+        assert "../demo/runs/transformer" not in html  # not the default the report replaced
+        assert not re.search(r"\d\.\d\de(\+0\d|-0[0-3])\b", html), entry["name"]  # e-notation only for tiny p
         assert f'href="{entry["html"]}"' in index
         assert entry["summary"].split(";")[0] in index
     assert index.count('src="data:image/png;base64,') == len(summary["entries"])  # one thumbnail each
@@ -250,6 +253,62 @@ def test_the_reproduce_command_stores_absolute_paths(tmp_path, monkeypatch):
                                        None, None, None)
     assert str(tmp_path / "demo" / "interpret" / "checks") in command and " demo/interpret" not in command
     assert "-p n_images 6" in command
+
+
+def test_a_report_states_its_settings_once_as_a_table(tmp_path):
+    """The defaults cell and papermill's injected cell become one table: each setting, its value, where it came from."""
+    import papermill
+
+    nb = _tiny_notebook()
+    nb.cells[0].source = 'run_dir = "../demo/runs/x"  # the run\nn_images = 6  # number of images\nrois = ["V1v", "FFA-1"]'
+    nb.metadata["papermill"] = {}
+    for cell in nb.cells:
+        cell.metadata.setdefault("tags", [])
+    nb = papermill.parameterize.parameterize_notebook(nb, {"run_dir": "/runs/<script>alert(1)</script>"},
+                                                      kernel_name="python3", language="python")
+    assert [r["setting"] for r in report.notebook_settings(nb)] == ["run_dir", "n_images", "rois"]
+    assert [r["from"] for r in report.notebook_settings(nb)] == ["report", "default", "default"]
+    for show_code in (False, True):
+        html = report.export_html(nb, tmp_path / "settings.html", "t", show_code=show_code).read_text()
+        assert html.count("<strong>Settings</strong>") == 1 and "# Parameters" not in html
+        assert "../demo/runs/x" not in html and html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 1
+        assert "<script>alert" not in html
+        assert ">V1v, FFA-1<" in html and ">number of images<" in html and ">6<" in html
+        assert html.index("Settings</strong>") < html.index("the answer")  # where the parameters cell was
+        assert ("secret_code_line" in html) == show_code
+    assert len(nb.cells) == 4  # the notebook itself keeps both cells
+
+
+def test_the_index_page_escapes_what_it_shows():
+    """A run, summary or error holding markup shows as text: the index is a jinja2 template with autoescaping."""
+    entries = [report.Entry("encoding_accuracy", "Encoding accuracy", "ok", 12.4, html="encoding_accuracy.html",
+                            notebook="notebooks/encoding_accuracy.ipynb", summary="r 0.5 <b>bold</b> & more",
+                            n_figures=3, thumbnail="QUJD"),
+               report.Entry("routing", "Routing", "failed", 3.0, error="ValueError: <img src=x onerror=alert(1)>",
+                            failed_cell=4)]
+    context = {"run": "/runs/<script>alert(1)<\\script>", "data": "/d", "ridge_run": "", "subject": 1}
+    page = report.render_index(entries, context, {"manifest": "manifest.json"})
+    assert "<script>" not in page and "<img src=x" not in page and "<b>bold" not in page
+    assert "<title>tbe report: &lt;script&gt;alert(1)&lt;\\script&gt;</title>" in page
+    assert "<h1>Report: &lt;script&gt;alert(1)&lt;\\script&gt;</h1>" in page
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; more" in page
+    assert 'href="encoding_accuracy.html"' in page and 'href="manifest.json"' in page
+    assert 'src="data:image/png;base64,QUJD"' in page and "failed at cell [4]: ValueError: &lt;img" in page
+    assert "1 of 2 notebooks failed" in page and "ridge_run" not in page  # empty context rows are left out
+    assert page.count("<tr id=") == 2
+
+
+def test_the_index_template_installs_with_the_package():
+    """``pip install .`` (not editable) copies analyses/templates: pyproject's package-data names every file there."""
+    import fnmatch
+    import tomllib
+
+    root = Path(report.__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["analyses"]
+    files = [p.relative_to(root / "analyses").as_posix() for p in (root / "analyses" / "templates").rglob("*")
+             if p.is_file()]
+    assert report.INDEX_TEMPLATE in [Path(f).name for f in files]
+    assert all(any(fnmatch.fnmatch(f, pattern) for pattern in patterns) for f in files), (files, patterns)
 
 
 def test_a_report_records_what_made_it_and_links_its_environment(small_report, trained_run, small_data):

@@ -47,14 +47,54 @@ def test_real_data_splits_by_held_out_reliability():
     assert counts.loc["reliably predicted", "n_rois"] == 1 and counts.loc["not reliably predicted", "n_rois"] == 2
 
 
-def test_a_table_has_one_number_format_per_column_and_no_index_column():
-    table = pd.DataFrame({"roi": ["V1v", "FFA-1"], "p": [9.387e-02, 1e-5], "r": [0.847, 0.1], "n": [3, 4]},
-                         index=[7, 8])
+def test_a_table_formats_each_number_by_its_kind_and_has_no_index_column():
+    table = pd.DataFrame({"roi": ["V1v", "FFA-1"], "p": [9.387e-02, 1e-5], "r": [0.847, 0.0004], "n": [3, 4],
+                          "d_prime": [1.65, 1.2064], "mean": [1.2064, 0.5]}, index=[7, 8])
     html = rv.table_html(table)
-    assert "9.39e-02" in html and "1.00e-05" in html  # the p column: e-notation for both rows
-    assert "0.847" in html and "0.100" in html  # the r column: 3 decimals for both rows
+    assert "0.094" in html and "1.00e-05" in html  # p: e-notation only below 0.001
+    assert "0.847" in html and "0.000" in html and "4.00e-04" not in html  # r: 3 decimals, whatever its neighbours
+    assert "1.650" in html and "1.206" in html and "e+00" not in html  # d' and the mean alike in one row
     assert ">7<" not in html and ">8<" not in html  # no index column
-    assert rv.column_format(pd.Series([0.5, np.nan])) == "{:.3f}"
+
+
+def test_formatter_per_kind():
+    from analyses import formatting as fmt
+
+    assert fmt.p_value(0.0004) == "4.00e-04" and fmt.p_value(0.012) == "0.012" and fmt.p_value(0.001) == "0.001"
+    assert fmt.p_value(1.0) == "1.000" and fmt.p_value(np.nan) == "" and fmt.p_value(None) == ""
+    assert fmt.effect(0.5693) == "0.569" and fmt.effect(-0.00001) == "0.000" and fmt.effect(1.65) == "1.650"
+    assert fmt.count(19004.0) == "19004" and fmt.count(np.int64(24)) == "24" and fmt.count(2.5) == "2.5"
+    assert fmt.percent(54.123) == "54.1"
+    assert fmt.small(2.5e-5) == "2.50e-05" and fmt.small(0.3) == "0.300"
+    kinds = {c: fmt.kind_of(c) for c in ("p", "p_fdr", "content_p_fdr", "p_fdr_vs_contrast", "location_p_shift",
+                                         "n", "n_vertices", "n_significant", "challenge_score_ridge",
+                                         "mean_abs_delta", "r", "d_prime", "planted", "top", "mean_ci_low")}
+    assert kinds == {"p": "p", "p_fdr": "p", "content_p_fdr": "p", "p_fdr_vs_contrast": "p", "location_p_shift": "p",
+                     "n": "count", "n_vertices": "count", "n_significant": "count", "challenge_score_ridge": "percent",
+                     "mean_abs_delta": "small", "r": None, "d_prime": None, "planted": None, "top": None,
+                     "mean_ci_low": None}
+
+
+def test_a_long_table_formats_each_row_by_its_measure():
+    """The encoding-accuracy scores: r, within-ROI r and the challenge score in one column, each read as itself."""
+    from analyses.formatting import format_table
+
+    index = pd.MultiIndex.from_tuples([("r", "all"), ("challenge_score", "all"), ("within_roi_r", "V1v")],
+                                      names=["measure", "group"])
+    columns = pd.MultiIndex.from_tuples([("transformer", "lh"), ("ridge", "lh")], names=["encoder", "hemi"])
+    scores = pd.DataFrame([[0.5693, 0.3], [54.123, 38.2], [0.0004, 0.1]], index=index, columns=columns)
+    shown = format_table(scores.reset_index())
+    assert shown[("transformer", "lh")].tolist() == ["0.569", "54.1", "0.000"]
+    html = rv.table_html(scores)
+    assert "5.69e-01" not in html and "0.569" in html and "54.1" in html
+
+
+def test_table_text_is_escaped_and_numbers_are_unchanged():
+    table = pd.DataFrame({"claim": ["<script>x</script>"], "p": [0.0004], "significant": [True]})
+    before = table.copy()
+    html = rv.table_html(table)
+    assert "<script>" not in html and "&lt;script&gt;" in html and "True" in html
+    pd.testing.assert_frame_equal(table, before)  # presentation only
 
 
 def test_a_table_keeps_a_labelled_index_as_a_column():
