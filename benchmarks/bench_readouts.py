@@ -115,8 +115,8 @@ def mean_attention_maps(run, features: np.ndarray, grid: MapGrid, names: list[st
                                                    "attention_mean")})
 
 
-def attention_row(run, n_images: int, cache: Path) -> dict:
-    """Where the attention looks (against the truth), whether it is used, and the routing labels."""
+def attention_row(run, n_images: int, cache: Path, routing_csv: Path) -> dict:
+    """Where the attention looks (against the truth), whether it is used, and the routing labels (also to ``routing_csv``)."""
     chosen = split_images(run, "test", n_images)
     features = np.asarray(run.features(chosen.paths, cache, rows=chosen.rows), np.float32)
     grid = MapGrid.for_backbone(run.shared_backbone)
@@ -136,6 +136,7 @@ def attention_row(run, n_images: int, cache: Path) -> dict:
     faith = deletion_ratios(changes, run.queries.names).merge(run_reliability(run)[["query", "reliable"]], on="query")
     reliable = faith[faith["reliable"]]
     routing = analyse(run, chosen, RoutingSettings(), seed=0, cache_dir=cache)
+    routing.to_csv(routing_csv, index=False)
     category = routing["planted"] == "content"
     null = routing["planted"] == "none"
     return {
@@ -182,7 +183,7 @@ def main() -> None:
         run = open_run(run_dir)
         seconds = float(np.median([h["seconds"] for h in run.metrics["history"]]))
         start = time.perf_counter()
-        table.append({**summary(name, score(pred, subject, reference)), **attention_row(run, args.n_images, cache),
+        table.append({**summary(name, score(pred, subject, reference)), **attention_row(run, args.n_images, cache, work / f"routing-{row.folder}.csv"),
                       "s / epoch": seconds})
         print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
     out = pd.DataFrame(table).set_index("encoder")
@@ -194,6 +195,19 @@ def main() -> None:
           f"{spec.config.image_size} px; random ViT-S/14, block {12 - spec.layer + 1} tokens; hidden 384; "
           f"{args.epochs} epochs; attention on {args.n_images} test images")
     print(out[columns].T.to_string(float_format=lambda v: f"{v:.3f}"))
+    for name, row in rows.items():
+        print(f"\n{name}: routing labels, planted (rows) against measured (columns), hemi x ROI queries")
+        print(confusion(pd.read_csv(work / f"routing-{row.folder}.csv")).to_string())
+
+
+def confusion(routing: pd.DataFrame) -> pd.DataFrame:
+    """Planted kind (early visual location, category content, null none) x measured label, with reliability for nulls."""
+    planted = routing["planted"].map({"location": "early visual (location)", "content": "category (content)",
+                                      "none": "null ROI (none)"})
+    planted = planted.where(routing["planted"] != "none",
+                            planted + np.where(routing["reliable"].astype(str) == "True", ", reliable", ", unreliable"))
+    table = pd.crosstab(planted.rename("planted"), routing["routing"].rename("measured"))
+    return table.reindex(columns=["location", "content", "both", "neither"], fill_value=0)
 
 
 if __name__ == "__main__":

@@ -67,10 +67,10 @@ def cascade(encoder: torch.nn.Module) -> list[str]:
         return parts[0]
     core = encoder.core
     parts = [name for name, module in core.named_children() if any(p.requires_grad for p in module.parameters())]
-    if encoder.capabilities.decoder_attention:  # transformer: readout, final norm, decoder layers from the top, queries, projection
-        layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]
+    if encoder.capabilities.decoder_attention:  # transformer: readout, final norm, decoder layers from the top, queries
+        layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]  # (their embeddings and windows), projection
         head = [p for p in ("readout", "norm") if p in parts]
-        tail = [p for p in ("query_embed", "token_encoder", "pos", "input_proj") if p in parts]
+        tail = [p for p in ("query_embed", "windows", "token_encoder", "pos", "input_proj") if p in parts]
         return head + layers + tail
     return list(reversed(parts))
 

@@ -115,7 +115,8 @@ def member_state(path: Path) -> str:
 def check_complete(path: Path, config: RunConfig, fingerprint: dict[str, str]) -> None:
     """A complete member may be skipped only if it was trained as asked, on this data; else one error naming it."""
     done = read_config(path)
-    wanted, found = config.to_dict(), done.to_dict()
+    wanted = dataclasses.replace(config, decoder=config.decoder.resolved()).to_dict()  # as training records it
+    found = done.to_dict()
     diff = [k for k in SKIP_IF_EQUAL if wanted[k] != found[k]]
     if fingerprint and done.data_fingerprint and fingerprint != done.data_fingerprint:
         diff.append("data")

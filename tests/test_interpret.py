@@ -25,7 +25,7 @@ from .test_encoder import _random_queries
 def test_attention_rows_sum_to_one_and_match_q_k():
     queries = _random_queries(60, 5)
     torch.manual_seed(0)
-    cfg = DecoderConfig(hidden_dim=32, nheads=4, dropout=0.0, dim_feedforward=64)
+    cfg = DecoderConfig(hidden_dim=32, nheads=4, dropout=0.0, dim_feedforward=64, attention="standard")
     model = BrainEncoder(queries, feature_dim=32, grid=(3, 4), cfg=cfg).eval()
     x = torch.randn(2, 12, 32)
     with torch.no_grad():

@@ -182,7 +182,7 @@ def test_checks_batch_by_batch_are_the_checks_of_all_images(trained_run, cache_d
         batched = check_maps(run, dataclasses.replace(job, batch_size=2), open_images(run, job, cache_dir),
                              faithfulness_rois=("V1v",), faithfulness_images=3)
     assert max(sizes) == 2 and sizes.count(2) >= 4  # the job's maps, and the sanity cascade's, a batch at a time
-    assert set(whole) == set(batched) == {"sanity", "localization", "faithfulness"}
+    assert set(whole) == set(batched) == {"sanity", "localization", "faithfulness", "attention"}
     for name, table in whole.items():
         assert len(table) > 0, name
         pd.testing.assert_frame_equal(batched[name], table, check_exact=False, rtol=1e-4, atol=1e-6)

@@ -19,7 +19,8 @@ from model.transformer_layers import CustomDecoderLayer, EncoderLayer, PositionE
 from .conftest import QUICK_TRAIN, tbe
 from .test_encoder import _random_queries
 
-CFG = DecoderConfig(hidden_dim=32, nheads=4, dim_feedforward=48, dropout=0.0)
+#: the original's standard attention: the parts tested here are the original's
+CFG = DecoderConfig(hidden_dim=32, nheads=4, dim_feedforward=48, dropout=0.0, attention="standard")
 
 
 @pytest.mark.parametrize("pre_norm", [True, False])
@@ -83,11 +84,11 @@ def test_custom_transformer_refuses_what_the_original_did_not_define():
     with pytest.raises(OptionError, match="decoder.pre_norm"):
         CustomTransformer(_random_queries(30, 3), 32, (3, 3), DecoderConfig(**{**CFG.to_dict(), "pre_norm": False}))
     with pytest.raises(OptionError, match="query_self_attention"):
-        DecoderConfig(pre_norm=False, query_self_attention=True).validate()
+        DecoderConfig(pre_norm=False, query_self_attention=True, attention="standard").validate()
 
 
-@pytest.mark.parametrize("extra", [["--enc-layers", "2"], ["--no-pre-norm", "--enc-layers", "1"],
-                                   ["--position-embedding", "learned"], ["--encoder-arch", "custom_transformer"]],
+@pytest.mark.parametrize("extra", [["--enc-layers", "2"], ["--no-pre-norm", "--enc-layers", "1", "--attention", "standard"],
+                                   ["--position-embedding", "learned"], ["--encoder-arch", "custom_transformer", "--attention", "standard"]],
                          ids=["enc-layers", "post-norm", "learned-positions", "custom_transformer"])
 def test_each_option_trains_offline(extra, small_data, cache_dir, tmp_path):
     """Each of the original's options trains a small virtual subject with random backbone weights and learns something."""
