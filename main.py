@@ -35,7 +35,7 @@ BACKBONE_ARCH = {
     "resnet18": ("resnet18.tv_in1k", "tokens"), "resnet50": ("resnet50.tv_in1k", "tokens"),
     "clip": (CLIP, "tokens_proj"), "clip_cls": (CLIP, "tokens_proj_cls"),
 }
-#: where the original differs from ``tbe train``'s defaults: its values (README, "main.py is the original")
+#: where the original differs from ``tbe train``'s defaults: its values (docs/original.md)
 ORIGINAL_SETTINGS = (
     "--readout", "linear",  # one linear readout per vertex of its queries' tokens (rois_all: summed over its ROIs)
     "--attention", "standard",  # multi-head cross-attention with the positions in the keys (DETR's)

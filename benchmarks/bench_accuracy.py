@@ -37,12 +37,12 @@ run in ``--work`` is reused only if its settings and epochs are the ones
 asked for; otherwise the script stops with an error naming the run (its
 subject is the folder's: give each subject size its own folder). The
 ``voxels`` row on the default subject takes about 11 minutes per epoch on 2
-cores, so the README's is 5 epochs, next to the transformer at 5 epochs
+cores, so docs/accuracy.md's is 5 epochs, next to the transformer at 5 epochs
 (54 minutes)::
 
     python benchmarks/bench_accuracy.py --work demo --epochs 5 --encoders transformer,voxels
 
-and the README's small-subject table of the other families and ``voxels``
+and docs/accuracy.md's small-subject table of the other families and ``voxels``
 (about 35 minutes on 2 busy cores, 30 of them ``voxels``)::
 
     python benchmarks/bench_accuracy.py --work /tmp/bench-small --n-train 300 --n-test 100 --image-size 112 \

@@ -10,7 +10,7 @@ image), side by side.
 
 Run it after changing a painter in ``model/virtual/stimuli.py``: a category
 that scores far below the others will leave its ROIs' preference out of the
-trained encoder's predictions (README, "The virtual subject's bodies").
+trained encoder's predictions (docs/accuracy.md, "The virtual subject's bodies").
 With 1000 scenes the ridge's design matrix is 192,000 x 2,048 floats: a
 few GiB of memory.
 

@@ -38,7 +38,7 @@ complete run are kept (``--work demo`` reuses the demo's subject and cache).
 ``--quick`` uses a tiny subject, 2 layers x 2 seeds, a narrow decoder and 2
 epochs: it checks that everything runs, its numbers mean nothing. From
 nothing, at the demo's 15 epochs, the grid takes about an hour on 2 CPU
-cores (12 members, features of 4 layers). The README's main table is
+cores (12 members, features of 4 layers). docs/challenge.md's main table is
 
     python benchmarks/bench_ensemble.py --work demo
 

@@ -16,7 +16,7 @@ their settings are these (else the script stops and names the run).
 
     python benchmarks/bench_original.py [--work DIR] [--epochs 15] [--n-train 1000 --n-test 200 --image-size 224]
 
-The README's settings table is ``--work demo`` after ``make demo`` (the
+docs/original.md's settings table is ``--work demo`` after ``make demo`` (the
 demo's subject and feature cache; runs in ``demo/runs/defaults`` ...):
 9 minutes on 2 quiet cores, about 2 minutes per row.
 """

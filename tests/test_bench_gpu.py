@@ -1,6 +1,6 @@
 """benchmarks/bench_gpu.py and benchmarks/gpu_checks.py stay runnable: their scaled-down CPU versions.
 
-The real-scale figures need a CUDA machine (README, "Real scale on a GPU");
+The real-scale figures need a CUDA machine (docs/speed-and-memory.md, "Real scale on a GPU");
 here the same code runs at toy size on the CPU, in Pythons (the benchmark,
 and the processes its DDP section launches) that cannot import what the GPU
 machine lacks, so a project import that would break the GPU run breaks

@@ -53,6 +53,13 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_one():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_readme_is_a_front_page():
+    """At most 250 lines: the rest lives in docs/ (issue 24; its 'Read on' links each page: test_readme_commands)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move the detail to a docs/ page"
+    assert "## Read on" in lines
+
+
 def test_imports_flow_one_way():
     """analyses -> interpret -> model: model imports neither, interpret does not import analyses."""
     forbidden = {"model": ("interpret", "analyses"), "interpret": ("analyses",)}

@@ -216,7 +216,7 @@ def _paint_body(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, 
     the muted shirt: with thinner limbs and low-contrast stripes, a frozen random
     ViT's tokens decoded body coverage at r 0.44 (faces 0.64), too weakly for
     a trained encoder's predictions to carry the body ROIs' preference; these
-    proportions raise it to 0.60 (README, "The virtual subject's bodies").
+    proportions raise it to 0.60 (docs/accuracy.md, "The virtual subject's bodies").
     """
     skin = _shade(SKIN[rng.integers(len(SKIN))], 1)
     shirt = _shade(_muted(rng), 1)
