@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -27,6 +26,7 @@ from PIL import Image
 from analyses.coco_labels import write_coco_labels
 from analyses.stats import dice
 from analyses.stimuli import from_labels_csv
+from bench_routing import timed
 from model.subject import load_subject
 from model.synthetic import VirtualConfig, write_virtual_subject
 from model.vision import CATEGORIES, OBJECT_CATEGORIES
@@ -43,12 +43,6 @@ class _NoCoco:
 
     def write(self, *args):
         pass
-
-
-def timed(f, *args, **kwargs):
-    start = time.perf_counter()
-    out = f(*args, **kwargs)
-    return out, time.perf_counter() - start
 
 
 def main() -> None:
