@@ -220,11 +220,9 @@ def _features(args: argparse.Namespace) -> int:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
-    from model.architectures import ARCHITECTURES, RidgeConfig
-    from model.baselines import RIDGE_FEATURES
-    from model.encoder import ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
+    from model.encoders import (ARCHITECTURES, ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, READOUTS, READOUT_RES,
+                                RIDGE_FEATURES, DecoderConfig, RidgeConfig)
     from model.features import RESIDENCY, RESIDENT_SHARE
-    from model.readout import READOUT_RES, READOUTS
     from model.run import TrainConfig
 
     add_data_args(p, several=True)
@@ -291,8 +289,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace):
     """The :class:`~model.run.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.train.train`)."""
-    from model.architectures import RidgeConfig
-    from model.encoder import DecoderConfig
+    from model.encoders import DecoderConfig, RidgeConfig
     from model.run import RunConfig, TrainConfig
 
     args = _one_run(args)

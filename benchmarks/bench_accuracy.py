@@ -61,7 +61,7 @@ import pandas as pd
 
 from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
-from model.architectures import RidgeConfig
+from model.encoders import RidgeConfig
 from model.rois import HEMIS
 from model.run import METRICS, RunConfig, read_config
 from model.rundir import settings_differences

@@ -98,7 +98,7 @@ from torch import nn
 
 from .errors import InputError, check_fields, positive_int
 from .files import atomic_directory, load_npy, read_rows, save_npy, usable_directory, write_json
-from .interface import Capabilities
+from .encoders import Capabilities
 from .metrics import pearson_r, roi_summary
 from .rois import HEMIS
 from .run import (CONFIG, ENSEMBLE, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, Run, RunConfig, check_trained_on,
@@ -737,6 +737,6 @@ def open_runs(runs: str | Path | Sequence[str | Path], data_dir: str | Path | No
 
 
 def _roi_queries(subject: Subject):
-    from .readout import build_queries
+    from .encoders import build_queries
 
     return build_queries(subject, "rois_all")

@@ -40,13 +40,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .architectures import ARCHITECTURES, RidgeConfig, build_encoder
+from .encoders import ARCHITECTURES, READOUT_RES, DecoderConfig, QuerySet, RidgeConfig, build_encoder, build_queries
 from .backbone import BackboneConfig, named_weights_digest
 from .device import autocast, module_device, pick_device
-from .encoder import DecoderConfig
 from .errors import InputError, OptionError, check_fields, is_int, is_number, positive_int
 from .files import atomic_path, load_npy, read_rows, save_safetensors, write_json
-from .readout import READOUT_RES, QuerySet, build_queries
 from .subject import Subject, load_subject, split_sizes
 
 if TYPE_CHECKING:

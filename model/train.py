@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .architectures import architecture, build_encoder
+from .encoders import QuerySet, architecture, build_encoder, build_queries
 from .device import autocast, pick_device
 from .errors import InputError
 from .faithfulness import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
@@ -35,7 +35,6 @@ from .files import read_rows, save_npy, save_safetensors, usable_directory, writ
 from .manifest import write_run_manifest
 from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
-from .readout import QuerySet, build_queries
 from .rois import HEMIS
 from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
                   TrainConfig, iter_batches, load_weights, predict, save_weights, write_config)

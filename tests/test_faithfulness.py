@@ -10,7 +10,7 @@ import torch
 
 from model.faithfulness import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
                                 query_reliability)
-from model.interface import Capabilities
+from model.encoders import Capabilities
 
 T, C = 64, 8
 
