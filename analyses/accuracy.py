@@ -57,7 +57,7 @@ def find_reference(subject: Subject, test_fmri: str | Path | None = None,
 
 
 def _load_run_arrays(run_dir: Path, stem: str) -> dict[str, np.ndarray]:
-    from model.run import load_run_array
+    from model.runs import load_run_array
 
     return {hemi: load_run_array(run_dir, f"{{hemi}}_{stem}.npy", hemi) for hemi in HEMIS}
 
@@ -80,7 +80,7 @@ def vertex_scores(run_dir: str | Path, reference: Reference | None, name: str | 
 
 def run_scores(runs: list[str | Path], reference: Reference | None) -> list[VertexScores]:
     """:func:`vertex_scores` of several runs, named by their architecture (and folder, where those repeat)."""
-    from model.run import read_config
+    from model.runs import read_config
 
     archs = [read_config(run).encoder_arch for run in runs]
     names = [a if archs.count(a) == 1 else f"{a} ({Path(run).name})" for a, run in zip(archs, runs)]
@@ -176,8 +176,8 @@ def _mean(x: np.ndarray) -> float:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
-    """A run's ``metrics.json`` (:func:`model.run.read_metrics`)."""
-    from model.run import read_metrics as read
+    """A run's ``metrics.json`` (:func:`model.runs.layout.read_metrics`)."""
+    from model.runs import read_metrics as read
 
     return read(run_dir)
 

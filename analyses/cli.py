@@ -113,7 +113,7 @@ def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool 
     """A trained run, and optionally another data directory (or subject) than the one it was trained on.
 
     ``required=False`` leaves the check to the command (``tbe report --list`` needs no run); ``several``
-    lets ``--run`` list runs, opened as one equal-weight ensemble (:func:`model.ensemble.open_runs`).
+    lets ``--run`` list runs, opened as one equal-weight ensemble (:func:`model.runs.opening.open_runs`).
     """
     if several:
         p.add_argument("--run", type=Path, nargs="+", required=required, metavar="RUN",
@@ -223,7 +223,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     from model.encoders import (ARCHITECTURES, ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, READOUTS, READOUT_RES,
                                 RIDGE_FEATURES, DecoderConfig, RidgeConfig)
     from model.features import RESIDENCY, RESIDENT_SHARE
-    from model.run import TrainConfig
+    from model.runs import TrainConfig
 
     add_data_args(p, several=True)
     add_backbone_args(p, several_layers=True)
@@ -288,9 +288,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_config(args: argparse.Namespace):
-    """The :class:`~model.run.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.train.train`)."""
+    """The :class:`~model.runs.configs.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.train.train`)."""
     from model.encoders import DecoderConfig, RidgeConfig
-    from model.run import RunConfig, TrainConfig
+    from model.runs import RunConfig, TrainConfig
 
     args = _one_run(args)
     return RunConfig(
@@ -343,7 +343,7 @@ def _predict(args: argparse.Namespace) -> int:
     from model.files import usable_directory
     from model.images import list_images
     from model.rois import HEMIS
-    from model.run import check_prediction_path, open_run, predict, save_predictions, vertex_coordinates
+    from model.runs import check_prediction_path, open_run, predict, save_predictions, vertex_coordinates
 
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
@@ -372,7 +372,7 @@ def _score(args: argparse.Namespace) -> int:
     import numpy as np
 
     from model.files import usable_directory, write_json
-    from model.run import TEST_SCORES, expand_subjects
+    from model.runs import TEST_SCORES, expand_subjects
     from model.scoring import SCORES, pool_scores, score_lines, score_table
     from model.submission import subject_folder
 
@@ -407,7 +407,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _score_run(run: Path, data_dir: Path | None, test_fmri: Path | None, noise_ceiling: Path | None) -> dict:
     from model.rois import HEMIS
-    from model.run import PRED_TEST, check_trained_on, load_run_array, read_config
+    from model.runs import PRED_TEST, check_trained_on, load_run_array, read_config
     from model.scoring import check_shapes, file_reference, score, virtual_reference
     from model.subject import load_subject
 
@@ -439,7 +439,7 @@ def _surface_args(p: argparse.ArgumentParser) -> None:
 
 def _surface_source(args: argparse.Namespace) -> tuple[Path, int, str]:
     """Data folder, subject and the ``{hemi}`` file template of ``tbe surface``: from --data-dir/--subj, or from --run."""
-    from model.run import read_config
+    from model.runs import read_config
 
     if "{hemi}" not in args.values:
         raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
@@ -470,7 +470,7 @@ def _surface(args: argparse.Namespace) -> int:
 
 
 def _ensemble_args(p: argparse.ArgumentParser) -> None:
-    from model.ensemble import DEFAULT_TEMPERATURE, WEIGHTINGS
+    from model.runs import DEFAULT_TEMPERATURE, WEIGHTINGS
 
     p.add_argument("--runs", type=Path, nargs="+", required=True,
                    help="complete runs of one subject with one validation split (e.g. OUT/layer*_seed* of a grid)")
@@ -484,8 +484,7 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from model.ensemble import make_ensemble
-    from model.run import read_metrics
+    from model.runs import make_ensemble, read_metrics
 
     out = make_ensemble(args.runs, args.out, args.weighting, args.temperature, args.data_dir)
     m = read_metrics(out)
@@ -584,7 +583,7 @@ def _interpret(args: argparse.Namespace) -> int:
     from interpret.mapfile import check_maps_path
     from interpret.overlay import overlay, rois_with_maps
     from interpret.pipeline import write_maps
-    from model.ensemble import open_runs
+    from model.runs import open_runs
 
     check_maps_path(args.out)
     run = open_runs(args.run, args.data_dir, args.device)
@@ -617,7 +616,7 @@ def _check_maps_args(p: argparse.ArgumentParser) -> None:
 
 def _check_maps(args: argparse.Namespace) -> int:
     from interpret.pipeline import check_maps, check_settings, save_check_tables
-    from model.ensemble import open_runs
+    from model.runs import open_runs
 
     run = open_runs(args.run, args.data_dir, args.device)
     job = map_job(args, run)
@@ -858,7 +857,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _env_args(p: argparse.ArgumentParser) -> None:
-    from model.environment import FORMATS
+    from model.runs import FORMATS
 
     p.add_argument("--run", type=Path, default=None, help="a run directory (its manifest.json)")
     p.add_argument("--report", type=Path, default=None, help="a report folder (its manifest.json)")
@@ -868,8 +867,7 @@ def _env_args(p: argparse.ArgumentParser) -> None:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from model.environment import FORMATS, write_environment
-    from model.manifest import read_manifest
+    from model.runs import FORMATS, read_manifest, write_environment
 
     if (args.run is None) == (args.report is None):
         raise InputError("--run/--report", "give exactly one of them: the run or the report whose environment to write")
@@ -964,7 +962,7 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.manifest import record_command
+    from model.runs import record_command
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="tbe: %(message)s", stream=sys.stderr)

@@ -17,7 +17,7 @@ from model.backbone import BackboneConfig
 from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS
-from model.run import CHECKPOINT, METRICS, PRED_TEST, VAL_CORR, RunConfig, TrainConfig, load_run_array, open_run
+from model.runs import CHECKPOINT, METRICS, PRED_TEST, VAL_CORR, RunConfig, TrainConfig, load_run_array, open_run
 from model.scoring import score, score_table, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject

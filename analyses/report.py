@@ -9,7 +9,7 @@ mailed) and writes ``index.html`` linking them::
     reports/NAME/index.html                 one line per notebook: status, summary, thumbnail
     reports/NAME/<notebook>.html            the rendered notebook
     reports/NAME/report.json                the same, machine-readable (parameters, status, errors)
-    reports/NAME/manifest.json              what produced it: code, environment, seeds, data (model.manifest)
+    reports/NAME/manifest.json              what produced it: code, environment, seeds, data (model.runs.manifest)
     reports/NAME/environment.yml            that environment for conda, pinned; requirements.txt for pip
     reports/NAME/notebooks/<notebook>.ipynb the executed notebook (open and re-run it in Jupyter)
     reports/NAME/files/<notebook>/          tables (CSV), figures (PNG) and maps (NetCDF) it wrote
@@ -491,7 +491,7 @@ def make_report(run_dir: str | Path, data_dir: str | Path | None, out_dir: str |
         ``index`` (the index.html) and one entry per notebook; ``failed``
         names the notebooks that failed.
     """
-    from model.run import METRICS, read_config
+    from model.runs import METRICS, read_config
 
     run_dir = Path(run_dir).expanduser().resolve()
     config = read_config(run_dir)
@@ -547,8 +547,7 @@ REPRODUCIBILITY_FILES = {"manifest": "manifest.json", "conda environment": "envi
 def write_reproducibility_files(out: Path, run_dir: Path, data_dir: Path, subj: int, command: str,
                                 seeds: dict[str, Any]) -> dict[str, Path]:
     """``manifest.json`` of the report, and the exact ``environment.yml`` and ``requirements.txt`` it implies."""
-    from model.environment import write_environments
-    from model.manifest import MANIFEST, report_manifest
+    from model.runs import MANIFEST, report_manifest, write_environments
 
     manifest = report_manifest(run_dir, data_dir, subj, command, seeds)
     write_json(out / MANIFEST, manifest)
@@ -556,7 +555,7 @@ def write_reproducibility_files(out: Path, run_dir: Path, data_dir: Path, subj: 
 
 
 def _backbone_description(run_dir: Path) -> str:
-    from model.run import read_metrics
+    from model.runs import read_metrics
 
     try:
         return str(read_metrics(run_dir).get("backbone", ""))

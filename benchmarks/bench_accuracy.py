@@ -63,7 +63,7 @@ from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
 from model.encoders import RidgeConfig
 from model.rois import HEMIS
-from model.run import METRICS, RunConfig, read_config
+from model.runs import METRICS, RunConfig, read_config
 from model.rundir import settings_differences
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir

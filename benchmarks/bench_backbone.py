@@ -93,7 +93,7 @@ def precision(args: argparse.Namespace, work: Path) -> None:
     """Part 2: float32 against bf16 features, speed and agreement, side by side."""
     from model.features import extract_features
     from model.images import image_batch
-    from model.run import open_run, predict
+    from model.runs import open_run, predict
     from model.train import train
     from analyses.demo import demo_runs
 

@@ -78,7 +78,7 @@ from model.errors import InputError  # noqa: E402
 from model.features import FeatureRows, keep_resident  # noqa: E402
 from model.encoders.queries import vertex_queries  # noqa: E402
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES  # noqa: E402
-from model.run import TrainConfig  # noqa: E402
+from model.runs import TrainConfig  # noqa: E402
 from model.train import EpochData, Processes, Targets, make_optimiser, train_epoch  # noqa: E402
 
 #: Training and test images of NSD subjects 1-8 (DESIGN.md section 4).

@@ -46,7 +46,7 @@ from interpret.attribution import METHODS, Settings, attribute
 from interpret.maps import roi_targets
 from interpret.pipeline import MapJob, prepare
 from model.backbone import build_backbone
-from model.run import open_run
+from model.runs import open_run
 
 ROIS = ["V1v"]
 #: The Captum methods (attention is read from the forward pass: nothing to time per ROI)

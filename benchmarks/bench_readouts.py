@@ -58,7 +58,7 @@ from interpret.maps import MapGrid, Targets, by_hemi_roi, map_array
 from interpret.routing import RoutingSettings
 from model.faithfulness import deletion_changes, deletion_ratios
 from model.rois import EARLY_VISUAL, HEMIS
-from model.run import RunConfig, open_run
+from model.runs import RunConfig, open_run
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject

@@ -76,7 +76,7 @@ def bench_synthetic(rng: np.random.Generator, n_seeds: int, alpha: float = 0.05)
 def make_run(work: Path) -> tuple[Path, Path, Path]:
     from model.backbone import BackboneConfig
     from model.encoders import DecoderConfig
-    from model.run import RunConfig, TrainConfig
+    from model.runs import RunConfig, TrainConfig
     from model.train import train
     from model.synthetic import VirtualConfig, write_virtual_subject
 

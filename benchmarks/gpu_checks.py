@@ -199,7 +199,7 @@ def analysis_checks(device: torch.device, queries) -> list[Check]:
 
     The same functions the commands call (:func:`interpret.attribution.attribute`,
     :func:`interpret.attention.decoder_attention` and ``backbone_attention``,
-    :func:`model.run.predict`), each given an encoder and backbone placed on
+    :func:`model.runs.predictions.predict`), each given an encoder and backbone placed on
     the device, as ``open_run(..., device)`` places them: attributions in
     float32, attention and predictions under bf16 autocast on CUDA.
     """
@@ -209,7 +209,7 @@ def analysis_checks(device: torch.device, queries) -> list[Check]:
     from interpret.attention import backbone_attention, decoder_attention
     from interpret.attribution import Settings, attribute
     from interpret.maps import MapGrid
-    from model.run import predict
+    from model.runs import predict
 
     config = BackboneConfig("vit_small_patch14_dinov2.lvd142m", "random", seed=0, layer=11, feature="q")
     backbone = build_backbone(config, 84).eval()

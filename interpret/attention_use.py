@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 from model.faithfulness import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes,
                                 deletion_ratios, describe_faithfulness, faithfulness_summary, query_reliability)
 from model.rois import HEMIS
-from model.run import VAL_PRED, Run, load_run_array
+from model.runs import VAL_PRED, Run, load_run_array
 
 from .focus import focus
 from .maps import Inputs

@@ -20,7 +20,7 @@ process walks the grid in the same order and each member is one DDP job).
   checkpoint starts over.
 * **One split per subject**: ``--split-seed`` is shared, so a subject's
   members have the same validation images and can be ensembled
-  (``tbe ensemble``, :mod:`model.ensemble`).
+  (``tbe ensemble``, :mod:`model.runs.ensembles`).
 * **Progress**: one line per member (:func:`model.progress.progress`), next to
   each member's own epoch progress.
 """
@@ -35,7 +35,7 @@ from typing import Sequence
 
 from .errors import InputError
 from .progress import progress
-from .run import CHECKPOINT, CONFIG, METRICS, RunConfig, read_config
+from .runs import CHECKPOINT, CONFIG, METRICS, RunConfig, read_config
 
 log = logging.getLogger(__name__)
 

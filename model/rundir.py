@@ -33,7 +33,7 @@ from typing import Iterator
 
 from .errors import InputError
 from .files import PARTIAL_MARK, FileLock, usable_directory
-from .run import CHECKPOINT, CONFIG, LOCK, METRICS, RESULT_FILES, RUN_FILES, WEIGHTS, RunConfig, read_config
+from .runs import CHECKPOINT, CONFIG, LOCK, METRICS, RESULT_FILES, RUN_FILES, WEIGHTS, RunConfig, read_config
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,11 @@ from .faithfulness import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, de
                            faithfulness_summary, query_reliability)
 from .features import FeatureRows, FeatureSet, check_residency, default_cache_dir, subject_features, training_rows
 from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
-from .manifest import write_run_manifest
+from .runs import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
+                   TrainConfig, iter_batches, load_weights, predict, save_weights, write_config, write_run_manifest)
 from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
 from .rois import HEMIS
-from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
-                  TrainConfig, iter_batches, load_weights, predict, save_weights, write_config)
 from .rundir import Claim, DivergedError, claim_run_directory
 from .subject import Subject, load_subject, train_val_split
 

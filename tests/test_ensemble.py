@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.ensemble import (BEST_LAYER, BEST_MEMBER, ENSEMBLE_WEIGHTS, VAL_CORR_IN_SAMPLE, cross_fit, member_weights,
-                            validation_halves)
+from model.runs.ensemble_weights import cross_fit, member_weights, validation_halves
+from model.runs.layout import BEST_LAYER, BEST_MEMBER, ENSEMBLE_WEIGHTS, VAL_CORR_IN_SAMPLE
 from model.metrics import pearson_r
 from model.rois import HEMIS
-from model.run import METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, open_run, predict, read_config
+from model.runs import METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, open_run, predict, read_config
 from model.subject import load_subject
 from model.synthetic import VirtualConfig, write_virtual_subject
 
@@ -327,7 +327,7 @@ def test_attention_of_a_list_of_runs_is_the_mean_of_each_runs_attention(grid, tw
     import pandas as pd
     import xarray as xr
 
-    from model.ensemble import open_runs
+    from model.runs import open_runs
 
     out, cache = grid
     a, b = members(out)[0], members(out)[-1]  # two layers: the ensemble stacks two feature groups

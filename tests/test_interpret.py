@@ -17,7 +17,7 @@ from model.encoders import DecoderConfig
 from model.encoders.transformer import BrainEncoder
 from model.errors import InputError
 from model.rois import EARLY_VISUAL
-from model.run import open_run
+from model.runs import open_run
 
 from .conftest import tbe
 from .test_encoder import _random_queries

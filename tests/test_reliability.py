@@ -38,7 +38,7 @@ from model.errors import InputError
 from model.features import extract_features
 from model.files import FileLock, atomic_directory, save_safetensors
 from model.images import read_image
-from model.run import CONFIG, TrainConfig, open_run
+from model.runs import CONFIG, TrainConfig, open_run
 from model.subject import load_subject
 
 from .conftest import QUICK_TRAIN, TINY_BACKBONE, tbe

@@ -14,7 +14,8 @@ import torch
 
 from model.errors import InputError
 from model.rois import HEMIS
-from model.run import open_run, predict, read_tensors
+from model.runs import open_run, predict
+from model.runs.run import read_tensors
 from model.subject import load_subject
 
 from .conftest import QUICK_TRAIN, tbe

@@ -9,7 +9,7 @@ from model.backbone import BackboneConfig
 from model.encoders import DecoderConfig, QuerySet
 from model.encoders.transformer import BrainEncoder, CustomTransformer
 from model.errors import OptionError
-from model.run import RunConfig
+from model.runs import RunConfig
 from model.encoders.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
 
 QUERIES = QuerySet(["lh", "lh", "rh"], ["V1v", "FFA-1", "V1v"], {"lh": 6, "rh": 4},

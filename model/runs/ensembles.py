@@ -6,38 +6,7 @@ data). The original project's published numbers came from such ensembles:
 runs over backbone layers (``--enc-output-layer 1,3,5,7``) and seeds,
 combined per vertex by their validation r.
 
-Weights
--------
-Per vertex ``v``, with ``r_m[v]`` member ``m``'s validation r
-(:data:`WEIGHTINGS`):
-
-* ``softmax``: ``w_m[v] = softmax_m(temperature * r_m[v])``. Temperature 0
-  gives equal weights (``mean``); a very large one puts all weight on the
-  best member (``best``). The original used a temperature of 40.
-* ``best``: all weight on the member with the highest validation r (ties: the
-  one listed first).
-* ``mean``: equal weights.
-
-Weights sum to 1 at every vertex. (The original's wrapper averaged the runs
-of each layer, softmaxed across layers, and then gave every run of a layer
-that layer's weight, so its weights summed to the number of runs per layer:
-r was unaffected, the scale of the predictions was not.) A member whose r is
-NaN at a vertex gets no weight there; a vertex where every member's r is NaN
-(a vertex without data) gets equal weights.
-
-Validation r: cross-fitted
---------------------------
-Weights chosen on the validation images and scored on the same images
-flatter the ensemble (with ``best``, the maximum of noisy r is biased up).
-So the ensemble's validation r (``val_r`` in metrics.json, and
-``{hemi}_val_corr.npy``) is **cross-fitted**: the validation images are split
-into two halves (seeded, :func:`validation_halves`); weights chosen from the
-members' r on one half combine the predictions of the other half, where r is
-measured; both ways, the two r averaged per vertex. The in-sample r (weights
-chosen on all validation images and scored on them) is reported too, named
-so (``val_r_in_sample``, ``{hemi}_val_corr_in_sample.npy``); the test
-predictions use those all-image weights (``weights.npy``). Each member's own
-validation r also chose its best epoch on these images, as every run's does.
+Weights and the cross-fitted validation r: :mod:`model.runs.ensemble_weights`.
 
 The ensemble directory
 ----------------------
@@ -52,8 +21,8 @@ ENS/{lh,rh}_best_member.npy      per vertex, the member (index in ensemble.json)
 ENS/{lh,rh}_best_layer.npy       its --enc-output-layer, when members differ in it: the preferred backbone layer
 ENS/metrics.json                 written last, as for a run; manifest.json
 ```
-Everything that reads a run reads it (:func:`model.run.read_config`,
-:func:`model.run.open_run`).
+Everything that reads a run reads it (:func:`model.runs.configs.read_config`,
+:func:`model.runs.opening.open_run`).
 
 Features: every member from its own backbone
 ---------------------------------------------
@@ -84,200 +53,34 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.special import softmax
 from torch import nn
 
-from .errors import InputError, check_fields, positive_int
-from .files import atomic_directory, load_npy, read_rows, save_npy, usable_directory, write_json
-from .encoders import Capabilities
-from .metrics import pearson_r, roi_summary
-from .rois import HEMIS
-from .run import (CONFIG, ENSEMBLE, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, Run, RunConfig, check_trained_on,
-                  is_ensemble, open_run, read_config, read_metrics, read_validated_json)
-from .subject import Subject, load_subject
+from ..encoders import Capabilities
+from ..errors import InputError
+from ..files import atomic_directory, digest_json, load_npy, read_rows, save_npy, usable_directory, write_json
+from ..metrics import roi_summary
+from ..rois import HEMIS
+from ..subject import Subject, load_subject
+from .configs import EnsembleConfig, RunConfig, read_config
+from .ensemble_weights import DEFAULT_TEMPERATURE, HALVES_SEED, check_weighting, combine, cross_fit, validation_halves
+from .layout import (BEST_LAYER, BEST_MEMBER, CONFIG, ENSEMBLE, ENSEMBLE_WEIGHTS, MANIFEST, METRICS, PRED_TEST,
+                     VAL_CORR, VAL_CORR_IN_SAMPLE, VAL_INDICES, VAL_PRED, is_ensemble, read_metrics)
+from .manifest import data_fingerprint, software_manifest
+from .run import Run, check_trained_on
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE_FORMAT = 1
-ENSEMBLE_WEIGHTS = "weights.npy"
-VAL_CORR_IN_SAMPLE = "{hemi}_val_corr_in_sample.npy"
-BEST_MEMBER = "{hemi}_best_member.npy"
-BEST_LAYER = "{hemi}_best_layer.npy"
-DEFAULT_TEMPERATURE = 40.0
-#: seed of the split of the validation images into the two halves of the cross-fitting
-HALVES_SEED = 0
-#: vertices processed at once (bounds memory: members x validation images x this many values)
-VERTEX_CHUNK = 4096
 #: what metrics.json says about its two validation r
 VAL_R_NOTE = ("val_r is cross-fitted: member weights chosen on one half of the validation images, r measured on the "
               "other half, both ways, averaged per vertex. val_r_in_sample chooses the weights on the very images it "
               "scores them on, which flatters the ensemble.")
-
-
-# --------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------
-
-def _softmax(r: np.ndarray, temperature: float) -> np.ndarray:
-    with np.errstate(invalid="ignore", over="ignore"):
-        return softmax(np.where(np.isfinite(r), temperature * np.nan_to_num(r), -np.inf), axis=0)
-
-
-def _best(r: np.ndarray, temperature: float) -> np.ndarray:
-    w = np.zeros_like(r)
-    w[np.argmax(np.where(np.isfinite(r), r, -np.inf), axis=0), np.arange(r.shape[1])] = 1.0
-    return w
-
-
-def _mean(r: np.ndarray, temperature: float) -> np.ndarray:
-    finite = np.isfinite(r)
-    return finite / np.maximum(finite.sum(0), 1)
-
-
-@dataclass(frozen=True)
-class Weighting:
-    """How per-vertex member weights follow from the members' validation r ``(members, vertices)``."""
-
-    weights: Callable[[np.ndarray, float], np.ndarray]
-    description: str
-
-
-WEIGHTINGS: dict[str, Weighting] = {
-    "softmax": Weighting(_softmax, "softmax(temperature x validation r) over members, per vertex"),
-    "best": Weighting(_best, "the member with the highest validation r, per vertex"),
-    "mean": Weighting(_mean, "equal weights (over the members with a validation r at the vertex)"),
-}
-
-
-def check_weighting(weighting: str, temperature: float) -> None:
-    """One clear error for an unknown weighting or a temperature that is not a number >= 0."""
-    if weighting not in WEIGHTINGS:
-        raise InputError("--weighting", f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise InputError("--temperature", f"must be a number >= 0, got {temperature}")
-
-
-def member_weights(r: np.ndarray, weighting: str = "softmax", temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
-    """Per-vertex member weights ``(members, vertices)`` from validation r ``(members, vertices)``; they sum to 1.
-
-    NaN r gets no weight; a vertex where every member's r is NaN gets equal weights.
-    """
-    check_weighting(weighting, temperature)
-    r = np.asarray(r, np.float64)
-    w = WEIGHTINGS[weighting].weights(r, float(temperature))
-    w[:, ~np.isfinite(r).any(0)] = 1.0 / len(r)
-    return w
-
-
-def combine(preds: Sequence[np.ndarray], weights: np.ndarray, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-    """``sum_m weights[m] * preds[m][rows]`` in float64: (rows, vertices)."""
-    out = np.zeros(np.asarray(preds[0][rows]).shape, np.float64)
-    for p, w in zip(preds, weights):
-        out += np.asarray(p[rows], np.float64) * w
-    return out
-
-
-def validation_halves(n_val: int, seed: int = HALVES_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (within the validation split) of the two halves of the cross-fitting, seeded and sorted."""
-    if n_val < 4:
-        raise InputError("--runs", f"cross-fitting needs at least 4 validation images (2 per half); the runs have {n_val}")
-    order = np.random.default_rng(seed).permutation(n_val)
-    return np.sort(order[: n_val // 2]), np.sort(order[n_val // 2:])
-
-
-@dataclass
-class ValidationResult:
-    """Per-vertex results on the validation images of one hemisphere."""
-
-    weights: np.ndarray  # (members, vertices), chosen on all validation images
-    members_r: np.ndarray  # (members, vertices): each member's r on all validation images
-    in_sample: np.ndarray  # ensemble r with ``weights``, on the images they were chosen on
-    cross_fitted: np.ndarray  # ensemble r with weights chosen on the other half, averaged over both halves
-
-
-def cross_fit(preds: Sequence[np.ndarray], true: np.ndarray, weighting: str = "softmax",
-              temperature: float = DEFAULT_TEMPERATURE, halves: tuple[np.ndarray, np.ndarray] | None = None,
-              chunk: int = VERTEX_CHUNK) -> ValidationResult:
-    """Weights, in-sample and cross-fitted r of an ensemble on validation images.
-
-    ``preds`` are the members' validation predictions (images x vertices,
-    memory-mapped is fine) and ``true`` the measured responses; vertices are
-    processed ``chunk`` at a time. The cross-fitted r of a vertex is the mean
-    (NaN-aware) of ``r(half B | weights from half A)`` and ``r(half A | weights
-    from half B)``: no image ever scores weights it helped choose.
-    """
-    n_images, n_vertices = np.asarray(true).shape
-    halves = validation_halves(n_images) if halves is None else halves
-    m = len(preds)
-    result = ValidationResult(np.empty((m, n_vertices)), np.empty((m, n_vertices)), np.empty(n_vertices),
-                              np.empty(n_vertices))
-    for start in range(0, n_vertices, chunk):
-        cols = slice(start, start + chunk)
-        p = [np.asarray(x[:, cols], np.float64) for x in preds]
-        t = np.asarray(true[:, cols], np.float64)
-        r_all = np.stack([pearson_r(x, t) for x in p])
-        w = member_weights(r_all, weighting, temperature)
-        result.members_r[:, cols], result.weights[:, cols] = r_all, w
-        result.in_sample[cols] = pearson_r(combine(p, w), t)
-        folds = []
-        for fit, held in (halves, halves[::-1]):
-            w_fit = member_weights(np.stack([pearson_r(x[fit], t[fit]) for x in p]), weighting, temperature)
-            folds.append(pearson_r(combine(p, w_fit, held), t[held]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a vertex NaN in both halves stays NaN, as meant
-            result.cross_fitted[cols] = np.nanmean(np.stack(folds), axis=0)
-    return result
-
-
-# --------------------------------------------------------------------------
-# The ensemble's configuration (ensemble.json)
-# --------------------------------------------------------------------------
-
-@dataclass
-class EnsembleConfig:
-    """What ``ensemble.json`` holds; it has the fields every reader of a run's configuration uses."""
-
-    members: list[str]
-    weighting: str
-    temperature: float
-    data_dir: str
-    subj: int
-    n_vertices: dict[str, int]
-    data_fingerprint: dict[str, str] = field(default_factory=dict)
-    labels: list[str] = field(default_factory=list)
-    halves_seed: int = HALVES_SEED
-    encoder_arch: str = "ensemble"
-    format: int = ENSEMBLE_FORMAT
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def validate(self) -> None:
-        """:class:`~model.errors.OptionError` naming the first bad field."""
-        check_fields("", self, (
-            ("members", lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v),
-             "must list at least one run directory"),
-            ("weighting", lambda v: v in WEIGHTINGS, f"must be one of {', '.join(WEIGHTINGS)}"),
-            ("temperature", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, "must be a number >= 0"),
-            ("subj", positive_int, "must be a subject number >= 1"),
-            ("encoder_arch", lambda v: v == "ensemble", "must be 'ensemble'"),
-            ("format", lambda v: v == ENSEMBLE_FORMAT, f"must be {ENSEMBLE_FORMAT} (a newer version wrote it?)"),
-        ))
-
-
-def read_ensemble_config(ens: str | Path) -> EnsembleConfig:
-    """An ensemble's ``ensemble.json``, parsed and validated; any problem names the file."""
-    return read_validated_json(Path(ens) / ENSEMBLE, lambda d: EnsembleConfig(**d), "ensemble configuration",
-                               "not an ensemble directory")
 
 
 # --------------------------------------------------------------------------
@@ -373,8 +176,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
     Every check (weighting, members, data, arrays) comes before anything is
     written; ``out`` must not exist or be empty.
     """
-    from .manifest import MANIFEST
-    from .train import Targets, validation_means
+    from ..train import Targets, validation_means
 
     check_weighting(weighting, temperature)
     out = Path(out).expanduser()
@@ -454,9 +256,6 @@ def _common(values) -> str:
 
 def ensemble_manifest(config: EnsembleConfig, members: list[Member]) -> dict:
     """What made the ensemble: this process's environment, the data, and each member's own manifest's digest."""
-    from .files import digest_json
-    from .manifest import MANIFEST, data_fingerprint, software_manifest
-
     manifest = software_manifest("ensemble")
     listed = []
     for m in members:
@@ -621,12 +420,12 @@ class StackedBackbone(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Opening an ensemble as a run
+# An opened ensemble
 # --------------------------------------------------------------------------
 
 @dataclass
 class EnsembleRun(Run):
-    """An opened ensemble: a :class:`~model.run.Run` whose model is an :class:`EnsembleEncoder`.
+    """An opened ensemble: a :class:`~model.runs.run.Run` whose model is an :class:`EnsembleEncoder`.
 
     ``members`` are the opened member runs; ``groups[g]`` the index of the
     first member of feature group ``g`` (whose backbone and features the
@@ -669,74 +468,3 @@ def feature_groups(configs: Sequence[RunConfig]) -> tuple[list[int], list[tuple[
     return firsts, channels
 
 
-def open_ensemble(ens: str | Path, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> EnsembleRun:
-    """Open an ensemble directory and every member (each checked as :func:`~model.run.open_run` checks a run), on ``device``."""
-    ens = Path(ens)
-    config = read_ensemble_config(ens)
-    if not (ens / METRICS).is_file():
-        raise InputError(ens, "incomplete ensemble (no metrics.json); make it again with tbe ensemble")
-    where = data_dir if data_dir is not None else config.data_dir
-    members = []
-    for path in config.members:
-        if not Path(path).is_dir():
-            raise InputError(path, f"missing: a member of the ensemble {ens} (ensemble.json lists it)")
-        members.append(open_run(path, where, device))
-    subject = members[0].subject
-    for m in members[1:]:
-        if m.config.subj != config.subj or m.val_indices.shape != members[0].val_indices.shape \
-                or not np.array_equal(m.val_indices, members[0].val_indices):
-            raise InputError(m.path, f"no longer fits the ensemble {ens} (other subject or validation split)")
-    check_trained_on(ens, config, subject)
-    n_total = sum(subject.n_vertices(h) for h in HEMIS)
-    weights = load_npy(ens / ENSEMBLE_WEIGHTS, ndim=2, kinds="f", shape=(len(members), n_total), what="member weights")
-    shared = all(m.queries.names == members[0].queries.names for m in members)
-    queries = members[0].queries if shared else _roi_queries(subject)
-    firsts, channels = feature_groups([m.config for m in members])
-    model = EnsembleEncoder([m.model for m in members], weights, channels,
-                            members[0].queries.memberships if shared else None).to(members[0].device).eval()
-    return EnsembleRun(ens, config, subject, queries, model, members[0].device, members=members, groups=firsts)
-
-
-def open_runs(runs: str | Path | Sequence[str | Path], data_dir: str | Path | None = None,
-              device: str | torch.device = "cpu") -> Run:
-    """One run (or ensemble) as :func:`~model.run.open_run` opens it; several runs as one equal-weight ensemble.
-
-    Several runs are opened as an :class:`EnsembleRun` held in memory
-    (nothing is written): every vertex weighs each member ``1/M``, so its
-    predictions are the members' mean and the attention map of each ROI
-    query is the mean of the members' head-averaged last-layer maps (see
-    :class:`EnsembleEncoder`). This is what ``tbe interpret --run A B``
-    and the other attention tools open. The runs must be ones
-    :func:`check_members` accepts (one subject and its data, one validation
-    split, none an ensemble), with the same ROI queries and one token grid
-    (else their maps cannot be averaged); otherwise one error names the run.
-    """
-    if isinstance(runs, (str, Path)) or len(runs) == 1:
-        return open_run(runs if isinstance(runs, (str, Path)) else runs[0], data_dir, device)
-    subject, listed, _ = check_members(runs, data_dir)
-    first = listed[0]
-    for m in listed[1:]:
-        if tuple(m.config.grid) != tuple(first.config.grid):
-            raise InputError(m.path, f"gives a {m.config.grid[0]}x{m.config.grid[1]} token grid, {first.path} a "
-                                     f"{first.config.grid[0]}x{first.config.grid[1]} one: attention maps on other grids "
-                                     "cannot be averaged")
-        if list(m.config.queries) != list(first.config.queries):
-            raise InputError(m.path, f"has other ROI queries ({m.config.readout_res}) than {first.path} "
-                                     f"({first.config.readout_res}): their attention maps cannot be averaged")
-    members = [open_run(m.path, subject.root.parent, device) for m in listed]
-    n_total = sum(subject.n_vertices(h) for h in HEMIS)
-    weights = np.full((len(members), n_total), 1.0 / len(members))
-    firsts, channels = feature_groups([m.config for m in members])
-    model = EnsembleEncoder([m.model for m in members], weights, channels,
-                            members[0].queries.memberships).to(members[0].device).eval()
-    config = EnsembleConfig([str(m.path) for m in listed], "mean", 0.0, str(subject.root.parent), subject.subj,
-                            {h: subject.n_vertices(h) for h in HEMIS}, subject.fingerprint(), [m.label for m in listed])
-    path = Path(" + ".join(str(m.path) for m in listed))  # a name for the maps' attributes, not a directory
-    return EnsembleRun(path, config, subject, members[0].queries, model, members[0].device, members=members,
-                       groups=firsts)
-
-
-def _roi_queries(subject: Subject):
-    from .encoders import build_queries
-
-    return build_queries(subject, "rois_all")
