@@ -1,7 +1,7 @@
 """Encoding accuracy per vertex and per ROI, and the comparison of two encoders.
 
 Test predictions (``RUN/{lh,rh}_pred_test.npy``) are scored against a
-reference (:class:`model.scoring.Reference`: a virtual subject's ground
+reference (:class:`model.scoring.challenge.Reference`: a virtual subject's ground
 truth, or the user's test fMRI and noise ceilings); without one, the run's
 per-vertex validation r is all there is. Metrics come from
 :mod:`model.metrics`; this module arranges them per ROI, next to the noise
@@ -183,7 +183,7 @@ def read_metrics(run_dir: str | Path) -> dict:
 
 
 def summary_row(scores: dict) -> dict:
-    """One row of an accuracy table from :func:`model.scoring.score`'s output.
+    """One row of an accuracy table from :func:`model.scoring.challenge.score`'s output.
 
     ``challenge score`` (the challenge's definition) and ``score_nc_positive``
     (ours), then r per ROI class (early visual, category ROIs, all) against
@@ -202,7 +202,7 @@ def summary_row(scores: dict) -> dict:
 
 
 def compare_scores(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """:func:`model.scoring.score_table` outputs of several encoders side by side: (measure, group) x (encoder, hemi)."""
+    """:func:`model.scoring.challenge.score_table` outputs of several encoders side by side: (measure, group) x (encoder, hemi)."""
     both = pd.concat({name: t for name, t in tables.items()}, names=["encoder"]).reset_index(level=0)
     return both.pivot_table(index=["measure", "group"], columns=["encoder", "hemi"], values="value", sort=False)
 

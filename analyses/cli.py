@@ -373,8 +373,7 @@ def _score(args: argparse.Namespace) -> int:
 
     from model.files import usable_directory, write_json
     from model.runs import TEST_SCORES, expand_subjects
-    from model.scoring import SCORES, pool_scores, score_lines, score_table
-    from model.submission import subject_folder
+    from model.scoring import SCORES, pool_scores, score_lines, score_table, subject_folder
 
     runs = expand_subjects(args.run)
     out = args.out or args.run / TEST_SCORES
@@ -503,7 +502,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 def _submit(args: argparse.Namespace) -> int:
     from model.files import usable_directory
-    from model.submission import collect, subject_folder, write_submission
+    from model.scoring import collect, subject_folder, write_submission
 
     if args.out.suffix != ".zip":
         raise InputError(args.out, "the submission is a zip archive: use a .zip file name")

@@ -378,7 +378,7 @@ def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
 # --------------------------------------------------------------------------
 
 def faithfulness_note(run, cache_dir: str | Path | None = None) -> None:
-    """Say above any attention figure whether the run's predictions use its attention (:mod:`model.faithfulness`).
+    """Say above any attention figure whether the run's predictions use its attention (:mod:`model.scoring.faithfulness`).
 
     The line ``tbe train`` logged (recomputed the same way for runs trained
     before the test existed); a run whose attention is not faithful gets it

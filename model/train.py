@@ -25,19 +25,19 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .encoders import QuerySet, architecture, build_encoder, build_queries
 from .device import autocast, pick_device
+from .encoders import QuerySet, architecture, build_encoder, build_queries
 from .errors import InputError
-from .faithfulness import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
-                           faithfulness_summary, query_reliability)
 from .features import FeatureRows, FeatureSet, check_residency, default_cache_dir, subject_features, training_rows
 from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
-from .runs import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
-                   TrainConfig, iter_batches, load_weights, predict, save_weights, write_config, write_run_manifest)
 from .metrics import pearson_r, roi_summary
 from .progress import activity, progress
 from .rois import HEMIS
 from .rundir import Claim, DivergedError, claim_run_directory
+from .runs import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
+                   TrainConfig, iter_batches, load_weights, predict, save_weights, write_config, write_run_manifest)
+from .scoring import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
+                      query_reliability)
 from .subject import Subject, load_subject, train_val_split
 
 log = logging.getLogger(__name__)
@@ -451,10 +451,10 @@ def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
 
 
 def _attention_faithfulness(job: Job, model, val_pred: np.ndarray) -> dict | None:
-    """The deletion test of the attention (:mod:`model.faithfulness`) on validation images, for the summary.
+    """The deletion test of the attention (:mod:`model.scoring.faithfulness`) on validation images, for the summary.
 
     Queries count when the run predicts them reliably on the validation
-    images; the test itself runs on the first :data:`~model.faithfulness.SUMMARY_IMAGES`.
+    images; the test itself runs on the first :data:`~model.scoring.faithfulness.SUMMARY_IMAGES`.
     """
     if not model.capabilities.decoder_attention or len(job.val_idx) < 3:
         return None

@@ -252,7 +252,7 @@ def test_an_ensemble_reads_as_a_run(grid, two_subjects, tmp_path, capsys):
     with np.load(tmp_path / "p.npz") as f:
         for hemi in HEMIS:
             assert np.allclose(f[hemi], np.load(ens / PRED_TEST.format(hemi=hemi)), atol=1e-5)
-    from model.submission import read_submission
+    from model.scoring.submission import read_submission
 
     assert tbe("-q", "submit", "--runs", ens, "--out", tmp_path / "sub.zip", "--allow-partial") == 0
     for hemi in HEMIS:

@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .device import module_device
-from .metrics import reliability_test
+from ..device import module_device
+from ..metrics import reliability_test
 
 #: share of the tokens replaced: the most-attended ones, or a random set of as many
 FRACTION = 0.2
