@@ -67,7 +67,7 @@ def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
 
 
 def _int_list(text: str) -> list[int]:
-    from model.grid import int_list
+    from model.training import int_list
 
     try:
         return int_list(text)
@@ -288,7 +288,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_config(args: argparse.Namespace):
-    """The :class:`~model.runs.configs.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.train.train`)."""
+    """The :class:`~model.runs.configs.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.training.loop.train`)."""
     from model.encoders import DecoderConfig, RidgeConfig
     from model.runs import RunConfig, TrainConfig
 
@@ -312,9 +312,8 @@ def _one_run(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """One run; or a grid (several subjects, layers or seeds: :mod:`model.grid`)."""
-    from model.grid import grid_members, train_grid
-    from model.train import train
+    """One run; or a grid (several subjects, layers or seeds: :mod:`model.training.grid`)."""
+    from model.training import grid_members, train, train_grid
 
     subjects, layers = args.subj, args.enc_output_layer
     seeds = args.seeds if args.seeds is not None else [args.seed]
@@ -483,7 +482,8 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from model.runs import make_ensemble, read_metrics
+    from model.runs import read_metrics
+    from model.training import make_ensemble
 
     out = make_ensemble(args.runs, args.out, args.weighting, args.temperature, args.data_dir)
     m = read_metrics(out)

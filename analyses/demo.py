@@ -21,7 +21,7 @@ from model.runs import CHECKPOINT, METRICS, PRED_TEST, VAL_CORR, RunConfig, Trai
 from model.scoring import score, score_table, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
-from model.train import train
+from model.training import train
 
 from .calibration import run_calibration
 from .localizer import run_localizer

@@ -94,7 +94,7 @@ def precision(args: argparse.Namespace, work: Path) -> None:
     from model.features import extract_features
     from model.images import image_batch
     from model.runs import open_run, predict
-    from model.train import train
+    from model.training import train
     from analyses.demo import demo_runs
 
     setup = PRECISION_SETUPS["small" if args.small else "full"]

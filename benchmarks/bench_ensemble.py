@@ -64,8 +64,8 @@ from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
 from bench_accuracy import subject_image_size, trained_run
 from bench_original import RUN_FOLDERS, original_run
-from model.runs import METRICS, PRED_TEST, make_ensemble, read_config, read_metrics
-from model.grid import grid_members, int_list, train_grid
+from model.runs import METRICS, PRED_TEST, read_config, read_metrics
+from model.training import grid_members, int_list, make_ensemble, train_grid
 from model.rois import HEMIS
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir

@@ -55,7 +55,7 @@ ATTRIBUTIONS = [name for name, spec in METHODS.items() if spec.explainer is not 
 
 def make_run(work: Path) -> Path:
     from analyses.demo import demo_runs
-    from model.train import train
+    from model.training import train
     from model.synthetic import VirtualConfig, write_virtual_subject
 
     write_virtual_subject(work / "data", VirtualConfig(n_train=40, n_test=8))

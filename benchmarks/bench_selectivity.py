@@ -77,7 +77,7 @@ def make_run(work: Path) -> tuple[Path, Path, Path]:
     from model.backbone import BackboneConfig
     from model.encoders import DecoderConfig
     from model.runs import RunConfig, TrainConfig
-    from model.train import train
+    from model.training import train
     from model.synthetic import VirtualConfig, write_virtual_subject
 
     data, cache = work / "data", work / "cache"

@@ -50,7 +50,7 @@ from model.backbone import BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.rois import HEMIS  # noqa: E402
-from model.train import hemisphere_mse  # noqa: E402
+from model.training.loop import hemisphere_mse  # noqa: E402
 
 CPU = torch.device("cpu")
 READOUTS = ("retinotopic", "linear", "heads")

@@ -17,8 +17,8 @@ from packaging.utils import canonicalize_name
 from model.runs.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY
 from model.features import FeatureSet
 from model.files import SAMPLE_BLOCK_BYTES, file_fingerprint
-from model.runs import MANIFEST, read_config, read_manifest, write_run_manifest
-from model.runs.manifest import SUITE, data_fingerprint, suite_info
+from model.runs import MANIFEST, data_fingerprint, read_config, read_manifest, write_run_manifest
+from model.runs.manifest import SUITE, suite_info
 from model.subject import load_subject
 
 from .conftest import tbe
@@ -187,7 +187,7 @@ def test_the_data_fingerprint_sees_every_kind_of_change(data_copy):
 def recorded(tmp_path_factory) -> Path:
     """A folder with the manifest of this very environment (what a run or report writes)."""
     from model.files import write_json
-    from model.runs.manifest import software_manifest
+    from model.runs import software_manifest
 
     folder = tmp_path_factory.mktemp("recorded")
     write_json(folder / MANIFEST, software_manifest("run"))

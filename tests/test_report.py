@@ -318,7 +318,7 @@ def test_a_report_records_what_made_it_and_links_its_environment(small_report, t
     import yaml
     from packaging.requirements import Requirement
 
-    from model.runs.manifest import data_fingerprint
+    from model.runs import data_fingerprint
 
     out, _, summary = small_report
     manifest = json.loads((out / "manifest.json").read_text())

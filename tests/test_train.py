@@ -98,7 +98,7 @@ def test_incomplete_run_is_refused(tmp_path, trained_run):
 
 def test_resume_equals_uninterrupted(small_data, cache_dir, tmp_path):
     from analyses.cli import build_parser, run_config
-    from model.train import train
+    from model.training import train
 
     args = ["train", "--data-dir", str(small_data), "--cache-dir", str(cache_dir), "--epochs", "3", *QUICK_TRAIN]
     whole = tmp_path / "whole"

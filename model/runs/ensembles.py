@@ -4,7 +4,8 @@
 subject that share one validation split (and were trained on the same
 data). The original project's published numbers came from such ensembles:
 runs over backbone layers (``--enc-output-layer 1,3,5,7``) and seeds,
-combined per vertex by their validation r.
+combined per vertex by their validation r. Making one:
+:func:`model.training.ensembling.make_ensemble`.
 
 Weights and the cross-fitted validation r: :mod:`model.runs.ensemble_weights`.
 
@@ -64,23 +65,13 @@ from torch import nn
 
 from ..encoders import Capabilities
 from ..errors import InputError
-from ..files import atomic_directory, digest_json, load_npy, read_rows, save_npy, usable_directory, write_json
-from ..metrics import roi_summary
-from ..rois import HEMIS
+from ..files import load_npy, read_rows
 from ..subject import Subject, load_subject
-from .configs import EnsembleConfig, RunConfig, read_config
-from .ensemble_weights import DEFAULT_TEMPERATURE, HALVES_SEED, check_weighting, combine, cross_fit, validation_halves
-from .layout import (BEST_LAYER, BEST_MEMBER, CONFIG, ENSEMBLE, ENSEMBLE_WEIGHTS, MANIFEST, METRICS, PRED_TEST,
-                     VAL_CORR, VAL_CORR_IN_SAMPLE, VAL_INDICES, VAL_PRED, is_ensemble, read_metrics)
-from .manifest import data_fingerprint, software_manifest
+from .configs import RunConfig, read_config
+from .layout import CONFIG, VAL_INDICES, is_ensemble, read_metrics
 from .run import Run, check_trained_on
 
 log = logging.getLogger(__name__)
-
-#: what metrics.json says about its two validation r
-VAL_R_NOTE = ("val_r is cross-fitted: member weights chosen on one half of the validation images, r measured on the "
-              "other half, both ways, averaged per vertex. val_r_in_sample chooses the weights on the very images it "
-              "scores them on, which flatters the ensemble.")
 
 
 # --------------------------------------------------------------------------
@@ -150,126 +141,6 @@ def check_members(runs: Sequence[str | Path], data_dir: str | Path | None = None
             raise InputError(m.path / VAL_INDICES, f"holds other validation images than {first.path}'s (another split: "
                                                    "--split-seed or --val-fraction); members must share one validation split")
     return subject, members, np.asarray(val_idx)
-
-
-def _member_arrays(members: list[Member], template: str, hemi: str, n_rows: int, n_vertices: int, what: str
-                   ) -> list[np.ndarray]:
-    out = []
-    for m in members:
-        path = m.path / template.format(hemi=hemi)
-        if template == VAL_PRED and not path.is_file():
-            raise InputError(path, "missing validation predictions (runs write them since ensembles exist); "
-                                   "train the run again to use it in an ensemble")
-        arr = load_npy(path, ndim=2, kinds="f", shape=(n_rows, n_vertices), mmap=True, what=what)
-        out.append(arr)
-    return out
-
-
-# --------------------------------------------------------------------------
-# Making an ensemble
-# --------------------------------------------------------------------------
-
-def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = "softmax",
-                  temperature: float = DEFAULT_TEMPERATURE, data_dir: str | Path | None = None) -> Path:
-    """Combine complete runs into the ensemble directory ``out`` (written atomically; see the module docstring).
-
-    Every check (weighting, members, data, arrays) comes before anything is
-    written; ``out`` must not exist or be empty.
-    """
-    from ..train import Targets, validation_means
-
-    check_weighting(weighting, temperature)
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "exists and is not empty; choose another --out")
-    usable_directory(out.parent, where=out)
-    subject, members, val_idx = check_members(runs, data_dir)
-    targets = Targets.of_subject(subject)
-    true = targets.rows(val_idx)
-    halves = validation_halves(len(val_idx))
-    bounds = [slice(0, subject.n_vertices("lh")), slice(subject.n_vertices("lh"), true.shape[1])]
-    results, test = {}, {}
-    for hemi, cols in zip(HEMIS, bounds):
-        v = subject.n_vertices(hemi)
-        val_preds = _member_arrays(members, VAL_PRED, hemi, len(val_idx), v, "validation predictions")
-        test_preds = _member_arrays(members, PRED_TEST, hemi, subject.n_test, v, "test predictions")
-        results[hemi] = cross_fit(val_preds, true[:, cols], weighting, temperature, halves)
-        test[hemi] = combine(test_preds, results[hemi].weights).astype(np.float32)
-        if not np.isfinite(test[hemi]).all():
-            bad = next(m for m, p in zip(members, test_preds) if not np.isfinite(np.asarray(p)).all())
-            raise InputError(bad.path / PRED_TEST.format(hemi=hemi), "holds NaN or infinite predictions")
-    weights = np.concatenate([results[h].weights for h in HEMIS], axis=1)
-    cross = np.concatenate([results[h].cross_fitted for h in HEMIS])
-    in_sample = np.concatenate([results[h].in_sample for h in HEMIS])
-    members_r = np.concatenate([results[h].members_r for h in HEMIS], axis=1)
-    for r in (cross, in_sample, members_r):
-        r[..., ~targets.valid] = np.nan
-    best = np.argmax(np.where(np.isfinite(members_r), members_r, -np.inf), axis=0)
-    layers = [m.config.backbone.layer for m in members]
-    config = EnsembleConfig([str(m.path) for m in members], weighting, float(temperature), str(subject.root.resolve().parent),
-                            subject.subj, {h: subject.n_vertices(h) for h in HEMIS}, subject.fingerprint(),
-                            [m.label for m in members])
-    member_means = [validation_means(r, targets.valid, bounds) for r in members_r]
-    cross_means = validation_means(cross, targets.valid, bounds)
-    best_member = int(np.argmax([mm["mean"] for mm in member_means]))
-    metrics = {
-        "kind": "ensemble", "encoder_arch": "ensemble", "readout_res": _common(m.config.readout_res for m in members),
-        "backbone": f"ensemble of {len(members)} runs ({weighting}"
-                    + (f", temperature {temperature:g}" if weighting == "softmax" else "") + "): "
-                    + "; ".join(m.label for m in members),
-        "weighting": weighting, "temperature": float(temperature), "n_members": len(members),
-        "n_train": int(subject.n_train - len(val_idx)), "n_val": int(len(val_idx)), "n_test": int(subject.n_test),
-        "best_epoch": None, "history": [],
-        "val_r": cross_means, "val_r_cross_fitted": cross_means,
-        "val_r_in_sample": validation_means(in_sample, targets.valid, bounds),
-        "members": [{"path": str(m.path), "label": m.label, "val_r": mm} for m, mm in zip(members, member_means)],
-        "best_member": members[best_member].label, "best_member_val_r": member_means[best_member]["mean"],
-        "val_r_gain_over_best_member": cross_means["mean"] - member_means[best_member]["mean"],
-        "halves": {"seed": HALVES_SEED, "sizes": [len(halves[0]), len(halves[1])]},
-        "note": VAL_R_NOTE,
-        "val_roi_summary": roi_summary({h: cross[s] for h, s in zip(HEMIS, bounds)}, subject.labels,
-                                       subject.mappings, name="val_r").to_dict(orient="records"),
-    }
-    with atomic_directory(out, overwrite=out.exists()) as tmp:
-        write_json(tmp / ENSEMBLE, config.to_dict())
-        save_npy(tmp / ENSEMBLE_WEIGHTS, weights)
-        save_npy(tmp / VAL_INDICES, val_idx)
-        for hemi, s in zip(HEMIS, bounds):
-            save_npy(tmp / VAL_CORR.format(hemi=hemi), cross[s].astype(np.float32))
-            save_npy(tmp / VAL_CORR_IN_SAMPLE.format(hemi=hemi), in_sample[s].astype(np.float32))
-            save_npy(tmp / PRED_TEST.format(hemi=hemi), test[hemi])
-            save_npy(tmp / BEST_MEMBER.format(hemi=hemi), best[s].astype(np.int16))
-            if len(set(layers)) > 1:
-                save_npy(tmp / BEST_LAYER.format(hemi=hemi), np.asarray(layers)[best[s]].astype(np.int16))
-        write_json(tmp / MANIFEST, ensemble_manifest(config, members))
-        write_json(tmp / METRICS, metrics)
-    log.info("ensemble of %d runs: cross-fitted validation r %.4f (in-sample %.4f; best member %s %.4f)",
-             len(members), cross_means["mean"], metrics["val_r_in_sample"]["mean"], metrics["best_member"],
-             metrics["best_member_val_r"])
-    return out
-
-
-def _common(values) -> str:
-    values = set(values)
-    return values.pop() if len(values) == 1 else "mixed"
-
-
-def ensemble_manifest(config: EnsembleConfig, members: list[Member]) -> dict:
-    """What made the ensemble: this process's environment, the data, and each member's own manifest's digest."""
-    manifest = software_manifest("ensemble")
-    listed = []
-    for m in members:
-        entry: dict = {"path": str(m.path), "manifest": None}
-        try:
-            own = json.loads((m.path / MANIFEST).read_text())
-            entry.update({"manifest": MANIFEST, "manifest_digest": digest_json(own), "seeds": own.get("seeds"),
-                          "backbone": own.get("backbone"), "feature_cache": own.get("feature_cache")})
-        except (OSError, ValueError):
-            entry["note"] = "no readable manifest.json"
-        listed.append(entry)
-    manifest.update({"data": data_fingerprint(config.data_dir, config.subj), "members": listed,
-                     "ensemble": {"weighting": config.weighting, "temperature": config.temperature}})
-    return manifest
 
 
 # --------------------------------------------------------------------------
