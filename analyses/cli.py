@@ -817,7 +817,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    from analyses.report import NOTEBOOKS
+    from analyses.report_notebooks import NOTEBOOKS
 
     add_run_args(p, required=False)
     p.add_argument("--out", type=Path, help="report folder, e.g. reports/NAME (index.html and one HTML per notebook)")
@@ -837,7 +837,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analyses.report import describe_parameters, make_report, params_from_pairs
+    from analyses.report import make_report
+    from analyses.report_notebooks import describe_parameters, params_from_pairs
 
     if args.list:
         print(describe_parameters())

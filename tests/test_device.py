@@ -16,7 +16,8 @@ import torch
 import xarray as xr
 
 from analyses.cli import COMMANDS, build_parser
-from analyses.report import NOTEBOOKS, STANDARD_PARAMETERS, declared_parameters, notebook_path, standard_parameters
+from analyses.report_notebooks import (NOTEBOOKS, STANDARD_PARAMETERS, declared_parameters, notebook_path,
+                                       standard_parameters)
 from model.device import DEVICE_HELP, add_device_arg, available_devices, module_device, pick_device
 from model.errors import InputError
 from model.runs import open_run
