@@ -220,7 +220,7 @@ def _features(args: argparse.Namespace) -> int:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
-    from model.encoders import (ARCHITECTURES, ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, READOUTS, READOUT_RES,
+    from model.encoders import (ARCHITECTURES, ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, READOUT_RES, READOUTS,
                                 RIDGE_FEATURES, DecoderConfig, RidgeConfig)
     from model.features import RESIDENCY, RESIDENT_SHARE
     from model.runs import TrainConfig

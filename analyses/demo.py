@@ -12,8 +12,8 @@ from pathlib import Path
 from interpret.attribution import Settings
 from interpret.overlay import overlay
 from interpret.pipeline import MapJob, check_maps, check_settings, compute_maps, prepare, save_check_tables, save_maps
-from model.encoders import DecoderConfig, RidgeConfig
 from model.backbone import BackboneConfig
+from model.encoders import DecoderConfig, RidgeConfig
 from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS

@@ -64,12 +64,12 @@ from analyses.demo import DemoPaths, demo_runs
 from model.encoders import RidgeConfig
 from model.rois import HEMIS
 from model.runs import METRICS, RunConfig, read_config
-from model.training.claiming import settings_differences
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
-from model.training import train
-from model.training.loop import resolve_config
 from model.synthetic import VirtualConfig, write_virtual_subject
+from model.training import train
+from model.training.claiming import settings_differences
+from model.training.loop import resolve_config
 
 
 #: the CLIP row's backbone (random weights): the original's ``clip`` family at ViT-B/16

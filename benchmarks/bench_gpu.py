@@ -71,12 +71,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a plain checkout, without installing
     sys.path.insert(0, str(ROOT))
 
-from model.encoders import DecoderConfig, QuerySet, build_encoder  # noqa: E402
 from model.backbone import Backbone, BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
+from model.encoders import DecoderConfig, QuerySet, build_encoder  # noqa: E402
+from model.encoders.queries import vertex_queries  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.features import FeatureRows, keep_resident  # noqa: E402
-from model.encoders.queries import vertex_queries  # noqa: E402
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES  # noqa: E402
 from model.runs import TrainConfig  # noqa: E402
 from model.training.loop import EpochData, Processes, Targets, make_optimiser, train_epoch  # noqa: E402

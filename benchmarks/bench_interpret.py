@@ -55,8 +55,8 @@ ATTRIBUTIONS = [name for name, spec in METHODS.items() if spec.explainer is not 
 
 def make_run(work: Path) -> Path:
     from analyses.demo import demo_runs
-    from model.training import train
     from model.synthetic import VirtualConfig, write_virtual_subject
+    from model.training import train
 
     write_virtual_subject(work / "data", VirtualConfig(n_train=40, n_test=8))
     config = demo_runs(work / "data")["transformer"]

@@ -56,9 +56,9 @@ from interpret.checks import localization, masks_on_grid
 from interpret.focus import focus
 from interpret.maps import MapGrid, Targets, by_hemi_roi, map_array
 from interpret.routing import RoutingSettings
-from model.scoring import deletion_changes, deletion_ratios, score, virtual_reference
 from model.rois import EARLY_VISUAL, HEMIS
 from model.runs import RunConfig, open_run
+from model.scoring import deletion_changes, deletion_ratios, score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.encoders import DecoderConfig, QuerySet, build_encoder
 from model.backbone import BackboneConfig, build_backbone
+from model.encoders import DecoderConfig, QuerySet, build_encoder
 from model.encoders.readouts import LinearReadout, dense_linear_readout
 
 

@@ -45,9 +45,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import synthetic_queries  # noqa: E402  (also puts the repository on sys.path)
 
-from model.encoders import DecoderConfig, build_encoder  # noqa: E402
 from model.backbone import BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
+from model.encoders import DecoderConfig, build_encoder  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.rois import HEMIS  # noqa: E402
 from model.training.loop import hemisphere_mse  # noqa: E402

@@ -27,10 +27,10 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
-from model.scoring import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes, deletion_ratios,
-                           describe_faithfulness, faithfulness_summary, query_reliability)
 from model.rois import HEMIS
 from model.runs import VAL_PRED, Run, load_run_array
+from model.scoring import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes, deletion_ratios,
+                           describe_faithfulness, faithfulness_summary, query_reliability)
 
 from .focus import focus
 from .maps import Inputs

@@ -7,10 +7,10 @@ import torch
 
 from model.encoders import READOUT_RES, DecoderConfig, QuerySet, build_queries
 from model.encoders.layers import PositionEmbeddingSine
-from model.encoders.transformer import BrainEncoder
-from model.errors import InputError
 from model.encoders.readouts import (LinearReadout, MembershipPlan, RetinotopicReadout, dense_linear_readout,
                                      membership_linear)
+from model.encoders.transformer import BrainEncoder
+from model.errors import InputError
 from model.rois import NON_STREAM_CLASSES
 from model.subject import load_subject
 

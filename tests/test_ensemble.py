@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.metrics import pearson_r
+from model.rois import HEMIS
 from model.runs import (BEST_LAYER, BEST_MEMBER, ENSEMBLE_WEIGHTS, METRICS, PRED_TEST, VAL_CORR, VAL_CORR_IN_SAMPLE,
                         VAL_INDICES, VAL_PRED, cross_fit, open_run, predict, read_config, validation_halves)
 from model.runs.ensemble_weights import member_weights
-from model.metrics import pearson_r
-from model.rois import HEMIS
 from model.subject import load_subject
 from model.synthetic import VirtualConfig, write_virtual_subject
 

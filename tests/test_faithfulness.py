@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from model.encoders import Capabilities
 from model.scoring import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
                            query_reliability)
-from model.encoders import Capabilities
 
 T, C = 64, 8
 

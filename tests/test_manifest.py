@@ -14,10 +14,10 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from model.runs.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY
 from model.features import FeatureSet
 from model.files import SAMPLE_BLOCK_BYTES, file_fingerprint
 from model.runs import MANIFEST, data_fingerprint, read_config, read_manifest, write_run_manifest
+from model.runs.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY
 from model.runs.manifest import SUITE, suite_info
 from model.subject import load_subject
 

@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from analyses import cli
-from model.encoders import DecoderConfig, RidgeConfig
 from model.backbone import BackboneConfig, build_backbone
+from model.encoders import DecoderConfig, RidgeConfig
 from model.errors import InputError
 from model.features import extract_features
 from model.files import FileLock, atomic_directory, save_safetensors

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from analyses import report, report_execution, report_html, report_notebooks
-from analyses.report_notebooks import NOTEBOOKS, NOTEBOOK_DIR
+from analyses.report_notebooks import NOTEBOOK_DIR, NOTEBOOKS
 from model.errors import InputError
 
 from .conftest import tbe

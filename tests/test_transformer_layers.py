@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from model.encoders import DecoderConfig
+from model.encoders.layers import CustomDecoderLayer, EncoderLayer, PositionEmbeddingLearned
 from model.encoders.transformer import BrainEncoder, CustomTransformer
 from model.errors import OptionError
-from model.encoders.layers import CustomDecoderLayer, EncoderLayer, PositionEmbeddingLearned
 
 from .conftest import QUICK_TRAIN, tbe
 from .test_encoder import _random_queries

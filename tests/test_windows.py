@@ -8,9 +8,9 @@ import torch
 from model.backbone import BackboneConfig
 from model.encoders import DecoderConfig, QuerySet
 from model.encoders.transformer import BrainEncoder, CustomTransformer
+from model.encoders.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
 from model.errors import OptionError
 from model.runs import RunConfig
-from model.encoders.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
 
 QUERIES = QuerySet(["lh", "lh", "rh"], ["V1v", "FFA-1", "V1v"], {"lh": 6, "rh": 4},
                    np.eye(3, dtype=bool)[[0, 0, 0, 1, 1, 1, 2, 2, 2, 2]])

@@ -21,6 +21,6 @@ from .queries import READOUT_RES, QuerySet, build_queries
 from .readouts import READOUTS
 from .registry import ARCHITECTURES, architecture, build_encoder
 
-__all__ = ["ARCHITECTURES", "ATTENTIONS", "POSITION_EMBEDDINGS", "QUERY_INITS", "READOUTS", "READOUT_RES",
+__all__ = ["ARCHITECTURES", "ATTENTIONS", "POSITION_EMBEDDINGS", "QUERY_INITS", "READOUT_RES", "READOUTS",
            "RIDGE_FEATURES", "Capabilities", "DecoderConfig", "QuerySet", "RidgeConfig", "architecture",
            "build_encoder", "build_queries"]
