@@ -53,7 +53,6 @@ The sanity cascade randomises the same part in every member at each step.
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -70,8 +69,6 @@ from ..subject import Subject, load_subject
 from .configs import RunConfig, read_config
 from .layout import CONFIG, VAL_INDICES, is_ensemble, read_metrics
 from .run import Run, check_trained_on
-
-log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------
@@ -300,7 +297,7 @@ class EnsembleRun(Run):
 
     ``members`` are the opened member runs; ``groups[g]`` the index of the
     first member of feature group ``g`` (whose backbone and features the
-    group shares). ``config`` is the :class:`EnsembleConfig`.
+    group shares). ``config`` is the :class:`~model.runs.configs.EnsembleConfig`.
     """
 
     members: list[Run] = field(default_factory=list)
