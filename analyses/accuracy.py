@@ -1,7 +1,7 @@
 """Encoding accuracy per vertex and per ROI, and the comparison of two encoders.
 
 Test predictions (``RUN/{lh,rh}_pred_test.npy``) are scored against a
-reference (:class:`model.scoring.Reference`: a virtual subject's ground
+reference (:class:`model.scoring.challenge.Reference`: a virtual subject's ground
 truth, or the user's test fMRI and noise ceilings); without one, the run's
 per-vertex validation r is all there is. Metrics come from
 :mod:`model.metrics`; this module arranges them per ROI, next to the noise
@@ -57,7 +57,7 @@ def find_reference(subject: Subject, test_fmri: str | Path | None = None,
 
 
 def _load_run_arrays(run_dir: Path, stem: str) -> dict[str, np.ndarray]:
-    from model.run import load_run_array
+    from model.runs import load_run_array
 
     return {hemi: load_run_array(run_dir, f"{{hemi}}_{stem}.npy", hemi) for hemi in HEMIS}
 
@@ -80,7 +80,7 @@ def vertex_scores(run_dir: str | Path, reference: Reference | None, name: str | 
 
 def run_scores(runs: list[str | Path], reference: Reference | None) -> list[VertexScores]:
     """:func:`vertex_scores` of several runs, named by their architecture (and folder, where those repeat)."""
-    from model.run import read_config
+    from model.runs import read_config
 
     archs = [read_config(run).encoder_arch for run in runs]
     names = [a if archs.count(a) == 1 else f"{a} ({Path(run).name})" for a, run in zip(archs, runs)]
@@ -176,14 +176,14 @@ def _mean(x: np.ndarray) -> float:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
-    """A run's ``metrics.json`` (:func:`model.run.read_metrics`)."""
-    from model.run import read_metrics as read
+    """A run's ``metrics.json`` (:func:`model.runs.layout.read_metrics`)."""
+    from model.runs import read_metrics as read
 
     return read(run_dir)
 
 
 def summary_row(scores: dict) -> dict:
-    """One row of an accuracy table from :func:`model.scoring.score`'s output.
+    """One row of an accuracy table from :func:`model.scoring.challenge.score`'s output.
 
     ``challenge score`` (the challenge's definition) and ``score_nc_positive``
     (ours), then r per ROI class (early visual, category ROIs, all) against
@@ -202,7 +202,7 @@ def summary_row(scores: dict) -> dict:
 
 
 def compare_scores(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """:func:`model.scoring.score_table` outputs of several encoders side by side: (measure, group) x (encoder, hemi)."""
+    """:func:`model.scoring.challenge.score_table` outputs of several encoders side by side: (measure, group) x (encoder, hemi)."""
     both = pd.concat({name: t for name, t in tables.items()}, names=["encoder"]).reset_index(level=0)
     return both.pivot_table(index=["measure", "group"], columns=["encoder", "hemi"], values="value", sort=False)
 

@@ -46,7 +46,7 @@ from model.files import read_rows
 from model.images import read_image
 from model.progress import progress
 from model.rois import ROI_TO_CLASS
-from model.run import Run
+from model.runs import Run
 
 from . import stats as S
 from .stimuli import CLASS_CATEGORY, StimulusSet

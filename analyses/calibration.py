@@ -41,7 +41,7 @@ from model.errors import InputError
 from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS
-from model.run import Run, open_run
+from model.runs import Run, open_run
 
 from . import stats as S
 from .responses import heldout_responses, reliability

@@ -65,7 +65,7 @@ from model.errors import InputError
 from model.files import write_csv
 from model.options import check_settings, setting
 from model.rois import HEMIS, ROI_TO_CLASS
-from model.run import Run, open_run
+from model.runs import Run, open_run
 from model.vision import CATEGORIES
 
 from . import stats as S

@@ -67,7 +67,7 @@ def add_data_args(p: argparse.ArgumentParser, several: bool = False) -> None:
 
 
 def _int_list(text: str) -> list[int]:
-    from model.grid import int_list
+    from model.training import int_list
 
     try:
         return int_list(text)
@@ -113,7 +113,7 @@ def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool 
     """A trained run, and optionally another data directory (or subject) than the one it was trained on.
 
     ``required=False`` leaves the check to the command (``tbe report --list`` needs no run); ``several``
-    lets ``--run`` list runs, opened as one equal-weight ensemble (:func:`model.ensemble.open_runs`).
+    lets ``--run`` list runs, opened as one equal-weight ensemble (:func:`model.runs.opening.open_runs`).
     """
     if several:
         p.add_argument("--run", type=Path, nargs="+", required=required, metavar="RUN",
@@ -220,12 +220,10 @@ def _features(args: argparse.Namespace) -> int:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
-    from model.architectures import ARCHITECTURES, RidgeConfig
-    from model.baselines import RIDGE_FEATURES
-    from model.encoder import ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, DecoderConfig
+    from model.encoders import (ARCHITECTURES, ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, READOUT_RES, READOUTS,
+                                RIDGE_FEATURES, DecoderConfig, RidgeConfig)
     from model.features import RESIDENCY, RESIDENT_SHARE
-    from model.readout import READOUT_RES, READOUTS
-    from model.run import TrainConfig
+    from model.runs import TrainConfig
 
     add_data_args(p, several=True)
     add_backbone_args(p, several_layers=True)
@@ -290,10 +288,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_config(args: argparse.Namespace):
-    """The :class:`~model.run.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.train.train`)."""
-    from model.architectures import RidgeConfig
-    from model.encoder import DecoderConfig
-    from model.run import RunConfig, TrainConfig
+    """The :class:`~model.runs.configs.RunConfig` of ``tbe train``'s arguments (checked by :func:`model.training.loop.train`)."""
+    from model.encoders import DecoderConfig, RidgeConfig
+    from model.runs import RunConfig, TrainConfig
 
     args = _one_run(args)
     return RunConfig(
@@ -315,9 +312,8 @@ def _one_run(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """One run; or a grid (several subjects, layers or seeds: :mod:`model.grid`)."""
-    from model.grid import grid_members, train_grid
-    from model.train import train
+    """One run; or a grid (several subjects, layers or seeds: :mod:`model.training.grid`)."""
+    from model.training import grid_members, train, train_grid
 
     subjects, layers = args.subj, args.enc_output_layer
     seeds = args.seeds if args.seeds is not None else [args.seed]
@@ -346,7 +342,7 @@ def _predict(args: argparse.Namespace) -> int:
     from model.files import usable_directory
     from model.images import list_images
     from model.rois import HEMIS
-    from model.run import check_prediction_path, open_run, predict, save_predictions, vertex_coordinates
+    from model.runs import check_prediction_path, open_run, predict, save_predictions, vertex_coordinates
 
     check_prediction_path(args.out)
     usable_directory(args.out.parent, where=args.out)
@@ -375,9 +371,8 @@ def _score(args: argparse.Namespace) -> int:
     import numpy as np
 
     from model.files import usable_directory, write_json
-    from model.run import TEST_SCORES, expand_subjects
-    from model.scoring import SCORES, pool_scores, score_lines, score_table
-    from model.submission import subject_folder
+    from model.runs import TEST_SCORES, expand_subjects
+    from model.scoring import SCORES, pool_scores, score_lines, score_table, subject_folder
 
     runs = expand_subjects(args.run)
     out = args.out or args.run / TEST_SCORES
@@ -410,7 +405,7 @@ def _score(args: argparse.Namespace) -> int:
 
 def _score_run(run: Path, data_dir: Path | None, test_fmri: Path | None, noise_ceiling: Path | None) -> dict:
     from model.rois import HEMIS
-    from model.run import PRED_TEST, check_trained_on, load_run_array, read_config
+    from model.runs import PRED_TEST, check_trained_on, load_run_array, read_config
     from model.scoring import check_shapes, file_reference, score, virtual_reference
     from model.subject import load_subject
 
@@ -442,7 +437,7 @@ def _surface_args(p: argparse.ArgumentParser) -> None:
 
 def _surface_source(args: argparse.Namespace) -> tuple[Path, int, str]:
     """Data folder, subject and the ``{hemi}`` file template of ``tbe surface``: from --data-dir/--subj, or from --run."""
-    from model.run import read_config
+    from model.runs import read_config
 
     if "{hemi}" not in args.values:
         raise InputError("--values", "must contain {hemi}, e.g. 'RUN/{hemi}_val_corr.npy'")
@@ -473,7 +468,7 @@ def _surface(args: argparse.Namespace) -> int:
 
 
 def _ensemble_args(p: argparse.ArgumentParser) -> None:
-    from model.ensemble import DEFAULT_TEMPERATURE, WEIGHTINGS
+    from model.runs import DEFAULT_TEMPERATURE, WEIGHTINGS
 
     p.add_argument("--runs", type=Path, nargs="+", required=True,
                    help="complete runs of one subject with one validation split (e.g. OUT/layer*_seed* of a grid)")
@@ -487,8 +482,8 @@ def _ensemble_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> int:
-    from model.ensemble import make_ensemble
-    from model.run import read_metrics
+    from model.runs import read_metrics
+    from model.training import make_ensemble
 
     out = make_ensemble(args.runs, args.out, args.weighting, args.temperature, args.data_dir)
     m = read_metrics(out)
@@ -507,7 +502,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 def _submit(args: argparse.Namespace) -> int:
     from model.files import usable_directory
-    from model.submission import collect, subject_folder, write_submission
+    from model.scoring import collect, subject_folder, write_submission
 
     if args.out.suffix != ".zip":
         raise InputError(args.out, "the submission is a zip archive: use a .zip file name")
@@ -587,7 +582,7 @@ def _interpret(args: argparse.Namespace) -> int:
     from interpret.mapfile import check_maps_path
     from interpret.overlay import overlay, rois_with_maps
     from interpret.pipeline import write_maps
-    from model.ensemble import open_runs
+    from model.runs import open_runs
 
     check_maps_path(args.out)
     run = open_runs(args.run, args.data_dir, args.device)
@@ -620,7 +615,7 @@ def _check_maps_args(p: argparse.ArgumentParser) -> None:
 
 def _check_maps(args: argparse.Namespace) -> int:
     from interpret.pipeline import check_maps, check_settings, save_check_tables
-    from model.ensemble import open_runs
+    from model.runs import open_runs
 
     run = open_runs(args.run, args.data_dir, args.device)
     job = map_job(args, run)
@@ -822,7 +817,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    from analyses.report import NOTEBOOKS
+    from analyses.report_notebooks import NOTEBOOKS
 
     add_run_args(p, required=False)
     p.add_argument("--out", type=Path, help="report folder, e.g. reports/NAME (index.html and one HTML per notebook)")
@@ -842,7 +837,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from analyses.report import describe_parameters, make_report, params_from_pairs
+    from analyses.report import make_report
+    from analyses.report_notebooks import describe_parameters, params_from_pairs
 
     if args.list:
         print(describe_parameters())
@@ -861,7 +857,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _env_args(p: argparse.ArgumentParser) -> None:
-    from model.environment import FORMATS
+    from model.runs import FORMATS
 
     p.add_argument("--run", type=Path, default=None, help="a run directory (its manifest.json)")
     p.add_argument("--report", type=Path, default=None, help="a report folder (its manifest.json)")
@@ -871,8 +867,7 @@ def _env_args(p: argparse.ArgumentParser) -> None:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from model.environment import FORMATS, write_environment
-    from model.manifest import read_manifest
+    from model.runs import FORMATS, read_manifest, write_environment
 
     if (args.run is None) == (args.report is None):
         raise InputError("--run/--report", "give exactly one of them: the run or the report whose environment to write")
@@ -967,7 +962,7 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.manifest import record_command
+    from model.runs import record_command
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="tbe: %(message)s", stream=sys.stderr)

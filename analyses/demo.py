@@ -12,17 +12,16 @@ from pathlib import Path
 from interpret.attribution import Settings
 from interpret.overlay import overlay
 from interpret.pipeline import MapJob, check_maps, check_settings, compute_maps, prepare, save_check_tables, save_maps
-from model.architectures import RidgeConfig
 from model.backbone import BackboneConfig
-from model.encoder import DecoderConfig
+from model.encoders import DecoderConfig, RidgeConfig
 from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS
-from model.run import CHECKPOINT, METRICS, PRED_TEST, VAL_CORR, RunConfig, TrainConfig, load_run_array, open_run
+from model.runs import CHECKPOINT, METRICS, PRED_TEST, VAL_CORR, RunConfig, TrainConfig, load_run_array, open_run
 from model.scoring import score, score_table, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
-from model.train import train
+from model.training import train
 
 from .calibration import run_calibration
 from .localizer import run_localizer

@@ -43,7 +43,7 @@ from model.features import default_cache_dir
 from model.files import atomic_path, write_csv, write_json
 from model.progress import progress
 from model.rois import HEMIS, ROI_CLASSES
-from model.run import Run, open_run
+from model.runs import Run, open_run
 from model.vision import CATEGORIES
 
 from . import stats as S

@@ -378,7 +378,7 @@ def mean_map_grid(ds, hemi: str, rois: list[str], methods: list[str]):
 # --------------------------------------------------------------------------
 
 def faithfulness_note(run, cache_dir: str | Path | None = None) -> None:
-    """Say above any attention figure whether the run's predictions use its attention (:mod:`model.faithfulness`).
+    """Say above any attention figure whether the run's predictions use its attention (:mod:`model.scoring.faithfulness`).
 
     The line ``tbe train`` logged (recomputed the same way for runs trained
     before the test existed); a run whose attention is not faithful gets it
@@ -392,9 +392,9 @@ def faithfulness_note(run, cache_dir: str | Path | None = None) -> None:
 
 
 def open_checked(run_dir: str | Path, data_dir: str | Path | None, subj: int, device: str = "cpu"):
-    """:func:`model.run.open_run` on ``device`` (a notebook's ``device`` parameter), refusing a subject other than the run's."""
+    """:func:`model.runs.opening.open_run` on ``device`` (a notebook's ``device`` parameter), refusing a subject other than the run's."""
     from model.errors import InputError
-    from model.run import open_run
+    from model.runs import open_run
 
     run = open_run(run_dir, data_dir or None, device)
     if run.config.subj != int(subj):

@@ -25,7 +25,7 @@ import xarray as xr
 
 from model.metrics import reliability_test
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES, ROI_TO_CLASS
-from model.run import Run, predict
+from model.runs import Run, predict
 from model.subject import Subject
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def roi_means(values: dict[str, np.ndarray], subject: Subject,
 
 def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int] | None] | None = None,
                  cache_dir: str | Path | None = None):
-    """The run's encoder input ``(N, tokens, C)`` for ``paths`` (:meth:`model.run.Run.features`), read by rows.
+    """The run's encoder input ``(N, tokens, C)`` for ``paths`` (:meth:`model.runs.run.Run.features`), read by rows.
 
     When every image is one of the subject's (``rows`` gives its split and
     index) and the split's features are already cached (training computed
@@ -78,7 +78,7 @@ def features_for(run: Run, paths: Sequence[Path], rows: Sequence[tuple[str, int]
     return run.features(list(paths), cache_dir, device=str(run.device), rows=rows, desc="stimulus features")
 
 
-#: Images predicted at a time by :func:`predicted_roi_means` (a multiple of :func:`model.run.predict`'s batch)
+#: Images predicted at a time by :func:`predicted_roi_means` (a multiple of :func:`model.runs.predictions.predict`'s batch)
 PREDICT_CHUNK = 256
 
 

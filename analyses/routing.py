@@ -39,8 +39,7 @@ from model.figures import figure, save_figure
 from model.files import write_csv
 from model.images import list_images
 from model.rois import ROI_TO_CLASS
-from model.ensemble import open_runs
-from model.run import Run
+from model.runs import Run, open_runs
 from model.vision import CATEGORIES
 
 from .attention_selectivity import token_attention, token_contrast, token_coverage
@@ -224,7 +223,7 @@ def run_routing(run_dir: str | Path | Sequence[str | Path], data_dir: str | Path
     ----------
     run_dir, data_dir : path
         A complete transformer run (or a list of runs: their attention averaged,
-        :func:`model.ensemble.open_runs`) and its data (None: the run's).
+        :func:`model.runs.opening.open_runs`) and its data (None: the run's).
     out_dir : path
         Folder for the table and figure.
     settings : RoutingSettings

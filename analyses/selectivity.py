@@ -43,7 +43,7 @@ from model.errors import InputError
 from model.files import atomic_path, write_csv
 from model.progress import progress
 from model.options import check_settings, setting
-from model.run import Run, open_run
+from model.runs import Run, open_run
 
 from . import stats as S
 from .responses import features_for, heldout_responses, measured_roi_means, predicted_roi_means, reliability

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from model.errors import InputError
-from model.run import Run
+from model.runs import Run
 from model.synthetic import LocalizerConfig, write_localizer
 from model.vision import CATEGORIES, LOCALIZER_CATEGORIES, OBJECT_CATEGORIES
 

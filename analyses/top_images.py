@@ -26,7 +26,7 @@ from interpret.maps import MapGrid, load_images, roi_targets
 from interpret.overlay import draw_map
 from model.errors import InputError
 from model.figures import colour_scale, figure, save_figure
-from model.run import Run
+from model.runs import Run
 
 from .attention_selectivity import token_attention
 from .responses import features_for, measured_roi_means, predicted_roi_means

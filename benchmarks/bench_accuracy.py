@@ -61,14 +61,15 @@ import pandas as pd
 
 from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
-from model.architectures import RidgeConfig
+from model.encoders import RidgeConfig
 from model.rois import HEMIS
-from model.run import METRICS, RunConfig, read_config
-from model.rundir import settings_differences
+from model.runs import METRICS, RunConfig, read_config
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
-from model.train import resolve_config, train
 from model.synthetic import VirtualConfig, write_virtual_subject
+from model.training import train
+from model.training.claiming import settings_differences
+from model.training.loop import resolve_config
 
 
 #: the CLIP row's backbone (random weights): the original's ``clip`` family at ViT-B/16

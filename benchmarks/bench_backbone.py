@@ -93,9 +93,9 @@ def precision(args: argparse.Namespace, work: Path) -> None:
     """Part 2: float32 against bf16 features, speed and agreement, side by side."""
     from model.features import extract_features
     from model.images import image_batch
-    from model.run import open_run, predict
-    from model.train import train
     from analyses.demo import demo_runs
+    from model.runs import open_run, predict
+    from model.training import train
 
     setup = PRECISION_SETUPS["small" if args.small else "full"]
     side = setup["side"]

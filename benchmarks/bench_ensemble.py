@@ -3,7 +3,7 @@
 Trains (or reuses) a grid of ``tbe train`` runs over backbone layers x seeds
 (default 4 layers x 3 seeds) with the demo's backbone (random ViT-S/14 at
 224 px) and training settings, combines them with ``tbe ensemble``
-(:mod:`model.ensemble`: ``softmax`` at temperature 40, the original's;
+(:mod:`model.runs.ensembles`: ``softmax`` at temperature 40, the original's;
 ``mean``; ``best``), and prints side by side:
 
 * the ground truth (the clean responses themselves: the best any encoder can
@@ -64,13 +64,12 @@ from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
 from bench_accuracy import subject_image_size, trained_run
 from bench_original import RUN_FOLDERS, original_run
-from model.ensemble import make_ensemble
-from model.grid import grid_members, int_list, train_grid
 from model.rois import HEMIS
-from model.run import METRICS, PRED_TEST, read_config, read_metrics
+from model.runs import METRICS, PRED_TEST, read_config, read_metrics
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
+from model.training import grid_members, int_list, make_ensemble, train_grid
 
 QUICK_SUBJECT = VirtualConfig(subj=1, n_train=120, n_test=24, image_size=112, seed=3)
 WEIGHTINGS = {"softmax": "softmax, temperature 40", "mean": "mean", "best": "best"}

@@ -13,7 +13,7 @@ one table (rows appear as they are measured):
    at ``bench_training.py``'s sizes (50 queries x 20,000 vertices);
 3. **training**: one epoch at 9841 images x 39,548 vertices (a random
    ``rois_all``-like set of 50 queries) of the transformer with the
-   ``retinotopic`` and ``linear`` readouts, run by :func:`model.train.train_epoch`
+   ``retinotopic`` and ``linear`` readouts, run by :func:`model.training.loop.train_epoch`
    (the step ``tbe train`` runs) from features kept in GPU memory when
    ``--features-on-device auto`` would keep them (else streamed from pinned
    host memory), with peak memory; next to it an
@@ -71,16 +71,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a plain checkout, without installing
     sys.path.insert(0, str(ROOT))
 
-from model.architectures import build_encoder  # noqa: E402
 from model.backbone import Backbone, BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
-from model.encoder import DecoderConfig  # noqa: E402
+from model.encoders import DecoderConfig, QuerySet, build_encoder  # noqa: E402
+from model.encoders.queries import vertex_queries  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.features import FeatureRows, keep_resident  # noqa: E402
-from model.readout import QuerySet, vertex_queries  # noqa: E402
 from model.rois import HEMIS, NON_STREAM_CLASSES, ROI_CLASSES  # noqa: E402
-from model.run import TrainConfig  # noqa: E402
-from model.train import EpochData, Processes, Targets, make_optimiser, train_epoch  # noqa: E402
+from model.runs import TrainConfig  # noqa: E402
+from model.training.loop import EpochData, Processes, Targets, make_optimiser, train_epoch  # noqa: E402
 
 #: Training and test images of NSD subjects 1-8 (DESIGN.md section 4).
 SUBJECT_IMAGES = {1: (9841, 159), 2: (9841, 159), 3: (9082, 293), 4: (8779, 395),
@@ -437,7 +436,7 @@ def readout(report: Report, scale: Scale, device: torch.device) -> None:
 # --------------------------------------------------------------------------
 
 def training(report: Report, scale: Scale, device: torch.device) -> None:
-    """Epochs of :func:`model.train.train_epoch` (the step ``tbe train`` runs), from cached features and through the backbone."""
+    """Epochs of :func:`model.training.loop.train_epoch` (the step ``tbe train`` runs), from cached features and through the backbone."""
     section = "training epoch"
     backbone = make_backbone(scale).to(device)
     queries = synthetic_queries(scale.n_vertices)
@@ -458,7 +457,7 @@ def training(report: Report, scale: Scale, device: torch.device) -> None:
         steps = math.ceil(scale.n_images / scale.batch)
         note = f"{steps} steps of {scale.batch}" if done == steps else f"extrapolated from {done}/{steps} steps"
         epochs[readout] = seconds
-        report.add(section, f"epoch, {readout} readout", seconds, "s", note + "; model.train.train_epoch")
+        report.add(section, f"epoch, {readout} readout", seconds, "s", note + "; model.training.loop.train_epoch")
         report.add(section, f"peak memory, {readout} readout", memory.peak_gib, memory.unit,
                    f"features and fMRI included; the model and its step: {memory.peak_gib - memory.before_gib:.2f}")
         del model
@@ -490,7 +489,7 @@ class BackboneInTheLoop(FeatureRows):
 
 def timed_epoch(model, data: EpochData, tc: TrainConfig, procs: Processes, scale: Scale,
                 max_steps: int | None = None) -> tuple[float, int]:
-    """Seconds of one epoch of :func:`model.train.train_epoch`, and how many steps were timed.
+    """Seconds of one epoch of :func:`model.training.loop.train_epoch`, and how many steps were timed.
 
     Two warm-up steps, then a probe of a few steps; an epoch the probe says
     would take longer than ``scale.max_epoch_seconds`` (or longer than

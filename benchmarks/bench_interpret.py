@@ -46,7 +46,7 @@ from interpret.attribution import METHODS, Settings, attribute
 from interpret.maps import roi_targets
 from interpret.pipeline import MapJob, prepare
 from model.backbone import build_backbone
-from model.run import open_run
+from model.runs import open_run
 
 ROIS = ["V1v"]
 #: The Captum methods (attention is read from the forward pass: nothing to time per ROI)
@@ -55,8 +55,8 @@ ATTRIBUTIONS = [name for name, spec in METHODS.items() if spec.explainer is not 
 
 def make_run(work: Path) -> Path:
     from analyses.demo import demo_runs
-    from model.train import train
     from model.synthetic import VirtualConfig, write_virtual_subject
+    from model.training import train
 
     write_virtual_subject(work / "data", VirtualConfig(n_train=40, n_test=8))
     config = demo_runs(work / "data")["transformer"]

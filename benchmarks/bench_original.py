@@ -33,7 +33,7 @@ import pandas as pd
 from analyses.demo import DemoPaths, demo_runs
 from bench_accuracy import summary, trained_run
 from model.rois import HEMIS
-from model.run import RunConfig
+from model.runs import RunConfig
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject

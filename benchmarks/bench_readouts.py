@@ -14,7 +14,7 @@ backbone and training settings, then prints one table:
   over the masks' area share for the planted face, body and word ROIs
   (place masks cover most of each image: their ratio cannot exceed about
   1.1, so they are left out), and focus (1 minus normalised entropy);
-* whether the prediction uses it (:mod:`model.faithfulness`): the smallest
+* whether the prediction uses it (:mod:`model.scoring.faithfulness`): the smallest
   deletion ratio and specificity over the reliably predicted queries, and
   how many of those are faithful;
 * ``tbe routing``'s labels on the same images: early visual queries labelled
@@ -56,10 +56,9 @@ from interpret.checks import localization, masks_on_grid
 from interpret.focus import focus
 from interpret.maps import MapGrid, Targets, by_hemi_roi, map_array
 from interpret.routing import RoutingSettings
-from model.faithfulness import deletion_changes, deletion_ratios
 from model.rois import EARLY_VISUAL, HEMIS
-from model.run import RunConfig, open_run
-from model.scoring import score, virtual_reference
+from model.runs import RunConfig, open_run
+from model.scoring import deletion_changes, deletion_ratios, score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
 

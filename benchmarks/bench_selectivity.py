@@ -75,10 +75,10 @@ def bench_synthetic(rng: np.random.Generator, n_seeds: int, alpha: float = 0.05)
 
 def make_run(work: Path) -> tuple[Path, Path, Path]:
     from model.backbone import BackboneConfig
-    from model.encoder import DecoderConfig
-    from model.run import RunConfig, TrainConfig
-    from model.train import train
+    from model.encoders import DecoderConfig
+    from model.runs import RunConfig, TrainConfig
     from model.synthetic import VirtualConfig, write_virtual_subject
+    from model.training import train
 
     data, cache = work / "data", work / "cache"
     write_virtual_subject(data, VirtualConfig(n_train=240, n_test=40, image_size=112, seed=5))

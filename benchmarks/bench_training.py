@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.architectures import build_encoder
 from model.backbone import BackboneConfig, build_backbone
-from model.encoder import DecoderConfig
-from model.readout import LinearReadout, QuerySet, dense_linear_readout
+from model.encoders import DecoderConfig, QuerySet, build_encoder
+from model.encoders.readouts import LinearReadout, dense_linear_readout
 
 
 def random_queries(n_vertices: int, n_queries: int, overlap: float = 0.1, seed: int = 0) -> QuerySet:

@@ -45,13 +45,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import synthetic_queries  # noqa: E402  (also puts the repository on sys.path)
 
-from model.architectures import build_encoder  # noqa: E402
 from model.backbone import BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
-from model.encoder import DecoderConfig  # noqa: E402
+from model.encoders import DecoderConfig, build_encoder  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.rois import HEMIS  # noqa: E402
-from model.train import hemisphere_mse  # noqa: E402
+from model.training.loop import hemisphere_mse  # noqa: E402
 
 CPU = torch.device("cpu")
 READOUTS = ("retinotopic", "linear", "heads")
@@ -200,7 +199,7 @@ def analysis_checks(device: torch.device, queries) -> list[Check]:
 
     The same functions the commands call (:func:`interpret.attribution.attribute`,
     :func:`interpret.attention.decoder_attention` and ``backbone_attention``,
-    :func:`model.run.predict`), each given an encoder and backbone placed on
+    :func:`model.runs.predictions.predict`), each given an encoder and backbone placed on
     the device, as ``open_run(..., device)`` places them: attributions in
     float32, attention and predictions under bf16 autocast on CUDA.
     """
@@ -210,7 +209,7 @@ def analysis_checks(device: torch.device, queries) -> list[Check]:
     from interpret.attention import backbone_attention, decoder_attention
     from interpret.attribution import Settings, attribute
     from interpret.maps import MapGrid
-    from model.run import predict
+    from model.runs import predict
 
     config = BackboneConfig("vit_small_patch14_dinov2.lvd142m", "random", seed=0, layer=11, feature="q")
     backbone = build_backbone(config, 84).eval()

@@ -20,7 +20,7 @@ from model.backbone import Backbone
 from model.device import autocast, module_device
 from model.errors import InputError
 from model.rois import HEMIS
-from model.run import Run
+from model.runs import Run
 
 from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array
 

@@ -10,12 +10,12 @@ images of a map job:
   query's top-attended 20% of tokens are replaced by the mean token than
   when a random 20% are, and ``specificity``: than when the other queries'
   top-attended tokens are, each with its bootstrap interval over images
-  (:mod:`model.faithfulness`); ``faithful`` when both reach their minimum;
+  (:mod:`model.scoring.faithfulness`); ``faithful`` when both reach their minimum;
 * ``ig_rank_correlation``: Spearman correlation, per image, of the
   attention map with the magnitude of the token integrated gradients of
   the ROI's prediction (what the prediction depends on), mean over images;
 * ``r_heldout`` and ``reliable``: does the run predict the ROI at all
-  (validation images; :func:`model.faithfulness.query_reliability`)?
+  (validation images; :func:`model.scoring.faithfulness.query_reliability`)?
 
 :func:`verdict` turns the table into the one sentence every report that
 shows attention prints above it.
@@ -27,10 +27,10 @@ import pandas as pd
 import xarray as xr
 from scipy.stats import spearmanr
 
-from model.faithfulness import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes,
-                                deletion_ratios, describe_faithfulness, faithfulness_summary, query_reliability)
 from model.rois import HEMIS
-from model.run import VAL_PRED, Run, load_run_array
+from model.runs import VAL_PRED, Run, load_run_array
+from model.scoring import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes, deletion_ratios,
+                           describe_faithfulness, faithfulness_summary, query_reliability)
 
 from .focus import focus
 from .maps import Inputs
@@ -116,7 +116,7 @@ def run_faithfulness(run: Run, cache_dir=None) -> dict | None:
 
     None for encoders without decoder attention. Runs trained before the
     test existed (and ensembles) get it computed on the first
-    :data:`~model.faithfulness.SUMMARY_IMAGES` validation images, as
+    :data:`~model.scoring.faithfulness.SUMMARY_IMAGES` validation images, as
     training would have; nothing is written.
     """
     if not run.model.capabilities.decoder_attention:
@@ -134,7 +134,7 @@ def run_faithfulness(run: Run, cache_dir=None) -> dict | None:
 
 
 def describe_run(run: Run, cache_dir=None) -> str | None:
-    """The run's faithfulness line (:func:`model.faithfulness.describe_faithfulness`), None without attention."""
+    """The run's faithfulness line (:func:`model.scoring.faithfulness.describe_faithfulness`), None without attention."""
     summary = run_faithfulness(run, cache_dir)
     return describe_faithfulness(summary) if summary else None
 

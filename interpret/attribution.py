@@ -37,7 +37,7 @@ from model.errors import InputError
 from model.progress import progress
 from model.options import check_settings, setting
 from model.rois import HEMIS
-from model.run import Run
+from model.runs import Run
 
 from .attention import query_attention
 from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array

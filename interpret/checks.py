@@ -30,10 +30,10 @@ from skimage.metrics import structural_similarity
 
 from model.backbone import Backbone
 from model.device import autocast, module_device
-from model.ensemble import EnsembleEncoder
 from model.errors import InputError
 from model.progress import progress
 from model.rois import EARLY_VISUAL
+from model.runs import EnsembleEncoder
 from model.truth import GroundTruth
 from model.vision import CATEGORIES
 

@@ -15,7 +15,7 @@ import torch
 import xarray as xr
 
 from model.device import full_precision, module_device
-from model.run import Run
+from model.runs import Run
 
 from .attribution import ImageModel, baseline_images, method
 from .maps import Inputs, roi_targets

@@ -21,7 +21,7 @@ from model.errors import InputError
 from model.files import read_rows
 from model.images import image_batch
 from model.rois import HEMIS
-from model.run import Run
+from model.runs import Run
 from model.vision import CATEGORIES, FIELD_OF_VIEW_DEG
 
 SPLITS = ("val", "test")

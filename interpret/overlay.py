@@ -169,7 +169,7 @@ def plot_faithfulness(table: pd.DataFrame, out: str | Path) -> Path:
 
 def plot_attention_use(table: pd.DataFrame, out: str | Path) -> Path:
     """Each ROI query's deletion ratio and specificity with their intervals and minimums; unreliable ROIs in grey."""
-    from model.faithfulness import MIN_RATIO, MIN_SPECIFICITY
+    from model.scoring import MIN_RATIO, MIN_SPECIFICITY
 
     rows = table.reset_index(drop=True)
     fig = figure(figsize=(8, 0.2 * len(rows) + 1.4))

@@ -16,7 +16,7 @@ from model.errors import InputError
 from model.files import atomic_path, write_csv, write_json
 from model.progress import progress
 from model.rois import EARLY_VISUAL, HEMIS
-from model.run import Run
+from model.runs import Run
 
 from . import checks
 from .attention import backbone_attention
@@ -94,7 +94,7 @@ def open_images(run: Run, job: MapJob, cache_dir: str | Path | None = None, devi
     """The job's images and their tokens, to be read batch by batch (:class:`~interpret.maps.MapSource`).
 
     Features are computed (or found in the cache) on ``device`` (default:
-    the run's, :attr:`model.run.Run.device`) and stay on disk.
+    the run's, :attr:`model.runs.run.Run.device`) and stay on disk.
 
     ``images`` None (or empty): the first ``job.n_images`` of the split (see
     :func:`~interpret.maps.select_images`); ``['random']``: ``job.n_images``
@@ -146,7 +146,7 @@ def source_of(run: Run, paths: list[Path], map_size: int | None = None, cache_di
 
 def subject_rows(run: Run, paths: Sequence[Path]) -> list[tuple[str, int] | None]:
     """``(split, index)`` of each path among the subject's images (None for others), so that the features
-    training cached for the subject's splits are read instead of computed again (:meth:`model.run.Run.features`)."""
+    training cached for the subject's splits are read instead of computed again (:meth:`model.runs.run.Run.features`)."""
     index = {Path(p).resolve(): (split, i) for split in ("train", "test") for i, p in enumerate(run.subject.images(split))}
     return [index.get(Path(p).resolve()) for p in paths]
 

@@ -120,7 +120,7 @@ def challenge_score(r: np.ndarray, noise_ceiling: np.ndarray) -> float:
     CodaLab scoring output: "the mean noise-normalized encoding accuracy
     across all vertices ... from all subjects and hemispheres appended
     together"), not a mean of per-subject or per-hemisphere means: pass the
-    pooled arrays (:func:`model.scoring.pool_scores` pools scored subjects).
+    pooled arrays (:func:`model.scoring.challenge.pool_scores` pools scored subjects).
 
     A loose end: the devkit leaves NaN r (constant predictions) NaN and does
     not say how the leaderboard averaged them; we leave such vertices out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from model.run import read_config
+from model.runs import read_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_accuracy  # noqa: E402

@@ -11,8 +11,8 @@ import pytest
 
 from model.metrics import challenge_vertex_scores, pearson_r
 from model.rois import HEMIS
-from model.run import PRED_TEST
-from model.submission import read_submission
+from model.runs import PRED_TEST
+from model.scoring.submission import read_submission
 from model.synthetic import VirtualConfig, write_virtual_subject
 from model.truth import load_ground_truth
 

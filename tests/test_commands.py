@@ -102,7 +102,7 @@ def test_predict_a_folder_of_mixed_sizes(trained_run, small_data, cache_dir, tmp
 
 def test_predictions_carry_each_vertex_s_roi_so_sel_by_roi_works(trained_run, small_data, cache_dir, tmp_path):
     """`tbe predict`'s NetCDF labels every vertex with its ROI per class (issue 15)."""
-    from model.run import load_predictions
+    from model.runs.predictions import load_predictions
     from model.subject import load_subject
 
     images = small_data / "subj01" / "test_split" / "test_images"

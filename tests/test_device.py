@@ -16,10 +16,11 @@ import torch
 import xarray as xr
 
 from analyses.cli import COMMANDS, build_parser
-from analyses.report import NOTEBOOKS, STANDARD_PARAMETERS, declared_parameters, notebook_path, standard_parameters
+from analyses.report_notebooks import (NOTEBOOKS, STANDARD_PARAMETERS, declared_parameters, notebook_path,
+                                       standard_parameters)
 from model.device import DEVICE_HELP, add_device_arg, available_devices, module_device, pick_device
 from model.errors import InputError
-from model.run import open_run
+from model.runs import open_run
 
 from .conftest import tbe
 
@@ -167,7 +168,7 @@ def test_training_is_identical_with_resident_or_streamed_features(tiny_data, cac
     """On the CPU ``always`` exercises the resident path (the in-memory copy) that a GPU takes under ``auto``."""
     from safetensors.torch import load_file
 
-    from model.run import WEIGHTS, read_metrics
+    from model.runs import WEIGHTS, read_metrics
 
     from .conftest import QUICK_TRAIN
 

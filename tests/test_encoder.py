@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.encoder import BrainEncoder, DecoderConfig, PositionEmbeddingSine
+from model.encoders import READOUT_RES, DecoderConfig, QuerySet, build_queries
+from model.encoders.layers import PositionEmbeddingSine
+from model.encoders.readouts import (LinearReadout, MembershipPlan, RetinotopicReadout, dense_linear_readout,
+                                     membership_linear)
+from model.encoders.transformer import BrainEncoder
 from model.errors import InputError
-from model.readout import (READOUT_RES, LinearReadout, MembershipPlan, QuerySet, RetinotopicReadout, build_queries,
-                           dense_linear_readout, membership_linear)
 from model.rois import NON_STREAM_CLASSES
 from model.subject import load_subject
 
@@ -131,7 +133,7 @@ def test_attention_weights_come_from_the_predicting_pass():
 
 def test_head_readout_equals_its_dense_definition():
     """Vertex v: sum over its queries q of  w_v.h_q + b_v + sum_{h,d} u_v[h,d] sum_t a_hqt psi(x_t)_d."""
-    from model.readout import HeadReadout
+    from model.encoders.readouts import HeadReadout
 
     queries = _random_queries(90, 4)
     torch.manual_seed(2)
@@ -151,7 +153,7 @@ def test_head_readout_equals_its_dense_definition():
 @pytest.mark.parametrize("name", ["linear", "retinotopic", "heads"])
 def test_readout_subset_predicts_the_same_values(name):
     """Interpretation restricts the readout to a target's vertices: same predictions, fewer vertices."""
-    from model.readout import READOUTS
+    from model.encoders import READOUTS
 
     queries = _random_queries(90, 4)
     torch.manual_seed(3)
@@ -168,7 +170,7 @@ def test_readout_subset_predicts_the_same_values(name):
 @pytest.mark.parametrize("arch", ["transformer", "spatial_feature", "linear", "ridge"])
 def test_architectures_do_what_their_capabilities_declare(arch):
     """Declared, not probed: each declaration is checked against what the encoder really does."""
-    from model.architectures import ARCHITECTURES, RidgeConfig, build_encoder
+    from model.encoders import ARCHITECTURES, RidgeConfig, build_encoder
 
     queries = _random_queries(50, 4)
     torch.manual_seed(4)
@@ -196,7 +198,7 @@ def test_architectures_do_what_their_capabilities_declare(arch):
 
 
 def test_each_architecture_is_built_from_its_own_section():
-    from model.architectures import RidgeConfig, build_encoder
+    from model.encoders import RidgeConfig, build_encoder
 
     queries = _random_queries(30, 3)
     ridge = build_encoder("ridge", queries, 8, (4, 4), DecoderConfig(hidden_dim=12), RidgeConfig("pooled_squared", pool=2))

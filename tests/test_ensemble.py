@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.ensemble import (BEST_LAYER, BEST_MEMBER, ENSEMBLE_WEIGHTS, VAL_CORR_IN_SAMPLE, cross_fit, member_weights,
-                            validation_halves)
 from model.metrics import pearson_r
 from model.rois import HEMIS
-from model.run import METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, open_run, predict, read_config
+from model.runs import (BEST_LAYER, BEST_MEMBER, ENSEMBLE_WEIGHTS, METRICS, PRED_TEST, VAL_CORR, VAL_CORR_IN_SAMPLE,
+                        VAL_INDICES, VAL_PRED, cross_fit, open_run, predict, read_config, validation_halves)
+from model.runs.ensemble_weights import member_weights
 from model.subject import load_subject
 from model.synthetic import VirtualConfig, write_virtual_subject
 
@@ -252,7 +252,7 @@ def test_an_ensemble_reads_as_a_run(grid, two_subjects, tmp_path, capsys):
     with np.load(tmp_path / "p.npz") as f:
         for hemi in HEMIS:
             assert np.allclose(f[hemi], np.load(ens / PRED_TEST.format(hemi=hemi)), atol=1e-5)
-    from model.submission import read_submission
+    from model.scoring.submission import read_submission
 
     assert tbe("-q", "submit", "--runs", ens, "--out", tmp_path / "sub.zip", "--allow-partial") == 0
     for hemi in HEMIS:
@@ -327,7 +327,7 @@ def test_attention_of_a_list_of_runs_is_the_mean_of_each_runs_attention(grid, tw
     import pandas as pd
     import xarray as xr
 
-    from model.ensemble import open_runs
+    from model.runs import open_runs
 
     out, cache = grid
     a, b = members(out)[0], members(out)[-1]  # two layers: the ensemble stacks two feature groups

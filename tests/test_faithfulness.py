@@ -1,4 +1,4 @@
-"""The token-deletion test of the attention (model/faithfulness.py), on planted encoders and a trained run."""
+"""The token-deletion test of the attention (model/scoring/faithfulness.py), on planted encoders and a trained run."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from model.faithfulness import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
-                                query_reliability)
-from model.interface import Capabilities
+from model.encoders import Capabilities
+from model.scoring import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
+                           query_reliability)
 
 T, C = 64, 8
 

@@ -13,10 +13,11 @@ from interpret.maps import MapGrid, roi_targets
 from interpret.completeness import completeness_gaps, convergence_table
 from interpret.pipeline import (DEFAULT_METHODS, MapJob, check_maps, compute_maps, localize, map_job, prepare,
                                 read_check_settings)
-from model.encoder import BrainEncoder, DecoderConfig
+from model.encoders import DecoderConfig
+from model.encoders.transformer import BrainEncoder
 from model.errors import InputError
 from model.rois import EARLY_VISUAL
-from model.run import open_run
+from model.runs import open_run
 
 from .conftest import tbe
 from .test_encoder import _random_queries

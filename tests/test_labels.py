@@ -215,7 +215,7 @@ def test_routing_with_one_category_per_image_tests_content(trained_run, small_tr
 def test_selectivity_and_claims_on_training_and_heldout_images_of_a_real_subject(trained_run, small_data, cache_dir,
                                                                                  tmp_path):
     """Labelled images with fMRI (training split) and without (test split); no ground truth (was: KeyError 'p')."""
-    from model.run import open_run
+    from model.runs import open_run
 
     val = [open_run(trained_run).subject.train_images[i] for i in open_run(trained_run).val_indices[:16]]
     tests = subject_images(small_data, 16)

@@ -14,12 +14,11 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from model.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY
 from model.features import FeatureSet
 from model.files import SAMPLE_BLOCK_BYTES, file_fingerprint
-from model.manifest import (MANIFEST, SUITE, data_fingerprint,
-                            read_manifest, suite_info, write_run_manifest)
-from model.run import read_config
+from model.runs import MANIFEST, data_fingerprint, read_config, read_manifest, write_run_manifest
+from model.runs.environment import CONDA_FORGE, CONDA_PROVIDED_WITH_PYTORCH, TORCH_FAMILY
+from model.runs.manifest import SUITE, suite_info
 from model.subject import load_subject
 
 from .conftest import tbe
@@ -96,7 +95,7 @@ def test_resume_keeps_the_start_and_records_what_changed(tiny_data, tmp_path, mo
     first = json.loads(path.read_text())
     assert "resumes" not in first
     fake = {**first["distributions"], "numpy": "0.0.1"}
-    monkeypatch.setattr("model.manifest.distributions", lambda: (fake, {}))
+    monkeypatch.setattr("model.runs.manifest.distributions", lambda: (fake, {}))
     write_run_manifest(tmp_path, config, _fake_features(), resume=True)
     second = json.loads(path.read_text())
     assert second["created"] == first["created"] and second["distributions"] == first["distributions"]
@@ -113,12 +112,12 @@ def test_package_names_have_one_normaliser_and_it_is_packaging_s(monkeypatch):
     """The manifest's list and the environment files read a distribution's name the same way (PEP 503)."""
     import packaging.utils
 
-    import model.environment
-    import model.manifest
-    from model.environment import pip_requirements
+    import model.runs.environment
+    import model.runs.manifest
+    from model.runs.environment import pip_requirements
 
-    assert model.manifest.canonicalize_name is model.environment.canonicalize_name is packaging.utils.canonicalize_name
-    for module in (model.manifest, model.environment):
+    assert model.runs.manifest.canonicalize_name is model.runs.environment.canonicalize_name is packaging.utils.canonicalize_name
+    for module in (model.runs.manifest, model.runs.environment):
         names = [n for n in vars(module) if "normalis" in n.lower() or "normaliz" in n.lower()]
         assert not names, f"{module.__name__} has its own name normaliser: {names}"
 
@@ -130,8 +129,8 @@ def test_package_names_have_one_normaliser_and_it_is_packaging_s(monkeypatch):
             return None
 
     found = [Dist("Foo__Bar", "1.0"), Dist("foo.bar", "2.0"), Dist("Transformer_Brain.Encoder", "0.1.0")]
-    monkeypatch.setattr(model.manifest.metadata, "distributions", lambda: iter(found))
-    versions, sources = model.manifest.distributions()
+    monkeypatch.setattr(model.runs.manifest.metadata, "distributions", lambda: iter(found))
+    versions, sources = model.runs.manifest.distributions()
     assert versions == {"Foo__Bar": "1.0", "Transformer_Brain.Encoder": "0.1.0"} and sources == {}  # first one wins
     pins = pip_requirements({"distributions": versions}).splitlines()
     assert "Foo__Bar==1.0" in pins and not [p for p in pins if "Transformer" in p and not p.startswith("#")]
@@ -188,7 +187,7 @@ def test_the_data_fingerprint_sees_every_kind_of_change(data_copy):
 def recorded(tmp_path_factory) -> Path:
     """A folder with the manifest of this very environment (what a run or report writes)."""
     from model.files import write_json
-    from model.manifest import software_manifest
+    from model.runs import software_manifest
 
     folder = tmp_path_factory.mktemp("recorded")
     write_json(folder / MANIFEST, software_manifest("run"))
@@ -290,7 +289,7 @@ def test_pretrained_weights_are_identified_by_the_hub_cache_sha256(tmp_path, mon
     from huggingface_hub import constants
 
     from model.backbone import BackboneConfig
-    from model.manifest import backbone_info
+    from model.runs.manifest import backbone_info
 
     content = b"not really weights"
     sha = hashlib.sha256(content).hexdigest()

@@ -20,8 +20,8 @@ from interpret.focus import focus, map_centres
 from interpret.maps import MapGrid, centre_of_mass_deg, per_roi_variables
 from interpret.pipeline import MapJob
 from interpret.retinotopy import add_expected_quadrant, expected_quadrant
+from model.encoders import Capabilities
 from model.errors import InputError
-from model.interface import Capabilities
 from model.vision import FIELD_OF_VIEW_DEG
 
 #: 8 x 8 cells over an 8-pixel image: cell (row, col) has its centre at ((col + 0.5) / 8, (row + 0.5) / 8)

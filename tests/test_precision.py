@@ -14,8 +14,7 @@ from model.device import feature_precision, native_bf16, resolve_precision
 from model.errors import InputError
 from model.features import cache_key, extract_features, feature_key
 from model.files import digest_json
-from model.manifest import MANIFEST
-from model.run import CONFIG, RunConfig, open_run, read_config
+from model.runs import CONFIG, MANIFEST, RunConfig, open_run, read_config
 from model.subject import load_subject
 
 from .conftest import QUICK_TRAIN, TINY_BACKBONE, tbe

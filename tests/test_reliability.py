@@ -32,14 +32,13 @@ import torch
 from PIL import Image
 
 from analyses import cli
-from model.architectures import RidgeConfig
 from model.backbone import BackboneConfig, build_backbone
-from model.encoder import DecoderConfig
+from model.encoders import DecoderConfig, RidgeConfig
 from model.errors import InputError
 from model.features import extract_features
 from model.files import FileLock, atomic_directory, save_safetensors
 from model.images import read_image
-from model.run import CONFIG, TrainConfig, open_run
+from model.runs import CONFIG, TrainConfig, open_run
 from model.subject import load_subject
 
 from .conftest import QUICK_TRAIN, TINY_BACKBONE, tbe
@@ -91,7 +90,7 @@ def subprocess_tbe(*args, prefix=(), limit_bytes=None, timeout=300) -> subproces
 
 def test_second_writer_is_refused_while_a_job_holds_the_run(small_data, cache_dir, tmp_path, capsys, monkeypatch):
     """A second `tbe train` into the same --out, started while the first trains, fails at once and changes nothing."""
-    from model import train as train_module
+    from model.training import loop as train_module
 
     out = tmp_path / "run"
     seen = {}
@@ -240,7 +239,7 @@ def test_old_runs_without_fingerprints_still_open_but_are_checked_by_shape(train
 
 
 def test_resume_on_other_data_is_refused(small_data, cache_dir, tmp_path, capsys):
-    from model.train import train
+    from model.training import train
 
     args = cli.build_parser().parse_args([str(a) for a in train_args(small_data, cache_dir, tmp_path / "run")][1:])
     out = tmp_path / "run"

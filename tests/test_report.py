@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analyses import report
-from analyses.report import NOTEBOOK_DIR, NOTEBOOKS
+from analyses import report, report_execution, report_html, report_notebooks
+from analyses.report_notebooks import NOTEBOOK_DIR, NOTEBOOKS
 from model.errors import InputError
 
 from .conftest import tbe
@@ -55,9 +55,9 @@ def test_notebook_has_one_parameters_cell_that_papermill_reads(name):
     cells = _parameters_cell(nb)
     assert len(cells) == 1
     assigned = [t.id for node in ast.parse(cells[0].source).body for t in node.targets]
-    assert list(report.declared_parameters(path)) == assigned  # papermill parses every line
+    assert list(report_notebooks.declared_parameters(path)) == assigned  # papermill parses every line
     assert {"run_dir", "data_dir", "subj", "seed", "out_dir"} <= set(assigned)
-    defaults = {k: v["default"] for k, v in report.declared_parameters(path).items()}
+    defaults = {k: v["default"] for k, v in report_notebooks.declared_parameters(path).items()}
     assert defaults["run_dir"] == '"../demo/runs/transformer"' and defaults["data_dir"] == '"../demo/data"'
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
 
@@ -65,7 +65,7 @@ def test_notebook_has_one_parameters_cell_that_papermill_reads(name):
 def test_notebooks_read_demo_paths_relative_to_the_notebook_folder():
     """Run by hand in Jupyter (cwd = notebooks/), the defaults name the folders `tbe demo --out demo` writes."""
     for name in NOTEBOOKS:
-        declared = report.declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
+        declared = report_notebooks.declared_parameters(NOTEBOOK_DIR / f"{name}.ipynb")
         for key in ("run_dir", "data_dir", "cache_dir", "ridge_run"):
             if key in declared:
                 assert declared[key]["default"].strip('"').startswith("../demo/"), (name, key)
@@ -74,11 +74,11 @@ def test_notebooks_read_demo_paths_relative_to_the_notebook_folder():
 def test_kernel_is_registered_for_this_environment():
     from jupyter_client.kernelspec import KernelSpecManager
 
-    name = report.ensure_kernel()
-    assert name == report.kernel_name() and name.startswith("tbe-")
+    name = report_execution.ensure_kernel()
+    assert name == report_execution.kernel_name() and name.startswith("tbe-")
     spec = KernelSpecManager().get_kernel_spec(name)
     assert os.path.realpath(spec.argv[0]) == os.path.realpath(sys.executable)
-    assert report.ensure_kernel() == name  # idempotent
+    assert report_execution.ensure_kernel() == name  # idempotent
 
 
 # --------------------------------------------------------------------------
@@ -86,24 +86,24 @@ def test_kernel_is_registered_for_this_environment():
 # --------------------------------------------------------------------------
 
 def test_parameter_values_are_parsed_as_yaml():
-    assert report.parse_value("3") == 3 and report.parse_value("0.5") == 0.5
-    assert report.parse_value("true") is True
-    assert report.parse_value("[V1v, FFA-1]") == ["V1v", "FFA-1"]
-    assert report.parse_value("V1v,FFA-1") == "V1v,FFA-1"
-    assert report.parse_value("") == "" and report.parse_value("null") is None
-    assert report.parse_value("../demo/data") == "../demo/data"
+    assert report_notebooks.parse_value("3") == 3 and report_notebooks.parse_value("0.5") == 0.5
+    assert report_notebooks.parse_value("true") is True
+    assert report_notebooks.parse_value("[V1v, FFA-1]") == ["V1v", "FFA-1"]
+    assert report_notebooks.parse_value("V1v,FFA-1") == "V1v,FFA-1"
+    assert report_notebooks.parse_value("") == "" and report_notebooks.parse_value("null") is None
+    assert report_notebooks.parse_value("../demo/data") == "../demo/data"
 
 
 def test_parameters_are_routed_to_the_notebooks_declaring_them():
     declared = {"a": {"rois": {}, "seed": {}}, "b": {"rois": {}, "heads": {}}}
-    routed = report.split_parameters({"rois": ["V1v"], "b.heads": True, "a.rois": ["PPA"]}, declared)
+    routed = report_notebooks.split_parameters({"rois": ["V1v"], "b.heads": True, "a.rois": ["PPA"]}, declared)
     assert routed == {"a": {"rois": ["PPA"]}, "b": {"rois": ["V1v"], "heads": True}}
     with pytest.raises(InputError, match="no notebook in this report has a parameter 'nope'"):
-        report.split_parameters({"nope": 1}, declared)
+        report_notebooks.split_parameters({"nope": 1}, declared)
     with pytest.raises(InputError, match="a has no parameter 'heads'"):
-        report.split_parameters({"a.heads": 1}, declared)
+        report_notebooks.split_parameters({"a.heads": 1}, declared)
     with pytest.raises(InputError, match="notebook 'c' is not in this report"):
-        report.split_parameters({"c.rois": 1}, declared)
+        report_notebooks.split_parameters({"c.rois": 1}, declared)
 
 
 def test_bad_report_options_stop_with_one_line_before_any_kernel(trained_run, tmp_path, capsys):
@@ -168,7 +168,7 @@ def test_every_notebook_executes_with_figures_and_no_error_output(small_report):
         assert not [o for o in outputs if o.output_type == "error"], entry["name"]
         stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
         assert not stderr, (entry["name"], stderr)
-        pngs = report.figures(nb)
+        pngs = report_html.figures(nb)
         assert len(pngs) >= 2 and entry["n_figures"] == len(pngs), entry["name"]
         assert entry["summary"], entry["name"]
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -229,8 +229,8 @@ def _tiny_notebook():
 
 
 def test_report_html_hides_code_by_default_and_shows_it_when_asked(tmp_path):
-    hidden = report.export_html(_tiny_notebook(), tmp_path / "hidden.html", "t").read_text()
-    shown = report.export_html(_tiny_notebook(), tmp_path / "shown.html", "t", show_code=True).read_text()
+    hidden = report_html.export_html(_tiny_notebook(), tmp_path / "hidden.html", "t").read_text()
+    shown = report_html.export_html(_tiny_notebook(), tmp_path / "shown.html", "t", show_code=True).read_text()
     assert "secret_code_line" not in hidden and "the answer" in hidden and "Some" in hidden
     assert "n_images" in hidden  # the parameters cell stays: the settings of the report
     assert "secret_code_line" in shown and "the answer" in shown
@@ -266,10 +266,10 @@ def test_a_report_states_its_settings_once_as_a_table(tmp_path):
         cell.metadata.setdefault("tags", [])
     nb = papermill.parameterize.parameterize_notebook(nb, {"run_dir": "/runs/<script>alert(1)</script>"},
                                                       kernel_name="python3", language="python")
-    assert [r["setting"] for r in report.notebook_settings(nb)] == ["run_dir", "n_images", "rois"]
-    assert [r["from"] for r in report.notebook_settings(nb)] == ["report", "default", "default"]
+    assert [r["setting"] for r in report_html.notebook_settings(nb)] == ["run_dir", "n_images", "rois"]
+    assert [r["from"] for r in report_html.notebook_settings(nb)] == ["report", "default", "default"]
     for show_code in (False, True):
-        html = report.export_html(nb, tmp_path / "settings.html", "t", show_code=show_code).read_text()
+        html = report_html.export_html(nb, tmp_path / "settings.html", "t", show_code=show_code).read_text()
         assert html.count("<strong>Settings</strong>") == 1 and "# Parameters" not in html
         assert "../demo/runs/x" not in html and html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 1
         assert "<script>alert" not in html
@@ -281,10 +281,10 @@ def test_a_report_states_its_settings_once_as_a_table(tmp_path):
 
 def test_the_index_page_escapes_what_it_shows():
     """A run, summary or error holding markup shows as text: the index is a jinja2 template with autoescaping."""
-    entries = [report.Entry("encoding_accuracy", "Encoding accuracy", "ok", 12.4, html="encoding_accuracy.html",
+    entries = [report_execution.Entry("encoding_accuracy", "Encoding accuracy", "ok", 12.4, html="encoding_accuracy.html",
                             notebook="notebooks/encoding_accuracy.ipynb", summary="r 0.5 <b>bold</b> & more",
                             n_figures=3, thumbnail="QUJD"),
-               report.Entry("routing", "Routing", "failed", 3.0, error="ValueError: <img src=x onerror=alert(1)>",
+               report_execution.Entry("routing", "Routing", "failed", 3.0, error="ValueError: <img src=x onerror=alert(1)>",
                             failed_cell=4)]
     context = {"run": "/runs/<script>alert(1)<\\script>", "data": "/d", "ridge_run": "", "subject": 1}
     page = report.render_index(entries, context, {"manifest": "manifest.json"})
@@ -318,7 +318,7 @@ def test_a_report_records_what_made_it_and_links_its_environment(small_report, t
     import yaml
     from packaging.requirements import Requirement
 
-    from model.manifest import data_fingerprint
+    from model.runs import data_fingerprint
 
     out, _, summary = small_report
     manifest = json.loads((out / "manifest.json").read_text())
@@ -377,7 +377,7 @@ def test_a_notebook_runs_by_hand_from_its_demo_defaults(trained_run, baseline_ru
         (demo / link).symlink_to(target, target_is_directory=True)
     shutil.copytree(NOTEBOOK_DIR, tmp_path / "notebooks")
     papermill.execute_notebook(str(tmp_path / "notebooks" / "attention_maps.ipynb"), str(tmp_path / "executed.ipynb"),
-                               kernel_name=report.ensure_kernel(), cwd=str(tmp_path / "notebooks"), progress_bar=False)
+                               kernel_name=report_execution.ensure_kernel(), cwd=str(tmp_path / "notebooks"), progress_bar=False)
     written = demo / "reports" / "files" / "attention_maps"
     assert (written / "attention_lh.png").is_file() and (written / "attention_rh.png").is_file()
     assert (written / "attention.nc").is_file()

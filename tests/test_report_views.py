@@ -188,7 +188,7 @@ def test_the_contrast_energy_control_tells_contrast_following_attention_from_sel
 def test_the_demo_report_is_told_the_settings_its_saved_tables_were_made_with(tmp_path):
     """map_checks shows the demo's own check tables: its parameters cell must show their settings (6 images ...)."""
     from analyses.demo import DEMO_CHECKS, DEMO_SANITY_METHODS, DemoPaths, demo_report_params
-    from analyses.report import NOTEBOOKS, declared_parameters, notebook_path, split_parameters
+    from analyses.report_notebooks import NOTEBOOKS, declared_parameters, notebook_path, split_parameters
 
     params = demo_report_params(DemoPaths(tmp_path))
     routed = split_parameters(params, {n: declared_parameters(notebook_path(n)) for n in NOTEBOOKS})

@@ -228,7 +228,7 @@ def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_
     from interpret import checks
     from interpret.maps import MapGrid
     from model.errors import InputError
-    from model.run import open_run
+    from model.runs import open_run
     from model.vision import CATEGORIES
 
     run = open_run(trained_run)

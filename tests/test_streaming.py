@@ -28,7 +28,7 @@ from interpret.maps import MapGrid
 from interpret.pipeline import check_maps, compute_maps, map_job, open_images, prepare, write_maps
 from model.backbone import build_backbone
 from model.features import CachedRows, extract_features
-from model.run import open_run
+from model.runs import open_run
 
 from .conftest import TINY_BACKBONE, tbe
 

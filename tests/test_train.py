@@ -14,7 +14,8 @@ import torch
 
 from model.errors import InputError
 from model.rois import HEMIS
-from model.run import open_run, predict, read_tensors
+from model.runs import open_run, predict
+from model.runs.run import read_tensors
 from model.subject import load_subject
 
 from .conftest import QUICK_TRAIN, tbe
@@ -97,7 +98,7 @@ def test_incomplete_run_is_refused(tmp_path, trained_run):
 
 def test_resume_equals_uninterrupted(small_data, cache_dir, tmp_path):
     from analyses.cli import build_parser, run_config
-    from model.train import train
+    from model.training import train
 
     args = ["train", "--data-dir", str(small_data), "--cache-dir", str(cache_dir), "--epochs", "3", *QUICK_TRAIN]
     whole = tmp_path / "whole"

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from model.encoder import BrainEncoder, CustomTransformer, DecoderConfig
+from model.encoders import DecoderConfig
+from model.encoders.layers import CustomDecoderLayer, EncoderLayer, PositionEmbeddingLearned
+from model.encoders.transformer import BrainEncoder, CustomTransformer
 from model.errors import OptionError
-from model.transformer_layers import CustomDecoderLayer, EncoderLayer, PositionEmbeddingLearned
 
 from .conftest import QUICK_TRAIN, tbe
 from .test_encoder import _random_queries
@@ -106,7 +107,7 @@ def test_each_option_trains_offline(extra, small_data, cache_dir, tmp_path):
 def test_voxel_queries_decoded_in_chunks_equal_all_at_once():
     """--readout-res voxels: one query per vertex; chunked decoding gives the same predictions and gradients, and
     no attention call ever sees more than one chunk of queries (no batch x heads x vertices x tokens tensor)."""
-    from model.readout import vertex_queries
+    from model.encoders.queries import vertex_queries
 
     queries = vertex_queries({"lh": 23, "rh": 18})
     assert queries.n_queries == 41 and (queries.memberships == torch.eye(41).numpy().astype(bool)).all()

@@ -1,4 +1,4 @@
-"""Cross-attention through learned windows (model/windows.py, ``--attention windows``)."""
+"""Cross-attention through learned windows (model/encoders/windows.py, ``--attention windows``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from model.backbone import BackboneConfig
-from model.encoder import BrainEncoder, CustomTransformer, DecoderConfig
+from model.encoders import DecoderConfig, QuerySet
+from model.encoders.transformer import BrainEncoder, CustomTransformer
+from model.encoders.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
 from model.errors import OptionError
-from model.readout import QuerySet
-from model.run import RunConfig
-from model.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
+from model.runs import RunConfig
 
 QUERIES = QuerySet(["lh", "lh", "rh"], ["V1v", "FFA-1", "V1v"], {"lh": 6, "rh": 4},
                    np.eye(3, dtype=bool)[[0, 0, 0, 1, 1, 1, 2, 2, 2, 2]])

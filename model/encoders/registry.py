@@ -2,7 +2,7 @@
 
 Every encoder maps backbone tokens (B, T, C) to ``{'pred': (B, V)}``, builds
 itself from its own configuration section and declares its capabilities
-(:mod:`model.interface`): gradient-trained ones go through the training
+(:mod:`model.encoders.interface`): gradient-trained ones go through the training
 loop, closed-form ones (``ridge``) are fit once. Adding an architecture: its
 class (``from_config``, ``capabilities``) and one entry in
 :data:`ARCHITECTURES`.
@@ -10,38 +10,19 @@ class (``from_config``, ``capabilities``) and one entry in
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .baselines import RIDGE_FEATURES, LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
-from .encoder import BrainEncoder, CustomTransformer, DecoderConfig
-from .errors import InputError, check_fields, positive_int
+from ..errors import InputError
+from .baselines import LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
+from .configs import DecoderConfig, RidgeConfig
 from .interface import Capabilities, EncoderInputs
-from .readout import QuerySet
-
-
-@dataclass(frozen=True)
-class RidgeConfig:
-    """Ridge baseline options: which token features and how coarse a pooling."""
-
-    features: str = "pooled"
-    pool: int = 4
-    n_components: int = 512
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def validate(self) -> None:
-        """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``ridge.<field>``)."""
-        check_fields("ridge", self, (
-            ("features", lambda v: v in RIDGE_FEATURES, f"must be one of {', '.join(RIDGE_FEATURES)}"),
-            ("pool", positive_int, "must be a whole number of tokens >= 1"),
-            ("n_components", positive_int, "must be a whole number >= 1"),
-        ))
+from .queries import QuerySet
+from .transformer import BrainEncoder, CustomTransformer
 
 
 @dataclass(frozen=True)
@@ -49,7 +30,7 @@ class Architecture:
     """One ``--encoder-arch``: the core's class and the section of the run configuration it is built from.
 
     ``module.from_config(inputs, config)`` builds the core from
-    :class:`~model.interface.EncoderInputs` and its own section (``None``
+    :class:`~model.encoders.interface.EncoderInputs` and its own section (``None``
     when it takes no options); ``module.capabilities`` says what it offers.
     """
 
@@ -122,7 +103,7 @@ class NormalisedEncoder(nn.Module):
 
     @property
     def capabilities(self) -> Capabilities:
-        """What the core declares it can do (:class:`~model.interface.Capabilities`)."""
+        """What the core declares it can do (:class:`~model.encoders.interface.Capabilities`)."""
         return self.core.capabilities
 
     def restricted(self, vertices: np.ndarray) -> "NormalisedEncoder":

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InputError
-from .files import PARTIAL_MARK, FileLock, usable_directory
-from .run import CHECKPOINT, CONFIG, LOCK, METRICS, RESULT_FILES, RUN_FILES, WEIGHTS, RunConfig, read_config
+from ..errors import InputError
+from ..files import PARTIAL_MARK, FileLock, usable_directory
+from ..runs import CHECKPOINT, CONFIG, LOCK, METRICS, RESULT_FILES, RUN_FILES, WEIGHTS, RunConfig, read_config
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _check_contents(out: Path, config: RunConfig, resume: bool) -> Claim:
 def settings_differences(config: RunConfig, previous: RunConfig) -> list[str]:
     """The fields of :meth:`RunConfig.comparable` on which ``previous`` (a run's ``config.json``) differs from ``config``.
 
-    ``config`` must be filled in as training fills it (``model.train.resolve_config``).
+    ``config`` must be filled in as training fills it (``model.training.loop.resolve_config``).
     """
     mine, theirs = config.comparable(), previous.comparable()
     if not theirs.get("data_fingerprint"):  # a run from before fingerprints were recorded

@@ -1,6 +1,6 @@
 """Exact environments from a manifest: a conda ``environment.yml`` and a pip ``requirements.txt``.
 
-Both pin every distribution of :func:`model.manifest.distributions` to the
+Both pin every distribution of :func:`model.runs.manifest.distributions` to the
 version the manifest recorded, except:
 
 * the suite itself (installed from its checkout, at the manifest's commit);
@@ -28,8 +28,8 @@ from typing import Any, Callable
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import InputError
-from .files import atomic_path
+from ..errors import InputError
+from ..files import atomic_path
 from .manifest import SUITE
 
 #: PyPI name (``packaging.utils.canonicalize_name``) -> conda-forge name, for the distributions known to be on conda-forge.

@@ -16,7 +16,7 @@ report folder holds one::
     feature_cache  the cache entry (key) of each split's features
 
 ``tbe env`` turns a manifest into an exact conda or pip environment
-(:mod:`model.environment`).
+(:mod:`model.runs.environment`).
 
 Fingerprints stay cheap at real size (about 1.5 GB of fMRI and 9841 images
 per subject): see :func:`model.files.file_fingerprint` (small files hashed
@@ -41,9 +41,9 @@ from typing import Any, Iterable
 
 from packaging.utils import canonicalize_name
 
-from .errors import InputError
-from .files import digest_json, file_fingerprint, image_list_fingerprint, write_json
-from .run import MANIFEST
+from ..errors import InputError
+from ..files import digest_json, file_fingerprint, image_list_fingerprint, write_json
+from .layout import MANIFEST
 
 MANIFEST_FORMAT = 1
 SUITE = "transformer-brain-encoder"
@@ -163,7 +163,7 @@ def data_fingerprint(data_dir: str | Path, subj: int) -> dict[str, Any]:
     layout names but the folder lacks is recorded as missing, not an error
     (the reader says what is wrong with a subject; this only describes it).
     """
-    from .subject import SPLIT_DIRS, subject_dir
+    from ..subject import SPLIT_DIRS, subject_dir
 
     root = subject_dir(data_dir, subj)
     files = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .readout import QuerySet
+    from .queries import QuerySet
 
 
 @dataclass(frozen=True)

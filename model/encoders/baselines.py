@@ -7,25 +7,25 @@
   vertex, on pooled tokens, pooled *squared* tokens (contrast energy is
   quadratic in pixels, DESIGN.md section 6) or PCA-reduced tokens. Fit in
   closed form; stored as buffers so prediction, attribution and saving work
-  exactly as for the trained encoders.
+  exactly as for the trained encoders. Its options are a
+  :class:`~model.encoders.configs.RidgeConfig`, not imported here: that module
+  validates against this one's :data:`RIDGE_FEATURES`.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 from .interface import Capabilities, EncoderInputs
-from .readout import LinearReadout, QuerySet, with_readout_subset
-
-if TYPE_CHECKING:
-    from .architectures import RidgeConfig
+from .queries import QuerySet
+from .readouts import LinearReadout, with_readout_subset
 
 log = logging.getLogger(__name__)
 

@@ -5,120 +5,25 @@ given a 2D sine (or learned) position encoding, optionally passed through
 trainable encoder layers (``enc_layers``), and attended by one learned query
 per ROI (pre-norm decoder layers, or the original's post-norm ones; query
 self-attention optional). :class:`CustomTransformer` is the original's
-``custom_transformer`` (:mod:`model.transformer_layers`). Each
+``custom_transformer`` (:mod:`model.encoders.layers`). Each
 query's output token is read out to the vertices of its ROI
-(:mod:`model.readout`). The forward pass returns the cross-attention weights
+(:mod:`model.encoders.readouts`). The forward pass returns the cross-attention weights
 per query and head when asked, from the same pass that predicts.
 """
 from __future__ import annotations
-
-import math
-from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .errors import OptionError, check_fields, is_int, is_number, positive_int
+from ..errors import OptionError
+from .configs import QUERY_INITS, DecoderConfig
 from .interface import Capabilities, EncoderInputs
-from .readout import READOUTS, QuerySet, with_readout_subset
-from .transformer_layers import CustomDecoderLayer, PositionEmbeddingLearned, PostNormDecoderLayer, TokenEncoder
+from .layers import POSITION_EMBEDDINGS, CustomDecoderLayer, PostNormDecoderLayer, TokenEncoder
+from .queries import QuerySet
+from .readouts import READOUTS, with_readout_subset
 from .windows import QueryWindows, WindowedCrossAttention
-
-
-#: ``--query-init``: how the query embeddings start. The original left PyTorch's
-#: N(0, 1) (its embedding is outside the transformer that xavier-initialises);
-#: xavier keeps them at the scale of the tokens' projections.
-QUERY_INITS = {
-    "xavier": nn.init.xavier_uniform_,
-    "normal": nn.init.normal_,
-}
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Decoder options; defaults are the seed's but for the attention and readout (``docs/attention.md``)."""
-
-    hidden_dim: int = 768
-    nheads: int = 16
-    dec_layers: int = 1
-    dim_feedforward: int = 1024
-    dropout: float = 0.1
-    query_self_attention: bool = False
-    readout: str = "heads"
-    readout_maps: int = 4
-    readout_map_dim: int | None = None  # None: the readout's own (``default_map_dim``)
-    query_init: str = "xavier"
-    enc_layers: int = 0
-    pre_norm: bool = True
-    position_embedding: str = "sine"
-    query_chunk: int = 1024
-    attention: str = "windows"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def resolved(self) -> "DecoderConfig":
-        """This configuration with what it leaves to its readout filled in (the size a run records)."""
-        return replace(self, readout_map_dim=self.readout_map_dim or getattr(READOUTS[self.readout], "default_map_dim",
-                                                                             None))
-
-    def validate(self) -> None:
-        """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``decoder.<field>``)."""
-        check_fields("decoder", self, (
-            ("hidden_dim", lambda v: positive_int(v) and v % 4 == 0,
-             "must be a positive multiple of 4 (the 2D sine position encoding splits it in four)"),
-            ("nheads", positive_int, "must be a whole number >= 1"),
-            ("dec_layers", positive_int, "must be a whole number >= 1"),
-            ("dim_feedforward", positive_int, "must be a whole number >= 1"),
-            ("dropout", lambda v: is_number(v) and 0 <= v < 1, "must be a probability in [0, 1)"),
-            ("query_self_attention", lambda v: isinstance(v, bool), "must be true or false"),
-            ("readout", lambda v: v in READOUTS, f"must be one of {', '.join(READOUTS)}"),
-            ("readout_maps", positive_int, "must be a whole number >= 1"),
-            ("readout_map_dim", lambda v: v is None or positive_int(v), "must be a whole number >= 1 (or null: the "
-                                                                        "readout's default)"),
-            ("query_init", lambda v: v in QUERY_INITS, f"must be one of {', '.join(QUERY_INITS)}"),
-            ("enc_layers", lambda v: is_int(v) and v >= 0, "must be a whole number >= 0"),
-            ("pre_norm", lambda v: isinstance(v, bool), "must be true or false"),
-            ("position_embedding", lambda v: v in POSITION_EMBEDDINGS, f"must be one of {', '.join(POSITION_EMBEDDINGS)}"),
-            ("query_chunk", lambda v: is_int(v) and v >= 0, "must be a whole number of queries >= 0 (0: all at once)"),
-            ("attention", lambda v: v in ATTENTIONS, f"must be one of {', '.join(ATTENTIONS)}"),
-        ))
-        if self.attention == "windows" and not self.pre_norm:
-            raise OptionError("decoder.attention", "windows need pre-norm decoder layers (decoder.pre_norm)")
-        if self.query_self_attention and not self.pre_norm:
-            raise OptionError("decoder.query_self_attention", "needs pre-norm decoder layers (the original's post-norm "
-                                                              "layer has none)")
-        if self.hidden_dim % self.nheads:
-            raise OptionError("decoder.nheads", f"must divide decoder.hidden_dim ({self.hidden_dim}) into equal heads, got {self.nheads}")
-
-
-class PositionEmbeddingSine(nn.Module):
-    """2D sine/cosine position encoding over a token grid (normalised to [0, 2 pi], as DETR)."""
-
-    max_side = None  # any grid
-
-    def __init__(self, dim: int, temperature: float = 10000.0):
-        super().__init__()
-        if dim % 4:
-            raise ValueError("hidden_dim must be divisible by 4 for the 2D sine encoding")
-        self.half = dim // 2
-        self.temperature = temperature
-
-    def forward(self, rows: int, cols: int, device=None) -> torch.Tensor:
-        """(rows * cols, dim) encodings, row-major like the flattened tokens."""
-        eps, scale = 1e-6, 2 * math.pi
-        y = torch.arange(1, rows + 1, dtype=torch.float32, device=device) / (rows + eps) * scale
-        x = torch.arange(1, cols + 1, dtype=torch.float32, device=device) / (cols + eps) * scale
-        freq = self.temperature ** (2 * (torch.arange(self.half, device=device) // 2) / self.half)
-
-        def encode(v: torch.Tensor) -> torch.Tensor:
-            p = v[:, None] / freq
-            return torch.stack((p[:, 0::2].sin(), p[:, 1::2].cos()), dim=2).flatten(1)
-
-        py, px = encode(y), encode(x)
-        return torch.cat((py[:, None, :].expand(rows, cols, -1), px[None, :, :].expand(rows, cols, -1)), dim=-1).flatten(0, 1)
 
 
 class DecoderLayer(nn.Module):
@@ -155,13 +60,6 @@ class DecoderLayer(nn.Module):
         return tgt, weights
 
 
-#: ``--attention``: how a query's cross-attention selects tokens (:mod:`model.windows`)
-ATTENTIONS = {
-    "standard": "multi-head attention over the tokens with their positions in the keys (DETR's)",
-    "windows": "one content score per query seen through a learned Gaussian window per head",
-}
-#: ``--position-embedding``: how token positions enter the attention keys
-POSITION_EMBEDDINGS = {"sine": PositionEmbeddingSine, "learned": PositionEmbeddingLearned}
 #: decoder layer by ``pre_norm``
 DECODER_LAYERS = {True: DecoderLayer, False: PostNormDecoderLayer}
 
@@ -169,7 +67,7 @@ DECODER_LAYERS = {True: DecoderLayer, False: PostNormDecoderLayer}
 class BrainEncoder(nn.Module):
     """Backbone tokens -> per-vertex predictions (both hemispheres, lh first).
 
-    Its readout (``cfg.readout``, :data:`~model.readout.READOUTS`) builds
+    Its readout (``cfg.readout``, :data:`~model.encoders.readouts.READOUTS`) builds
     itself from ``cfg``.
 
     Parameters
@@ -297,7 +195,7 @@ class BrainEncoder(nn.Module):
 
 
 class CustomTransformer(BrainEncoder):
-    """The original's ``custom_transformer``: :class:`~model.transformer_layers.CustomDecoderLayer` layers, no final norm.
+    """The original's ``custom_transformer``: :class:`~model.encoders.layers.CustomDecoderLayer` layers, no final norm.
 
     The original defined pre-norm layers only and no query self-attention;
     both are refused (:meth:`check`).

@@ -1,6 +1,6 @@
-"""The original's other transformer parts: encoder layers, post-norm and ``custom_transformer`` decoder layers, learned positions.
+"""The transformer's parts: encoder layers, post-norm and ``custom_transformer`` decoder layers, position embeddings.
 
-Each is defined as the original's code computes it (research notes, issue 13):
+The original's parts are defined as its code computes them (research notes, issue 13):
 
 * :class:`EncoderLayer` (``--enc-layers K``): DETR's encoder layer over the
   backbone tokens, self-attention with the position added to queries and
@@ -16,21 +16,23 @@ Each is defined as the original's code computes it (research notes, issue 13):
   column first. The original's table never received a gradient (it sat in
   the frozen backbone's ``no_grad``); here it is trained, as its name says.
 
-Every decoder layer has the signature of :class:`model.encoder.DecoderLayer`:
+The default position encoding, :class:`PositionEmbeddingSine`
+(``--position-embedding sine``), is DETR's 2D sine/cosine encoding.
+
+Every decoder layer has the signature of :class:`model.encoders.transformer.DecoderLayer`:
 ``forward(tgt, memory, pos, query_pos, need_weights) -> (tgt, weights)``
-with weights (B, heads, Q, T) when asked.
+with weights (B, heads, Q, T) when asked. ``cfg`` is a
+:class:`~model.encoders.configs.DecoderConfig`, not imported here: that
+module validates against this one's :data:`POSITION_EMBEDDINGS`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
 
 import torch
 from torch import nn
 
-from .errors import InputError
-
-if TYPE_CHECKING:
-    from .encoder import DecoderConfig
+from ..errors import InputError
 
 LEARNED_POSITIONS = 50  # rows and columns of the original's learned table
 
@@ -148,3 +150,34 @@ class PositionEmbeddingLearned(nn.Module):
         x = self.col_embed.weight[:cols]
         y = self.row_embed.weight[:rows]
         return torch.cat((x[None, :, :].expand(rows, cols, -1), y[:, None, :].expand(rows, cols, -1)), dim=-1).flatten(0, 1)
+
+
+class PositionEmbeddingSine(nn.Module):
+    """2D sine/cosine position encoding over a token grid (normalised to [0, 2 pi], as DETR)."""
+
+    max_side = None  # any grid
+
+    def __init__(self, dim: int, temperature: float = 10000.0):
+        super().__init__()
+        if dim % 4:
+            raise ValueError("hidden_dim must be divisible by 4 for the 2D sine encoding")
+        self.half = dim // 2
+        self.temperature = temperature
+
+    def forward(self, rows: int, cols: int, device=None) -> torch.Tensor:
+        """(rows * cols, dim) encodings, row-major like the flattened tokens."""
+        eps, scale = 1e-6, 2 * math.pi
+        y = torch.arange(1, rows + 1, dtype=torch.float32, device=device) / (rows + eps) * scale
+        x = torch.arange(1, cols + 1, dtype=torch.float32, device=device) / (cols + eps) * scale
+        freq = self.temperature ** (2 * (torch.arange(self.half, device=device) // 2) / self.half)
+
+        def encode(v: torch.Tensor) -> torch.Tensor:
+            p = v[:, None] / freq
+            return torch.stack((p[:, 0::2].sin(), p[:, 1::2].cos()), dim=2).flatten(1)
+
+        py, px = encode(y), encode(x)
+        return torch.cat((py[:, None, :].expand(rows, cols, -1), px[None, :, :].expand(rows, cols, -1)), dim=-1).flatten(0, 1)
+
+
+#: ``--position-embedding``: how token positions enter the attention keys
+POSITION_EMBEDDINGS = {"sine": PositionEmbeddingSine, "learned": PositionEmbeddingLearned}

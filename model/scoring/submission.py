@@ -26,10 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .files import atomic_path, load_npy
-from .rois import HEMIS
-from .run import PRED_TEST, expand_subjects, read_config, read_metrics
+from ..errors import InputError
+from ..files import atomic_path, load_npy
+from ..rois import HEMIS
+from ..runs import PRED_TEST, expand_subjects, read_config, read_metrics
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .device import module_device
-from .metrics import reliability_test
+from ..device import module_device
+from ..metrics import reliability_test
 
 #: share of the tokens replaced: the most-attended ones, or a random set of as many
 FRACTION = 0.2
@@ -113,7 +113,7 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
     features : array (N, T, C)
         Backbone tokens of the images (a memory-mapped cache entry is read a batch at a time).
     memberships : bool array (V, Q)
-        Which vertices each query reads out to (:attr:`model.readout.QuerySet.memberships`).
+        Which vertices each query reads out to (:attr:`model.encoders.queries.QuerySet.memberships`).
     fraction : float
         Share of the tokens replaced (at least one token).
     n_random : int

@@ -20,7 +20,7 @@ process walks the grid in the same order and each member is one DDP job).
   checkpoint starts over.
 * **One split per subject**: ``--split-seed`` is shared, so a subject's
   members have the same validation images and can be ensembled
-  (``tbe ensemble``, :mod:`model.ensemble`).
+  (``tbe ensemble``, :mod:`model.runs.ensembles`).
 * **Progress**: one line per member (:func:`model.progress.progress`), next to
   each member's own epoch progress.
 """
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError
-from .progress import progress
-from .run import CHECKPOINT, CONFIG, METRICS, RunConfig, read_config
+from ..errors import InputError
+from ..progress import progress
+from ..runs import CHECKPOINT, CONFIG, METRICS, RunConfig, read_config
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,10 @@ def train_grid(base: RunConfig, members: Sequence[GridMember], cache_dir: str | 
                device: str = "auto", features_on_device: str = "auto") -> list[Path]:
     """Train every member not yet complete (see the module docstring); returns the members' run directories.
 
-    ``device`` and ``features_on_device`` are passed to :func:`model.train.train` for each member.
+    ``device`` and ``features_on_device`` are passed to :func:`model.training.loop.train` for each member.
     """
-    from .subject import load_subject
-    from .train import train
+    from ..subject import load_subject
+    from .loop import train
 
     fingerprints: dict[int, dict[str, str]] = {}
     main = int(os.environ.get("RANK", "0")) == 0

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
-from .files import load_npy
-from .metrics import SCORE_NAMES, challenge_vertex_scores, noise_normalised, pearson_r, within_roi_r
-from .rois import EARLY_VISUAL, HEMIS, NON_STREAM_CLASSES
-from .subject import Subject
+from ..errors import InputError
+from ..files import load_npy
+from ..metrics import SCORE_NAMES, challenge_vertex_scores, noise_normalised, pearson_r, within_roi_r
+from ..rois import EARLY_VISUAL, HEMIS, NON_STREAM_CLASSES
+from ..subject import Subject
 
 log = logging.getLogger(__name__)
 

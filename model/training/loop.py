@@ -25,22 +25,20 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from .architectures import architecture, build_encoder
-from .device import autocast, pick_device
-from .errors import InputError
-from .faithfulness import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness,
-                           faithfulness_summary, query_reliability)
-from .features import FeatureRows, FeatureSet, check_residency, default_cache_dir, subject_features, training_rows
-from .files import read_rows, save_npy, save_safetensors, usable_directory, write_json
-from .manifest import write_run_manifest
-from .metrics import pearson_r, roi_summary
-from .progress import activity, progress
-from .readout import QuerySet, build_queries
-from .rois import HEMIS
-from .run import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
-                  TrainConfig, iter_batches, load_weights, predict, save_weights, write_config)
-from .rundir import Claim, DivergedError, claim_run_directory
-from .subject import Subject, load_subject, train_val_split
+from ..device import autocast, pick_device
+from ..encoders import QuerySet, architecture, build_encoder, build_queries
+from ..errors import InputError
+from ..features import FeatureRows, FeatureSet, check_residency, default_cache_dir, subject_features, training_rows
+from ..files import read_rows, save_npy, save_safetensors, usable_directory, write_json
+from ..metrics import pearson_r, roi_summary
+from ..progress import activity, progress
+from ..rois import HEMIS
+from ..runs import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
+                    TrainConfig, iter_batches, load_weights, predict, save_weights, write_config, write_run_manifest)
+from ..scoring import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
+                       query_reliability)
+from ..subject import Subject, load_subject, train_val_split
+from .claiming import Claim, DivergedError, claim_run_directory
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +214,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
     """Train (or fit) the encoder described by ``config`` into the run directory ``out``.
 
     Every option and input is checked before anything is written; the run
-    directory is held by this job alone (see :mod:`model.rundir`), and a
+    directory is held by this job alone (see :mod:`model.training.claiming`), and a
     failed fresh run leaves nothing behind. ``stop_after_epoch`` ends the job
     after that many epochs as if it had been interrupted (used to test
     ``resume``). ``features_on_device`` (auto, always, never; see
@@ -264,7 +262,7 @@ def resolve_config(config: RunConfig) -> Subject:
 
     Fills ``data_dir`` (made absolute), the decoder's sizes left to its
     readout, ``queries``, ``n_vertices`` and ``data_fingerprint`` in place: a config so resolved compares with a
-    trained run's ``config.json`` (:func:`model.rundir.settings_differences`).
+    trained run's ``config.json`` (:func:`model.training.claiming.settings_differences`).
     """
     config.validate()
     config.decoder = config.decoder.resolved()
@@ -453,10 +451,10 @@ def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
 
 
 def _attention_faithfulness(job: Job, model, val_pred: np.ndarray) -> dict | None:
-    """The deletion test of the attention (:mod:`model.faithfulness`) on validation images, for the summary.
+    """The deletion test of the attention (:mod:`model.scoring.faithfulness`) on validation images, for the summary.
 
     Queries count when the run predicts them reliably on the validation
-    images; the test itself runs on the first :data:`~model.faithfulness.SUMMARY_IMAGES`.
+    images; the test itself runs on the first :data:`~model.scoring.faithfulness.SUMMARY_IMAGES`.
     """
     if not model.capabilities.decoder_attention or len(job.val_idx) < 3:
         return None
