@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.files import atomic_path, write_json
 from model.progress import progress
 
@@ -160,7 +160,7 @@ def _kernel_manager_logging_to(path: Path) -> type:
 
 def notebook_path(name: str, notebook_dir: str | Path = NOTEBOOK_DIR) -> Path:
     if name not in NOTEBOOKS:
-        raise InputError("--notebooks", f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
+        raise OptionError("notebooks", f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
     path = Path(notebook_dir) / f"{name}.ipynb"
     if not path.is_file():
         raise InputError(path, "missing notebook")

@@ -39,7 +39,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.files import atomic_path, write_csv
 from model.progress import progress
 from model.options import check_settings, setting
@@ -330,7 +330,7 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     settings.check()
     run = open_run(run_dir, data_dir, device)
     if subj is not None and subj != run.config.subj:
-        raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
+        raise OptionError("subj", f"the run was trained on subject {run.config.subj}, not {subj}")
     chosen = choose_stimuli(run, stimuli, cache_dir, seed)
     result = analyse(run, chosen, settings, seed, cache_dir)
     for path in write_outputs(result, chosen, Path(out_dir)):

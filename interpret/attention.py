@@ -18,7 +18,7 @@ import xarray as xr
 
 from model.backbone import Backbone
 from model.device import autocast, module_device
-from model.errors import InputError
+from model.errors import OptionError
 from model.rois import HEMIS
 from model.run import Run
 
@@ -38,7 +38,7 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
     """
     dev = module_device(run.model)
     if not run.model.capabilities.decoder_attention:
-        raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
+        raise OptionError("methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
     wanted = set(run.queries.rois) if rois is None else set(rois)
     keep = [q for q, roi in enumerate(run.queries.rois) if roi in wanted]
     weights, n_layers = [], 0
@@ -121,12 +121,12 @@ def backbone_attention(backbone: Backbone, images: torch.Tensor, grid: MapGrid, 
     combined on the CPU, one block at a time.
     """
     if backbone.num_prefix_tokens < 1:
-        raise InputError("--backbone", "this backbone has no class token to read attention from")
+        raise OptionError("backbone.name", "this backbone has no class token to read attention from")
     prefix = backbone.num_prefix_tokens
     with _rollout_hooks(backbone, _Rollout(prefix)) as rollout:
         backbone(backbone.preprocess(images.to(module_device(backbone))))
     if not rollout.blocks:
-        raise InputError("--enc-output-layer", "no attention block runs before the features are taken")
+        raise OptionError("backbone.layer", "no attention block runs before the features are taken")
     roll = rollout.product[:, 0, prefix:]
     roll = roll / roll.sum(-1, keepdim=True)
     # its own head dimension: the backbone's heads are not the decoder's

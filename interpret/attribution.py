@@ -33,7 +33,7 @@ from captum.attr import (GradientShap, InputXGradient, IntegratedGradients, Nois
 
 from model.backbone import Backbone
 from model.device import full_precision, module_device
-from model.errors import InputError
+from model.errors import OptionError
 from model.progress import progress
 from model.options import check_settings, setting
 from model.rois import HEMIS
@@ -124,7 +124,7 @@ def baseline_images(images: torch.Tensor, kind: str, backbone: Backbone) -> torc
         k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
         x = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), k, groups=3)
         return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.transpose(-1, -2), groups=3)
-    raise InputError("--baseline", f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+    raise OptionError("baseline", f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def method(name: str) -> tuple[Method, bool]:
     if base in tunnelable():
         return METHODS[base], True
     known = [*METHODS, *(NOISE_TUNNEL + m for m in tunnelable())]
-    raise InputError("--methods", f"unknown method {name!r}; choose from {', '.join(known)}")
+    raise OptionError("methods", f"unknown method {name!r}; choose from {', '.join(known)}")
 
 
 def map_variable(name: str) -> str:

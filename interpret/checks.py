@@ -31,7 +31,7 @@ from skimage.metrics import structural_similarity
 from model.backbone import Backbone
 from model.device import autocast, module_device
 from model.ensemble import EnsembleEncoder
-from model.errors import InputError
+from model.errors import OptionError
 from model.progress import progress
 from model.rois import EARLY_VISUAL
 from model.truth import GroundTruth
@@ -62,7 +62,7 @@ def cascade(encoder: torch.nn.Module) -> list[str]:
     if isinstance(encoder, EnsembleEncoder):
         parts = [cascade(m) for m in encoder.members]
         if any(p != parts[0] for p in parts):
-            raise InputError("--run", "the sanity cascade of an ensemble needs members of one architecture "
+            raise OptionError("run", "the sanity cascade of an ensemble needs members of one architecture "
                                       "(the same decoder parts in each)")
         return parts[0]
     core = encoder.core

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.files import atomic_path, write_csv, write_json
 from model.progress import progress
 from model.rois import EARLY_VISUAL, HEMIS
@@ -53,9 +53,9 @@ class MapJob:
         """Unknown methods, methods the run's encoder cannot give and settings out of range stop here."""
         for name in self.methods:
             if method(name)[0].needs_attention and not run.model.capabilities.decoder_attention:
-                raise InputError("--methods", f"{name} needs the transformer; this run is {run.config.encoder_arch!r}")
+                raise OptionError("methods", f"{name} needs the transformer; this run is {run.config.encoder_arch!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError("--batch-size", f"must be a whole number of images >= 1, got {self.batch_size!r}")
+            raise OptionError("batch_size", f"must be a whole number of images >= 1, got {self.batch_size!r}")
         self.settings.check()
 
 

@@ -19,8 +19,9 @@ from torch import nn
 
 from .baselines import RIDGE_FEATURES, LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
 from .encoder import BrainEncoder, CustomTransformer, DecoderConfig
-from .errors import InputError, check_fields, positive_int
+from .errors import OptionError, check_fields, positive_int
 from .interface import Capabilities, EncoderInputs
+from .options import setting
 from .readout import QuerySet
 
 
@@ -28,9 +29,10 @@ from .readout import QuerySet
 class RidgeConfig:
     """Ridge baseline options: which token features and how coarse a pooling."""
 
-    features: str = "pooled"
-    pool: int = 4
-    n_components: int = 512
+    features: str = setting("pooled", "ridge inputs: " + "; ".join(f"{k}: {v}" for k, v in RIDGE_FEATURES.items()),
+                            choices=tuple(RIDGE_FEATURES))
+    pool: int = setting(4, "side of the pooled token grid (pooled features)")
+    n_components: int = setting(512, "PCA components (`ridge.features` pca)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +80,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise InputError("--encoder-arch", f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+        raise OptionError("encoder_arch", f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import InputError
+from .errors import OptionError
 from .interface import Capabilities, EncoderInputs
 from .readout import LinearReadout, QuerySet, with_readout_subset
 
@@ -128,7 +128,7 @@ class RidgeEncoder(nn.Module):
                  pool: int = 4, n_components: int = 512):
         super().__init__()
         if kind not in RIDGE_FEATURES:
-            raise InputError("--ridge-features", f"unknown {kind!r}; choose from {', '.join(RIDGE_FEATURES)}")
+            raise OptionError("ridge.features", f"unknown {kind!r}; choose from {', '.join(RIDGE_FEATURES)}")
         self.kind, self.grid = kind, tuple(grid)
         self.pool = min(PCA_POOL, *grid) if kind == "pca" else pool
         pooled_dim = self.pool * self.pool * feature_dim

@@ -96,7 +96,7 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from .errors import InputError, check_fields, positive_int
+from .errors import InputError, OptionError, check_fields, positive_int
 from .files import atomic_directory, load_npy, read_rows, save_npy, usable_directory, write_json
 from .interface import Capabilities
 from .metrics import pearson_r, roi_summary
@@ -161,9 +161,9 @@ WEIGHTINGS: dict[str, Weighting] = {
 def check_weighting(weighting: str, temperature: float) -> None:
     """One clear error for an unknown weighting or a temperature that is not a number >= 0."""
     if weighting not in WEIGHTINGS:
-        raise InputError("--weighting", f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+        raise OptionError("weighting", f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise InputError("--temperature", f"must be a number >= 0, got {temperature}")
+        raise OptionError("temperature", f"must be a number >= 0, got {temperature}")
 
 
 def member_weights(r: np.ndarray, weighting: str = "softmax", temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
@@ -189,7 +189,7 @@ def combine(preds: Sequence[np.ndarray], weights: np.ndarray, rows: np.ndarray |
 def validation_halves(n_val: int, seed: int = HALVES_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Positions (within the validation split) of the two halves of the cross-fitting, seeded and sorted."""
     if n_val < 4:
-        raise InputError("--runs", f"cross-fitting needs at least 4 validation images (2 per half); the runs have {n_val}")
+        raise OptionError("runs", f"cross-fitting needs at least 4 validation images (2 per half); the runs have {n_val}")
     order = np.random.default_rng(seed).permutation(n_val)
     return np.sort(order[: n_val // 2]), np.sort(order[n_val // 2:])
 
@@ -307,7 +307,7 @@ def check_members(runs: Sequence[str | Path], data_dir: str | Path | None = None
     members and their shared validation indices.
     """
     if not runs:
-        raise InputError("--runs", "list at least one run directory")
+        raise OptionError("runs", "list at least one run directory")
     paths = [Path(r).expanduser().resolve() for r in runs]
     seen: set[Path] = set()
     for path in paths:
@@ -345,7 +345,7 @@ def check_members(runs: Sequence[str | Path], data_dir: str | Path | None = None
             val_idx = idx
         elif idx.shape != val_idx.shape or not np.array_equal(idx, val_idx):
             raise InputError(m.path / VAL_INDICES, f"holds other validation images than {first.path}'s (another split: "
-                                                   "--split-seed or --val-fraction); members must share one validation split")
+                                                   "`train.split_seed` or `train.val_fraction`); members must share one validation split")
     return subject, members, np.asarray(val_idx)
 
 
@@ -379,7 +379,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
     check_weighting(weighting, temperature)
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "exists and is not empty; choose another --out")
+        raise InputError(out, "exists and is not empty; choose another `out`")
     usable_directory(out.parent, where=out)
     subject, members, val_idx = check_members(runs, data_dir)
     targets = Targets.of_subject(subject)

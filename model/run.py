@@ -46,6 +46,7 @@ from .device import autocast, module_device, pick_device
 from .encoder import DecoderConfig
 from .errors import InputError, OptionError, check_fields, is_int, is_number, positive_int
 from .files import atomic_path, load_npy, read_rows, save_safetensors, write_json
+from .options import setting
 from .readout import READOUT_RES, QuerySet, build_queries
 from .subject import Subject, load_subject, split_sizes
 
@@ -83,17 +84,18 @@ READABLE_FORMATS = (1, 2)
 class TrainConfig:
     """Optimisation options; defaults are the seed's (AdamW, StepLR, gradient clipping 0.1)."""
 
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    lr_drop: int = 100
-    clip_max_norm: float = 0.1
-    seed: int = 0
-    split_seed: int = 0
-    val_fraction: float = 0.1
+    epochs: int = setting(15, "passes over the training images")
+    batch_size: int = setting(16, "images per optimisation step")
+    lr: float = setting(5e-4, "AdamW learning rate")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+    lr_drop: int = setting(100, "halve the learning rate every N epochs")
+    clip_max_norm: float = setting(0.1, "gradient-norm clipping (0: none)")
+    seed: int = setting(0, "initialisation, data order and dropout")
+    split_seed: int = setting(0, "train/validation split")
+    val_fraction: float = setting(0.1, "share of the training images held out for validation")
     #: standardise every token channel (statistics of the training images) before the encoder; the original fed raw tokens
-    standardise_tokens: bool = True
+    standardise_tokens: bool = setting(True, "standardise every token channel before the encoder (default on; the "
+                                             "original fed raw tokens)")
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -255,7 +257,7 @@ def read_metrics(run: str | Path) -> dict:
     """A complete run's ``metrics.json``; a missing or corrupt file is one error naming it."""
     path = Path(run) / METRICS
     if not path.is_file():
-        raise InputError(path, "missing: training did not finish (continue it with tbe train --resume)")
+        raise InputError(path, "missing: training did not finish (continue it with tbe train `resume`)")
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -390,7 +392,7 @@ def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | 
         return open_ensemble(run, data_dir, device)
     config = read_config(run)
     if not (run / METRICS).is_file():
-        raise InputError(run, "training did not finish (no metrics.json); continue it with --resume")
+        raise InputError(run, "training did not finish (no metrics.json); continue it with `resume`")
     check_feature_key(run / CONFIG, config)
     subject = load_subject(data_dir if data_dir is not None else config.data_dir, config.subj)
     queries = build_queries(subject, config.readout_res)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import OptionError
 
 if TYPE_CHECKING:
     from .encoder import DecoderConfig
@@ -143,7 +143,7 @@ class PositionEmbeddingLearned(nn.Module):
     def forward(self, rows: int, cols: int, device=None) -> torch.Tensor:
         """(rows * cols, dim) encodings, row-major like the flattened tokens."""
         if rows > LEARNED_POSITIONS or cols > LEARNED_POSITIONS:
-            raise InputError("--position-embedding", f"learned positions cover at most {LEARNED_POSITIONS} x "
+            raise OptionError("decoder.position_embedding", f"learned positions cover at most {LEARNED_POSITIONS} x "
                                                      f"{LEARNED_POSITIONS} tokens, got {rows} x {cols}")
         x = self.col_embed.weight[:cols]
         y = self.row_embed.weight[:rows]

@@ -48,14 +48,14 @@ class VirtualConfig:
     n_vertices: tuple[int, int] | None = None  # exact (lh, rh) challenge vertex counts
 
     def check(self) -> None:
-        from ..errors import InputError
+        from ..errors import OptionError
 
         if self.surface not in SURFACES:
-            raise InputError("--surface", f"unknown surface {self.surface!r}; choose from {', '.join(SURFACES)}")
+            raise OptionError("surface", f"unknown surface {self.surface!r}; choose from {', '.join(SURFACES)}")
 
         for name, low in (("subj", 1), ("n_train", 20), ("n_test", 1), ("image_size", 32), ("n_repeats", 1)):
             if getattr(self, name) < low:
-                raise InputError(f"--{name.replace('_', '-')}", f"must be at least {low}, got {getattr(self, name)}")
+                raise OptionError(name, f"must be at least {low}, got {getattr(self, name)}")
 
 
 def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualConfig(),
@@ -66,7 +66,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
     if target.exists() and not overwrite:
         from ..errors import InputError
 
-        raise InputError(target, "already exists (pass --overwrite to replace it)")
+        raise InputError(target, "already exists (pass `overwrite` to replace it)")
     seeds = np.random.SeedSequence([config.seed, config.subj]).spawn(5)
     scene_rng, nsd_rng, tuning_rng, noise_rng, coco_rng = (np.random.default_rng(s) for s in seeds)
     n_total = config.n_train + config.n_test
@@ -79,9 +79,9 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
     try:
         layout = build_layout(config.surface, dict(zip(HEMIS, config.n_vertices)) if config.n_vertices else None)
     except ValueError as exc:
-        from ..errors import InputError
+        from ..errors import OptionError
 
-        raise InputError("--vertices", str(exc)) from None
+        raise OptionError("n_vertices", str(exc)) from None
     tuning = {hemi: R.make_tuning(layout[hemi], tuning_rng) for hemi in HEMIS}
 
     with atomic_directory(target, overwrite=overwrite) as tmp:
