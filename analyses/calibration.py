@@ -110,8 +110,7 @@ def shuffled_rows(x: np.ndarray, codes: np.ndarray, n_categories: int, source: s
 
 def null_rois(run: Run) -> list[tuple[str, str]]:
     """(hemi, ROI) of the ROIs planted to respond to nothing."""
-    return [(hemi, roi) for roi, info in run.subject.truth.rois.items() if info["preference"] is None
-            for hemi in info["hemis"] if hemi in HEMIS]
+    return run.subject.truth.null_rois()
 
 
 def fresh_null_measurements(run: Run, rois: list[tuple[str, str]], n_images: int, n_seeds: int,

@@ -132,8 +132,7 @@ def references(run: Run, contrast: Contrast, hemi: str) -> dict[str, tuple[str, 
         present = [r for r in ROI_CLASSES[contrast.roi_class] if run.subject.roi_mask(r, hemi).any()]
         refs["roi_masks"] = (",".join(present), run.subject.labels[contrast.roi_class][hemi] > 0)
     if run.subject.truth is not None:
-        tuning = run.subject.truth.tuning[hemi]
-        planted = (tuning.preference[:, CATEGORIES.index(contrast.category)] >= 1) & ~tuning.null
+        planted = run.subject.truth.planted_vertices(hemi, contrast.category)
         if planted.any():
             refs["planted"] = (f"vertices planted to prefer {contrast.category}", planted)
     return refs

@@ -108,10 +108,9 @@ def add_planted(table: pd.DataFrame, run: Run) -> pd.DataFrame:
     truth = run.subject.truth
     if truth is None:
         return table.assign(planted="")
-    planted = []
-    for roi in table["roi"]:
-        entry = truth.rois.get(roi)
-        planted.append("" if entry is None else PLANTED_ROUTING.get(entry.get("preference") or "", "none"))
+    preferences = truth.preferences()
+    planted = ["" if roi not in preferences else PLANTED_ROUTING.get(preferences[roi] or "", "none")
+               for roi in table["roi"]]
     return table.assign(planted=planted)
 
 

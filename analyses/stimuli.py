@@ -580,7 +580,7 @@ def subject_heldout(run: Run) -> StimulusSet:
             names = [kept_paths[j].name for j in picked]  # full: (n, CATEGORIES, S, S) of a batch of them
             masks[picked] = np.concatenate([masks_to_grid(full[:, columns]) for full in truth.mask_batches(folder, names)])
     label_list = [str(labels[k]) for k in keep]
-    check_categories(root / "ground_truth" / "images.csv", label_list)
+    check_categories(truth.images_file, label_list)
     log.info("held-out images of %s: %d of %d show one category (%s)", root.name, len(keep), len(rows),
              ", ".join(f"{c} {label_list.count(c)}" for c in order))
     return StimulusSet.single(f"{root.name} held-out images", kept_paths, label_list, order, masks,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from model.backbone import Backbone
+from model.interface import TokenBackbone
 from model.errors import OptionError
 from model.files import read_rows
 from model.images import image_batch
@@ -120,7 +120,7 @@ def _containing(run: Run, split: str, paths: list[Path], category: str) -> list[
     return [p for p, keep in zip(paths, np.concatenate(shown) if shown else []) if keep]
 
 
-def load_images(backbone: Backbone, paths: list[Path]) -> torch.Tensor:
+def load_images(backbone: TokenBackbone, paths: list[Path]) -> torch.Tensor:
     """Images as float (B, 3, S, S) in [0, 1] at the side the backbone brings them to."""
     x = image_batch(paths).float() / 255
     side = backbone.image_side
@@ -143,7 +143,7 @@ class MapGrid:
     token_grid: tuple[int, int]
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, size: int | None = None) -> "MapGrid":
+    def for_backbone(cls, backbone: TokenBackbone, size: int | None = None) -> "MapGrid":
         side = backbone.image_side
         return cls(int(size or min(side, 4 * backbone.grid[0])), side, backbone.input_size, tuple(backbone.grid))
 
@@ -210,7 +210,7 @@ class Inputs:
     images: torch.Tensor  # (N, 3, S, S) in [0, 1]
     tokens: np.ndarray  # (N, tokens, channels): the decoder's input
     grid: MapGrid
-    backbone: Backbone
+    backbone: TokenBackbone
 
     def __len__(self) -> int:
         return len(self.names)
@@ -235,7 +235,7 @@ class MapSource:
     paths: list[Path]
     tokens: object  # (N, tokens, channels), read by rows
     grid: MapGrid
-    backbone: Backbone
+    backbone: TokenBackbone
 
     def __len__(self) -> int:
         return len(self.names)

@@ -136,6 +136,10 @@ class NormalisedEncoder(nn.Module):
         out.core = self.core.restricted(vertices)
         return out
 
+    def randomisation_steps(self) -> list[tuple[str, list[nn.Module]]]:
+        """The core's parts in its randomisation order (:meth:`~model.interface.EncoderCore.randomisation_order`)."""
+        return [(part, [self.core.get_submodule(part)]) for part in self.core.randomisation_order()]
+
     def normalise(self, features: torch.Tensor) -> torch.Tensor:
         if not self.standardise:
             return features.float()

@@ -20,6 +20,7 @@ up to that one are kept and run. The feature is that block's output tokens
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -200,10 +201,21 @@ FEATURES: dict[str, Feature] = {**CNN_FEATURES, **VIT_FEATURES}
 class ImageBackbone(nn.Module):
     """What every frozen backbone shares: preprocessing, frozen mode, a one-line description.
 
-    Subclasses set ``config``, ``depth``, ``block_index``, ``input_size``,
-    ``image_side``, ``patch`` (the token stride in pixels), ``grid``, ``dim``,
-    ``num_prefix_tokens`` and ``weights_digest``, and call :meth:`_normalisation`.
+    A :class:`~model.interface.TokenBackbone`: subclasses set ``config``,
+    ``depth``, ``block_index``, ``input_size``, ``image_side``, ``patch``
+    (the token stride in pixels), ``grid``, ``dim``, ``prefix_tokens`` and
+    ``weights_digest``, declare ``has_class_token`` and ``self_attention``
+    (with :meth:`record_attention`) where they have them, and call
+    :meth:`_normalisation`.
     """
+
+    prefix_tokens = 0
+    has_class_token = False
+    self_attention = False
+
+    def record_attention(self, record: Callable[[torch.Tensor], None]):
+        """While active, each block that runs hands its softmax attention (B, heads, N, N) to ``record``."""
+        raise TypeError(f"{type(self).__name__} has no self-attention to record")
 
     def _normalisation(self, model: nn.Module) -> None:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -251,6 +263,7 @@ class Backbone(ImageBackbone):
     """
 
     unit = "block"
+    self_attention = True  # its blocks attend among the tokens (:meth:`record_attention`)
 
     def __init__(self, vit: nn.Module, config: BackboneConfig, native_side: int, input_size: int, weights_digest: str):
         super().__init__()
@@ -272,9 +285,27 @@ class Backbone(ImageBackbone):
         self.patch = vit.patch_embed.patch_size[0]
         self.grid = (1, 1) if feature.class_token else (input_size // self.patch, input_size // self.patch)
         self.dim = head.out_features if feature.projects else vit.embed_dim
-        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.prefix_tokens = vit.num_prefix_tokens
+        self.has_class_token = vit.cls_token is not None
         self.weights_digest = weights_digest
         self._normalisation(vit)
+
+    @contextlib.contextmanager
+    def record_attention(self, record: Callable[[torch.Tensor], None]):
+        """While active, each block that runs hands its softmax attention (B, heads, N, N) to ``record``, in
+        order; fused attention (which never forms the weights) is off meanwhile."""
+        handles, fused = [], []
+        for block in self.vit.blocks:
+            fused.append(block.attn.fused_attn)
+            block.attn.fused_attn = False
+            handles.append(block.attn.attn_drop.register_forward_hook(lambda m, inp, out: record(inp[0])))
+        try:
+            yield
+        finally:
+            for block, was in zip(self.vit.blocks, fused):
+                block.attn.fused_attn = was
+            for h in handles:
+                h.remove()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised input (from :meth:`preprocess`) -> patch features (B, h*w, C), or the class token (B, 1, C)."""
@@ -308,7 +339,6 @@ class CnnBackbone(ImageBackbone):
         self.pooled = feature.class_token
         self.grid = (1, 1) if self.pooled else (input_size // self.patch, input_size // self.patch)
         self.dim = int(net.feature_info.channels()[-1])
-        self.num_prefix_tokens = 0
         self.weights_digest = weights_digest
         self._normalisation(net)
 

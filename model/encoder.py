@@ -21,7 +21,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .errors import OptionError, check_fields, is_int, is_number, positive_int
-from .interface import Capabilities, EncoderInputs
+from .interface import Capabilities, EncoderCore, EncoderInputs
 from .options import setting
 from .readout import READOUTS, QuerySet, with_readout_subset
 from .transformer_layers import CustomDecoderLayer, PositionEmbeddingLearned, PostNormDecoderLayer, TokenEncoder
@@ -177,7 +177,7 @@ POSITION_EMBEDDINGS = {"sine": PositionEmbeddingSine, "learned": PositionEmbeddi
 DECODER_LAYERS = {True: DecoderLayer, False: PostNormDecoderLayer}
 
 
-class BrainEncoder(nn.Module):
+class BrainEncoder(EncoderCore):
     """Backbone tokens -> per-vertex predictions (both hemispheres, lh first).
 
     Its readout (``cfg.readout``, :data:`~model.readout.READOUTS`) builds
@@ -228,6 +228,14 @@ class BrainEncoder(nn.Module):
     def restricted(self, vertices: np.ndarray) -> "BrainEncoder":
         """A copy predicting only ``vertices`` (its readout sliced; the decoder shared)."""
         return with_readout_subset(self, vertices)
+
+    def randomisation_order(self) -> list[str]:
+        """Readout, final norm, decoder layers from the top, queries, token encoder, positions, projection."""
+        parts = super().randomisation_order()
+        layers = [f"layers.{i}" for i in reversed(range(len(self.layers)))]
+        head = [p for p in ("readout", "norm") if p in parts]
+        tail = [p for p in ("query_embed", "token_encoder", "pos", "input_proj") if p in parts]
+        return head + layers + tail
 
     def _reset_parameters(self) -> None:
         for name, p in self.named_parameters():
