@@ -242,17 +242,9 @@ def backbone_config(args: argparse.Namespace):
 def _synth_args(p: argparse.ArgumentParser) -> None:
     from model.synthetic import VirtualConfig
 
-    d = VirtualConfig()
     p.add_argument("--out", type=Path, required=True, help="folder to write subjXX into")
-    p.add_argument("--subj", type=int, default=d.subj, help="subject number: writes subjXX")
-    p.add_argument("--n-train", type=int, default=d.n_train, help="training images (with fMRI)")
-    p.add_argument("--n-test", type=int, default=d.n_test, help="test images (fMRI withheld, as in the challenge)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="side of the painted images in pixels")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the images, ROIs, tuning and noise")
-    p.add_argument("--surface", choices=["fsaverage5", "fsaverage6"], default=d.surface,
-                   help="surface density; fsaverage6 (subdivided fsaverage5) allows real-size subjects, for benchmarks")
-    p.add_argument("--vertices", type=int, nargs=2, metavar=("LH", "RH"), default=None,
-                   help="exact numbers of challenge vertices (e.g. 19004 20544 as NSD subject 1, with --surface fsaverage6)")
+    add_settings_args(p, VirtualConfig, ["subj", "n_train", "n_test", "image_size", "seed", "surface"])
+    add_setting_arg(p, VirtualConfig, "n_vertices", nargs=2, metavar=("LH", "RH"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing subject")
 
 
@@ -260,7 +252,7 @@ def _synth(args: argparse.Namespace) -> int:
     from model.synthetic import VirtualConfig, write_virtual_subject
 
     config = VirtualConfig(args.subj, args.n_train, args.n_test, args.image_size, args.seed, surface=args.surface,
-                           n_vertices=tuple(args.vertices) if args.vertices else None)
+                           n_vertices=tuple(args.vertices) if args.vertices else None)  # n_repeats: the default
     path = write_virtual_subject(args.out, config, overwrite=args.overwrite)
     print(path)
     return 0

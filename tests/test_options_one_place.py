@@ -132,17 +132,19 @@ def test_commands_that_share_an_option_define_it_once():
 
 
 def test_settings_flags_carry_the_fields_help_default_and_choices():
-    """A training option is its configuration field's: the flag's default, help and choices are the field's."""
+    """A training (or tbe synth) option is its configuration field's: the flag's default, help and choices."""
     import dataclasses
 
     from model.options import option_choices, option_help
+    from model.synthetic import VirtualConfig
 
-    train = _flags_of(_commands()["train"])
-    for section, cls in cli.config_sections().items():
-        for f in dataclasses.fields(cls):
-            action = train[cli.flag_of(f"{section}.{f.name}")]
-            if f"{section}.{f.name}" in ("backbone.weights", "backbone.layer"):  # a file or random; one or several
-                continue
-            assert action.default == f.default, f.name
-            assert action.help.startswith(cli.with_flags(option_help(f.metadata))), f.name
-            assert action.choices == option_choices(f.metadata), f.name
+    commands = _commands()
+    fields = [(commands["train"], section, f) for section, cls in cli.config_sections().items()
+              for f in dataclasses.fields(cls)]
+    fields += [(commands["synth"], "", f) for f in dataclasses.fields(VirtualConfig) if f.name != "n_repeats"]
+    for parser, section, f in fields:
+        parameter = f"{section}.{f.name}" if section else f.name
+        action = _flags_of(parser)[cli.flag_of(parameter)]
+        assert action.help.startswith(cli.with_flags(option_help(f.metadata))), parameter
+        if parameter not in ("backbone.weights", "backbone.layer"):  # a file or random; one layer or several
+            assert (action.default, action.choices) == (f.default, option_choices(f.metadata)), parameter

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_directory, save_npy, write_json
+from ..options import setting
 from ..progress import progress
 from ..rois import HEMIS, ROI_CLASSES, class_mapping
 from ..subject import SPLIT_DIRS
@@ -38,14 +39,16 @@ N_NSD_IMAGES = 73000
 class VirtualConfig:
     """Sizes and seed of a virtual subject. The defaults train in minutes on 2 CPU cores."""
 
-    subj: int = 1
-    n_train: int = 1000
-    n_test: int = 200
-    image_size: int = 224
-    seed: int = 0
+    subj: int = setting(1, "subject number: writes subjXX")
+    n_train: int = setting(1000, "training images (with fMRI)")
+    n_test: int = setting(200, "test images (fMRI withheld, as in the challenge)")
+    image_size: int = setting(224, "side of the painted images in pixels")
+    seed: int = setting(0, "seed of the images, ROIs, tuning and noise")
     n_repeats: int = 3
-    surface: str = "fsaverage5"
-    n_vertices: tuple[int, int] | None = None  # exact (lh, rh) challenge vertex counts
+    surface: str = setting("fsaverage5", "surface density; fsaverage6 (subdivided fsaverage5) allows real-size "
+                                         "subjects, for benchmarks", choices=SURFACES)
+    n_vertices: tuple[int, int] | None = setting(None, "exact numbers of challenge vertices (e.g. 19004 20544 as NSD "
+                                                       "subject 1, with `surface` fsaverage6)", kind=int)
 
     def check(self) -> None:
         from ..errors import OptionError
