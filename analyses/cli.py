@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import functools
+import logging
 import os
 import re
 import sys
@@ -34,15 +34,16 @@ from model.errors import InputError, OptionError
 
 log = logging.getLogger("tbe")
 
-#: parameters whose flag is not their name's (:func:`flag_of`): the seed's names, and a section's prefix
+#: parameters whose flag is not their name's (:func:`flag_of`): the seed's names, a section's prefix,
+#: and tbe synth's --vertices
 FLAG_NAMES = {
     "backbone.name": "--backbone", "backbone.weights": "--backbone-weights", "backbone.seed": "--backbone-seed",
     "backbone.layer": "--enc-output-layer", "ridge.features": "--ridge-features", "ridge.pool": "--ridge-pool",
     "ridge.n_components": "--ridge-components", "n_vertices": "--vertices",
 }
 #: flags that several commands define, each for itself, because they mean something else in each: what it
-#: writes, what it draws at random, which images or runs it reads (tests/test_options.py: every other flag
-#: that commands share has one definition)
+#: writes, what it draws at random, which images or runs it reads (tests/test_options_one_place.py: every
+#: other flag that commands share has one definition)
 OWN_MEANING = {
     "--out": "what the command writes", "--seed": "what the command draws at random",
     "--run": "one run, several (an ensemble), or a run to read a manifest or subject from",
@@ -55,7 +56,8 @@ OWN_MEANING = {
     "--batch-size": "images per backbone pass, per optimisation step, or mapped at a time",
     "--enc-output-layer": "one layer, or several (a grid)", "--image-size": "painted images, or the backbone's input",
     "--categories": "COCO categories to label, or categories of a labels file to analyse",
-    "--n-train": "the virtual subject of tbe synth, or of the demo", "--n-test": "the virtual subject of tbe synth, or of the demo",
+    "--n-train": "the virtual subject of tbe synth, or of the demo",
+    "--n-test": "the virtual subject of tbe synth, or of the demo",
     "--alpha": "FDR level of each command's own tests", "--confidence": "interval level of each command's own tests",
     "--n-permutations": "each command's own permutation tests", "--n-bootstrap": "each command's own intervals",
 }
