@@ -72,8 +72,7 @@ class DecoderConfig:
 
     def resolved(self) -> "DecoderConfig":
         """This configuration with what it leaves to its readout filled in (the size a run records)."""
-        return replace(self, readout_map_dim=self.readout_map_dim or getattr(READOUTS[self.readout], "default_map_dim",
-                                                                             None))
+        return replace(self, readout_map_dim=self.readout_map_dim or READOUTS[self.readout].default_map_dim)
 
     def validate(self) -> None:
         """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``decoder.<field>``)."""
