@@ -229,11 +229,12 @@ class BrainEncoder(EncoderCore):
         return with_readout_subset(self, vertices)
 
     def randomisation_order(self) -> list[str]:
-        """Readout, final norm, decoder layers from the top, queries, token encoder, positions, projection."""
+        """Readout, final norm, decoder layers from the top, queries (their embeddings and windows), token encoder,
+        positions, projection."""
         parts = super().randomisation_order()
         layers = [f"layers.{i}" for i in reversed(range(len(self.layers)))]
         head = [p for p in ("readout", "norm") if p in parts]
-        tail = [p for p in ("query_embed", "token_encoder", "pos", "input_proj") if p in parts]
+        tail = [p for p in ("query_embed", "windows", "token_encoder", "pos", "input_proj") if p in parts]
         return head + layers + tail
 
     def _reset_parameters(self) -> None:
