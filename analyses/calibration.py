@@ -37,7 +37,7 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.files import write_csv
 from model.progress import progress
 from model.rois import HEMIS
@@ -110,8 +110,7 @@ def shuffled_rows(x: np.ndarray, codes: np.ndarray, n_categories: int, source: s
 
 def null_rois(run: Run) -> list[tuple[str, str]]:
     """(hemi, ROI) of the ROIs planted to respond to nothing."""
-    return [(hemi, roi) for roi, info in run.subject.truth.rois.items() if info["preference"] is None
-            for hemi in info["hemis"] if hemi in HEMIS]
+    return run.subject.truth.null_rois()
 
 
 def fresh_null_measurements(run: Run, rois: list[tuple[str, str]], n_images: int, n_seeds: int,
@@ -151,7 +150,7 @@ def calibrate(run: Run, n_seeds: int = N_SEEDS, alpha: float = 0.05, cache_dir: 
     if run.subject.truth is None:
         raise InputError(run.subject.root, "calibration needs a virtual subject (its ground truth says which ROIs are null)")
     if n_seeds < 1:
-        raise InputError("--n-seeds", f"must be at least 1, got {n_seeds}")
+        raise OptionError("n_seeds", f"must be at least 1, got {n_seeds}")
     rng = np.random.default_rng([seed, 7])
     settings = SelectivitySettings(n_permutations=n_permutations, n_bootstrap=200, alpha=alpha)
     stimuli = subject_heldout(run)

@@ -3,17 +3,27 @@
 Subcommands are registered in :data:`COMMANDS` (name -> how to add its
 arguments, what to run). Every error ends with one line and exit status 2:
 bad input as ``error: <file or option>: <problem>`` (the library names
-configuration parameters, :data:`CONFIG_FLAGS` turns them into flags), a
+parameters, :func:`flag_of` turns them into flags), a
 file-system error as ``error: <file>: <what the OS said>``, and anything
 unexpected as ``error: internal error: ...`` with a hint how to see the
 traceback (``--traceback`` or ``TBE_TRACEBACK=1``).
+
+Options come from one place: a setting's flag, type, default, choices and
+help are its dataclass field's (:func:`model.options.setting`; the training
+configuration's sections, the method and statistics settings), made into a
+flag by :func:`add_settings_args`; options that several commands share are
+added by one function each (``add_*_args``). Only this module turns a
+parameter into a flag (:func:`flag_of`), for the flags it makes and for the
+library's errors alike.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -24,27 +34,78 @@ from model.errors import InputError, OptionError
 
 log = logging.getLogger("tbe")
 
-#: configuration parameter -> the flag that sets it (``tbe train``; the backbone ones in every command
-#: that computes features). tests/test_reliability.py checks that every config field has one.
-CONFIG_FLAGS = {
-    "data_dir": "--data-dir", "subj": "--subj", "readout_res": "--readout-res", "encoder_arch": "--encoder-arch",
+#: parameters whose flag is not their name's (:func:`flag_of`): the seed's names, a section's prefix,
+#: and tbe synth's --vertices
+FLAG_NAMES = {
     "backbone.name": "--backbone", "backbone.weights": "--backbone-weights", "backbone.seed": "--backbone-seed",
-    "backbone.layer": "--enc-output-layer", "backbone.feature": "--feature", "backbone.image_size": "--image-size",
-    "backbone.precision": "--precision",
-    "train.epochs": "--epochs", "train.batch_size": "--batch-size", "train.lr": "--lr",
-    "train.weight_decay": "--weight-decay", "train.lr_drop": "--lr-drop", "train.clip_max_norm": "--clip-max-norm",
-    "train.seed": "--seed", "train.split_seed": "--split-seed", "train.val_fraction": "--val-fraction",
-    "train.standardise_tokens": "--standardise-tokens", "decoder.query_init": "--query-init",
-    "decoder.enc_layers": "--enc-layers", "decoder.pre_norm": "--pre-norm", "decoder.position_embedding": "--position-embedding",
-    "decoder.query_chunk": "--query-chunk", "decoder.attention": "--attention",
-    "decoder.hidden_dim": "--hidden-dim", "decoder.nheads": "--nheads", "decoder.dec_layers": "--dec-layers",
-    "decoder.dim_feedforward": "--dim-feedforward", "decoder.dropout": "--dropout",
-    "decoder.query_self_attention": "--query-self-attention", "decoder.readout": "--readout",
-    "decoder.readout_maps": "--readout-maps", "decoder.readout_map_dim": "--readout-map-dim",
-    "ridge.features": "--ridge-features", "ridge.pool": "--ridge-pool", "ridge.n_components": "--ridge-components",
+    "backbone.layer": "--enc-output-layer", "ridge.features": "--ridge-features", "ridge.pool": "--ridge-pool",
+    "ridge.n_components": "--ridge-components", "n_vertices": "--vertices",
+}
+#: flags that several commands define, each for itself, because they mean something else in each: what it
+#: writes, what it draws at random, which images or runs it reads (tests/test_options_one_place.py: every
+#: other flag that commands share has one definition)
+OWN_MEANING = {
+    "--out": "what the command writes", "--seed": "what the command draws at random",
+    "--run": "one run, several (an ensemble), or a run to read a manifest or subject from",
+    "--runs": "the members of an ensemble, or one run per subject of a submission",
+    "--data-dir": "required where no run says it, else the run's by default",
+    "--subj": "one subject, several (a grid), or the run's by default",
+    "--images": "the images to predict, to map instead of a split, or that a labels file names",
+    "--n-images": "how many of a split's images to map, or to route (default all)",
+    "--split": "the images to map, or to route instead of a labels file",
+    "--batch-size": "images per backbone pass, per optimisation step, or mapped at a time",
+    "--enc-output-layer": "one layer, or several (a grid)", "--image-size": "painted images, or the backbone's input",
+    "--categories": "COCO categories to label, or categories of a labels file to analyse",
+    "--n-train": "the virtual subject of tbe synth, or of the demo",
+    "--n-test": "the virtual subject of tbe synth, or of the demo",
+    "--alpha": "FDR level of each command's own tests", "--confidence": "interval level of each command's own tests",
+    "--n-permutations": "each command's own permutation tests", "--n-bootstrap": "each command's own intervals",
 }
 #: set to 1 to print the traceback of an internal error
 TRACEBACK_ENV = "TBE_TRACEBACK"
+
+
+# --------------------------------------------------------------------------
+# Parameters and their flags
+# --------------------------------------------------------------------------
+
+def option_name(name: str) -> str:
+    """The command-line option of a field: ``n_steps`` -> ``--n-steps``."""
+    return "--" + name.replace("_", "-")
+
+
+def flag_of(parameter: str) -> str:
+    """The flag that sets a parameter the library names: ``decoder.readout_map_dim`` -> ``--readout-map-dim``,
+    ``n_images`` -> ``--n-images``, ``backbone.layer`` -> ``--enc-output-layer`` (:data:`FLAG_NAMES`)."""
+    return FLAG_NAMES.get(parameter) or option_name(parameter.rsplit(".", 1)[-1])
+
+
+def config_sections() -> dict[str, type]:
+    """The run configuration's sections whose every field is a ``tbe train`` flag: section -> its dataclass."""
+    from model.runs import RunConfig
+
+    return dict(RunConfig.SECTIONS)
+
+
+@functools.lru_cache(maxsize=1)
+def config_flags() -> dict[str, str]:
+    """Every configuration parameter (``section.field``, and the run's own) -> the flag that sets it."""
+    flags = {name: option_name(name) for name in ("data_dir", "subj", "readout_res", "encoder_arch")}
+    for section, cls in config_sections().items():
+        flags.update({f"{section}.{f.name}": flag_of(f"{section}.{f.name}") for f in dataclasses.fields(cls)})
+    return flags
+
+
+def with_flags(text: str, configuration: bool = False) -> str:
+    """A library message as the command line says it: each parameter in backquotes becomes its flag (``choose
+    another `out``` -> ``choose another --out``); ``configuration`` (a bad value of one): each configuration
+    parameter too (``must divide decoder.hidden_dim`` -> ``must divide --hidden-dim``)."""
+    text = re.sub(r"`([A-Za-z_][\w.]*)`", lambda m: flag_of(m.group(1)), text)
+    if configuration and "." in text:
+        for parameter, flag in config_flags().items():
+            if "." in parameter:  # a section's field named in the text, e.g. "must divide decoder.hidden_dim"
+                text = text.replace(parameter, flag)
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -77,34 +138,22 @@ def _int_list(text: str) -> list[int]:
 
 def add_backbone_args(p: argparse.ArgumentParser, several_layers: bool = False) -> None:
     """The backbone options of every command that computes features from a configuration (features, train)."""
-    from model.backbone import DEFAULT_BACKBONE, FEATURES
-    from model.device import PRECISIONS
+    from model.backbone import BackboneConfig
 
     g = p.add_argument_group("backbone")
-    g.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help=f"timm ViT (DINOv2, CLIP, ...) or CNN (resnet18, ...) name (default {DEFAULT_BACKBONE})")
-    g.add_argument("--backbone-weights", type=Path, default=None,
-                   help="local checkpoint (official DINOv2 .pth or .safetensors) instead of downloading")
+    add_settings_args(g, BackboneConfig, ["name"], section="backbone")
+    # a checkpoint file, or (--no-pretrained) random weights: the configuration's weights ('pretrained' without either)
+    add_setting_arg(g, BackboneConfig, "weights", section="backbone", type=Path, default=None)
     g.add_argument("--no-pretrained", action="store_true", help="seeded random weights (LayerScale 1.0)")
-    g.add_argument("--backbone-seed", type=int, default=0, help="seed of the random weights (default 0)")
+    add_settings_args(g, BackboneConfig, ["seed"], section="backbone")
     if several_layers:
-        g.add_argument("--enc-output-layer", type=_int_list, default=[1], metavar="LAYER",
-                       help="block whose features are used, counted from the end: 1 = last (default 1); several "
-                            "(1,3,5,7) train one run per layer into OUT/layer{L}_seed{S}")
+        layer = _field(BackboneConfig, "layer")
+        add_setting_arg(g, BackboneConfig, "layer", section="backbone", type=_int_list, default=[layer.default],
+                        metavar="LAYER", help=layer.metadata["help"] + "; several (1,3,5,7) train one run per layer "
+                                                                       "into OUT/layer{L}_seed{S}")
     else:
-        g.add_argument("--enc-output-layer", type=int, default=1,
-                       help="block whose features are used, counted from the end: 1 = last (default 1)")
-    g.add_argument("--feature", choices=sorted(FEATURES), default="q",
-                   help="ViT: block tokens, through the final norm (tokens_norm), and its projection (tokens_proj, CLIP), "
-                        "or attention queries (q, default); _cls: the class token; CNN: tokens (stage map) or pooled")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="resize images to this side (default: native size, padded to a multiple of the patch)")
-    g.add_argument("--precision", default="float32", metavar="{" + ",".join(PRECISIONS) + "}",
-                   help="what the features are computed in: float32, or bf16 autocast (ViT-B/14 at 434 px: 2.6x faster "
-                        "on a CPU with AMX-BF16, predictions r >= 0.9996 per vertex with float32's); auto: bf16 where "
-                        "the device computes it natively (CUDA since Ampere; CPU flags amx_bf16 or avx512_bf16), else "
-                        "float32. Recorded in the run and the cache key; float32 by default, so that a command gives "
-                        "the same numbers on every machine (docs/speed-and-memory.md)")
+        add_settings_args(g, BackboneConfig, ["layer"], section="backbone")
+    add_settings_args(g, BackboneConfig, ["feature", "image_size", "precision"], section="backbone")
     add_cache_arg(g)
     add_device_arg(g)
 
@@ -126,26 +175,43 @@ def add_run_args(p: argparse.ArgumentParser, subj: bool = False, required: bool 
         p.add_argument("--subj", type=int, default=None, help="subject number (default: the run's)")
 
 
-def add_settings_args(p: argparse.ArgumentParser, settings_class: type) -> None:
-    """One option per field of a settings dataclass: ``--n-steps`` for ``n_steps``.
-
-    A field's metadata (:func:`model.options.setting`) give the option's
-    ``help``, ``type`` and ``choices``; its default is the dataclass's, so
-    the two cannot drift apart.
-    """
-    from model.options import option_name
-
-    for f in dataclasses.fields(settings_class):
-        meta = f.metadata
-        text = meta.get("help", "")
-        p.add_argument(option_name(f.name), dest=f.name, default=f.default, type=meta.get("type"),
-                       choices=meta.get("choices"), metavar=None if meta.get("choices") else f.name.upper(),
-                       help=text if "default" in text else f"{text} (default %(default)s)")
+def add_settings_args(p: argparse.ArgumentParser, settings_class: type, names: list[str] | None = None,
+                      section: str = "") -> None:
+    """One option per field of a settings dataclass (or per field of ``names``, in that order): ``--n-steps`` for
+    ``n_steps``, ``--epochs`` for the configuration's ``train.epochs`` (``section='train'``; :func:`flag_of`)."""
+    for name in names or [f.name for f in dataclasses.fields(settings_class)]:
+        add_setting_arg(p, settings_class, name, section)
 
 
-def settings_from_args(settings_class: type, args: argparse.Namespace):
+def add_setting_arg(p: argparse.ArgumentParser, settings_class: type, name: str, section: str = "", **override) -> None:
+    """The option of one field. Its metadata (:func:`model.options.setting`) give its ``help``, ``type`` and
+    ``choices``, and its default is the dataclass's, so the two cannot drift apart; a bool is a switch
+    (``--no-...`` too where it is on by default). ``override``: argparse arguments this command sets otherwise."""
+    from model.options import option_choices, option_help
+
+    f = _field(settings_class, name)
+    meta, flag = f.metadata, flag_of(f"{section}.{name}" if section else name)
+    kwargs = dict(dest=_dest(flag), default=f.default, help=with_flags(option_help(meta)))
+    if meta["type"] is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+    else:
+        choices = option_choices(meta)
+        kwargs.update(type=meta["type"], choices=choices,
+                      metavar=meta.get("metavar") or (None if choices else kwargs["dest"].upper()))
+    kwargs.update(override)
+    if "default" not in kwargs["help"] and kwargs["default"] not in (None, False):
+        kwargs["help"] += " (default %(default)s)"
+    p.add_argument(flag, **kwargs)
+
+
+def _field(settings_class: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(settings_class) if f.name == name)
+
+
+def settings_from_args(settings_class: type, args: argparse.Namespace, section: str = ""):
     """The settings dataclass made from the options :func:`add_settings_args` added."""
-    return settings_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(settings_class)})
+    return settings_class(**{f.name: getattr(args, _dest(flag_of(f"{section}.{f.name}" if section else f.name)))
+                             for f in dataclasses.fields(settings_class)})
 
 
 def _dest(flag: str) -> str:
@@ -153,8 +219,8 @@ def _dest(flag: str) -> str:
 
 
 def config_section(cls, section: str, args: argparse.Namespace):
-    """One config dataclass from the flags of :data:`CONFIG_FLAGS` (``section.field`` -> flag)."""
-    return cls(**{f.name: getattr(args, _dest(CONFIG_FLAGS[f"{section}.{f.name}"])) for f in dataclasses.fields(cls)})
+    """One config dataclass from its flags (``section.field`` -> :func:`flag_of`)."""
+    return settings_from_args(cls, args, section)
 
 
 def backbone_config(args: argparse.Namespace):
@@ -166,10 +232,9 @@ def backbone_config(args: argparse.Namespace):
     if args.backbone_weights is not None and args.no_pretrained:
         raise InputError("--backbone-weights", "cannot be combined with --no-pretrained")
     weights = str(args.backbone_weights) if args.backbone_weights else ("random" if args.no_pretrained else "pretrained")
-    values = {f.name: getattr(args, _dest(CONFIG_FLAGS[f"backbone.{f.name}"])) for f in dataclasses.fields(BackboneConfig)
-              if f.name != "weights"}
-    values["precision"] = resolve_precision(values["precision"], pick_device(getattr(args, "device", None) or "auto"))
-    return BackboneConfig(weights=weights, **values)
+    config = config_section(BackboneConfig, "backbone", args)
+    precision = resolve_precision(config.precision, pick_device(getattr(args, "device", None) or "auto"))
+    return dataclasses.replace(config, weights=weights, precision=precision)
 
 
 # --------------------------------------------------------------------------
@@ -179,17 +244,9 @@ def backbone_config(args: argparse.Namespace):
 def _synth_args(p: argparse.ArgumentParser) -> None:
     from model.synthetic import VirtualConfig
 
-    d = VirtualConfig()
     p.add_argument("--out", type=Path, required=True, help="folder to write subjXX into")
-    p.add_argument("--subj", type=int, default=d.subj, help="subject number: writes subjXX")
-    p.add_argument("--n-train", type=int, default=d.n_train, help="training images (with fMRI)")
-    p.add_argument("--n-test", type=int, default=d.n_test, help="test images (fMRI withheld, as in the challenge)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="side of the painted images in pixels")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the images, ROIs, tuning and noise")
-    p.add_argument("--surface", choices=["fsaverage5", "fsaverage6"], default=d.surface,
-                   help="surface density; fsaverage6 (subdivided fsaverage5) allows real-size subjects, for benchmarks")
-    p.add_argument("--vertices", type=int, nargs=2, metavar=("LH", "RH"), default=None,
-                   help="exact numbers of challenge vertices (e.g. 19004 20544 as NSD subject 1, with --surface fsaverage6)")
+    add_settings_args(p, VirtualConfig, ["subj", "n_train", "n_test", "image_size", "seed", "surface"])
+    add_setting_arg(p, VirtualConfig, "n_vertices", nargs=2, metavar=("LH", "RH"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing subject")
 
 
@@ -197,7 +254,7 @@ def _synth(args: argparse.Namespace) -> int:
     from model.synthetic import VirtualConfig, write_virtual_subject
 
     config = VirtualConfig(args.subj, args.n_train, args.n_test, args.image_size, args.seed, surface=args.surface,
-                           n_vertices=tuple(args.vertices) if args.vertices else None)
+                           n_vertices=tuple(args.vertices) if args.vertices else None)  # n_repeats: the default
     path = write_virtual_subject(args.out, config, overwrite=args.overwrite)
     print(path)
     return 0
@@ -220,18 +277,16 @@ def _features(args: argparse.Namespace) -> int:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """``tbe train`` options (also used by main.py)."""
-    from model.encoders import (ARCHITECTURES, ATTENTIONS, POSITION_EMBEDDINGS, QUERY_INITS, READOUT_RES, READOUTS,
-                                RIDGE_FEATURES, DecoderConfig, RidgeConfig)
+    from model.encoders import ARCHITECTURES, READOUT_RES, DecoderConfig, RidgeConfig
     from model.features import RESIDENCY, RESIDENT_SHARE
     from model.runs import TrainConfig
 
     add_data_args(p, several=True)
     add_backbone_args(p, several_layers=True)
-    t, d, r = TrainConfig(), DecoderConfig(), RidgeConfig()
     p.add_argument("--out", type=Path, required=True,
                    help="run directory to create (a folder of runs for several subjects, layers or seeds)")
     p.add_argument("--readout-res", choices=list(READOUT_RES), default="rois_all",
-                   help="which ROIs get a query: " + "; ".join(f"{k}: {v.description}" for k, v in READOUT_RES.items()))
+                   help="which ROIs get a query: " + "; ".join(f"{k}: {with_flags(v.description)}" for k, v in READOUT_RES.items()))
     p.add_argument("--encoder-arch", choices=list(ARCHITECTURES), default="transformer",
                    help="the encoder: " + "; ".join(f"{k}: {v.description}" for k, v in ARCHITECTURES.items()))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -239,52 +294,18 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="keep the training features on the GPU (auto: when they take at most "
                         f"{RESIDENT_SHARE * 100:.0f}%% of its free memory; never on the CPU); results are the same (default auto)")
     g = p.add_argument_group("optimisation (defaults: the seed's)")
-    g.add_argument("--epochs", type=int, default=t.epochs, help="passes over the training images")
-    g.add_argument("--batch-size", type=int, default=t.batch_size, help="images per optimisation step")
-    g.add_argument("--lr", type=float, default=t.lr, help="AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=t.weight_decay, help="AdamW weight decay")
-    g.add_argument("--lr-drop", type=int, default=t.lr_drop, help="halve the learning rate every N epochs")
-    g.add_argument("--clip-max-norm", type=float, default=t.clip_max_norm, help="gradient-norm clipping (0: none)")
-    g.add_argument("--seed", type=int, default=t.seed, help="initialisation, data order and dropout")
+    train = [f.name for f in dataclasses.fields(TrainConfig)]
+    add_settings_args(g, TrainConfig, train[:train.index("seed") + 1], section="train")
     g.add_argument("--seeds", type=_int_list, default=None, metavar="SEEDS",
                    help="several seeds (0-4, 0,1): one run per seed (and layer) into OUT/layer{L}_seed{S}; "
                         "complete runs are skipped, interrupted ones resumed")
-    g.add_argument("--split-seed", type=int, default=t.split_seed, help="train/validation split")
-    g.add_argument("--val-fraction", type=float, default=t.val_fraction,
-                   help="share of the training images held out for validation")
-    g.add_argument("--standardise-tokens", action=argparse.BooleanOptionalAction, default=t.standardise_tokens,
-                   help="standardise every token channel before the encoder (default on; the original fed raw tokens)")
+    add_settings_args(g, TrainConfig, train[train.index("seed") + 1:], section="train")
     g = p.add_argument_group("transformer decoder (defaults: the seed's)")
-    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="width of the decoder")
-    g.add_argument("--nheads", type=int, default=d.nheads, help="attention heads (must divide --hidden-dim)")
-    g.add_argument("--dec-layers", type=int, default=d.dec_layers, help="decoder layers")
-    g.add_argument("--dim-feedforward", type=int, default=d.dim_feedforward, help="width of the feed-forward blocks")
-    g.add_argument("--dropout", type=float, default=d.dropout, help="dropout in the decoder")
-    g.add_argument("--query-self-attention", action="store_true",
-                   help="let the ROI queries attend to each other before the cross-attention (default: off)")
-    g.add_argument("--readout", choices=list(READOUTS), default=d.readout,
-                   help="vertex readout: " + "; ".join(f"{k}: {v.__doc__.splitlines()[0].rstrip('.').replace('``', '')}" for k, v in READOUTS.items()))
-    g.add_argument("--attention", choices=list(ATTENTIONS), default=d.attention,
-                   help="how a query's cross-attention selects tokens: " + "; ".join(f"{k}: {v}" for k, v in ATTENTIONS.items()))
-    g.add_argument("--readout-maps", type=int, default=d.readout_maps, help="feature maps per query (retinotopic readout)")
-    g.add_argument("--readout-map-dim", type=int, default=d.readout_map_dim,
-                   help="token embedding size of the retinotopic readout's maps or of the heads readout's per-head "
-                        "summaries (default: the readout's, 64 and 32)")
-    g.add_argument("--query-init", choices=list(QUERY_INITS), default=d.query_init,
-                   help="query embeddings' initialisation: xavier (default) or the original's N(0, 1) (normal)")
-    g.add_argument("--enc-layers", type=int, default=d.enc_layers,
-                   help="trainable transformer encoder layers over the tokens before the decoder (default 0)")
-    g.add_argument("--pre-norm", action=argparse.BooleanOptionalAction, default=d.pre_norm,
-                   help="pre-norm decoder and encoder layers (default); --no-pre-norm: the original's post-norm ones")
-    g.add_argument("--position-embedding", choices=list(POSITION_EMBEDDINGS), default=d.position_embedding,
-                   help="token positions: 2D sine (default) or learned row and column tables")
-    g.add_argument("--query-chunk", type=int, default=d.query_chunk,
-                   help="decode at most this many queries at a time (bounds memory for --readout-res voxels; 0: all at once)")
-    g = p.add_argument_group("ridge baseline")
-    g.add_argument("--ridge-features", choices=list(RIDGE_FEATURES), default=r.features,
-                   help="ridge inputs: " + "; ".join(f"{k}: {v}" for k, v in RIDGE_FEATURES.items()))
-    g.add_argument("--ridge-pool", type=int, default=r.pool, help="side of the pooled token grid (pooled features)")
-    g.add_argument("--ridge-components", type=int, default=r.n_components, help="PCA components (--ridge-features pca)")
+    shown_first = ["hidden_dim", "nheads", "dec_layers", "dim_feedforward", "dropout", "query_self_attention", "readout",
+                   "attention"]  # the order of --help
+    add_settings_args(g, DecoderConfig, shown_first + [f.name for f in dataclasses.fields(DecoderConfig)
+                                                       if f.name not in shown_first], section="decoder")
+    add_settings_args(p.add_argument_group("ridge baseline"), RidgeConfig, section="ridge")
 
 
 def run_config(args: argparse.Namespace):
@@ -944,13 +965,9 @@ def error_line(exc: BaseException) -> str:
     from model.files import describe_os_error
 
     if isinstance(exc, OptionError):
-        problem = exc.problem
-        for parameter, flag in CONFIG_FLAGS.items():
-            if "." in parameter:  # a section's field named in the text, e.g. "must divide decoder.hidden_dim"
-                problem = problem.replace(parameter, flag)
-        return f"{CONFIG_FLAGS.get(exc.parameter, exc.parameter)}: {problem}"
+        return f"{flag_of(exc.parameter)}: {with_flags(exc.problem, configuration=True)}"
     if isinstance(exc, InputError):
-        return str(exc)
+        return f"{exc.where}: {with_flags(exc.problem)}"
     if isinstance(exc, OSError):
         where, problem = describe_os_error(exc)
         return f"{where}: {problem}"

@@ -93,11 +93,11 @@ def write_coco_labels(coco: Sequence[str | Path], stim_info: str | Path, data_di
         row = info.loc[nsd]
         if shown is not None and not shown[nsd]:
             raise InputError(stim_info, f"line {row['line']}: nsdId {nsd} (image {path.name}) was not shown to "
-                                        f"subject {subj}: is --subj right?")
+                                        f"subject {subj}: is `subj` right?")
         if int(row["cocoId"]) not in instances.images:
             split = f" ({row['cocoSplit']})" if "cocoSplit" in row.index else ""
             raise InputError(instances.sources[0], f"has no image {row['cocoId']}{split}, the COCO image of nsdId "
-                                                   f"{nsd} ({path.name}): pass every split's instances file to --coco")
+                                                   f"{nsd} ({path.name}): pass every split's instances file to `coco`")
 
     masks_dir = out.parent / f"{out.stem}_masks"
     rows, counts = [], {names[label]: 0 for label in labels}

@@ -38,7 +38,7 @@ import xarray as xr
 from scipy import stats
 
 from model.images import native_size, read_image
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.features import default_cache_dir
 from model.files import atomic_path, write_csv, write_json
 from model.progress import progress
@@ -132,8 +132,7 @@ def references(run: Run, contrast: Contrast, hemi: str) -> dict[str, tuple[str, 
         present = [r for r in ROI_CLASSES[contrast.roi_class] if run.subject.roi_mask(r, hemi).any()]
         refs["roi_masks"] = (",".join(present), run.subject.labels[contrast.roi_class][hemi] > 0)
     if run.subject.truth is not None:
-        tuning = run.subject.truth.tuning[hemi]
-        planted = (tuning.preference[:, CATEGORIES.index(contrast.category)] >= 1) & ~tuning.null
+        planted = run.subject.truth.planted_vertices(hemi, contrast.category)
         if planted.any():
             refs["planted"] = (f"vertices planted to prefer {contrast.category}", planted)
     return refs
@@ -256,12 +255,12 @@ def run_localizer(run_dir: str | Path, data_dir: str | Path | None, out_dir: str
         virtual subjects ``dice_ceiling`` and ``rho_true_t``.
     """
     if n_per_category < 2:
-        raise InputError("--n-per-category", f"must be at least 2, got {n_per_category}")
+        raise OptionError("n_per_category", f"must be at least 2, got {n_per_category}")
     if not 0 < alpha < 1:
-        raise InputError("--alpha", f"must be between 0 and 1, got {alpha}")
+        raise OptionError("alpha", f"must be between 0 and 1, got {alpha}")
     run = open_run(run_dir, data_dir, device)
     if subj is not None and subj != run.config.subj:
-        raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
+        raise OptionError("subj", f"the run was trained on subject {run.config.subj}, not {subj}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     stimuli = localizer(cache_dir, native_size(run.subject.train_images[0]), seed, n_per_category)
     table, ds = localize(run, stimuli, cache_dir, alpha)

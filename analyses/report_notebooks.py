@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 
 #: Where the notebooks live (a checkout or an editable install of the project).
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -58,7 +58,7 @@ PATH_PARAMETERS = frozenset({"run_dir", "data_dir", "cache_dir", "ridge_run", "o
 
 def notebook_path(name: str, notebook_dir: str | Path = NOTEBOOK_DIR) -> Path:
     if name not in NOTEBOOKS:
-        raise InputError("--notebooks", f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
+        raise OptionError("notebooks", f"unknown notebook {name!r}; choose from {', '.join(NOTEBOOKS)}")
     path = Path(notebook_dir) / f"{name}.ipynb"
     if not path.is_file():
         raise InputError(path, "missing notebook")

@@ -537,20 +537,16 @@ def checks_summary(tables: dict[str, pd.DataFrame]) -> str:
 # ROI selectivity
 # --------------------------------------------------------------------------
 
-#: Columns of the selectivity views, where the table has them
-_SELECTIVITY_COLUMNS = ["source", "hemi", "roi", "category", "n", "mean", "mean_ci_low", "mean_ci_high", "d_prime", "p_fdr",
-                        "significant",
-                        "planted", "r_heldout", "supported"]
-
-
 def _roi_subset(table: pd.DataFrame, rois: list[str] | None) -> pd.DataFrame:
     return table if rois is None else table[table.roi.isin(rois)]
 
 
 def expected_preferences(table: pd.DataFrame, rois: list[str] | None = None) -> pd.DataFrame:
     """The hypothesis tests proper: each category ROI against its expected category (FFA: faces, PPA: places ...)."""
+    from .selectivity_columns import names
+
     rows = _roi_subset(table[table.expected.astype(bool)], rois)
-    rows = rows[[c for c in _SELECTIVITY_COLUMNS if c in rows]]
+    rows = rows[[c for c in names(shown=True) if c in rows]]  # the registry's columns of the report's tables
     return rows.assign(group=roi_group(rows) if len(rows) else []).reset_index(drop=True)
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 from interpret.maps import select_images
 from interpret.routing import COLUMNS, RoutingSettings, routing_table, token_positions_deg
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.figures import figure, save_figure
 from model.files import write_csv
 from model.images import list_images
@@ -84,15 +84,15 @@ def choose_images(run: Run, stimuli: StimulusOptions | None = None, split: str |
     """A labels file (masks where it has them), else a folder of images (no masks), else a split (default val)."""
     stimuli = stimuli or StimulusOptions()
     if n_images is not None and n_images < 2:
-        raise InputError("--n-images", f"must be at least 2 (the measures compare images), got {n_images}")
+        raise OptionError("n_images", f"must be at least 2 (the measures compare images), got {n_images}")
     if split is not None and (stimuli.images is not None or stimuli.labels is not None):
-        raise InputError("--split", "give either --split or --images/--labels, not both")
+        raise OptionError("split", "give either `split` or `images`/`labels`, not both")
     if stimuli.labels is not None:
         labelled = labelled_stimuli(run, stimuli).subset(slice(n_images))
         return RoutingImages(labelled.name, labelled.paths, labelled.fmri_rows, labelled.masks, labelled.categories)
-    for flag, value in (("--categories", stimuli.categories), ("--partial-masks", stimuli.partial_masks)):
+    for parameter, value in (("categories", stimuli.categories), ("partial_masks", stimuli.partial_masks)):
         if value:
-            raise InputError(flag, "applies to a labels file: give --labels too")
+            raise OptionError(parameter, "applies to a labels file: give `labels` too")
     if stimuli.images is not None:
         paths = list_images(stimuli.images)[slice(n_images)]
         if len(paths) < 2:
@@ -107,17 +107,16 @@ def add_planted(table: pd.DataFrame, run: Run) -> pd.DataFrame:
     truth = run.subject.truth
     if truth is None:
         return table.assign(planted="")
-    planted = []
-    for roi in table["roi"]:
-        entry = truth.rois.get(roi)
-        planted.append("" if entry is None else PLANTED_ROUTING.get(entry.get("preference") or "", "none"))
+    preferences = truth.preferences()
+    planted = ["" if roi not in preferences else PLANTED_ROUTING.get(preferences[roi] or "", "none")
+               for roi in table["roi"]]
     return table.assign(planted=planted)
 
 
 def attention_of(run: Run, chosen: RoutingImages, cache_dir: str | Path | None = None) -> tuple[np.ndarray, list]:
     """Head-averaged last-layer attention ``(image, query, token)`` of ``chosen`` and the queries' (hemi, roi)."""
     if not run.model.capabilities.decoder_attention:
-        raise InputError("--run", f"routing needs the decoder's attention; this run is {run.config.encoder_arch!r}")
+        raise OptionError("run", f"routing needs the decoder's attention; this run is {run.config.encoder_arch!r}")
     return token_attention(run, features_for(run, chosen.paths, chosen.rows, cache_dir))
 
 

@@ -39,12 +39,13 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.files import atomic_path, write_csv
 from model.progress import progress
 from model.options import check_settings, setting
 from model.runs import Run, open_run
 
+from . import selectivity_columns as columns
 from . import stats as S
 from .responses import features_for, heldout_responses, measured_roi_means, predicted_roi_means, reliability
 from .stimuli import CLASS_CATEGORY, StimulusOptions, StimulusSet, choose_stimuli
@@ -54,10 +55,8 @@ log = logging.getLogger(__name__)
 ALPHA = 0.05
 N_PERMUTATIONS = 10_000
 N_BOOTSTRAP = 2000
-#: The table's columns, in order.
-COLUMNS = ["source", "hemi", "roi", "roi_class", "category", "n", "n_rest", "mean", "mean_ci_low", "mean_ci_high", "sd",
-           "mean_rest", "t", "df", "d_prime", "selectivity_index", "p_parametric", "p", "p_fdr", "significant",
-           "preferred", "expected", "planted", "r_heldout", "reliable", "supported"]
+#: The table's columns, in order (the registry: :mod:`analyses.selectivity_columns`).
+COLUMNS = columns.names()
 
 
 @dataclass(frozen=True)
@@ -153,10 +152,10 @@ def selectivity_table(responses: xr.DataArray, labels: Sequence[str] | np.ndarra
     t, df = S.welch_t(moments)
     _, p = S.permutation_test(x, member, len(present), settings.n_permutations, rng, settings.alternative)
     p_parametric = _parametric_p(t, df, settings.alternative)
-    dp, si = S.d_prime(moments), S.selectivity_index(moments)
     lows, highs = np.empty_like(t), np.empty_like(t)
     for c in progress(range(len(present)), desc=f"{source} bootstrap intervals", unit="category"):
         lows[c], highs[c] = S.bootstrap_mean_ci(x[member[:, c]], settings.confidence, settings.n_bootstrap, rng)
+    statistics = columns.statistics(columns.Contrasts(moments, t, df, p, p_parametric, lows, highs))
 
     rows = []
     for c, category in enumerate(present):
@@ -165,9 +164,7 @@ def selectivity_table(responses: xr.DataArray, labels: Sequence[str] | np.ndarra
                 "source": source, "hemi": hemi, "roi": roi, "roi_class": roi_class, "category": category,
                 "n": int(moments.n_in[c, 0]), "n_rest": int(moments.n_out[c, 0]),
                 "mean": moments.mean_in[c, k], "sd": np.sqrt(moments.var_in[c, k]),
-                "mean_ci_low": lows[c, k], "mean_ci_high": highs[c, k], "mean_rest": moments.mean_out[c, k],
-                "t": t[c, k], "df": df[c, k], "d_prime": dp[c, k], "selectivity_index": si[c, k],
-                "p_parametric": p_parametric[c, k], "p": p[c, k],
+                **{name: values[c, k] for name, values in statistics.items()},
                 "preferred": bool(c == np.argmax(moments.mean_in[:, k])),
                 "expected": CLASS_CATEGORY.get(roi_class) == category,
             })
@@ -205,8 +202,8 @@ def add_planted(table: pd.DataFrame, run: Run) -> pd.DataFrame:
     if run.subject.truth is None:
         table["planted"] = ""
         return table
-    rois = run.subject.truth.rois
-    table["planted"] = [rois.get(r, {}).get("preference") or "none" for r in table["roi"]]
+    preferences = run.subject.truth.preferences()
+    table["planted"] = [preferences.get(r) or "none" for r in table["roi"]]
     return table
 
 
@@ -257,7 +254,7 @@ def to_dataset(result: dict, stimuli: StimulusSet) -> xr.Dataset:
     """The tables as labelled arrays ``(source, hemi, roi, category)``, plus the per-image responses."""
     table = result["table"]
     order = {k: list(dict.fromkeys(table[k])) for k in ("source", "hemi", "roi", "category")}  # keep Algonauts order
-    numeric = ["n", "mean", "mean_ci_low", "mean_ci_high", "t", "d_prime", "selectivity_index", "p", "p_fdr", "significant"]
+    numeric = columns.names(dataset=True)
     ds = table.set_index(list(order))[numeric].astype({"significant": "int8"}).to_xarray().reindex(order)
     ds["responses"] = result["responses"].drop_vars("roi_class").reindex(roi=order["roi"], source=order["source"])
     if result["attention"] is not None and len(result["attention"]):
@@ -330,7 +327,7 @@ def run_selectivity(run_dir: str | Path, data_dir: str | Path | None, out_dir: s
     settings.check()
     run = open_run(run_dir, data_dir, device)
     if subj is not None and subj != run.config.subj:
-        raise InputError("--subj", f"the run was trained on subject {run.config.subj}, not {subj}")
+        raise OptionError("subj", f"the run was trained on subject {run.config.subj}, not {subj}")
     chosen = choose_stimuli(run, stimuli, cache_dir, seed)
     result = analyse(run, chosen, settings, seed, cache_dir)
     for path in write_outputs(result, chosen, Path(out_dir)):

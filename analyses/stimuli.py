@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.runs import Run
 from model.synthetic import LocalizerConfig, write_localizer
 from model.vision import CATEGORIES, LOCALIZER_CATEGORIES, OBJECT_CATEGORIES
@@ -121,7 +121,7 @@ class StimulusOptions:
             return None
         names = tuple(dict.fromkeys(ALIASES.get(canonical(c), canonical(c)) for c in self.categories if canonical(c)))
         if not names:
-            raise InputError("--categories", "names no category")
+            raise OptionError("categories", "names no category")
         return names
 
 
@@ -240,7 +240,7 @@ def check_membership(where: str | Path, membership: np.ndarray, categories: Sequ
     for c, k in zip(categories, shown):
         if n - k < MIN_IMAGES:
             raise InputError(where, f"category {c!r} is shown by {k} of {n} images; each category needs at least "
-                                    f"{MIN_IMAGES} images without it to compare with (leave it out with --categories)")
+                                    f"{MIN_IMAGES} images without it to compare with (leave it out with `categories`)")
 
 
 def check_categories(where: str | Path, labels: Sequence[str], min_per_category: int = MIN_IMAGES) -> None:
@@ -322,7 +322,7 @@ def check_subject(run: Run, stimuli: StimulusSet) -> None:
             line = f"line {stimuli.lines[i]}: " if stimuli.lines else ""
             raise InputError(stimuli.source or stimuli.name,
                              f"{line}image {path.name} is subject {found[0]}'s ({found[1]}), but the run is of "
-                             f"subject {own}: use labels of subject {own}'s images (tbe labels --subj {own})")
+                             f"subject {own}: use labels of subject {own}'s images (tbe labels `subj` {own})")
 
 
 # --------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def from_labels_csv(labels: str | Path, images: str | Path | None = None, catego
                 ignored[written] = ignored.get(written, 0) + 1
                 continue
             raise InputError(where, f"line {row}: unknown category {written!r}; known: {', '.join(vocabulary)} "
-                                    "(use --categories to name others)")
+                                    "(use `categories` to name others)")
         c = vocabulary.index(category)
         if entry.none_line is not None:
             raise InputError(where, f"line {row}: image {image!r} is listed with category {category!r} here and "
@@ -459,7 +459,7 @@ def from_labels_csv(labels: str | Path, images: str | Path | None = None, catego
     if chosen is not None:
         unused = [name for c, name in enumerate(chosen) if c not in used]
         if unused:
-            raise InputError(where, f"--categories names {unused[0]!r}, which no row of the file uses")
+            raise InputError(where, f"`categories` names {unused[0]!r}, which no row of the file uses")
     present = tuple(vocabulary[c] for c in used)
     column = {c: k for k, c in enumerate(used)}
     listed = list(entries.values())
@@ -513,10 +513,10 @@ def choose_stimuli(run: Run, options: StimulusOptions | None = None, cache_dir: 
     options = options or StimulusOptions()
     if options.labels is None:
         if options.images is not None:
-            raise InputError("--images", "needs --labels (a CSV with the columns image, category and optionally mask)")
-        for flag, value in (("--categories", options.categories), ("--partial-masks", options.partial_masks)):
+            raise OptionError("images", "needs `labels` (a CSV with the columns image, category and optionally mask)")
+        for parameter, value in (("categories", options.categories), ("partial_masks", options.partial_masks)):
             if value:
-                raise InputError(flag, "applies to a labels file: give --labels too")
+                raise OptionError(parameter, "applies to a labels file: give `labels` too")
         if run.subject.truth is not None:
             return subject_heldout(run)
         from model.features import default_cache_dir
@@ -564,7 +564,7 @@ def subject_heldout(run: Run) -> StimulusSet:
     """The virtual subject's held-out images that show one category, with their true masks."""
     root, truth = run.subject.root, run.subject.truth
     if truth is None:
-        raise InputError(root, "has no ground truth to label its images: pass --images and --labels")
+        raise InputError(root, "has no ground truth to label its images: pass `images` and `labels`")
     table = truth.images.set_index("image")
     rows = heldout_images(run)
     paths = [run.subject.images(split)[i] for split, i in rows]
@@ -580,7 +580,7 @@ def subject_heldout(run: Run) -> StimulusSet:
             names = [kept_paths[j].name for j in picked]  # full: (n, CATEGORIES, S, S) of a batch of them
             masks[picked] = np.concatenate([masks_to_grid(full[:, columns]) for full in truth.mask_batches(folder, names)])
     label_list = [str(labels[k]) for k in keep]
-    check_categories(root / "ground_truth" / "images.csv", label_list)
+    check_categories(truth.images_file, label_list)
     log.info("held-out images of %s: %d of %d show one category (%s)", root.name, len(keep), len(rows),
              ", ".join(f"{c} {label_list.count(c)}" for c in order))
     return StimulusSet.single(f"{root.name} held-out images", kept_paths, label_list, order, masks,

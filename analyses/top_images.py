@@ -24,7 +24,7 @@ from scipy.stats import spearmanr
 from interpret.attribution import Settings, attribute, method
 from interpret.maps import MapGrid, load_images, roi_targets
 from interpret.overlay import draw_map
-from model.errors import InputError
+from model.errors import OptionError
 from model.figures import colour_scale, figure, save_figure
 from model.runs import Run
 
@@ -53,12 +53,12 @@ def top_images(run: Run, chosen: RoutingImages, rois: Sequence[str], k: int = 5,
     empty dict).
     """
     if k < 1:
-        raise InputError("--k", f"must be at least 1, got {k}")
+        raise OptionError("k", f"must be at least 1, got {k}")
     features = features_for(run, chosen.paths, chosen.rows, cache_dir)
     predicted = predicted_roi_means(run, features)
     unknown = [r for r in rois if r not in predicted.roi.values]
     if unknown:
-        raise InputError("--rois", f"unknown ROI {unknown[0]!r}; choose from {', '.join(map(str, predicted.roi.values))}")
+        raise OptionError("rois", f"unknown ROI {unknown[0]!r}; choose from {', '.join(map(str, predicted.roi.values))}")
     measured = measured_roi_means(run, chosen.rows) if chosen.rows is not None else None
     names = [p.name for p in chosen.paths]
     rows = []
@@ -107,7 +107,7 @@ def top_attributions(run: Run, chosen: RoutingImages, table: pd.DataFrame, atten
     """
     spec, _ = method(attribution)
     if spec.needs_attention:
-        raise InputError("--attribution", f"{attribution} is the attention already shown; choose an attribution method")
+        raise OptionError("attribution", f"{attribution} is the attention already shown; choose an attribution method")
     settings.check()
     backbone = run.shared_backbone
     grid = MapGrid.for_backbone(backbone, map_size)

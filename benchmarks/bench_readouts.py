@@ -125,7 +125,7 @@ def attention_row(run, n_images: int, cache: Path, routing_csv: Path) -> dict:
     roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values}
     loc = localization(ds, truth, roi_masks, masks, grid).pivot_table(index=["hemi", "roi"], columns="measure",
                                                                        values=["value", "chance"])
-    preference = {roi: info["preference"] for roi, info in truth.rois.items()}
+    preference = truth.preferences()
     ev = [k for k in loc.index if k[1] in EARLY_VISUAL]
     objects = [k for k in loc.index if preference.get(k[1]) in OBJECT_CATEGORIES]
     att = ds["attention_mean"]

@@ -9,16 +9,15 @@ attention off, which is done only while extracting.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
 import torch
 import xarray as xr
 
-from model.backbone import Backbone
 from model.device import autocast, module_device
-from model.errors import InputError
+from model.encoders import TokenBackbone
+from model.errors import OptionError
 from model.rois import HEMIS
 from model.runs import Run
 
@@ -38,7 +37,7 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
     """
     dev = module_device(run.model)
     if not run.model.capabilities.decoder_attention:
-        raise InputError("--methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
+        raise OptionError("methods", f"attention needs the transformer; this run is {run.config.encoder_arch!r}")
     wanted = set(run.queries.rois) if rois is None else set(rois)
     keep = [q for q, roi in enumerate(run.queries.rois) if roi in wanted]
     weights, n_layers = [], 0
@@ -95,39 +94,22 @@ class _Rollout:
         self.blocks += 1
 
 
-@contextlib.contextmanager
-def _rollout_hooks(backbone: Backbone, rollout: _Rollout):
-    """Feed each block's softmax attention to ``rollout`` while fused attention is off."""
-    handles, fused = [], []
-    for block in backbone.vit.blocks:
-        fused.append(block.attn.fused_attn)
-        block.attn.fused_attn = False
-        handles.append(block.attn.attn_drop.register_forward_hook(lambda m, inp, out: rollout.add(inp[0])))
-    try:
-        yield rollout
-    finally:
-        for block, was in zip(backbone.vit.blocks, fused):
-            block.attn.fused_attn = was
-        for h in handles:
-            h.remove()
-
-
 @torch.no_grad()
-def backbone_attention(backbone: Backbone, images: torch.Tensor, grid: MapGrid, image_names: list[str]) -> xr.Dataset:
+def backbone_attention(backbone: TokenBackbone, images: torch.Tensor, grid: MapGrid, image_names: list[str]) -> xr.Dataset:
     """The backbone's class-token attention (last block run, per head) and attention rollout.
 
     The backbone runs where it lives, in float32 (the rollout multiplies
     every block's attention: bf16 errors would compound); the maps are
     combined on the CPU, one block at a time.
     """
-    if backbone.num_prefix_tokens < 1:
-        raise InputError("--backbone", "this backbone has no class token to read attention from")
-    prefix = backbone.num_prefix_tokens
-    with _rollout_hooks(backbone, _Rollout(prefix)) as rollout:
+    if not (backbone.has_class_token and backbone.self_attention):
+        raise OptionError("backbone.name", "this backbone has no class token to read attention from")
+    rollout = _Rollout(backbone.prefix_tokens)
+    with backbone.record_attention(rollout.add):
         backbone(backbone.preprocess(images.to(module_device(backbone))))
     if not rollout.blocks:
-        raise InputError("--enc-output-layer", "no attention block runs before the features are taken")
-    roll = rollout.product[:, 0, prefix:]
+        raise OptionError("backbone.layer", "no attention block runs before the features are taken")
+    roll = rollout.product[:, 0, rollout.prefix:]
     roll = roll / roll.sum(-1, keepdim=True)
     # its own head dimension: the backbone's heads are not the decoder's
     coords = {"image": image_names, "backbone_head": np.arange(rollout.cls.shape[1])}

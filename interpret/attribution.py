@@ -31,11 +31,11 @@ import torch.nn.functional as F
 import xarray as xr
 from captum.attr import (GradientShap, InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency)
 
-from model.backbone import Backbone
 from model.device import full_precision, module_device
-from model.errors import InputError
-from model.progress import progress
+from model.encoders import Encoder, TokenBackbone
+from model.errors import OptionError
 from model.options import check_settings, setting
+from model.progress import progress
 from model.rois import HEMIS
 from model.runs import Run
 
@@ -88,7 +88,7 @@ def _for_targets(encoder: torch.nn.Module, targets: Targets) -> tuple[torch.nn.M
 class ImageModel(torch.nn.Module):
     """[0, 1] images (B, 3, S, S) -> targets (B, n): backbone (truncated), encoder, ROI averaging."""
 
-    def __init__(self, backbone: Backbone, encoder: torch.nn.Module, targets: Targets):
+    def __init__(self, backbone: TokenBackbone, encoder: torch.nn.Module, targets: Targets):
         super().__init__()
         self.backbone = backbone
         self.encoder, weights = _for_targets(encoder, targets)
@@ -110,7 +110,7 @@ class TokenModel(torch.nn.Module):
         return self.encoder(tokens)["pred"] @ self.weights.T
 
 
-def baseline_images(images: torch.Tensor, kind: str, backbone: Backbone) -> torch.Tensor:
+def baseline_images(images: torch.Tensor, kind: str, backbone: TokenBackbone) -> torch.Tensor:
     """Black, mean-grey (the backbone's normalisation mean) or a heavily blurred copy."""
     if kind == "black":
         return torch.zeros_like(images)
@@ -124,7 +124,7 @@ def baseline_images(images: torch.Tensor, kind: str, backbone: Backbone) -> torc
         k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
         x = F.conv2d(F.pad(images, (radius, radius, 0, 0), mode="reflect"), k, groups=3)
         return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.transpose(-1, -2), groups=3)
-    raise InputError("--baseline", f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+    raise OptionError("baseline", f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def method(name: str) -> tuple[Method, bool]:
     if base in tunnelable():
         return METHODS[base], True
     known = [*METHODS, *(NOISE_TUNNEL + m for m in tunnelable())]
-    raise InputError("--methods", f"unknown method {name!r}; choose from {', '.join(known)}")
+    raise OptionError("methods", f"unknown method {name!r}; choose from {', '.join(known)}")
 
 
 def map_variable(name: str) -> str:
@@ -273,7 +273,7 @@ def _run_method(name: str, model: torch.nn.Module, inputs: torch.Tensor, target:
 # Running
 # --------------------------------------------------------------------------
 
-def attribute(run: Run, backbone: Backbone, images: torch.Tensor, tokens: np.ndarray, targets: Targets,
+def attribute(run: Run, backbone: TokenBackbone, images: torch.Tensor, tokens: np.ndarray, targets: Targets,
               methods: list[str], grid: MapGrid, image_names: list[str], settings: Settings = Settings(),
               encoder: torch.nn.Module | None = None) -> xr.Dataset:
     """Attribution maps of every (method, image, target) as a dataset.
@@ -328,7 +328,6 @@ def attribute(run: Run, backbone: Backbone, images: torch.Tensor, tokens: np.nda
     return xr.Dataset(out)
 
 
-def _token_baseline(encoder: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """The training set's mean token: zero after the encoder's standardisation."""
-    mean = getattr(encoder, "feature_mean", None)
-    return mean.expand_as(tokens).clone() if mean is not None else torch.zeros_like(tokens)
+def _token_baseline(encoder: Encoder, tokens: torch.Tensor) -> torch.Tensor:
+    """The training set's mean token: zero after the encoder's standardisation (:attr:`Encoder.feature_mean`)."""
+    return encoder.feature_mean.expand_as(tokens).clone()

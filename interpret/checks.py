@@ -28,12 +28,10 @@ from scipy import ndimage, stats
 from scipy.integrate import trapezoid
 from skimage.metrics import structural_similarity
 
-from model.backbone import Backbone
 from model.device import autocast, module_device
-from model.errors import InputError
+from model.encoders import Encoder, TokenBackbone
 from model.progress import progress
 from model.rois import EARLY_VISUAL
-from model.runs import EnsembleEncoder
 from model.truth import GroundTruth
 from model.vision import CATEGORIES
 
@@ -48,34 +46,13 @@ FLAG_RANK_CORRELATION = 0.5
 # Sanity: cascading randomisation
 # --------------------------------------------------------------------------
 
-def _cores(encoder: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder cores to randomise: the encoder's, or every member's of an ensemble (the same part in each)."""
-    return [m.core for m in encoder.members] if isinstance(encoder, EnsembleEncoder) else [encoder.core]
+def cascade(encoder: Encoder) -> list[str]:
+    """Names of the encoder's parts, from the output down: the order of randomisation, as the encoder declares it
+    (:meth:`~model.encoders.interface.Encoder.randomisation_steps`; an ensemble: the same part of every member at each step)."""
+    return [part for part, _ in encoder.randomisation_steps()]
 
 
-def cascade(encoder: torch.nn.Module) -> list[str]:
-    """Names of the encoder's top-level parts, from the output down (the order of randomisation).
-
-    An ensemble's members must share them (one architecture): each step
-    randomises that part in every member.
-    """
-    if isinstance(encoder, EnsembleEncoder):
-        parts = [cascade(m) for m in encoder.members]
-        if any(p != parts[0] for p in parts):
-            raise InputError("--run", "the sanity cascade of an ensemble needs members of one architecture "
-                                      "(the same decoder parts in each)")
-        return parts[0]
-    core = encoder.core
-    parts = [name for name, module in core.named_children() if any(p.requires_grad for p in module.parameters())]
-    if encoder.capabilities.decoder_attention:  # transformer: readout, final norm, decoder layers from the top, queries
-        layers = [f"layers.{i}" for i in reversed(range(len(core.layers)))]  # (their embeddings and windows), projection
-        head = [p for p in ("readout", "norm") if p in parts]
-        tail = [p for p in ("query_embed", "windows", "token_encoder", "pos", "input_proj") if p in parts]
-        return head + layers + tail
-    return list(reversed(parts))
-
-
-def randomised(encoder: torch.nn.Module, seed: int = 0) -> Iterator[tuple[str, torch.nn.Module]]:
+def randomised(encoder: Encoder, seed: int = 0) -> Iterator[tuple[str, torch.nn.Module]]:
     """Copies of ``encoder`` with parameters permuted cumulatively, part by part, from the top.
 
     Permuting a tensor's entries keeps its scale and distribution and
@@ -83,14 +60,12 @@ def randomised(encoder: torch.nn.Module, seed: int = 0) -> Iterator[tuple[str, t
     """
     model = copy.deepcopy(encoder).eval()
     generator = torch.Generator().manual_seed(seed)
-    randomised_so_far = []
-    for part in cascade(encoder):
-        for core in _cores(model):
+    for part, modules in model.randomisation_steps():
+        for module in modules:
             with torch.no_grad():
-                for p in core.get_submodule(part).parameters():
+                for p in module.parameters():
                     flat = p.view(-1)
                     flat.copy_(flat[torch.randperm(flat.numel(), generator=generator)])
-        randomised_so_far.append(part)
         yield part, model
 
 
@@ -197,7 +172,7 @@ class Localization:
 
     def __init__(self, truth: GroundTruth, roi_masks: dict[tuple[str, str], np.ndarray], grid: MapGrid):
         self.truth, self.roi_masks, self.grid = truth, roi_masks, grid
-        self.preference = {roi: info["preference"] for roi, info in truth.rois.items()}
+        self.preference = truth.preferences()
         self.parts: dict[tuple[str, str, str], dict] = {}
         self.left_out: set[tuple[str, str, str]] = set()
 
@@ -303,7 +278,7 @@ def masks_on_grid(masks: np.ndarray, grid: MapGrid) -> np.ndarray:
 FAITHFULNESS_MODES = ("deletion", "insertion")
 
 
-def faithfulness(ds: xr.Dataset, backbone: Backbone, encoder: torch.nn.Module, targets: Targets,
+def faithfulness(ds: xr.Dataset, backbone: TokenBackbone, encoder: torch.nn.Module, targets: Targets,
                  images: torch.Tensor, grid: MapGrid, steps: int = 8, seed: int = 0) -> pd.DataFrame:
     """Deletion and insertion AUCs of every map variable, and of a random order.
 
@@ -327,7 +302,7 @@ class Faithfulness:
     order, so batches give the draws (and the table) of all images at once.
     """
 
-    def __init__(self, backbone: Backbone, encoder: torch.nn.Module, targets: Targets, grid: MapGrid, steps: int = 8,
+    def __init__(self, backbone: TokenBackbone, encoder: torch.nn.Module, targets: Targets, grid: MapGrid, steps: int = 8,
                  seed: int = 0):
         self.dev = module_device(encoder)
         self.net = ImageModel(backbone.to(self.dev), encoder, targets).to(self.dev).eval()

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from model.backbone import Backbone
-from model.errors import InputError
+from model.encoders import TokenBackbone
+from model.errors import OptionError
 from model.files import read_rows
 from model.images import image_batch
 from model.rois import HEMIS
@@ -74,14 +74,14 @@ def roi_targets(run: Run, rois: list[str] | None = None) -> Targets:
                 hemis.append(hemi), names.append(roi), rows.append(column / column.sum())
                 found = True
         if not found:
-            raise InputError("--rois", f"no query for ROI {roi!r} in this run; ROIs: {', '.join(dict.fromkeys(queries.rois))}")
+            raise OptionError("rois", f"no query for ROI {roi!r} in this run; ROIs: {', '.join(dict.fromkeys(queries.rois))}")
     return Targets(hemis, names, torch.stack(rows))
 
 
 def _parse_vertex(spec: str, n_vertices: dict[str, int]) -> tuple[str, int]:
     parts = spec.split(":")
     if len(parts) != 3 or parts[1] not in HEMIS or not parts[2].isdigit() or int(parts[2]) >= n_vertices[parts[1]]:
-        raise InputError("--rois", f"bad vertex target {spec!r}: use vertex:<lh|rh>:<index below the vertex count>")
+        raise OptionError("rois", f"bad vertex target {spec!r}: use vertex:<lh|rh>:<index below the vertex count>")
     return parts[1], int(parts[2])
 
 
@@ -97,9 +97,9 @@ def select_images(run: Run, split: str, n_images: int, containing: str | None = 
     maps can be checked against something.
     """
     if split not in SPLITS:
-        raise InputError("--split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        raise OptionError("split", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n_images < 1:
-        raise InputError("--n-images", f"must be at least 1, got {n_images}")
+        raise OptionError("n_images", f"must be at least 1, got {n_images}")
     if split == "val":
         paths = [run.subject.train_images[i] for i in run.val_indices]
     else:
@@ -111,16 +111,16 @@ def select_images(run: Run, split: str, n_images: int, containing: str | None = 
 
 def _containing(run: Run, split: str, paths: list[Path], category: str) -> list[Path]:
     if run.subject.truth is None:
-        raise InputError("--containing", f"{run.subject.root} has no ground truth (only virtual subjects know what images show)")
+        raise OptionError("containing", f"{run.subject.root} has no ground truth (only virtual subjects know what images show)")
     if category not in CATEGORIES:
-        raise InputError("--containing", f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
+        raise OptionError("containing", f"unknown category {category!r}; choose from {', '.join(CATEGORIES)}")
     c = CATEGORIES.index(category)
     shown = [m[:, c].reshape(len(m), -1).any(1) for m in
              run.subject.truth.mask_batches("train" if split == "val" else "test", [p.name for p in paths])]
     return [p for p, keep in zip(paths, np.concatenate(shown) if shown else []) if keep]
 
 
-def load_images(backbone: Backbone, paths: list[Path]) -> torch.Tensor:
+def load_images(backbone: TokenBackbone, paths: list[Path]) -> torch.Tensor:
     """Images as float (B, 3, S, S) in [0, 1] at the side the backbone brings them to."""
     x = image_batch(paths).float() / 255
     side = backbone.image_side
@@ -143,7 +143,7 @@ class MapGrid:
     token_grid: tuple[int, int]
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, size: int | None = None) -> "MapGrid":
+    def for_backbone(cls, backbone: TokenBackbone, size: int | None = None) -> "MapGrid":
         side = backbone.image_side
         return cls(int(size or min(side, 4 * backbone.grid[0])), side, backbone.input_size, tuple(backbone.grid))
 
@@ -210,7 +210,7 @@ class Inputs:
     images: torch.Tensor  # (N, 3, S, S) in [0, 1]
     tokens: np.ndarray  # (N, tokens, channels): the decoder's input
     grid: MapGrid
-    backbone: Backbone
+    backbone: TokenBackbone
 
     def __len__(self) -> int:
         return len(self.names)
@@ -235,7 +235,7 @@ class MapSource:
     paths: list[Path]
     tokens: object  # (N, tokens, channels), read by rows
     grid: MapGrid
-    backbone: Backbone
+    backbone: TokenBackbone
 
     def __len__(self) -> int:
         return len(self.names)
@@ -254,7 +254,7 @@ class MapSource:
 def batches(images: Inputs | MapSource, size: int) -> Iterator[tuple[int, Inputs]]:
     """``(first image's position, Inputs)`` of consecutive batches of at most ``size`` images."""
     if size < 1:
-        raise InputError("--batch-size", f"must be at least 1, got {size}")
+        raise OptionError("batch_size", f"must be at least 1, got {size}")
     for start in range(0, len(images), size):
         yield start, images.batch(start, min(start + size, len(images)))
 

@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from model.errors import InputError
+from model.errors import InputError, OptionError
 from model.files import atomic_path, write_csv, write_json
 from model.progress import progress
 from model.rois import EARLY_VISUAL, HEMIS
 from model.runs import Run
+from model.truth import require_truth
 
 from . import checks
 from .attention import backbone_attention
@@ -53,9 +54,9 @@ class MapJob:
         """Unknown methods, methods the run's encoder cannot give and settings out of range stop here."""
         for name in self.methods:
             if method(name)[0].needs_attention and not run.model.capabilities.decoder_attention:
-                raise InputError("--methods", f"{name} needs the transformer; this run is {run.config.encoder_arch!r}")
+                raise OptionError("methods", f"{name} needs the transformer; this run is {run.config.encoder_arch!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError("--batch-size", f"must be a whole number of images >= 1, got {self.batch_size!r}")
+            raise OptionError("batch_size", f"must be a whole number of images >= 1, got {self.batch_size!r}")
         self.settings.check()
 
 
@@ -156,7 +157,7 @@ def compute_maps(run: Run, job: MapJob, inputs: Inputs, encoder: torch.nn.Module
     job.check(run)
     targets = roi_targets(run, list(job.rois) if job.rois else None)
     parts = compute_methods(run, inputs, targets, list(job.methods), job.settings, encoder)
-    if job.backbone_attention and encoder is None and inputs.backbone.num_prefix_tokens > 0:  # a CNN has no class token
+    if job.backbone_attention and encoder is None and inputs.backbone.has_class_token:  # a CNN has none
         parts.append(backbone_attention(inputs.backbone, inputs.images, inputs.grid, inputs.names))
     ds = xr.merge(parts, compat="override", join="outer")
     ds.attrs.update({"run": str(run.path), "split": job.split, "backbone": inputs.backbone.describe(),
@@ -268,9 +269,7 @@ class Localizer:
     """:func:`localize`, gathered batch by batch of images (:class:`interpret.checks.Localization`)."""
 
     def __init__(self, run: Run):
-        truth = run.subject.truth
-        if truth is None:
-            raise InputError(run.subject.root / "ground_truth", "missing: only a virtual subject's maps can be localized")
+        truth = require_truth(run.subject, "only a virtual subject's maps can be localized")
         self.run, self.truth, self.scores = run, truth, None
 
     def add(self, inputs: Inputs, ds: xr.Dataset) -> None:

@@ -20,6 +20,7 @@ up to that one are kept and run. The feature is that block's output tokens
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -34,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import PRECISIONS
 from .errors import InputError, OptionError, check_fields, is_int
 from .files import digest_files
 from .images import to_side
+from .options import setting
 
 DEFAULT_BACKBONE = "vit_base_patch14_dinov2.lvd142m"
 #: what a configuration's features are computed in (``--precision auto`` is resolved to one of these)
@@ -59,13 +62,23 @@ class BackboneConfig:
     features were (on the CPU).
     """
 
-    name: str = DEFAULT_BACKBONE
-    weights: str = "pretrained"
-    seed: int = 0
-    layer: int = 1
-    feature: str = "q"
-    image_size: int | None = None
-    precision: str = "float32"
+    name: str = setting(DEFAULT_BACKBONE, f"timm ViT (DINOv2, CLIP, ...) or CNN (resnet18, ...) name (default "
+                                          f"{DEFAULT_BACKBONE})")
+    weights: str = setting("pretrained", "local checkpoint (official DINOv2 .pth or .safetensors) instead of downloading")
+    seed: int = setting(0, "seed of the random weights (default 0)")
+    layer: int = setting(1, "block whose features are used, counted from the end: 1 = last (default 1)")
+    feature: str = setting("q", "ViT: block tokens, through the final norm (tokens_norm), and its projection "
+                                "(tokens_proj, CLIP), or attention queries (q, default); _cls: the class token; CNN: "
+                                "tokens (stage map) or pooled", choices=lambda: tuple(sorted(FEATURES)))
+    image_size: int | None = setting(None, "resize images to this side (default: native size, padded to a multiple of "
+                                           "the patch)", kind=int)
+    precision: str = setting("float32", "what the features are computed in: float32, or bf16 autocast (ViT-B/14 at 434 "
+                                        "px: 2.6x faster on a CPU with AMX-BF16, predictions r >= 0.9996 per vertex with "
+                                        "float32's); auto: bf16 where the device computes it natively (CUDA since "
+                                        "Ampere; CPU flags amx_bf16 or avx512_bf16), else float32. Recorded in the run "
+                                        "and the cache key; float32 by default, so that a command gives the same "
+                                        "numbers on every machine (docs/speed-and-memory.md)",
+                             metavar="{" + ",".join(PRECISIONS) + "}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,10 +201,21 @@ FEATURES: dict[str, Feature] = {**CNN_FEATURES, **VIT_FEATURES}
 class ImageBackbone(nn.Module):
     """What every frozen backbone shares: preprocessing, frozen mode, a one-line description.
 
-    Subclasses set ``config``, ``depth``, ``block_index``, ``input_size``,
-    ``image_side``, ``patch`` (the token stride in pixels), ``grid``, ``dim``,
-    ``num_prefix_tokens`` and ``weights_digest``, and call :meth:`_normalisation`.
+    A :class:`~model.encoders.interface.TokenBackbone`: subclasses set ``config``,
+    ``depth``, ``block_index``, ``input_size``, ``image_side``, ``patch``
+    (the token stride in pixels), ``grid``, ``dim``, ``prefix_tokens`` and
+    ``weights_digest``, declare ``has_class_token`` and ``self_attention``
+    (with :meth:`record_attention`) where they have them, and call
+    :meth:`_normalisation`.
     """
+
+    prefix_tokens = 0
+    has_class_token = False
+    self_attention = False
+
+    def record_attention(self, record: Callable[[torch.Tensor], None]):
+        """While active, each block that runs hands its softmax attention (B, heads, N, N) to ``record``."""
+        raise TypeError(f"{type(self).__name__} has no self-attention to record")
 
     def _normalisation(self, model: nn.Module) -> None:
         cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -239,6 +263,7 @@ class Backbone(ImageBackbone):
     """
 
     unit = "block"
+    self_attention = True  # its blocks attend among the tokens (:meth:`record_attention`)
 
     def __init__(self, vit: nn.Module, config: BackboneConfig, native_side: int, input_size: int, weights_digest: str):
         super().__init__()
@@ -247,7 +272,7 @@ class Backbone(ImageBackbone):
         feature = VIT_FEATURES[config.feature]
         norm, head = vit.norm, vit.head
         if feature.projects and not isinstance(head, nn.Linear):
-            raise InputError("--feature", f"{config.name} has no projection head for {config.feature!r} (a CLIP ViT has)")
+            raise OptionError("backbone.feature", f"{config.name} has no projection head for {config.feature!r} (a CLIP ViT has)")
         vit.prune_intermediate_layers(indices=[index], prune_norm=True, prune_head=True)
         vit.blocks[index] = feature.make(vit.blocks[index], norm, head)
         self.class_token = feature.class_token
@@ -260,9 +285,27 @@ class Backbone(ImageBackbone):
         self.patch = vit.patch_embed.patch_size[0]
         self.grid = (1, 1) if feature.class_token else (input_size // self.patch, input_size // self.patch)
         self.dim = head.out_features if feature.projects else vit.embed_dim
-        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.prefix_tokens = vit.num_prefix_tokens
+        self.has_class_token = vit.cls_token is not None
         self.weights_digest = weights_digest
         self._normalisation(vit)
+
+    @contextlib.contextmanager
+    def record_attention(self, record: Callable[[torch.Tensor], None]):
+        """While active, each block that runs hands its softmax attention (B, heads, N, N) to ``record``, in
+        order; fused attention (which never forms the weights) is off meanwhile."""
+        handles, fused = [], []
+        for block in self.vit.blocks:
+            fused.append(block.attn.fused_attn)
+            block.attn.fused_attn = False
+            handles.append(block.attn.attn_drop.register_forward_hook(lambda m, inp, out: record(inp[0])))
+        try:
+            yield
+        finally:
+            for block, was in zip(self.vit.blocks, fused):
+                block.attn.fused_attn = was
+            for h in handles:
+                h.remove()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised input (from :meth:`preprocess`) -> patch features (B, h*w, C), or the class token (B, 1, C)."""
@@ -296,7 +339,6 @@ class CnnBackbone(ImageBackbone):
         self.pooled = feature.class_token
         self.grid = (1, 1) if self.pooled else (input_size // self.patch, input_size // self.patch)
         self.dim = int(net.feature_info.channels()[-1])
-        self.num_prefix_tokens = 0
         self.weights_digest = weights_digest
         self._normalisation(net)
 
@@ -320,7 +362,7 @@ def resolve_layer(layer: int, depth: int) -> int:
     """
     k = abs(int(layer))
     if not 1 <= k <= depth:
-        raise InputError("--enc-output-layer", f"must be between 1 (last block) and {depth} (first block) for this backbone, got {layer}")
+        raise OptionError("backbone.layer", f"must be between 1 (last block) and {depth} (first block) for this backbone, got {layer}")
     return depth - k
 
 
@@ -339,10 +381,10 @@ def build_backbone(config: BackboneConfig, native_size: int) -> ImageBackbone:
     import timm
 
     if not timm.is_model(config.name):
-        raise InputError("--backbone", f"unknown timm model {config.name!r}")
+        raise OptionError("backbone.name", f"unknown timm model {config.name!r}")
     family = family_of(config.name)
     if config.feature not in family.features:
-        raise InputError("--feature", f"unknown feature {config.feature!r} for {config.name} (a {family.name}); "
+        raise OptionError("backbone.feature", f"unknown feature {config.feature!r} for {config.name} (a {family.name}); "
                                       f"choose from {', '.join(family.features)}")
     depth, patch = _shape_of(config.name)
     size = input_size_for(native_size, config.image_size, patch)
@@ -365,7 +407,7 @@ def _build_vit(config: BackboneConfig, native_size: int, size: int, digest: str)
         vit = timm.create_model(config.name, pretrained=False, **kwargs)
         load_checkpoint(vit, Path(config.weights))
     if not hasattr(vit.blocks[0], "attn"):
-        raise InputError("--backbone", f"{config.name} is not a ViT with attention blocks")
+        raise OptionError("backbone.name", f"{config.name} is not a ViT with attention blocks")
     return Backbone(vit, config, native_size, size, digest)
 
 
@@ -449,17 +491,17 @@ def _shape_of(name: str) -> tuple[int, int]:
 def _create_pretrained(name: str, kwargs: dict) -> nn.Module:
     import timm
 
-    hint = ("supply a local checkpoint with --backbone-weights FILE (official DINOv2 .pth or .safetensors), "
-            "or use --no-pretrained for random weights")
+    hint = ("supply a local checkpoint with `backbone.weights` FILE (official DINOv2 .pth or .safetensors), "
+            "or use `no_pretrained` for random weights")
     if not _in_hub_cache(name):
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-            raise InputError("--backbone", f"pretrained weights for {name} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; {hint}")
+            raise OptionError("backbone.name", f"pretrained weights for {name} are not in the Hugging Face cache and HF_HUB_OFFLINE is set; {hint}")
         if not _reachable("huggingface.co"):
-            raise InputError("--backbone", f"cannot download pretrained weights for {name} (huggingface.co is unreachable); {hint}")
+            raise OptionError("backbone.name", f"cannot download pretrained weights for {name} (huggingface.co is unreachable); {hint}")
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any download failure gets the same advice
-        raise InputError("--backbone", f"could not load pretrained weights for {name} ({type(exc).__name__}); {hint}") from None
+        raise OptionError("backbone.name", f"could not load pretrained weights for {name} ({type(exc).__name__}); {hint}") from None
 
 
 def _in_hub_cache(name: str) -> bool:

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from .errors import InputError
+from .errors import InputError, OptionError
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Instances:
             if found is None:
                 known = sorted(by_super) if supercategories else sorted(set(by_name) | set(by_super))
                 kind = "supercategory" if supercategories else "category or supercategory"
-                raise InputError("--categories", f"{name!r} is no COCO {kind} of {self.sources[0]}; known: "
+                raise OptionError("categories", f"{name!r} is no COCO {kind} of {self.sources[0]}; known: "
                                                  f"{', '.join(known[:12])}{', ...' if len(known) > 12 else ''}")
             out[name] = found
         return out

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import OptionError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_HELP = "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)"
@@ -46,11 +46,11 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if available[d]))
     kind, _, index = str(name).partition(":")
     if kind not in available or (index and not index.isdigit()):
-        raise InputError("--device", f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+        raise OptionError("device", f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     if not available[kind]:
-        raise InputError("--device", f"{name} is not available on this machine (choose auto or cpu)")
+        raise OptionError("device", f"{name} is not available on this machine (choose auto or cpu)")
     if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise InputError("--device", f"{name} is not available on this machine ({torch.cuda.device_count()} CUDA devices)")
+        raise OptionError("device", f"{name} is not available on this machine ({torch.cuda.device_count()} CUDA devices)")
     return torch.device(name)
 
 
@@ -118,7 +118,7 @@ def native_bf16(device: str | torch.device, cpuinfo: Path = CPUINFO) -> bool:
 def resolve_precision(precision: str, device: str | torch.device, cpuinfo: Path = CPUINFO) -> str:
     """``float32`` or ``bf16``: ``auto`` is bf16 where :func:`native_bf16`, else float32; a bad name is refused."""
     if precision not in PRECISIONS:
-        raise InputError("--precision", f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise OptionError("precision", f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bf16" if native_bf16(device, cpuinfo) else "float32"
     return precision
@@ -133,9 +133,9 @@ def feature_precision(device: torch.device, precision: str) -> contextlib.Abstra
     if precision == "float32":
         return contextlib.nullcontext()
     if precision != "bf16":
-        raise InputError("--precision", f"unknown backbone precision {precision!r}; choose float32 or bf16")
+        raise OptionError("precision", f"unknown backbone precision {precision!r}; choose float32 or bf16")
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
-        raise InputError("--precision", f"bf16 features are computed on the CPU or CUDA, not on {device.type}; "
-                                        "use --precision float32")
+        raise OptionError("precision", f"bf16 features are computed on the CPU or CUDA, not on {device.type}; "
+                                        "use `precision` float32")
     return torch.autocast(device.type, dtype=torch.bfloat16)

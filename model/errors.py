@@ -4,6 +4,12 @@ Every problem a user can cause (a missing file, a wrong shape, NaNs, an
 unreadable image, an unknown ROI name, a mismatched checkpoint) is raised as
 :class:`InputError`. The command line prints it as a single line,
 ``error: <file>: <problem>``, and exits non-zero.
+
+The library names parameters, never command-line flags: a bad value is an
+:class:`OptionError` naming its parameter (``decoder.nheads``, ``n_images``),
+and a message that points to another parameter writes it in backquotes
+(``choose another `out```). The ``tbe`` command prints each as the flag that
+sets it (:func:`analyses.cli.flag_of`): ``--nheads``, ``--n-images``, ``--out``.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ class InputError(Exception):
 
 
 class OptionError(InputError):
-    """A bad value of a configuration parameter, named by its dotted path (``train.lr``).
+    """A bad value of a parameter: a configuration field by its dotted path (``train.lr``), or a function's (``n_images``).
 
     The library knows parameters, not command-line flags: the ``tbe``
     command names the flag that sets the parameter instead, and a run's
@@ -39,7 +45,8 @@ class OptionError(InputError):
     Parameters
     ----------
     parameter : str
-        ``section.field`` of the configuration (e.g. ``decoder.nheads``).
+        ``section.field`` of the configuration (e.g. ``decoder.nheads``), or
+        the name of a function's parameter or setting (e.g. ``rois``).
     problem : str
         What is wrong with its value, in one line.
     """

@@ -33,7 +33,7 @@ import torch
 
 from .backbone import Backbone
 from .device import feature_precision, pick_device
-from .errors import InputError
+from .errors import InputError, OptionError
 from .files import (NO_SPACE, atomic_directory, digest_files, digest_json, read_rows, remove_stale_partials,
                     usable_directory, write_json)
 from .images import image_batch
@@ -183,7 +183,7 @@ def extract_features(backbone: Backbone, image_paths: Sequence[Path], cache_dir:
         if exc.errno in NO_SPACE:
             size = len(image_paths) * backbone.grid[0] * backbone.grid[1] * backbone.dim * 2
             raise InputError(cache_dir, f"no room for the feature cache ({exc.strerror}; this entry needs {size / 2**30:.2f} GiB); "
-                                        "free space or choose another --cache-dir (or TBE_CACHE_DIR)") from None
+                                        "free space or choose another `cache_dir` (or TBE_CACHE_DIR)") from None
         if not (exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and (entry / META_FILE).is_file()):
             raise
     try:
@@ -332,7 +332,7 @@ def free_device_memory(device: torch.device) -> int | None:
 def check_residency(policy: str) -> None:
     """One clear error for a ``--features-on-device`` policy that is not one of :data:`RESIDENCY`."""
     if policy not in RESIDENCY:
-        raise InputError("--features-on-device", f"unknown policy {policy!r}; choose from {', '.join(RESIDENCY)}")
+        raise OptionError("features_on_device", f"unknown policy {policy!r}; choose from {', '.join(RESIDENCY)}")
 
 
 def keep_resident(policy: str, n_bytes: int, device: torch.device, free_bytes: int | None = None) -> bool:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import InputError, OptionError
 from .files import file_fingerprint, image_list_fingerprint, load_npy, read_rows
 from .rois import HEMIS, ROI_CLASSES, ROI_TO_CLASS, UNKNOWN
 
@@ -179,7 +179,7 @@ class Subject:
         """Boolean mask over the challenge vertices of ``hemi`` for one ROI name."""
         roi_class = ROI_TO_CLASS.get(roi)
         if roi_class is None:
-            raise InputError("--rois", f"unknown ROI name {roi!r}; known: {', '.join(ROI_TO_CLASS)}")
+            raise OptionError("rois", f"unknown ROI name {roi!r}; known: {', '.join(ROI_TO_CLASS)}")
         label = {name: lab for lab, name in self.mappings[roi_class].items()}.get(roi)
         if label is None:
             return np.zeros(self.n_vertices(hemi), bool)
@@ -375,8 +375,6 @@ def split_sizes(n_images: int, val_fraction: float) -> tuple[int, int]:
     (0, 1) or one that leaves fewer than :data:`MIN_TRAIN_IMAGES` training or
     :data:`MIN_VAL_IMAGES` validation images.
     """
-    from .errors import OptionError
-
     if not 0 < val_fraction < 1:
         raise OptionError("train.val_fraction", f"must be between 0 and 1, got {val_fraction}")
     n_val = max(1, int(round(n_images * val_fraction)))

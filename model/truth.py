@@ -6,7 +6,10 @@ that folder; :attr:`model.subject.Subject.truth` reads it lazily, once per
 subject (None for real data), and scoring, the map checks, the selectivity
 analyses and their calibration use it to compare what a model recovered
 with what was planted. Nothing outside :mod:`model` imports the simulator
-itself.
+itself, and nothing outside this module knows the folder's files: the
+analyses ask questions (:meth:`GroundTruth.preferences`,
+:meth:`GroundTruth.null_rois`, :meth:`GroundTruth.planted_vertices`,
+:meth:`GroundTruth.masks`), and :func:`require_truth` refuses a real subject.
 """
 from __future__ import annotations
 
@@ -23,11 +26,14 @@ from PIL import Image
 
 from .errors import InputError
 from .rois import HEMIS
+from .vision import CATEGORIES
 from .virtual.responses import GRID, Tuning, clean_responses, noisy_average, prf_weights
 from .virtual.stimuli import STIMULUS_CONFOUNDS, unpack_mask_bits
 
 #: Images whose full-resolution masks :meth:`GroundTruth.mask_batches` reads at a time
 MASK_BATCH = 64
+#: the folder of a virtual subject's truth, inside ``subjXX/``
+FOLDER = "ground_truth"
 
 
 @dataclass
@@ -38,7 +44,7 @@ class GroundTruth:
 
     @property
     def folder(self) -> Path:
-        return self.root / "ground_truth"
+        return truth_folder(self.root)
 
     @cached_property
     def config(self) -> dict:
@@ -57,10 +63,30 @@ class GroundTruth:
                 out[hemi] = Tuning.from_dataset(ds.load())
         return out
 
+    def preferences(self) -> dict[str, str | None]:
+        """What each ROI was planted to prefer: a category, ``'prf'`` (its vertices' receptive fields), or None
+        (a null ROI, planted to respond to nothing). ROI name -> preference, in the order the ROIs were planted."""
+        return {roi: info["preference"] for roi, info in self.rois.items()}
+
+    def null_rois(self) -> list[tuple[str, str]]:
+        """(hemi, ROI) of every ROI planted to respond to nothing, in planting order."""
+        return [(hemi, roi) for roi, info in self.rois.items() if info["preference"] is None
+                for hemi in info["hemis"] if hemi in HEMIS]
+
+    def planted_vertices(self, hemi: str, category: str) -> np.ndarray:
+        """Boolean mask over ``hemi``'s challenge vertices: those planted to prefer ``category`` (null ones excluded)."""
+        tuning = self.tuning[hemi]
+        return (tuning.preference[:, CATEGORIES.index(category)] >= 1) & ~tuning.null
+
+    @property
+    def images_file(self) -> Path:
+        """Where :attr:`images` is read from (for messages about it)."""
+        return self.folder / "images.csv"
+
     @cached_property
     def images(self) -> pd.DataFrame:
         """One row per image: split, file name, background, object counts and mask areas."""
-        return pd.read_csv(self.folder / "images.csv")
+        return pd.read_csv(self.images_file)
 
     @property
     def coco_instances(self) -> Path:
@@ -121,17 +147,33 @@ class GroundTruth:
         return noisy_average(clean, self.tuning[hemi].ncsnr[vertices], rng, repeats)
 
 
+def truth_folder(subject_root: str | Path) -> Path:
+    """Where a virtual subject keeps its truth: ``subjXX/ground_truth``."""
+    return Path(subject_root) / FOLDER
+
+
 def has_ground_truth(subject_root: str | Path) -> bool:
     """Whether ``subject_root`` (a ``subjXX`` folder) holds a virtual subject's ground truth."""
-    return (Path(subject_root) / "ground_truth" / "config.json").is_file()
+    return (truth_folder(subject_root) / "config.json").is_file()
 
 
 def load_ground_truth(subject_root: str | Path) -> GroundTruth:
     """The ground truth of a virtual subject directory; a clear error if it has none."""
     root = Path(subject_root)
     if not has_ground_truth(root):
-        raise InputError(root / "ground_truth", "missing: this is not a virtual subject (no ground truth to compare with)")
+        raise InputError(truth_folder(root), "missing: this is not a virtual subject (no ground truth to compare with)")
     return GroundTruth(root)
 
 
-__all__ = ["GroundTruth", "has_ground_truth", "load_ground_truth"]
+def require_truth(subject, why: str = "this is not a virtual subject (no ground truth to compare with)"
+                  ) -> GroundTruth:
+    """``subject.truth``, or an error naming the missing folder (``why``: what needed it) for a real subject.
+
+    ``subject`` is a :class:`model.subject.Subject`, not imported here: the subject module imports this one.
+    """
+    if subject.truth is None:
+        raise InputError(truth_folder(subject.root), f"missing: {why}")
+    return subject.truth
+
+
+__all__ = ["GroundTruth", "has_ground_truth", "load_ground_truth", "require_truth", "truth_folder"]

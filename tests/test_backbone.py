@@ -126,13 +126,13 @@ def test_native_size_is_padded_to_the_patch_grid():
 def test_layer_choice_counts_from_the_end():
     assert resolve_layer(1, 12) == 11 and resolve_layer(-1, 12) == 11 and resolve_layer(12, 12) == 0
     for bad in (0, 13, -13):
-        with pytest.raises(InputError, match="--enc-output-layer"):
+        with pytest.raises(InputError, match="^backbone.layer: "):
             resolve_layer(bad, 12)
 
 
 def test_pretrained_offline_fails_fast_with_advice():
     start = time.monotonic()
-    with pytest.raises(InputError, match="--backbone-weights FILE"):
+    with pytest.raises(InputError, match="`backbone.weights` FILE"):
         build_backbone(BackboneConfig("vit_base_patch14_dinov2.lvd142m", "pretrained"), 425)
     assert time.monotonic() - start < 20
 

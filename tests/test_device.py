@@ -58,7 +58,7 @@ def test_the_rule_auto_cuda_then_mps_then_cpu(monkeypatch):
         monkeypatch.setattr("model.device.available_devices", lambda have=have: {"cpu": True, **have})
         assert pick_device("auto").type == expected
     monkeypatch.setattr("model.device.available_devices", lambda: {"cpu": True, "cuda": False, "mps": False})
-    with pytest.raises(InputError, match=r"--device: mps is not available on this machine"):
+    with pytest.raises(InputError, match=r"^device: mps is not available on this machine"):
         pick_device("mps")
     for bad in ("tpu", "cuda:x", "cpu:zero"):
         with pytest.raises(InputError, match="unknown device"):
@@ -102,7 +102,7 @@ def test_open_run_places_the_encoder_and_backbone_on_the_device(trained_run):
     run = open_run(trained_run, device="cpu")
     assert run.device == torch.device("cpu") and module_device(run.model) == run.device
     assert module_device(run.backbone()) == run.device
-    with pytest.raises(InputError, match="--device"):
+    with pytest.raises(InputError, match="^device: "):
         open_run(trained_run, device=absent_device())
 
 
@@ -143,7 +143,7 @@ def test_residency_policy():
     assert not keep_resident("auto", 1, cpu, free_bytes=free)  # the page cache is the CPU's in-memory copy
     assert not keep_resident("auto", 1, mps)  # free memory unknown: stream
     assert keep_resident("always", 10**15, cpu) and not keep_resident("never", 1, cuda, free_bytes=free)
-    with pytest.raises(InputError, match="--features-on-device: unknown policy 'sometimes'"):
+    with pytest.raises(InputError, match="^features_on_device: unknown policy 'sometimes'"):
         keep_resident("sometimes", 1, cpu)
 
 

@@ -153,7 +153,7 @@ def test_head_readout_equals_its_dense_definition():
 @pytest.mark.parametrize("name", ["linear", "retinotopic", "heads"])
 def test_readout_subset_predicts_the_same_values(name):
     """Interpretation restricts the readout to a target's vertices: same predictions, fewer vertices."""
-    from model.encoders import READOUTS
+    from model.encoders.readouts import READOUTS
 
     queries = _random_queries(90, 4)
     torch.manual_seed(3)

@@ -112,7 +112,7 @@ def test_one_job_builder_checks_against_the_run_before_any_image(trained_run):
     assert job.rois is None and job.methods == DEFAULT_METHODS and not job.backbone_attention  # only when asked
     with pytest.raises(InputError, match="no query for ROI 'NOPE'"):
         map_job(run, rois=["V1v", "NOPE"])
-    with pytest.raises(InputError, match="--n-steps"):
+    with pytest.raises(InputError, match="^n_steps: "):
         map_job(run, methods=["integrated_gradients"], settings=Settings(n_steps=1))
 
 

@@ -101,12 +101,12 @@ def test_categories_option_chooses_categories_and_catches_typos(tiny_truth, tmp_
     assert chosen.categories == ("face", "place") and len(chosen) == len(paths)
     assert (chosen.membership == masks[:, _columns(["face", "place"])].any((2, 3))).all()
     assert "rows of categories outside --categories ignored" in caplog.text
-    with pytest.raises(InputError, match="--categories names 'fcae', which no row of the file uses"):
+    with pytest.raises(InputError, match="`categories` names 'fcae', which no row of the file uses"):
         from_labels_csv(labels, categories=["face", "fcae"])
     table = pd.read_csv(labels, keep_default_na=False)
     table.loc[0, "category"] = "animal"
     table.to_csv(labels, index=False)
-    with pytest.raises(InputError, match="line 2: unknown category 'animal'.*--categories"):
+    with pytest.raises(InputError, match="line 2: unknown category 'animal'.*`categories`"):
         from_labels_csv(labels)
 
 

@@ -158,12 +158,12 @@ def test_a_method_needing_attention_is_refused_for_other_encoders():
 
 
 @pytest.mark.parametrize("change, option, message", [
-    ({"n_steps": 1}, "--n-steps", "must be at least 2, got 1"),
-    ({"baseline": "pink"}, "--baseline", "unknown baseline 'pink'; choose from black, grey, blur"),
-    ({"nt_stdev": -0.1}, "--nt-stdev", "must be at least 0"),
-    ({"occlusion_window": 0}, "--occlusion-window", "must be at least 1"),
+    ({"n_steps": 1}, "n_steps", "must be at least 2, got 1"),
+    ({"baseline": "pink"}, "baseline", "unknown baseline 'pink'; choose from black, grey, blur"),
+    ({"nt_stdev": -0.1}, "nt_stdev", "must be at least 0"),
+    ({"occlusion_window": 0}, "occlusion_window", "must be at least 1"),
 ])
-def test_settings_out_of_range_name_their_option(change, option, message):
+def test_settings_out_of_range_name_their_parameter(change, option, message):
     Settings().check()
     with pytest.raises(InputError) as err:
         MapJob(methods=("saliency",), settings=Settings(**change)).check(

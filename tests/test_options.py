@@ -6,13 +6,13 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from analyses.cli import build_parser, settings_from_args
+from analyses.cli import build_parser, option_name, settings_from_args
 from analyses.selectivity import SelectivitySettings
 from analyses.stimuli import StimulusOptions
 from interpret.attribution import Settings
 from interpret.routing import RoutingSettings
-from model.errors import InputError
-from model.options import check_settings, option_name, setting
+from model.errors import OptionError
+from model.options import check_settings, setting
 
 from .conftest import tbe
 
@@ -26,19 +26,20 @@ class Example:
     free: str = "anything"  # no metadata: not checked
 
 
-@pytest.mark.parametrize("change, option, problem", [
-    ({"count": 0}, "--count", "must be at least 1, got 0"),
-    ({"level": 1.0}, "--level", "must be between 0 and 1, got 1.0"),
-    ({"level": 0}, "--level", "must be between 0 and 1, got 0"),
-    ({"kind": "c"}, "--kind", "unknown kind 'c'; choose from a, b"),
-    ({"width": 1}, "--width", "must be at least 2, got 1"),
+@pytest.mark.parametrize("change, parameter, problem", [
+    ({"count": 0}, "count", "must be at least 1, got 0"),
+    ({"level": 1.0}, "level", "must be between 0 and 1, got 1.0"),
+    ({"level": 0}, "level", "must be between 0 and 1, got 0"),
+    ({"kind": "c"}, "kind", "unknown kind 'c'; choose from a, b"),
+    ({"width": 1}, "width", "must be at least 2, got 1"),
 ])
-def test_a_setting_out_of_range_names_its_option(change, option, problem):
+def test_a_setting_out_of_range_names_its_parameter(change, parameter, problem):
+    """The library names the parameter; the CLI names its flag (test_bad_selectivity_settings_...)."""
     check_settings(Example(width=None, free="x"))
     check_settings(Example(width=2))
-    with pytest.raises(InputError) as err:
+    with pytest.raises(OptionError) as err:
         check_settings(Example(**change))
-    assert (err.value.where, err.value.problem) == (option, problem)
+    assert (err.value.parameter, err.value.problem) == (parameter, problem)
     assert option_name("n_steps") == "--n-steps"
 
 

@@ -36,12 +36,12 @@ def test_auto_is_bf16_where_the_cpu_computes_it_natively(tmp_path, flags, native
     assert resolve_precision("auto", "mps", cpuinfo) == "float32"
     if not torch.cuda.is_available():
         assert native_bf16("cuda") is False
-    with pytest.raises(InputError, match="--precision: unknown precision 'fp16'"):
+    with pytest.raises(InputError, match="^precision: unknown precision 'fp16'"):
         resolve_precision("fp16", "cpu", cpuinfo)
 
 
 def test_bf16_is_refused_where_it_is_not_computed():
-    with pytest.raises(InputError, match="--precision: bf16 features are computed on the CPU or CUDA"):
+    with pytest.raises(InputError, match="^precision: bf16 features are computed on the CPU or CUDA"):
         feature_precision(torch.device("mps"), "bf16")
     with feature_precision(torch.device("cpu"), "bf16"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -290,10 +290,10 @@ def test_train_flags_cover_every_config_field():
     sections = {"backbone": BackboneConfig, "decoder": DecoderConfig, "train": TrainConfig, "ridge": RidgeConfig}
     for section, cls in sections.items():
         for f in dataclasses.fields(cls):
-            assert f"{section}.{f.name}" in cli.CONFIG_FLAGS, f"{section}.{f.name} has no flag"
+            assert f"{section}.{f.name}" in cli.config_flags(), f"{section}.{f.name} has no flag"
     for name in ("data_dir", "subj", "readout_res", "encoder_arch"):
-        assert name in cli.CONFIG_FLAGS
-    assert set(cli.CONFIG_FLAGS.values()) <= flags, set(cli.CONFIG_FLAGS.values()) - flags
+        assert name in cli.config_flags()
+    assert set(cli.config_flags().values()) <= flags, set(cli.config_flags().values()) - flags
     base = ["train", "--data-dir", "d", "--out", "o"]
     config = cli.run_config(parser.parse_args(base))
     assert (config.train, config.decoder, config.ridge) == (TrainConfig(), DecoderConfig(), RidgeConfig())

@@ -354,7 +354,8 @@ def test_a_failing_notebook_is_marked_and_the_others_complete(small_report, trai
     assert "attention_maps" in capsys.readouterr().err.strip().splitlines()[-1]
     entries = {e["name"]: e for e in json.loads((out / "report.json").read_text())["entries"]}
     assert entries["attention_maps"]["status"] == "failed"
-    assert "InputError" in entries["attention_maps"]["error"] and "NOPE" in entries["attention_maps"]["error"]
+    # the library's error, naming the notebook's parameter (an OptionError is an InputError)
+    assert "OptionError: rois: " in entries["attention_maps"]["error"] and "NOPE" in entries["attention_maps"]["error"]
     assert entries["encoding_accuracy"]["status"] == "ok" and entries["map_checks"]["status"] == "ok"
     assert entries["map_checks"]["n_figures"] >= 2 and "sanity" in entries["map_checks"]["summary"]
     executed = nbformat.read(out / entries["attention_maps"]["notebook"], as_version=4)

@@ -260,7 +260,7 @@ def test_top_images_of_a_face_roi_mostly_show_faces(trained_run, cache_dir, tmp_
     assert set(cheap["attribution"]) == {"saliency"} and all((m >= 0).all() for m in pixel_maps.values())
     png = plot_top_images(explained, chosen, attention, grid, "lh", tmp_path / "top.png", maps)
     assert png.stat().st_size > plain.stat().st_size > 10_000  # a second row of maps, with its colour bar
-    with pytest.raises(InputError, match="--attribution: attention is the attention already shown"):
+    with pytest.raises(InputError, match="^attribution: attention is the attention already shown"):
         top_attributions(run, chosen, table, attention, attribution="attention")
 
 

@@ -148,7 +148,7 @@ def test_planted_selectivity_recovered_on_tiny_virtual_subject(tiny_data):
     responses = roi_means(values, subject).isel(image=keep)
     categories = [c for c in LOCALIZER_CATEGORIES if c in set(labels[keep])]
     table = selectivity_table(responses, list(labels[keep]), categories, SelectivitySettings(n_permutations=2000, n_bootstrap=200))
-    table["planted"] = [truth.rois[r]["preference"] or "none" for r in table["roi"]]
+    table["planted"] = [truth.preferences()[r] or "none" for r in table["roi"]]
     planted = table[table["category"] == table["planted"]]
     assert len(planted) == 24  # every planted category ROI, in each hemisphere where it exists
     assert planted["significant"].all(), planted.loc[~planted["significant"], ["hemi", "roi", "t", "p_fdr"]]

@@ -13,14 +13,10 @@ registry     ``--encoder-arch`` names -> encoders, behind the token standardisat
 This package exports what the rest of the suite uses; the parts are imported
 from their modules.
 """
-from .baselines import RIDGE_FEATURES
-from .configs import ATTENTIONS, QUERY_INITS, DecoderConfig, RidgeConfig
-from .interface import Capabilities
-from .layers import POSITION_EMBEDDINGS
+from .configs import DecoderConfig, RidgeConfig
+from .interface import Capabilities, Encoder, TokenBackbone
 from .queries import READOUT_RES, QuerySet, build_queries
-from .readouts import READOUTS
 from .registry import ARCHITECTURES, architecture, build_encoder
 
-__all__ = ["ARCHITECTURES", "ATTENTIONS", "POSITION_EMBEDDINGS", "QUERY_INITS", "READOUT_RES", "READOUTS",
-           "RIDGE_FEATURES", "Capabilities", "DecoderConfig", "QuerySet", "RidgeConfig", "architecture",
-           "build_encoder", "build_queries"]
+__all__ = ["ARCHITECTURES", "READOUT_RES", "Capabilities", "DecoderConfig", "Encoder", "QuerySet", "RidgeConfig",
+           "TokenBackbone", "architecture", "build_encoder", "build_queries"]

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-from .interface import Capabilities, EncoderInputs
+from ..errors import OptionError
+from .interface import Capabilities, EncoderCore, EncoderInputs
 from .queries import QuerySet
 from .readouts import LinearReadout, with_readout_subset
 
 log = logging.getLogger(__name__)
 
 
-class LinearEncoder(nn.Module):
+class LinearEncoder(EncoderCore):
     """The seed's ``linear`` encoder: Conv2d(C -> 256, 3x3, strided), flattened, one linear layer.
 
     The seed added 0.02 x the (unsquared) norms of the readout weights and
@@ -69,7 +69,7 @@ class LinearEncoder(nn.Module):
         return self.penalty * (self.fc.weight.norm() + self.fc.bias.norm())
 
 
-class SpatialFeatureEncoder(nn.Module):
+class SpatialFeatureEncoder(EncoderCore):
     """The seed's ``spatial_feature`` encoder: per-query softmax spatial pooling, then the vertex readout."""
 
     capabilities = Capabilities(restrict_vertices=True)
@@ -114,7 +114,7 @@ RIDGE_ALPHAS = np.logspace(-1, 7, 17)
 PCA_POOL = 8
 
 
-class RidgeEncoder(nn.Module):
+class RidgeEncoder(EncoderCore):
     """Closed-form ridge on token features; ``fit`` with himalaya, predict with torch."""
 
     capabilities = Capabilities(closed_form=True)
@@ -128,7 +128,7 @@ class RidgeEncoder(nn.Module):
                  pool: int = 4, n_components: int = 512):
         super().__init__()
         if kind not in RIDGE_FEATURES:
-            raise InputError("--ridge-features", f"unknown {kind!r}; choose from {', '.join(RIDGE_FEATURES)}")
+            raise OptionError("ridge.features", f"unknown {kind!r}; choose from {', '.join(RIDGE_FEATURES)}")
         self.kind, self.grid = kind, tuple(grid)
         self.pool = min(PCA_POOL, *grid) if kind == "pca" else pool
         pooled_dim = self.pool * self.pool * feature_dim

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from torch import nn
 
 from ..errors import OptionError, check_fields, is_int, is_number, positive_int
+from ..options import setting
 from .baselines import RIDGE_FEATURES
 from .layers import POSITION_EMBEDDINGS
 from .readouts import READOUTS
@@ -30,29 +31,38 @@ QUERY_INITS = {
 class DecoderConfig:
     """Decoder options; defaults are the seed's but for the attention and readout (``docs/attention.md``)."""
 
-    hidden_dim: int = 768
-    nheads: int = 16
-    dec_layers: int = 1
-    dim_feedforward: int = 1024
-    dropout: float = 0.1
-    query_self_attention: bool = False
-    readout: str = "heads"
-    readout_maps: int = 4
-    readout_map_dim: int | None = None  # None: the readout's own (``default_map_dim``)
-    query_init: str = "xavier"
-    enc_layers: int = 0
-    pre_norm: bool = True
-    position_embedding: str = "sine"
-    query_chunk: int = 1024
-    attention: str = "windows"
+    hidden_dim: int = setting(768, "width of the decoder")
+    nheads: int = setting(16, "attention heads (must divide `decoder.hidden_dim`)")
+    dec_layers: int = setting(1, "decoder layers")
+    dim_feedforward: int = setting(1024, "width of the feed-forward blocks")
+    dropout: float = setting(0.1, "dropout in the decoder")
+    query_self_attention: bool = setting(False, "let the ROI queries attend to each other before the cross-attention "
+                                                "(default: off)")
+    readout: str = setting("heads", lambda: "vertex readout: " + "; ".join(
+        f"{k}: {v.__doc__.splitlines()[0].rstrip('.').replace('``', '')}" for k, v in READOUTS.items()),
+        choices=lambda: tuple(READOUTS))
+    readout_maps: int = setting(4, "feature maps per query (retinotopic readout)")
+    readout_map_dim: int | None = setting(None, "token embedding size of the retinotopic readout's maps or of the heads "
+                                                "readout's per-head summaries (default: the readout's, 64 and 32)",
+                                          kind=int)  # None: the readout's own (``default_map_dim``)
+    query_init: str = setting("xavier", "query embeddings' initialisation: xavier (default) or the original's N(0, 1) "
+                                        "(normal)", choices=lambda: tuple(QUERY_INITS))
+    enc_layers: int = setting(0, "trainable transformer encoder layers over the tokens before the decoder (default 0)")
+    pre_norm: bool = setting(True, "pre-norm decoder and encoder layers (default); `no_pre_norm`: the original's "
+                                   "post-norm ones")
+    position_embedding: str = setting("sine", "token positions: 2D sine (default) or learned row and column tables",
+                                      choices=lambda: tuple(POSITION_EMBEDDINGS))
+    query_chunk: int = setting(1024, "decode at most this many queries at a time (bounds memory for `readout_res` "
+                                     "voxels; 0: all at once)")
+    attention: str = setting("windows", lambda: "how a query's cross-attention selects tokens: " + "; ".join(
+        f"{k}: {v}" for k, v in ATTENTIONS.items()), choices=lambda: tuple(ATTENTIONS))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def resolved(self) -> "DecoderConfig":
         """This configuration with what it leaves to its readout filled in (the size a run records)."""
-        return replace(self, readout_map_dim=self.readout_map_dim or getattr(READOUTS[self.readout], "default_map_dim",
-                                                                             None))
+        return replace(self, readout_map_dim=self.readout_map_dim or READOUTS[self.readout].default_map_dim)
 
     def validate(self) -> None:
         """Raise :class:`~model.errors.OptionError` naming the first bad parameter (``decoder.<field>``)."""
@@ -95,9 +105,10 @@ ATTENTIONS = {
 class RidgeConfig:
     """Ridge baseline options: which token features and how coarse a pooling."""
 
-    features: str = "pooled"
-    pool: int = 4
-    n_components: int = 512
+    features: str = setting("pooled", "ridge inputs: " + "; ".join(f"{k}: {v}" for k, v in RIDGE_FEATURES.items()),
+                            choices=tuple(RIDGE_FEATURES))
+    pool: int = setting(4, "side of the pooled token grid (pooled features)")
+    n_components: int = setting(512, "PCA components (`ridge.features` pca)")
 
     def to_dict(self) -> dict:
         return asdict(self)

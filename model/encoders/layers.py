@@ -32,7 +32,7 @@ import math
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import OptionError
 
 LEARNED_POSITIONS = 50  # rows and columns of the original's learned table
 
@@ -145,7 +145,7 @@ class PositionEmbeddingLearned(nn.Module):
     def forward(self, rows: int, cols: int, device=None) -> torch.Tensor:
         """(rows * cols, dim) encodings, row-major like the flattened tokens."""
         if rows > LEARNED_POSITIONS or cols > LEARNED_POSITIONS:
-            raise InputError("--position-embedding", f"learned positions cover at most {LEARNED_POSITIONS} x "
+            raise OptionError("decoder.position_embedding", f"learned positions cover at most {LEARNED_POSITIONS} x "
                                                      f"{LEARNED_POSITIONS} tokens, got {rows} x {cols}")
         x = self.col_embed.weight[:cols]
         y = self.row_embed.weight[:rows]

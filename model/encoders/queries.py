@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import OptionError
 from ..rois import HEMIS, NON_STREAM_CLASSES
 from ..subject import Subject
 
@@ -37,7 +37,7 @@ READOUT_RES: dict[str, ReadoutRes] = {
     "places": ReadoutRes(("floc-places",), True, "a query per place ROI, plus the rest"),
     "words": ReadoutRes(("floc-words",), True, "a query per word ROI, plus the rest"),
     "hemis": ReadoutRes((), True, "one query per hemisphere"),
-    "voxels": ReadoutRes((), False, "one query per vertex (use --readout linear; queries are decoded in chunks)",
+    "voxels": ReadoutRes((), False, "one query per vertex (use `decoder.readout` linear; queries are decoded in chunks)",
                          per_vertex=True),
 }
 
@@ -75,7 +75,7 @@ class QuerySet:
         try:
             return self.names.index(f"{hemi}:{roi}")
         except ValueError:
-            raise InputError("--rois", f"no query for {roi!r} in {hemi}; queries: {', '.join(self.names)}") from None
+            raise OptionError("rois", f"no query for {roi!r} in {hemi}; queries: {', '.join(self.names)}") from None
 
     def groups(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(query indices, vertex indices) per distinct set of queries; every vertex in exactly one."""
@@ -87,7 +87,7 @@ class QuerySet:
 def build_queries(subject: Subject, readout_res: str) -> QuerySet:
     """The queries of ``readout_res`` for the ROIs present in each hemisphere of ``subject``."""
     if readout_res not in READOUT_RES:
-        raise InputError("--readout-res", f"unknown readout {readout_res!r}; choose from {', '.join(READOUT_RES)}")
+        raise OptionError("readout_res", f"unknown readout {readout_res!r}; choose from {', '.join(READOUT_RES)}")
     spec = READOUT_RES[readout_res]
     n = {h: subject.n_vertices(h) for h in HEMIS}
     if spec.per_vertex:

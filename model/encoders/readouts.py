@@ -215,6 +215,8 @@ class LinearReadout(nn.Module):
     """
 
     uses_attention = False
+    #: the size ``cfg.readout_map_dim`` means when it is None (readouts that use it set their own)
+    default_map_dim: int | None = None
 
     @classmethod
     def from_config(cls, queries: QuerySet, cfg: "DecoderConfig", n_tokens: int) -> "LinearReadout":

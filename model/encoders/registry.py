@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import OptionError
 from .baselines import LinearEncoder, RidgeEncoder, SpatialFeatureEncoder
 from .configs import DecoderConfig, RidgeConfig
 from .interface import Capabilities, EncoderInputs
@@ -59,7 +59,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise InputError("--encoder-arch", f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+        raise OptionError("encoder_arch", f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -114,6 +114,10 @@ class NormalisedEncoder(nn.Module):
         out._modules = dict(self._modules)
         out.core = self.core.restricted(vertices)
         return out
+
+    def randomisation_steps(self) -> list[tuple[str, list[nn.Module]]]:
+        """The core's parts in its randomisation order (:meth:`~model.encoders.interface.EncoderCore.randomisation_order`)."""
+        return [(part, [self.core.get_submodule(part)]) for part in self.core.randomisation_order()]
 
     def normalise(self, features: torch.Tensor) -> torch.Tensor:
         if not self.standardise:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import OptionError
 from .configs import QUERY_INITS, DecoderConfig
-from .interface import Capabilities, EncoderInputs
+from .interface import Capabilities, EncoderCore, EncoderInputs
 from .layers import POSITION_EMBEDDINGS, CustomDecoderLayer, PostNormDecoderLayer, TokenEncoder
 from .queries import QuerySet
 from .readouts import READOUTS, with_readout_subset
@@ -64,7 +64,7 @@ class DecoderLayer(nn.Module):
 DECODER_LAYERS = {True: DecoderLayer, False: PostNormDecoderLayer}
 
 
-class BrainEncoder(nn.Module):
+class BrainEncoder(EncoderCore):
     """Backbone tokens -> per-vertex predictions (both hemispheres, lh first).
 
     Its readout (``cfg.readout``, :data:`~model.encoders.readouts.READOUTS`) builds
@@ -115,6 +115,15 @@ class BrainEncoder(nn.Module):
     def restricted(self, vertices: np.ndarray) -> "BrainEncoder":
         """A copy predicting only ``vertices`` (its readout sliced; the decoder shared)."""
         return with_readout_subset(self, vertices)
+
+    def randomisation_order(self) -> list[str]:
+        """Readout, final norm, decoder layers from the top, queries (their embeddings and windows), token encoder,
+        positions, projection."""
+        parts = super().randomisation_order()
+        layers = [f"layers.{i}" for i in reversed(range(len(self.layers)))]
+        head = [p for p in ("readout", "norm") if p in parts]
+        tail = [p for p in ("query_embed", "windows", "token_encoder", "pos", "input_proj") if p in parts]
+        return head + layers + tail
 
     def _reset_parameters(self) -> None:
         for name, p in self.named_parameters():

@@ -16,7 +16,7 @@ from their modules.
 from .configs import EnsembleConfig, RunConfig, TrainConfig, read_config, write_config
 from .ensemble_weights import (DEFAULT_TEMPERATURE, HALVES_SEED, WEIGHTINGS, check_weighting, combine, cross_fit,
                                validation_halves)
-from .ensembles import EnsembleEncoder, Member, check_members
+from .ensembles import Member, check_members
 from .environment import FORMATS, write_environment, write_environments
 from .layout import (BEST_LAYER, BEST_MEMBER, CHECKPOINT, CONFIG, ENSEMBLE, ENSEMBLE_WEIGHTS, LOCK, MANIFEST, METRICS,
                      PRED_TEST, RESULT_FILES, RUN_FILES, TEST_SCORES, VAL_CORR, VAL_CORR_IN_SAMPLE, VAL_INDICES,
@@ -30,7 +30,7 @@ from .run import Run, check_trained_on, load_weights, save_weights
 __all__ = ["BEST_LAYER", "BEST_MEMBER", "CHECKPOINT", "CONFIG", "DEFAULT_TEMPERATURE", "ENSEMBLE", "ENSEMBLE_WEIGHTS",
            "FORMATS", "HALVES_SEED", "LOCK", "MANIFEST", "METRICS", "PRED_TEST", "RESULT_FILES", "RUN_FILES",
            "TEST_SCORES", "VAL_CORR", "VAL_CORR_IN_SAMPLE", "VAL_INDICES", "VAL_PRED", "WEIGHTINGS", "WEIGHTS",
-           "EnsembleConfig", "EnsembleEncoder", "Member", "Run", "RunConfig", "TrainConfig", "check_members",
+           "EnsembleConfig", "Member", "Run", "RunConfig", "TrainConfig", "check_members",
            "check_prediction_path", "check_trained_on", "check_weighting", "combine", "cross_fit", "data_fingerprint",
            "expand_subjects", "iter_batches", "load_run_array", "load_weights", "open_run", "open_runs", "predict",
            "read_config", "read_manifest", "read_metrics", "record_command", "report_manifest", "save_predictions",

@@ -16,6 +16,7 @@ from ..backbone import BackboneConfig
 from ..encoders import ARCHITECTURES, READOUT_RES, DecoderConfig, RidgeConfig
 from ..errors import InputError, OptionError, check_fields, is_int, is_number, positive_int
 from ..files import write_json
+from ..options import setting
 from ..subject import split_sizes
 from .ensemble_weights import HALVES_SEED, WEIGHTINGS
 from .layout import CONFIG, ENSEMBLE, is_ensemble
@@ -30,17 +31,18 @@ ENSEMBLE_FORMAT = 1
 class TrainConfig:
     """Optimisation options; defaults are the seed's (AdamW, StepLR, gradient clipping 0.1)."""
 
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    lr_drop: int = 100
-    clip_max_norm: float = 0.1
-    seed: int = 0
-    split_seed: int = 0
-    val_fraction: float = 0.1
+    epochs: int = setting(15, "passes over the training images")
+    batch_size: int = setting(16, "images per optimisation step")
+    lr: float = setting(5e-4, "AdamW learning rate")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+    lr_drop: int = setting(100, "halve the learning rate every N epochs")
+    clip_max_norm: float = setting(0.1, "gradient-norm clipping (0: none)")
+    seed: int = setting(0, "initialisation, data order and dropout")
+    split_seed: int = setting(0, "train/validation split")
+    val_fraction: float = setting(0.1, "share of the training images held out for validation")
     #: standardise every token channel (statistics of the training images) before the encoder; the original fed raw tokens
-    standardise_tokens: bool = True
+    standardise_tokens: bool = setting(True, "standardise every token channel before the encoder (default on; the "
+                                             "original fed raw tokens)")
 
     def to_dict(self) -> dict:
         from dataclasses import asdict

@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.special import softmax
 
-from ..errors import InputError
+from ..errors import OptionError
 from ..metrics import pearson_r
 
 DEFAULT_TEMPERATURE = 40.0
@@ -89,9 +89,9 @@ WEIGHTINGS: dict[str, Weighting] = {
 def check_weighting(weighting: str, temperature: float) -> None:
     """One clear error for an unknown weighting or a temperature that is not a number >= 0."""
     if weighting not in WEIGHTINGS:
-        raise InputError("--weighting", f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
+        raise OptionError("weighting", f"unknown weighting {weighting!r}; choose from {', '.join(WEIGHTINGS)}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise InputError("--temperature", f"must be a number >= 0, got {temperature}")
+        raise OptionError("temperature", f"must be a number >= 0, got {temperature}")
 
 
 def member_weights(r: np.ndarray, weighting: str = "softmax", temperature: float = DEFAULT_TEMPERATURE) -> np.ndarray:
@@ -117,7 +117,7 @@ def combine(preds: Sequence[np.ndarray], weights: np.ndarray, rows: np.ndarray |
 def validation_halves(n_val: int, seed: int = HALVES_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Positions (within the validation split) of the two halves of the cross-fitting, seeded and sorted."""
     if n_val < 4:
-        raise InputError("--runs", f"cross-fitting needs at least 4 validation images (2 per half); the runs have {n_val}")
+        raise OptionError("runs", f"cross-fitting needs at least 4 validation images (2 per half); the runs have {n_val}")
     order = np.random.default_rng(seed).permutation(n_val)
     return np.sort(order[: n_val // 2]), np.sort(order[n_val // 2:])
 

@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from ..encoders import Capabilities
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..files import load_npy, read_rows
 from ..subject import Subject, load_subject
 from .configs import RunConfig, read_config
@@ -98,7 +98,7 @@ def check_members(runs: Sequence[str | Path], data_dir: str | Path | None = None
     members and their shared validation indices.
     """
     if not runs:
-        raise InputError("--runs", "list at least one run directory")
+        raise OptionError("runs", "list at least one run directory")
     paths = [Path(r).expanduser().resolve() for r in runs]
     seen: set[Path] = set()
     for path in paths:
@@ -136,7 +136,7 @@ def check_members(runs: Sequence[str | Path], data_dir: str | Path | None = None
             val_idx = idx
         elif idx.shape != val_idx.shape or not np.array_equal(idx, val_idx):
             raise InputError(m.path / VAL_INDICES, f"holds other validation images than {first.path}'s (another split: "
-                                                   "--split-seed or --val-fraction); members must share one validation split")
+                                                   "`train.split_seed` or `train.val_fraction`); members must share one validation split")
     return subject, members, np.asarray(val_idx)
 
 
@@ -202,6 +202,15 @@ class EnsembleEncoder(nn.Module):
             result["attention"] = attention[:, None, None]
         return result
 
+    def randomisation_steps(self) -> list[tuple[str, list[nn.Module]]]:
+        """Each step randomises the same part in every member: members of one architecture (the same parts)."""
+        steps = [m.randomisation_steps() for m in self.members]
+        names = [part for part, _ in steps[0]]
+        if any([part for part, _ in s] != names for s in steps):
+            raise OptionError("run", "the sanity cascade of an ensemble needs members of one architecture "
+                                     "(the same decoder parts in each)")
+        return [(part, [module for s in steps for module in s[i][1]]) for i, part in enumerate(names)]
+
     def restricted(self, vertices: np.ndarray) -> "EnsembleEncoder":
         """A copy predicting only ``vertices``, with identical values (``capabilities.restrict_vertices``)."""
         if not self.capabilities.restrict_vertices:
@@ -246,8 +255,8 @@ class StackedBackbone(nn.Module):
 
     Each backbone normalises and pads the [0, 1] image itself, so
     :meth:`preprocess` passes images through. Grid, sizes, patch and the
-    mean colour are the first backbone's; ``vit`` (for the backbone's own
-    attention) is the deepest one's.
+    mean colour are the first backbone's; its prefix tokens and
+    self-attention (the backbone's own attention maps) the deepest one's.
     """
 
     def __init__(self, backbones: Sequence[nn.Module], owners: Sequence[str | Path]):
@@ -266,13 +275,14 @@ class StackedBackbone(nn.Module):
         self.config, self.depth, self.block_index = first.config, deepest.depth, deepest.block_index
         self.image_side, self.input_size, self.patch, self.grid = first.image_side, first.input_size, first.patch, first.grid
         self.dim = sum(b.dim for b in backbones)
-        self.num_prefix_tokens = deepest.num_prefix_tokens
+        self.prefix_tokens, self.has_class_token = deepest.prefix_tokens, deepest.has_class_token
+        self.self_attention = deepest.self_attention
         self.register_buffer("mean", first.mean.clone(), persistent=False)
         self.register_buffer("std", first.std.clone(), persistent=False)
 
-    @property
-    def vit(self) -> nn.Module:
-        return self.backbones[self._deepest].vit
+    def record_attention(self, record):
+        """The deepest backbone's self-attention (:meth:`~model.encoders.interface.TokenBackbone.record_attention`)."""
+        return self.backbones[self._deepest].record_attention(record)
 
     def train(self, mode: bool = True) -> "StackedBackbone":
         return super().train(False)

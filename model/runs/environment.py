@@ -28,7 +28,7 @@ from typing import Any, Callable
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..files import atomic_path
 from .manifest import SUITE
 
@@ -188,7 +188,7 @@ FORMATS: dict[str, tuple[Callable[..., str], str]] = {
 def write_environment(manifest: dict, fmt: str, out: str | Path, path_hint: str = "") -> Path:
     """Write the ``fmt`` ('conda' or 'pip') environment of ``manifest`` to ``out``, atomically."""
     if fmt not in FORMATS:
-        raise InputError("--format", f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise OptionError("format", f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     out = Path(out)
     text = FORMATS[fmt][0](manifest, path_hint)
     try:

@@ -80,7 +80,7 @@ def read_metrics(run: str | Path) -> dict:
     """A complete run's ``metrics.json``; a missing or corrupt file is one error naming it."""
     path = Path(run) / METRICS
     if not path.is_file():
-        raise InputError(path, "missing: training did not finish (continue it with tbe train --resume)")
+        raise InputError(path, "missing: training did not finish (continue it with tbe train `resume`)")
     try:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

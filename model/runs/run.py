@@ -145,7 +145,7 @@ def open_single_run(run: str | Path, data_dir: str | Path | None = None, device:
     run = Path(run)
     config = read_config(run)
     if not (run / METRICS).is_file():
-        raise InputError(run, "training did not finish (no metrics.json); continue it with --resume")
+        raise InputError(run, "training did not finish (no metrics.json); continue it with `resume`")
     check_feature_key(run / CONFIG, config)
     subject = load_subject(data_dir if data_dir is not None else config.data_dir, config.subj)
     queries = build_queries(subject, config.readout_res)

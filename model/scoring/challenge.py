@@ -26,6 +26,7 @@ from ..files import load_npy
 from ..metrics import SCORE_NAMES, challenge_vertex_scores, noise_normalised, pearson_r, within_roi_r
 from ..rois import EARLY_VISUAL, HEMIS, NON_STREAM_CLASSES
 from ..subject import Subject
+from ..truth import require_truth
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,7 @@ class Reference:
 
 def virtual_reference(subject: Subject) -> Reference:
     """The ground truth of a virtual subject (an error naming the folder for a real one)."""
-    truth = subject.truth
-    if truth is None:
-        raise InputError(subject.root / "ground_truth",
-                         "missing: this is not a virtual subject (no ground truth to compare with)")
+    truth = require_truth(subject)
     return Reference({h: truth.array("test_fmri", h) for h in HEMIS},
                      {h: truth.array("noise_ceiling", h) for h in HEMIS},
                      {h: truth.array("test_clean", h) for h in HEMIS},

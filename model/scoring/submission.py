@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..files import atomic_path, load_npy
 from ..rois import HEMIS
 from ..runs import PRED_TEST, expand_subjects, read_config, read_metrics
@@ -63,7 +63,7 @@ def collect(runs: Sequence[str | Path], allow_partial: bool = False) -> list[Ent
     images x vertices, or holding NaN or infinite values.
     """
     if not runs:
-        raise InputError("--runs", "list the runs (or ensembles) to submit, one per subject")
+        raise OptionError("runs", "list the runs (or ensembles) to submit, one per subject")
     entries: dict[int, Entry] = {}
     for run in [p for r in runs for p in expand_subjects(r)]:
         config = read_config(run)
@@ -95,8 +95,8 @@ def collect(runs: Sequence[str | Path], allow_partial: bool = False) -> list[Ent
         entries[subj] = Entry(subj, Path(run), preds)
     missing = [s for s in CHALLENGE_SUBJECTS if s not in entries]
     if missing and not allow_partial:
-        raise InputError("--runs", f"no run for subject{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; "
-                                   "the challenge needs all eight (pass --allow-partial for a partial archive)")
+        raise OptionError("runs", f"no run for subject{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}; "
+                                   "the challenge needs all eight (pass `allow_partial` for a partial archive)")
     return [entries[s] for s in sorted(entries)]
 
 

@@ -85,7 +85,7 @@ def claim_run_directory(out: str | Path, config: RunConfig, resume: bool, writer
         if not lock.try_acquire():
             holder = lock.holder()
             raise InputError(out, f"another tbe job{f' (process {holder})' if holder else ''} is writing this run directory; "
-                                  "wait for it to end or choose another --out")
+                                  "wait for it to end or choose another `out`")
     except BaseException:
         _remove_created(created)
         raise
@@ -152,11 +152,11 @@ def _check_contents(out: Path, config: RunConfig, resume: bool) -> Claim:
         _remove_run_files(out)
         return Claim(out, False, None)
     if METRICS in names:
-        hint = "it holds a complete run; choose another --out"
+        hint = "it holds a complete run; choose another `out`"
     elif CHECKPOINT in names:
-        hint = "it holds an interrupted run: add --resume"
+        hint = "it holds an interrupted run: add `resume`"
     else:
-        hint = "choose another --out"
+        hint = "choose another `out`"
     raise InputError(out, f"run directory is not empty; {hint}")
 
 
@@ -174,7 +174,7 @@ def settings_differences(config: RunConfig, previous: RunConfig) -> list[str]:
 def _check_same_settings(where: Path, config: RunConfig, previous: RunConfig) -> None:
     diff = settings_differences(config, previous)
     if diff:
-        raise InputError(where, f"--resume with different settings or data ({', '.join(diff)}); use a new --out")
+        raise InputError(where, f"`resume` with different settings or data ({', '.join(diff)}); use a new `out`")
 
 
 def _discard_after(out: Path, claim: Claim, exc: BaseException) -> bool:

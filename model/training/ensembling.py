@@ -54,7 +54,7 @@ def make_ensemble(runs: Sequence[str | Path], out: str | Path, weighting: str = 
     check_weighting(weighting, temperature)
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "exists and is not empty; choose another --out")
+        raise InputError(out, "exists and is not empty; choose another `out`")
     usable_directory(out.parent, where=out)
     subject, members, val_idx = check_members(runs, data_dir)
     targets = Targets.of_subject(subject)

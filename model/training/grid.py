@@ -122,7 +122,7 @@ def check_complete(path: Path, config: RunConfig, fingerprint: dict[str, str]) -
         diff.append("data")
     if diff:
         raise InputError(path / CONFIG, f"holds a complete run trained with other settings ({', '.join(diff)} differ); "
-                                        "choose another --out, or remove this run to train it again")
+                                        "choose another `out`, or remove this run to train it again")
 
 
 def train_grid(base: RunConfig, members: Sequence[GridMember], cache_dir: str | Path | None = None,

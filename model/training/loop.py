@@ -304,7 +304,7 @@ def _record_features(config: RunConfig, feats: dict[str, FeatureSet], claim: Cla
     previous = claim.previous.feature_key if claim.previous is not None else {}
     if previous and previous != config.feature_key:
         diff = ", ".join(k for k in previous if previous[k] != config.feature_key.get(k))
-        raise InputError(claim.path / CONFIG, f"--resume with other backbone features ({diff} differ); use a new --out")
+        raise InputError(claim.path / CONFIG, f"`resume` with other backbone features ({diff} differ); use a new `out`")
 
 
 def _fit_closed_form(job: Job, model) -> list:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..files import atomic_directory, save_npy, write_json
+from ..options import setting
 from ..progress import progress
 from ..rois import HEMIS, ROI_CLASSES, class_mapping
 from ..subject import SPLIT_DIRS
@@ -38,24 +39,26 @@ N_NSD_IMAGES = 73000
 class VirtualConfig:
     """Sizes and seed of a virtual subject. The defaults train in minutes on 2 CPU cores."""
 
-    subj: int = 1
-    n_train: int = 1000
-    n_test: int = 200
-    image_size: int = 224
-    seed: int = 0
+    subj: int = setting(1, "subject number: writes subjXX")
+    n_train: int = setting(1000, "training images (with fMRI)")
+    n_test: int = setting(200, "test images (fMRI withheld, as in the challenge)")
+    image_size: int = setting(224, "side of the painted images in pixels")
+    seed: int = setting(0, "seed of the images, ROIs, tuning and noise")
     n_repeats: int = 3
-    surface: str = "fsaverage5"
-    n_vertices: tuple[int, int] | None = None  # exact (lh, rh) challenge vertex counts
+    surface: str = setting("fsaverage5", "surface density; fsaverage6 (subdivided fsaverage5) allows real-size "
+                                         "subjects, for benchmarks", choices=SURFACES)
+    n_vertices: tuple[int, int] | None = setting(None, "exact numbers of challenge vertices (e.g. 19004 20544 as NSD "
+                                                       "subject 1, with `surface` fsaverage6)", kind=int)
 
     def check(self) -> None:
-        from ..errors import InputError
+        from ..errors import OptionError
 
         if self.surface not in SURFACES:
-            raise InputError("--surface", f"unknown surface {self.surface!r}; choose from {', '.join(SURFACES)}")
+            raise OptionError("surface", f"unknown surface {self.surface!r}; choose from {', '.join(SURFACES)}")
 
         for name, low in (("subj", 1), ("n_train", 20), ("n_test", 1), ("image_size", 32), ("n_repeats", 1)):
             if getattr(self, name) < low:
-                raise InputError(f"--{name.replace('_', '-')}", f"must be at least {low}, got {getattr(self, name)}")
+                raise OptionError(name, f"must be at least {low}, got {getattr(self, name)}")
 
 
 def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualConfig(),
@@ -66,7 +69,7 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
     if target.exists() and not overwrite:
         from ..errors import InputError
 
-        raise InputError(target, "already exists (pass --overwrite to replace it)")
+        raise InputError(target, "already exists (pass `overwrite` to replace it)")
     seeds = np.random.SeedSequence([config.seed, config.subj]).spawn(5)
     scene_rng, nsd_rng, tuning_rng, noise_rng, coco_rng = (np.random.default_rng(s) for s in seeds)
     n_total = config.n_train + config.n_test
@@ -79,9 +82,9 @@ def write_virtual_subject(out_dir: str | Path, config: VirtualConfig = VirtualCo
     try:
         layout = build_layout(config.surface, dict(zip(HEMIS, config.n_vertices)) if config.n_vertices else None)
     except ValueError as exc:
-        from ..errors import InputError
+        from ..errors import OptionError
 
-        raise InputError("--vertices", str(exc)) from None
+        raise OptionError("n_vertices", str(exc)) from None
     tuning = {hemi: R.make_tuning(layout[hemi], tuning_rng) for hemi in HEMIS}
 
     with atomic_directory(target, overwrite=overwrite) as tmp:
