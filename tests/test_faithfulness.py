@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from model.encoders import Capabilities
+from model.errors import OptionError
 from model.scoring import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
-                           query_reliability)
+                           not_measured, query_reliability)
+from model.scoring.faithfulness import MAX_QUERIES
 
 T, C = 64, 8
 
@@ -111,3 +113,14 @@ def test_training_records_the_attention_faithfulness(trained_run):
     assert 0 < summary["n_reliable"] <= summary["n_queries"]
     assert summary["faithful"] == (summary["n_faithful_reliable"] == summary["n_reliable"])
     assert all(np.isfinite(q["deletion_ratio"]) for q in summary["queries"])
+
+
+def test_too_many_queries_are_refused_by_the_test_and_reported_as_not_measured():
+    """One query per vertex would cost a pass per query and image: the test refuses, the summary says why."""
+    many = np.eye(MAX_QUERIES + 1, dtype=bool)
+    x = np.zeros((2, T, C), np.float32)
+    with pytest.raises(OptionError) as err:
+        deletion_changes(Planted([np.arange(10)] * 2, [np.arange(5)] * 2), x, many)
+    assert err.value.parameter == "readout_res" and str(MAX_QUERIES) in err.value.problem
+    line = describe_faithfulness(not_measured(MAX_QUERIES + 1))
+    assert line.startswith("attention faithfulness: not measured") and str(MAX_QUERIES + 1) in line

@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from ..device import module_device
+from ..errors import OptionError
 from ..metrics import reliability_test
 
 #: share of the tokens replaced: the most-attended ones, or a random set of as many
@@ -60,6 +61,9 @@ MIN_RATIO = 3.0
 MIN_SPECIFICITY = 1.2
 #: random token sets per image whose changes are averaged into its reference change
 N_RANDOM = 4
+#: most queries the test measures: it perturbs each image once per query and decodes every query each time,
+#: so its cost grows with the square of the queries (one query per vertex, ``readout_res`` voxels, is out of reach)
+MAX_QUERIES = 256
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,9 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
     """
     if not encoder.capabilities.decoder_attention:
         raise TypeError(f"{type(encoder).__name__} has no decoder attention to test")
+    if not measurable(memberships):
+        raise OptionError("readout_res", f"the attention's deletion test measures at most {MAX_QUERIES} queries; this "
+                                         f"run has {np.shape(memberships)[1]}")
     dev = module_device(encoder)
     members = torch.as_tensor(np.asarray(memberships, bool), dtype=torch.float64, device=dev)
     token = mean_token(encoder).to(dev)
@@ -150,6 +157,18 @@ def deletion_changes(encoder: torch.nn.Module, features, memberships: np.ndarray
             change = encoder(_replace(x, index, token))["pred"].float() - pred
             random[start:start + b] += _mean_square_per_query(change, members).cpu().numpy() / n_random
     return DeletionChanges(cross, random, fraction)
+
+
+def measurable(memberships: np.ndarray) -> bool:
+    """Whether the deletion test can measure these queries (at most :data:`MAX_QUERIES`)."""
+    return np.shape(memberships)[1] <= MAX_QUERIES
+
+
+def not_measured(n_queries: int) -> dict:
+    """The summary of a run whose queries are too many for the deletion test: it says so, and judges nothing."""
+    return {"measured": False, "n_queries": int(n_queries), "faithful": False,
+            "reason": f"{n_queries} queries; the deletion test measures at most {MAX_QUERIES} (it decodes every query "
+                      "once per query and image)"}
 
 
 def _random_sets(n_random: int, b: int, t: int, k: int, seed: int, first: int) -> torch.Tensor:
@@ -268,6 +287,8 @@ def faithfulness_summary(table: pd.DataFrame) -> dict:
 
 def describe_faithfulness(summary: dict) -> str:
     """One line for a run's summary: faithful or not, in numbers."""
+    if summary.get("measured") is False:
+        return f"attention faithfulness: not measured ({summary['reason']})"
     head = (f"attention faithfulness ({summary['n_images']} validation images; faithful when replacing a query's "
             f"top-attended {summary['fraction']:.0%} of tokens changes its ROI's prediction >= "
             f"{summary['min_ratio']:g}x more than a random {summary['fraction']:.0%} and >= "
@@ -285,6 +306,6 @@ def describe_faithfulness(summary: dict) -> str:
         "predictions use")
 
 
-__all__ = ["DeletionChanges", "FRACTION", "MIN_RATIO", "MIN_SPECIFICITY", "N_RANDOM", "SUMMARY_IMAGES", "concatenate",
-           "deletion_changes", "deletion_ratios", "describe_faithfulness", "faithfulness_summary", "mean_token",
-           "query_reliability"]
+__all__ = ["DeletionChanges", "FRACTION", "MAX_QUERIES", "MIN_RATIO", "MIN_SPECIFICITY", "N_RANDOM", "SUMMARY_IMAGES",
+           "concatenate", "deletion_changes", "deletion_ratios", "describe_faithfulness", "faithfulness_summary",
+           "mean_token", "measurable", "not_measured", "query_reliability"]

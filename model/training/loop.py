@@ -36,7 +36,7 @@ from ..rois import HEMIS
 from ..runs import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
                     TrainConfig, iter_batches, load_weights, predict, save_weights, write_config, write_run_manifest)
 from ..scoring import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
-                       query_reliability)
+                       measurable, not_measured, query_reliability)
 from ..subject import Subject, load_subject, train_val_split
 from .claiming import Claim, DivergedError, claim_run_directory
 
@@ -447,7 +447,8 @@ def _finish(job: Job, model, history, best_epoch, elapsed: float) -> None:
     })
     log.info("run complete: %s (validation r lh %.3f, rh %.3f)", out, means["lh"], means["rh"])
     if faithfulness:
-        (log.info if faithfulness["faithful"] else log.warning)(describe_faithfulness(faithfulness))
+        (log.info if faithfulness["faithful"] or faithfulness.get("measured") is False else log.warning)(
+            describe_faithfulness(faithfulness))
 
 
 def _attention_faithfulness(job: Job, model, val_pred: np.ndarray) -> dict | None:
@@ -459,6 +460,8 @@ def _attention_faithfulness(job: Job, model, val_pred: np.ndarray) -> dict | Non
     if not model.capabilities.decoder_attention or len(job.val_idx) < 3:
         return None
     memberships = job.queries.memberships
+    if not measurable(memberships):
+        return not_measured(memberships.shape[1])
     table = query_reliability(val_pred, job.targets.rows(job.val_idx), memberships, job.targets.valid)
     idx = np.sort(job.val_idx)[:SUMMARY_IMAGES]
     changes = deletion_changes(model, read_rows(job.feats["train"].features, idx), memberships)
