@@ -71,6 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable from a plain checkout, without installing
     sys.path.insert(0, str(ROOT))
 
+from analyses.cli import error_line  # noqa: E402
 from model.backbone import Backbone, BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
 from model.encoders import DecoderConfig, QuerySet, build_encoder  # noqa: E402
@@ -844,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         if scale.voxel_steps < 1:
             raise InputError("--voxel-steps", f"must be at least 1, not {scale.voxel_steps}")
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)  # flags named as tbe names them
         return 2
     report = Report(str(device), scale.name)
     print(f"bench_gpu ({scale.name} scale) on {device}: {json.dumps(environment())}", flush=True)

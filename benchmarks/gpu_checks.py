@@ -45,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gpu import synthetic_queries  # noqa: E402  (also puts the repository on sys.path)
 
+from analyses.cli import error_line  # noqa: E402
 from model.backbone import BackboneConfig, build_backbone  # noqa: E402
 from model.device import pick_device  # noqa: E402
 from model.encoders import DecoderConfig, build_encoder  # noqa: E402
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = pick_device(args.device)
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)  # flags named as tbe names them
         return 2
     start = time.perf_counter()
     checks = run_checks(device)

@@ -23,7 +23,6 @@ from .layout import ENSEMBLE_WEIGHTS, METRICS, is_ensemble
 from .run import Run, check_trained_on, open_single_run
 
 
-
 def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> Run:
     """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on.
 
