@@ -30,7 +30,7 @@ from scipy.stats import spearmanr
 from model.rois import HEMIS
 from model.runs import VAL_PRED, Run, load_run_array
 from model.scoring import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes, deletion_ratios,
-                           describe_faithfulness, faithfulness_summary, measurable, not_measured, query_reliability)
+                           describe_faithfulness, faithfulness_summary, query_reliability, run_summary)
 
 from .focus import focus
 from .maps import Inputs
@@ -124,15 +124,12 @@ def run_faithfulness(run: Run, cache_dir=None) -> dict | None:
     recorded = run.metrics.get("attention_faithfulness")
     if recorded:
         return recorded
-    if not measurable(run.queries.memberships):
-        return not_measured(run.queries.memberships.shape[1])
     idx = np.sort(run.val_indices)[:SUMMARY_IMAGES]
     paths = [run.subject.train_images[i] for i in idx]
-    tokens = run.features(paths, cache_dir, device=str(run.device), rows=[("train", int(i)) for i in idx])
-    changes = deletion_changes(run.model, tokens, run.queries.memberships)
-    table = deletion_ratios(changes, run.queries.names).merge(run_reliability(run).drop(columns=["n_heldout"]),
-                                                              on="query")
-    return {**faithfulness_summary(table), "queries": table.round(4).to_dict(orient="records")}
+    return run_summary(run.model, lambda: run.features(paths, cache_dir, device=str(run.device),
+                                                       rows=[("train", int(i)) for i in idx]),
+                       run.queries.memberships, run.queries.names,
+                       run_reliability(run).drop(columns=["n_heldout", "query"]))
 
 
 def describe_run(run: Run, cache_dir=None) -> str | None:

@@ -11,8 +11,8 @@ import torch
 from model.encoders import Capabilities
 from model.errors import OptionError
 from model.scoring import (MIN_RATIO, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
-                           not_measured, query_reliability)
-from model.scoring.faithfulness import MAX_QUERIES
+                           query_reliability)
+from model.scoring.faithfulness import MAX_QUERIES, not_measured
 
 T, C = 64, 8
 

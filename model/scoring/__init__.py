@@ -13,10 +13,9 @@ modules.
 from .challenge import (SCORES, Reference, check_shapes, file_reference, pool_scores, score, score_lines, score_table,
                         virtual_reference)
 from .faithfulness import (MIN_RATIO, MIN_SPECIFICITY, SUMMARY_IMAGES, concatenate, deletion_changes, deletion_ratios,
-                           describe_faithfulness, faithfulness_summary, measurable, not_measured, query_reliability)
+                           describe_faithfulness, faithfulness_summary, query_reliability, run_summary)
 from .submission import collect, subject_folder, write_submission
 
 __all__ = ["MIN_RATIO", "MIN_SPECIFICITY", "SCORES", "SUMMARY_IMAGES", "Reference", "check_shapes", "collect",
            "concatenate", "deletion_changes", "deletion_ratios", "describe_faithfulness", "faithfulness_summary",
-           "file_reference", "measurable", "not_measured", "pool_scores", "query_reliability", "score", "score_lines",
-           "score_table", "subject_folder", "virtual_reference", "write_submission"]
+           "file_reference", "pool_scores", "query_reliability", "run_summary", "score", "score_lines", "score_table", "subject_folder", "virtual_reference", "write_submission"]

@@ -42,6 +42,7 @@ validation images of every run whose encoder has decoder attention, and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -285,6 +286,21 @@ def faithfulness_summary(table: pd.DataFrame) -> dict:
             "faithful": bool(len(reliable)) and unfaithful.empty}
 
 
+def run_summary(encoder: torch.nn.Module, tokens: Callable[[], np.ndarray], memberships: np.ndarray, names: list[str],
+                reliability: pd.DataFrame) -> dict:
+    """What a run records of the test: :func:`faithfulness_summary` and every query's row, or :func:`not_measured`.
+
+    ``tokens()`` gives the images' tokens; it is called only when the queries
+    are :func:`measurable`. ``reliability`` holds :func:`query_reliability`'s
+    columns, a row per query in the order of ``names``.
+    """
+    if not measurable(memberships):
+        return not_measured(np.shape(memberships)[1])
+    ratios = deletion_ratios(deletion_changes(encoder, tokens(), memberships), names)
+    table = pd.concat([ratios, reliability.reset_index(drop=True)], axis=1)
+    return {**faithfulness_summary(table), "queries": table.round(4).to_dict(orient="records")}
+
+
 def describe_faithfulness(summary: dict) -> str:
     """One line for a run's summary: faithful or not, in numbers."""
     if summary.get("measured") is False:
@@ -308,4 +324,4 @@ def describe_faithfulness(summary: dict) -> str:
 
 __all__ = ["DeletionChanges", "FRACTION", "MAX_QUERIES", "MIN_RATIO", "MIN_SPECIFICITY", "N_RANDOM", "SUMMARY_IMAGES",
            "concatenate", "deletion_changes", "deletion_ratios", "describe_faithfulness", "faithfulness_summary",
-           "mean_token", "measurable", "not_measured", "query_reliability"]
+           "mean_token", "measurable", "not_measured", "query_reliability", "run_summary"]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -35,8 +34,7 @@ from ..progress import activity, progress
 from ..rois import HEMIS
 from ..runs import (CHECKPOINT, CONFIG, METRICS, PRED_TEST, VAL_CORR, VAL_INDICES, VAL_PRED, WEIGHTS, RunConfig,
                     TrainConfig, iter_batches, load_weights, predict, save_weights, write_config, write_run_manifest)
-from ..scoring import (SUMMARY_IMAGES, deletion_changes, deletion_ratios, describe_faithfulness, faithfulness_summary,
-                       measurable, not_measured, query_reliability)
+from ..scoring import SUMMARY_IMAGES, describe_faithfulness, query_reliability, run_summary
 from ..subject import Subject, load_subject, train_val_split
 from .claiming import Claim, DivergedError, claim_run_directory
 
@@ -460,10 +458,7 @@ def _attention_faithfulness(job: Job, model, val_pred: np.ndarray) -> dict | Non
     if not model.capabilities.decoder_attention or len(job.val_idx) < 3:
         return None
     memberships = job.queries.memberships
-    if not measurable(memberships):
-        return not_measured(memberships.shape[1])
-    table = query_reliability(val_pred, job.targets.rows(job.val_idx), memberships, job.targets.valid)
+    reliability = query_reliability(val_pred, job.targets.rows(job.val_idx), memberships, job.targets.valid)
     idx = np.sort(job.val_idx)[:SUMMARY_IMAGES]
-    changes = deletion_changes(model, read_rows(job.feats["train"].features, idx), memberships)
-    table = pd.concat([deletion_ratios(changes, job.queries.names), table], axis=1)
-    return {**faithfulness_summary(table), "queries": table.round(4).to_dict(orient="records")}
+    return run_summary(model, lambda: read_rows(job.feats["train"].features, idx), memberships, job.queries.names,
+                       reliability)
