@@ -165,7 +165,7 @@ def load_ground_truth(subject_root: str | Path) -> GroundTruth:
     return GroundTruth(root)
 
 
-def require_truth(subject, why: str = "this is not a virtual subject (no ground truth to compare with)"
+def require_truth(subject: "Subject", why: str = "this is not a virtual subject (no ground truth to compare with)"
                   ) -> GroundTruth:
     """``subject.truth``, or an error naming the missing folder (``why``: what needed it) for a real subject.
 

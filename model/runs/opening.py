@@ -24,16 +24,11 @@ from .run import Run, check_trained_on, open_single_run
 
 
 def open_run(run: str | Path, data_dir: str | Path | None = None, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the encoder of a complete run; ``data_dir`` defaults to the one it was trained on.
+    """Rebuild the encoder of a complete run or ensemble; ``data_dir`` defaults to the one it was trained on.
 
-    The encoder (and later its backbone) is placed on ``device`` (``auto``:
-    CUDA, then MPS, then CPU; see :func:`model.device.pick_device`).
-
-    Refused, with one line naming the file: an unfinished run, a config.json
-    that does not describe the features the run was trained on, data other
-    than the run's (vertex counts, ROI queries, or the data fingerprint), and
-    weights that do not fit the encoder (:func:`~model.runs.run.open_single_run`).
-    An ensemble directory opens as a :class:`~model.runs.ensembles.EnsembleRun`
+    A run opens as :func:`~model.runs.run.open_single_run` opens it (placed on
+    ``device``, refused with one line naming the file when it does not fit its
+    data); an ensemble directory as a :class:`~model.runs.ensembles.EnsembleRun`
     (every member opened and checked).
     """
     run = Path(run)
