@@ -84,11 +84,15 @@ class Row:
     decoder: dict
 
 
+#: windows whose heads each have their own softmax; with ``window_lr`` 1 as well, the default before the shared softmax
+PER_HEAD_WINDOWS = {"attention": "windows", "window_softmax": "per_head"}
 ROWS: dict[str, Row] = {
+    "windows + heads (default)": Row("windows-shared-heads", {"readout": "heads", "attention": "windows"}),
+    "windows per head + heads": Row("windows-per-head-heads", {"readout": "heads", **PER_HEAD_WINDOWS}),
+    "windows per head, slow + heads": Row("windows-heads", {"readout": "heads", **PER_HEAD_WINDOWS, "window_lr": 1.0}),
     "retinotopic (standard attention)": Row("retinotopic", {"readout": "retinotopic", "attention": "standard"}),
     "linear (the original's)": Row("linear", {"readout": "linear", "attention": "standard"}),
     "heads (standard attention)": Row("heads", {"readout": "heads", "attention": "standard"}),
-    "windows + heads": Row("windows-heads", {"readout": "heads", "attention": "windows"}),
     "windows + linear": Row("windows-linear", {"readout": "linear", "attention": "windows"}),
 }
 #: the readouts of the table; windows + linear is measured on request

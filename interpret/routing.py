@@ -69,15 +69,19 @@ minimum sizes
     image-to-image variation (a pooled correlation of 0.14 over images x
     tokens). Both sit well above what unrelated maps reach (``|L|`` about
     0.01 and the content index of the order of ``1 / (images x tokens)`` for
-    independent noise maps; ``tests/test_routing.py``). They were set on the
-    default model (windows attention, heads readout) of two virtual
-    subjects, 100 test images each (``docs/attention.md``): early visual
-    queries have a location index of 0.16-0.85 and a content index of at
-    most 0.027 (lower bound at most 0.014), the face, body and word queries
-    a location index of at most 0.05 on one subject and a content index of
-    0.016-0.23; places, whose masks are the layout, have a content index
-    near 0. No floor separates every kind on both subjects: a few word and
-    body queries (content index 0.011-0.028) fall below ``min_content``.
+    independent noise maps; ``tests/test_routing.py``). Measured on the
+    default model (windows attention with the shared softmax, heads readout)
+    of two virtual subjects, 100 test images each (``docs/attention.md``):
+    early visual queries have a location index of 0.67-0.98 and a content
+    index of at most 0.026 (lower bound at most 0.016); the face, body and
+    word queries a content index of 0.032-0.26, each significant, and a
+    location index of at most 0.04 on one subject and 0.16 on the other,
+    whose face queries (0.11-0.16) are ``both``: their planted pRFs give
+    their windows a fixed part. A query built to be both (a fixed window
+    and a category's mask of equal strength, ``tests/test_routing.py``) has
+    a location index of about 0.24, so the floor stays below that. Places,
+    whose masks are the layout, have a content index near 0 and a location
+    index of 0.77-0.97.
     A minimum of 0 leaves its size test out (significance alone).
 label
     BH-FDR over the ``2 x queries`` combined tests of one analysis; at

@@ -8,7 +8,10 @@ import torch
 from model.backbone import BackboneConfig
 from model.encoders import DecoderConfig, QuerySet
 from model.encoders.transformer import BrainEncoder, CustomTransformer
+from model.encoders.registry import build_encoder
 from model.encoders.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
+from model.runs import TrainConfig
+from model.training.loop import make_optimiser
 from model.errors import OptionError
 from model.runs import RunConfig
 
@@ -36,7 +39,7 @@ def test_initial_windows_tile_the_image():
 
 
 def test_without_content_each_head_sees_its_normalised_window():
-    attn = WindowedCrossAttention(8, 2, dropout=0.0)
+    attn = WindowedCrossAttention(8, 2, dropout=0.0, softmax="per_head")
     torch.nn.init.zeros_(attn.q_proj.weight), torch.nn.init.zeros_(attn.q_proj.bias)
     windows = QueryWindows(1, 2)
     with torch.no_grad():
@@ -45,6 +48,35 @@ def test_without_content_each_head_sees_its_normalised_window():
     _, weights = attn(torch.randn(1, 1, 8), torch.randn(1, 36, 8), torch.randn(1, 36, 8), prior)
     expected = prior.softmax(-1).transpose(0, 1)[None]  # (1, heads, Q, T)
     torch.testing.assert_close(weights, expected)
+
+
+def test_shared_softmax_gives_the_heads_with_content_the_attention():
+    """Heads share one softmax: their average is the content score within the union of the windows,
+    and a head whose window holds nothing the content score wants gets little of it."""
+    attn = WindowedCrossAttention(8, 2, dropout=0.0, softmax="shared")
+    windows = QueryWindows(1, 2)
+    with torch.no_grad():
+        windows.centre[0] = torch.tensor([[-0.6, 0.0], [0.6, 0.0]]) / CENTRE_SCALE
+        windows.log_sigma.fill_(np.log(0.2))
+    prior = windows.log_prior((6, 6))
+    keys = torch.randn(1, 36, 8)
+    query = torch.randn(1, 1, 8)
+    _, weights = attn(query, keys, keys, prior)
+    content = (attn.q_proj(query) @ attn.k_proj(keys).transpose(1, 2) / np.sqrt(8))[0, 0]
+    union = content.exp() * prior[0].exp().sum(0)
+    torch.testing.assert_close(weights[0, :, 0].mean(0), union / union.sum())
+    torch.testing.assert_close(weights[0, :, 0].sum(-1).mean(), torch.tensor(1.0))
+    left = grid_positions(6, 6)[:, 0] < 0
+    with torch.no_grad():  # the content score now prefers the right half by far: the left head gets almost nothing
+        attn.k_proj.bias.zero_()
+        match = attn.k_proj.weight.T @ attn.q_proj(query)[0, 0]  # content score of ``match``: |W_k^T q|^2 / sqrt(8) > 0
+        match *= 20 * np.sqrt(8) / match.square().sum()
+        keys = torch.where(left[None, :, None], torch.zeros(1, 36, 8), match)
+    _, weights = attn(query, keys, keys, prior)
+    share = weights[0, :, 0].sum(-1) / 2
+    assert share[1] > 0.99 and share[0] < 0.01
+    _, per_head = WindowedCrossAttention(8, 2, dropout=0.0, softmax="per_head")(query, keys, keys, prior)
+    torch.testing.assert_close(per_head[0, :, 0].sum(-1), torch.ones(2))  # each head keeps its share
 
 
 def test_content_moves_every_head_alike():
@@ -70,7 +102,7 @@ def test_windows_train_with_every_readout_and_chunking_is_exact(readout):
     enc = BrainEncoder(QUERIES, 16, (4, 4), cfg)
     out = enc(torch.randn(2, 16, 16), return_attention=True)
     assert out["pred"].shape == (2, 10) and out["attention"].shape == (2, 1, 4, 3, 16)
-    torch.testing.assert_close(out["attention"].sum(-1), torch.ones(2, 1, 4, 3))
+    torch.testing.assert_close(out["attention"].sum(-1).mean(2), torch.ones(2, 1, 3))  # the heads' average sums to 1
     out["pred"].square().sum().backward()
     assert enc.windows.centre.grad.abs().sum() > 0 and enc.windows.log_sigma.grad.abs().sum() > 0
     if readout == "linear":  # chunks of queries decode exactly as all at once
@@ -94,3 +126,32 @@ def test_a_config_written_before_windows_existed_reads_as_standard_attention():
     config = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig(attention="windows")).to_dict()
     del config["decoder"]["attention"]
     assert RunConfig.from_dict(config).decoder.attention == "standard"
+
+
+def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trained():
+    config = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig()).to_dict()
+    assert (config["decoder"]["window_softmax"], config["decoder"]["window_lr"]) == ("shared", 10.0)
+    for key in ("window_softmax", "window_lr"):
+        del config["decoder"][key]
+    decoder = RunConfig.from_dict(config).decoder
+    assert (decoder.attention, decoder.window_softmax, decoder.window_lr) == ("windows", "per_head", 1.0)
+    with pytest.raises(OptionError, match="decoder.window_softmax: must be one of shared, per_head"):
+        DecoderConfig(window_softmax="joint").validate()
+    with pytest.raises(OptionError, match="decoder.window_lr: must be a positive number"):
+        DecoderConfig(window_lr=0).validate()
+
+
+@pytest.mark.parametrize("scale", [10.0, 1.0])
+def test_windows_learn_at_their_own_rate(scale):
+    """The windows get a group at ``window_lr`` x lr; at 1 no group is added (older runs resume with their optimiser state)."""
+    cfg = DecoderConfig(hidden_dim=32, nheads=4, dim_feedforward=64, window_lr=scale)
+    model = build_encoder("transformer", QUERIES, 16, (4, 4), cfg)
+    optimizer, _ = make_optimiser(model, TrainConfig(lr=1e-3))
+    windows = {id(p) for p in model.core.windows.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= windows if group["lr"] != 1e-3 else not (ids & windows and scale != 1)
+    assert len(optimizer.param_groups) == (2 if scale != 1 else 1)
+    assert max(g["lr"] for g in optimizer.param_groups) == pytest.approx(1e-3 * scale)

@@ -16,6 +16,7 @@ from ..options import setting
 from .baselines import RIDGE_FEATURES
 from .layers import POSITION_EMBEDDINGS
 from .readouts import READOUTS
+from .windows import WINDOW_SOFTMAXES
 
 
 #: ``--query-init``: how the query embeddings start. The original left PyTorch's
@@ -56,6 +57,12 @@ class DecoderConfig:
                                      "voxels; 0: all at once)")
     attention: str = setting("windows", lambda: "how a query's cross-attention selects tokens: " + "; ".join(
         f"{k}: {v}" for k, v in ATTENTIONS.items()), choices=lambda: tuple(ATTENTIONS))
+    window_softmax: str = setting("shared", "how windows attention is normalised: shared (default): one softmax over "
+                                            "every head's window, the heads divide the query's attention; per_head: "
+                                            "each head over the tokens alone (runs from before this option)",
+                                  choices=lambda: tuple(WINDOW_SOFTMAXES))
+    window_lr: float = setting(10.0, "learning rate of the attention windows (centres and widths) as a multiple of "
+                                     "`train.lr`")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +91,8 @@ class DecoderConfig:
             ("position_embedding", lambda v: v in POSITION_EMBEDDINGS, f"must be one of {', '.join(POSITION_EMBEDDINGS)}"),
             ("query_chunk", lambda v: is_int(v) and v >= 0, "must be a whole number of queries >= 0 (0: all at once)"),
             ("attention", lambda v: v in ATTENTIONS, f"must be one of {', '.join(ATTENTIONS)}"),
+            ("window_softmax", lambda v: v in WINDOW_SOFTMAXES, f"must be one of {', '.join(WINDOW_SOFTMAXES)}"),
+            ("window_lr", lambda v: is_number(v) and v > 0, "must be a positive number"),
         ))
         if self.attention == "windows" and not self.pre_norm:
             raise OptionError("decoder.attention", "windows need pre-norm decoder layers (decoder.pre_norm)")

@@ -63,6 +63,10 @@ class EncoderCore(nn.Module):
 
     capabilities = Capabilities()
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning rate of some parts (submodule name -> multiple of the training's); the rest at 1."""
+        return {}
+
     def randomisation_order(self) -> list[str]:
         """Names of the core's parts (submodules) from the output down: the steps of the sanity check's cascade.
 

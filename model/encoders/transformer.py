@@ -38,7 +38,7 @@ class DecoderLayer(nn.Module):
             self.norm_self, self.drop_self = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
         self.windowed = cfg.attention == "windows"
         if self.windowed:
-            self.cross_attn = WindowedCrossAttention(d, cfg.nheads, cfg.dropout)
+            self.cross_attn = WindowedCrossAttention(d, cfg.nheads, cfg.dropout, cfg.window_softmax)
         else:
             self.cross_attn = nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.dim_feedforward), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.dim_feedforward, d))
@@ -115,6 +115,10 @@ class BrainEncoder(EncoderCore):
     def restricted(self, vertices: np.ndarray) -> "BrainEncoder":
         """A copy predicting only ``vertices`` (its readout sliced; the decoder shared)."""
         return with_readout_subset(self, vertices)
+
+    def lr_scales(self) -> dict[str, float]:
+        """The windows learn ``decoder.window_lr`` times faster than the rest (:mod:`model.encoders.windows`)."""
+        return {"windows": self.cfg.window_lr} if self.windows is not None else {}
 
     def randomisation_order(self) -> list[str]:
         """Readout, final norm, decoder layers from the top, queries (their embeddings and windows), token encoder,

@@ -9,17 +9,31 @@ through its own Gaussian *window* over the token grid, a learned centre
 and width per query and head, in the manner of spatially modulated
 co-attention (Gao et al. 2021, SMCA-DETR):
 
-    a[q, h, t] = softmax over t of ( s[q, t] - |x_t - mu[q, h]|^2 / (2 sigma[q, h]^2) )
+    a[q, h, t] = H x softmax over (h, t) of ( s[q, t] - |x_t - mu[q, h]|^2 / (2 sigma[q, h]^2) )
 
 ``s[q, t] = (W_q e_q) . (W_k m_t) / sqrt(d)`` is the content score of token
 ``m_t`` for query ``e_q`` (no position enters it), ``x_t`` the token's place
-on the grid in [-1, 1] (x right, y down), ``mu`` and ``sigma`` the window.
-A head's attention is the content score restricted to its window, the
-head average is the content score restricted to the union of the windows,
-so a face query's map stays on faces however its heads divide the field,
-and an early visual query's windows tile its part of the visual field
-like population receptive fields. The values and the output projection
-are those of multi-head attention.
+on the grid in [-1, 1] (x right, y down), ``mu`` and ``sigma`` the window,
+``H`` the number of heads. One softmax runs over every head's window
+together (``--window-softmax shared``, the default): the heads divide the
+query's attention among themselves, and a head whose window holds nothing
+the content score wants gets little of it. The head average, the map every
+figure shows, is then exactly the content score within the union of the
+windows (it sums to 1; a head's map sums to ``H`` times its share), so a
+face query's map goes to the faces in its field rather than to the
+background at the centre of an empty window, and an early visual query's
+windows tile its part of the visual field like population receptive
+fields. ``--window-softmax per_head`` normalises each head over the tokens
+alone, as multi-head attention does (every head's map sums to 1, so an
+empty window keeps its share); runs written before the option existed read
+as ``per_head``. The values and the output projection are those of
+multi-head attention.
+
+The windows learn ``--window-lr`` times faster than the rest of the
+decoder (:meth:`QueryWindows.lr_scale`): at the decoder's learning rate they
+barely leave their initial lattice within a run, every query keeps looking
+at the whole image and the readout's weights over the heads do the spatial
+work (``docs/attention.md``).
 """
 from __future__ import annotations
 
@@ -66,12 +80,28 @@ class QueryWindows(nn.Module):
         return -d2 / (2 * torch.exp(2 * self.log_sigma[queries])[:, :, None])
 
 
+def shared_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """(B, heads, Q, T) logits -> weights: one softmax over every head and token of a query, times the heads."""
+    b, h, q, t = logits.shape
+    joint = logits.float().transpose(1, 2).reshape(b, q, h * t).softmax(-1)
+    return joint.view(b, q, h, t).transpose(1, 2) * h
+
+
+def per_head_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """(B, heads, Q, T) logits -> weights: each head's softmax over the tokens (multi-head attention's)."""
+    return logits.float().softmax(-1)
+
+
+#: ``--window-softmax``: how a query's attention is normalised over its heads' windows
+WINDOW_SOFTMAXES = {"shared": shared_softmax, "per_head": per_head_softmax}
+
+
 class WindowedCrossAttention(nn.Module):
     """Multi-head cross-attention whose heads share one content score and differ by an additive log window."""
 
-    def __init__(self, d: int, nheads: int, dropout: float):
+    def __init__(self, d: int, nheads: int, dropout: float, softmax: str = "shared"):
         super().__init__()
-        self.heads = nheads
+        self.heads, self.softmax = nheads, WINDOW_SOFTMAXES[softmax]
         self.q_proj, self.k_proj = nn.Linear(d, d), nn.Linear(d, d)
         self.v_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d)
         self.drop = nn.Dropout(dropout)
@@ -81,7 +111,7 @@ class WindowedCrossAttention(nn.Module):
         """query (B, Q, D), key and value (B, T, D), log_prior (Q, heads, T) -> output (B, Q, D), weights (B, heads, Q, T)."""
         content = self.q_proj(query) @ self.k_proj(key).transpose(1, 2) / math.sqrt(query.shape[-1])  # (B, Q, T)
         logits = content[:, None] + log_prior.transpose(0, 1)[None].to(content.dtype)  # (B, heads, Q, T)
-        weights = logits.float().softmax(-1).to(content.dtype)
+        weights = self.softmax(logits).to(content.dtype)
         b, t = value.shape[:2]
         v = self.v_proj(value).view(b, t, self.heads, -1).transpose(1, 2)  # (B, heads, T, D / heads)
         out = (self.drop(weights) @ v).transpose(1, 2).flatten(2)  # (B, Q, D)

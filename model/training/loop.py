@@ -315,8 +315,17 @@ def _fit_closed_form(job: Job, model) -> list:
 
 
 def make_optimiser(model, tc: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
-    """AdamW over the trainable parameters and its StepLR schedule (halved every ``tc.lr_drop`` epochs)."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr, weight_decay=tc.weight_decay)
+    """AdamW over the trainable parameters and its StepLR schedule (halved every ``tc.lr_drop`` epochs).
+
+    Parts the core names in ``lr_scales()`` get their own group at that
+    multiple of ``tc.lr``; a scale of 1 adds no group, so a run trained
+    before a part had one resumes with the optimiser state it saved.
+    """
+    groups = [{"params": [p for p in model.core.get_submodule(name).parameters() if p.requires_grad], "lr": tc.lr * scale}
+              for name, scale in model.core.lr_scales().items() if scale != 1]
+    grouped = {id(p) for g in groups for p in g["params"]}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in grouped]
+    optimizer = torch.optim.AdamW([{"params": rest}, *groups], lr=tc.lr, weight_decay=tc.weight_decay)
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, tc.lr_drop, gamma=0.5)
 
 
