@@ -30,8 +30,11 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
     """Cross-attention of every query over the image, per head and head-averaged.
 
     Returns ``attention`` (image, hemi, roi, head, y, x) and
-    ``attention_mean`` (image, hemi, roi, y, x); each query's map sums to 1
-    over the token grid (less where tokens fall on padding). ``rois``: only
+    ``attention_mean`` (image, hemi, roi, y, x); each query's head-averaged
+    map sums to 1 over the token grid (less where tokens fall on padding),
+    and so does each head's with standard attention; with the windows'
+    shared softmax a head's map sums to the number of heads times its share
+    of the query's attention (:mod:`model.encoders.windows`). ``rois``: only
     these ROIs' queries (default: every query). Computed on the model's
     device (bf16 autocast on CUDA; the softmax stays float32).
     """

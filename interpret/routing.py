@@ -72,12 +72,12 @@ minimum sizes
     independent noise maps; ``tests/test_routing.py``). Measured on the
     default model (windows attention with the shared softmax, heads readout)
     of two virtual subjects, 100 test images each (``docs/attention.md``):
-    early visual queries have a location index of 0.67-0.98 and a content
+    early visual queries have a location index of 0.66-0.98 and a content
     index of at most 0.026 (lower bound at most 0.016); the face, body and
     word queries a content index of 0.032-0.26, each significant, and a
     location index of at most 0.04 on one subject and 0.16 on the other,
-    whose face queries (0.11-0.16) are ``both``: their planted pRFs give
-    their windows a fixed part. A query built to be both (a fixed window
+    whose OFA and FFA-2 queries (0.14-0.16) are ``both``: their planted pRFs
+    give their windows a fixed part. A query built to be both (a fixed window
     and a category's mask of equal strength, ``tests/test_routing.py``) has
     a location index of about 0.24, so the floor stays below that. Places,
     whose masks are the layout, have a content index near 0 and a location
