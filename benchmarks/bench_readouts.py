@@ -106,9 +106,8 @@ def row_config(base: RunConfig, changes: dict, layer: int) -> RunConfig:
     return replace(base, decoder=replace(base.decoder, **changes), backbone=replace(base.backbone, layer=layer))
 
 
-def mean_attention_maps(run, features: np.ndarray, grid: MapGrid, names: list[str]) -> xr.Dataset:
-    """``attention_mean`` (image, hemi, roi, y, x) on ``grid``, one query at a time (bounded memory)."""
-    att, _ = token_attention(run, features)  # leaves out the unassigned query
+def mean_attention_maps(run, att: np.ndarray, grid: MapGrid, names: list[str]) -> xr.Dataset:
+    """``attention_mean`` (image, hemi, roi, y, x) on ``grid`` from :func:`token_attention`'s ``att``, one query at a time."""
     keep = [q for q, roi in enumerate(run.queries.rois) if roi != "unknown"]
     per_query = torch.stack([grid.from_tokens(torch.from_numpy(att[:, i]).float()) for i in range(att.shape[1])], 1)
     targets = Targets([run.queries.hemis[q] for q in keep], [run.queries.rois[q] for q in keep], torch.empty(0))
@@ -123,7 +122,8 @@ def attention_row(run, n_images: int, cache: Path, routing_csv: Path) -> dict:
     chosen = split_images(run, "test", n_images)
     features = np.asarray(run.features(chosen.paths, cache, rows=chosen.rows), np.float32)
     grid = MapGrid.for_backbone(run.shared_backbone)
-    ds = mean_attention_maps(run, features, grid, [p.name for p in chosen.paths])
+    attention = token_attention(run, features)  # leaves out the unassigned query; routing reads the same
+    ds = mean_attention_maps(run, attention[0], grid, [p.name for p in chosen.paths])
     truth = run.subject.truth
     masks = masks_on_grid(truth.masks("test", [p.name for p in chosen.paths]), grid)
     roi_masks = {(h, r): run.subject.roi_mask(r, h) for h in HEMIS for r in ds.roi.values}
@@ -138,7 +138,7 @@ def attention_row(run, n_images: int, cache: Path, routing_csv: Path) -> dict:
     changes = deletion_changes(run.model, features, run.queries.memberships)
     faith = deletion_ratios(changes, run.queries.names).merge(run_reliability(run)[["query", "reliable"]], on="query")
     reliable = faith[faith["reliable"]]
-    routing = analyse(run, chosen, RoutingSettings(), seed=0, cache_dir=cache)
+    routing = analyse(run, chosen, RoutingSettings(), seed=0, cache_dir=cache, attention=attention)
     routing.to_csv(routing_csv, index=False)
     category = routing["planted"] == "content"
     null = routing["planted"] == "none"

@@ -30,7 +30,7 @@ as ``per_head``. The values and the output projection are those of
 multi-head attention.
 
 The windows learn ``--window-lr`` times faster than the rest of the
-decoder (:meth:`QueryWindows.lr_scale`): at the decoder's learning rate they
+decoder (an AdamW group of their own, ``BrainEncoder.lr_scales``): at the decoder's learning rate they
 barely leave their initial lattice within a run, every query keeps looking
 at the whole image and the readout's weights over the heads do the spatial
 work (``docs/attention.md``).
