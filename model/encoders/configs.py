@@ -67,6 +67,14 @@ class DecoderConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def comparable(self) -> dict:
+        """The settings that shape this decoder: the windows' (:data:`WINDOW_SETTINGS`) only with windows attention."""
+        d = self.to_dict()
+        if self.attention != "windows":
+            for name in WINDOW_SETTINGS:
+                d.pop(name)
+        return d
+
     def resolved(self) -> "DecoderConfig":
         """This configuration with what it leaves to its readout filled in (the size a run records)."""
         return replace(self, readout_map_dim=self.readout_map_dim or READOUTS[self.readout].default_map_dim)
@@ -102,6 +110,9 @@ class DecoderConfig:
         if self.hidden_dim % self.nheads:
             raise OptionError("decoder.nheads", f"must divide decoder.hidden_dim ({self.hidden_dim}) into equal heads, got {self.nheads}")
 
+
+#: decoder settings that apply only to ``--attention windows``
+WINDOW_SETTINGS = ("window_softmax", "window_lr")
 
 #: ``--attention``: how a query's cross-attention selects tokens (:mod:`model.encoders.windows`)
 ATTENTIONS = {

@@ -136,7 +136,7 @@ class RunConfig:
 
     def comparable(self) -> dict:
         """The fields that must agree when resuming (not the epoch budget, nor what is known only later)."""
-        d = self.to_dict()
+        d = {**self.to_dict(), "decoder": self.decoder.comparable()}
         d["train"] = {k: v for k, v in d["train"].items() if k != "epochs"}
         for later in ("feature_dim", "grid", "feature_key", "format"):
             d.pop(later)
