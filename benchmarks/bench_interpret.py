@@ -11,7 +11,9 @@ Prints, side by side in one run:
 5. peak resident memory of ``tbe interpret`` (and of ``tbe routing``) over the
    first 4 and the first 64 test images, each in a fresh process, their ratio
    (near 1 when memory does not grow with the images) and the seconds each
-   added image costs.
+   added image costs; then the size of ``tbe interpret``'s maps file per
+   image with the heads averaged (the default) and with every head's map
+   (``--attention-heads each``).
 
     python benchmarks/bench_interpret.py [--run RUN] [--threads 2] [--only methods|memory] [--small]
         [--counts 4,64] [--methods attention,token_integrated_gradients] [--precision float32]
@@ -150,6 +152,17 @@ def memory_against_images(run: Path, cache: Path | None, counts: tuple[int, ...]
               f"{(s_high - s_low) / (high - low):18.2f}")
     print(f"  interpret: --methods {methods} {' '.join(MEMORY_JOB)}, --batch-size default; "
           "routing: 200 permutations and resamples")
+    if "attention" in methods.split(","):
+        maps_on_disk(commands["interpret"](low), out / f"maps{low}.nc", low, threads)
+
+
+def maps_on_disk(command: list[str], default_file: Path, n_images: int, threads: int) -> None:
+    """Size of ``tbe interpret``'s NetCDF per image: the default (heads averaged) against every head's map kept."""
+    each_file = default_file.with_name(default_file.stem + "-each-head.nc")
+    tbe_child([*command[:-1], str(each_file), "--attention-heads", "each"], threads)
+    mean_mb, each_mb = (f.stat().st_size / 2**20 / n_images for f in (default_file, each_file))
+    print(f"\nmaps on disk, MB per image ({n_images} images, the same command): heads averaged (default) "
+          f"{mean_mb:.2f}, --attention-heads each {each_mb:.2f}, ratio {each_mb / mean_mb:.1f}")
 
 
 def methods_part(args: argparse.Namespace, work: Path) -> None:

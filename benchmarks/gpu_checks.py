@@ -230,7 +230,7 @@ def analysis_checks(device: torch.device, queries) -> list[Check]:
         run = SimpleNamespace(model=enc, queries=queries)
         maps = attribute(run, bb, images, tokens, targets, methods, grid, names, Settings(n_steps=8, internal_batch_size=8),
                          encoder=enc)
-        out.append({"maps": maps, "attention": decoder_attention(run, tokens, grid, names),
+        out.append({"maps": maps, "attention": decoder_attention(run, tokens, grid, names, each_head=True),
                     "backbone": backbone_attention(bb, images, grid, names), "pred": predict(enc, tokens)})
     cpu, dev = out
 

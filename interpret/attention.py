@@ -26,11 +26,15 @@ from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array
 
 @torch.no_grad()
 def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names: list[str],
-                      layer: int = -1, batch_size: int = 16, rois: list[str] | None = None) -> xr.Dataset:
-    """Cross-attention of every query over the image, per head and head-averaged.
+                      layer: int = -1, batch_size: int = 16, rois: list[str] | None = None,
+                      each_head: bool = False) -> xr.Dataset:
+    """Cross-attention of every query over the image, head-averaged, and per head if ``each_head``.
 
-    Returns ``attention`` (image, hemi, roi, head, y, x) and
-    ``attention_mean`` (image, hemi, roi, y, x); each query's head-averaged
+    Returns ``attention_mean`` (image, hemi, roi, y, x), whose attributes
+    give the layer and the number of heads, and with ``each_head`` also
+    ``attention`` (image, hemi, roi, head, y, x), as many times the head
+    average's size as there are heads: only when asked (``tbe interpret
+    --attention-heads each``). Each query's head-averaged
     map sums to 1 over the token grid (less where tokens fall on padding),
     and so does each head's with standard attention; with the windows'
     shared softmax a head's map sums to the number of heads times its share
@@ -55,11 +59,13 @@ def decoder_attention(run: Run, features: np.ndarray, grid: MapGrid, image_names
     targets = Targets([run.queries.hemis[q] for q in keep], [run.queries.rois[q] for q in keep], torch.empty(0))
     arranged, rois = by_hemi_roi(per_query, targets)
     coords = {"image": image_names, "hemi": list(HEMIS), "roi": rois, "head": np.arange(att.shape[2])}
-    attrs = {"layer": layer if layer >= 0 else n_layers + layer, "units": "attention weight per token, averaged over its pixels"}
-    return xr.Dataset({
-        "attention": map_array(arranged, ("image", "hemi", "roi", "head", "y", "x"), coords, grid, "attention", attrs),
-        "attention_mean": map_array(arranged.mean(3), ("image", "hemi", "roi", "y", "x"), coords, grid, "attention_mean", attrs),
-    })
+    attrs = {"layer": layer if layer >= 0 else n_layers + layer, "heads": att.shape[2],
+             "units": "attention weight per token, averaged over its pixels"}
+    maps = {"attention_mean": map_array(arranged.mean(3), ("image", "hemi", "roi", "y", "x"), coords, grid,
+                                        "attention_mean", attrs)}
+    if each_head:
+        maps["attention"] = map_array(arranged, ("image", "hemi", "roi", "head", "y", "x"), coords, grid, "attention", attrs)
+    return xr.Dataset(maps)
 
 
 def query_attention(run: Run, inputs: Inputs, targets: Targets, methods: list[str], settings=None,
@@ -67,11 +73,14 @@ def query_attention(run: Run, inputs: Inputs, targets: Targets, methods: list[st
     """The map method ``attention``: :func:`decoder_attention` of the targets' ROI queries.
 
     ``encoder`` replaces the run's (e.g. a randomised copy for the sanity
-    checks); ``methods`` and ``settings`` are the registry's common
-    arguments, which attention does not need.
+    checks); ``methods`` is the registry's common argument, which attention
+    does not need; of ``settings`` it reads ``attention_heads`` (default:
+    the head average only).
     """
     source = run if encoder is None else dataclasses.replace(run, model=encoder)
-    return decoder_attention(source, inputs.tokens, inputs.grid, inputs.names, rois=list(dict.fromkeys(targets.rois)))
+    each_head = getattr(settings, "attention_heads", "mean") == "each"
+    return decoder_attention(source, inputs.tokens, inputs.grid, inputs.names, rois=list(dict.fromkeys(targets.rois)),
+                             each_head=each_head)
 
 
 class _Rollout:

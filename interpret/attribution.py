@@ -45,6 +45,10 @@ from .maps import Inputs, MapGrid, Targets, by_hemi_roi, map_array
 BASELINES = ("black", "grey", "blur")
 
 
+#: What ``attention_heads`` keeps of the decoder attention: the head average only, or each head's map too.
+ATTENTION_HEADS = ("mean", "each")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Method settings; the defaults are modest so a CPU can afford them.
@@ -63,6 +67,9 @@ class Settings:
                                            minimum=1, kind=int)
     occlusion_stride: int | None = setting(None, "stride of occlusion in pixels (default: the window)", minimum=1,
                                            kind=int)
+    attention_heads: str = setting("mean", "decoder attention maps kept: the heads' average only ('mean'), or each "
+                                   "head's map as well ('each': as many times the storage as the decoder has heads)",
+                                   choices=ATTENTION_HEADS)
 
     def check(self) -> None:
         """One clear error naming the option of the first setting out of range."""

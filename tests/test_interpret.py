@@ -245,8 +245,9 @@ def test_faithfulness_averages_images_by_their_gap():
 
 def test_maps_dataset_layout(map_checks):
     _, _, inputs, ds, _ = map_checks
-    assert ds["attention"].dims == ("image", "hemi", "roi", "head", "y", "x")
-    assert ds["saliency"].dims == ("image", "hemi", "roi", "y", "x")
+    assert ds["attention_mean"].dims == ds["saliency"].dims == ("image", "hemi", "roi", "y", "x")
+    assert "attention" not in ds, "each head's map is kept only when asked (--attention-heads each)"
+    assert ds["attention_mean"].attrs["heads"] == map_checks[0].config.decoder.nheads
     assert list(ds.image.values) == inputs.names and "V1v" in list(ds.roi.values)
 
 
@@ -254,10 +255,13 @@ def test_interpret_command_writes_netcdf_and_overlays(trained_run, cache_dir, tm
     out = tmp_path / "maps.nc"
     assert tbe("-q", "interpret", "--run", trained_run, "--split", "test", "--n-images", "2",
                "--methods", "attention,saliency,token_integrated_gradients", "--rois", "V1v,FFA-1",
-               "--out", out, "--cache-dir", cache_dir, "--overlays", "1") == 0
+               "--attention-heads", "each", "--out", out, "--cache-dir", cache_dir, "--overlays", "1") == 0
     ds = xr.open_dataset(out)
-    assert {"attention", "saliency", "token_integrated_gradients"} <= set(ds.data_vars)
+    assert {"attention", "attention_mean", "saliency", "token_integrated_gradients"} <= set(ds.data_vars)
+    assert ds["attention"].dims == ("image", "hemi", "roi", "head", "y", "x")
+    assert ds.sizes["head"] == ds["attention_mean"].attrs["heads"] > 1
     assert np.isfinite(ds["attention"].values).all()  # the backbone's heads do not pad the decoder's
+    np.testing.assert_allclose(ds["attention"].mean("head").values, ds["attention_mean"].values, rtol=1e-5, atol=1e-7)
     assert ds.image.values[0].startswith("test-0001")
     assert (tmp_path / "maps_overlay_0_lh.png").stat().st_size > 5000
 
