@@ -209,8 +209,9 @@ def _field(settings_class: type, name: str) -> dataclasses.Field:
 
 
 def settings_from_args(settings_class: type, args: argparse.Namespace, section: str = ""):
-    """The settings dataclass made from the options :func:`add_settings_args` added."""
-    return settings_class(**{f.name: getattr(args, _dest(flag_of(f"{section}.{f.name}" if section else f.name)))
+    """The settings dataclass made from the options :func:`add_settings_args` added (a field without an option
+    keeps its default)."""
+    return settings_class(**{f.name: getattr(args, _dest(flag_of(f"{section}.{f.name}" if section else f.name)), f.default)
                              for f in dataclasses.fields(settings_class)})
 
 
@@ -562,7 +563,12 @@ def add_map_args(p: argparse.ArgumentParser) -> None:
                         "does not grow with --n-images")
     add_cache_arg(p)
     add_device_arg(p)
-    add_settings_args(p.add_argument_group("method settings"), Settings)
+    add_settings_args(p.add_argument_group("method settings"), Settings,
+                      [f.name for f in dataclasses.fields(Settings) if f.name not in WRITTEN_MAPS_ONLY])
+
+
+#: method settings that only say what ``tbe interpret`` writes: ``tbe check-maps`` writes no maps
+WRITTEN_MAPS_ONLY = ["attention_heads"]
 
 
 def map_job(args: argparse.Namespace, run):
@@ -589,7 +595,10 @@ def map_inputs(args: argparse.Namespace, run, job):
 
 
 def _interpret_args(p: argparse.ArgumentParser) -> None:
+    from interpret.attribution import Settings
+
     add_map_args(p)
+    add_settings_args(p, Settings, WRITTEN_MAPS_ONLY)
     p.add_argument("--out", type=Path, required=True, help="maps as NetCDF (.nc)")
     p.add_argument("--overlays", type=int, default=2, help="overlay figures for this many images (default 2)")
     p.add_argument("--backbone-attention", action="store_true",
