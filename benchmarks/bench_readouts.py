@@ -21,7 +21,11 @@ backbone and training settings, then prints one table:
   ``location``, planted category queries (face, body, word, place)
   labelled ``content``, null-ROI queries labelled ``location`` or
   ``content`` while reliable (should be 0);
-* seconds per epoch (median over the run's epochs, wall clock).
+* seconds per epoch: each row trained again for ``--time-epochs`` epochs
+  (default 3) one after another in this process, on the same cached
+  features, after every row is measured; the median epoch, wall clock
+  (``--time-epochs 0``: the median over each finished run's own epochs,
+  which may have been trained at other times on a busier machine).
 
 Subjects (``--subject``): ``demo`` is the default virtual subject and the
 demo's backbone (1000 training and 200 test images of 224 px, random ViT-S/14
@@ -38,6 +42,7 @@ row's. ``docs/attention.md`` has the tables and how long they took.
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +66,7 @@ from model.runs import RunConfig, open_run
 from model.scoring import deletion_changes, deletion_ratios, score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
+from model.training import train
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,9 @@ def main() -> None:
                                                      f"{'; '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--n-images", type=int, default=100, help="test images of the attention measures")
+    parser.add_argument("--time-epochs", type=int, default=3,
+                        help="epochs each row is trained again for, one row after another, to time an epoch side by side "
+                             "(0: read the finished runs' own epochs)")
     args = parser.parse_args()
     spec = SUBJECTS[args.subject]
     work = args.work / args.subject
@@ -184,23 +193,45 @@ def main() -> None:
         run_dir = trained_run(row_config(base, row.decoder, spec.layer), runs / row.folder, cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         run = open_run(run_dir)
-        seconds = float(np.median([h["seconds"] for h in run.metrics["history"]]))
         start = time.perf_counter()
         table.append({**summary(name, score(pred, subject, reference)), **attention_row(run, args.n_images, cache, work / f"routing-{row.folder}.csv"),
-                      "s / epoch": seconds})
+                      "s / epoch": median_epoch_seconds(run.metrics)})
         print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
     out = pd.DataFrame(table).set_index("encoder")
+    if args.time_epochs > 0:
+        configs = {name: row_config(base, row.decoder, spec.layer) for name, row in rows.items()}
+        out["s / epoch"] = pd.Series(epoch_seconds(configs, work / "timing", cache, args.time_epochs))
     columns = ["challenge score", "r_clean EV", "r_clean category", "within-ROI r EV", "EV quadrant hits", "EV coverage r",
                "pointing game", "mass / area", "focus EV", "focus category", "min deletion ratio", "min specificity",
                "faithful", "routing EV location", "routing category content", "routing category content or both", "routing null reliable location/content",
                "s / epoch"]
+    timing = (f"s / epoch: median of {args.time_epochs} epochs, the rows trained one after another in this run"
+              if args.time_epochs > 0 else "s / epoch: median of each run's own epochs, trained at other times")
     print(f"\nsubject {args.subject}: {subject.n_train} training, {subject.n_test} test images of "
           f"{spec.config.image_size} px; random ViT-S/14, block {12 - spec.layer + 1} tokens; hidden 384; "
-          f"{args.epochs} epochs; attention on {args.n_images} test images")
+          f"{args.epochs} epochs; attention on {args.n_images} test images; {timing}")
     print(out[columns].T.to_string(float_format=lambda v: f"{v:.3f}"))
     for name, row in rows.items():
         print(f"\n{name}: routing labels, planted (rows) against measured (columns), hemi x ROI queries")
         print(confusion(pd.read_csv(work / f"routing-{row.folder}.csv")).to_string())
+
+
+def median_epoch_seconds(metrics: dict) -> float:
+    """Median wall-clock seconds of a run's training epochs (from its metrics.json history)."""
+    return float(np.median([h["seconds"] for h in metrics["history"]]))
+
+
+def epoch_seconds(configs: dict[str, RunConfig], scratch: Path, cache: Path, epochs: int) -> dict[str, float]:
+    """Each row's median epoch, trained for ``epochs`` epochs one row after another (runs written to ``scratch``, then removed)."""
+    seconds = {}
+    for name, config in configs.items():
+        folder = scratch / "run"
+        shutil.rmtree(folder, ignore_errors=True)
+        train(replace(config, train=replace(config.train, epochs=epochs)), folder, cache)
+        seconds[name] = median_epoch_seconds(open_run(folder).metrics)
+        print(f"{name}: {seconds[name]:.2f} s per epoch", flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return seconds
 
 
 def confusion(routing: pd.DataFrame) -> pd.DataFrame:

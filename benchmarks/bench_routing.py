@@ -13,7 +13,15 @@ Prints, in one run:
 3. with ``--work DIR`` holding a finished ``tbe demo`` (its transformer run
    under ``runs/transformer``): ``tbe routing`` on the demo's validation
    images and the confusion table of planted (location / content / none)
-   against measured (location / content / both / neither) labels.
+   against measured (location / content / both / neither) labels;
+4. with ``--work``: the labels of maps built from the virtual subject's
+   truth instead of a model, on the same images: each planted category
+   ROI's true pRF coverage times its category's mask (plus ``eps`` of the
+   coverage alone, so that an image without the category has a map), the
+   attention a model would have if it looked exactly where the planted
+   responses come from. It says which labels the planted truth itself
+   earns: a place ROI's layout fills the image, so its truth-built map is
+   its pRF window with holes where objects are.
 
     python benchmarks/bench_routing.py [--work demo] [--n-images 500]
 """
@@ -106,6 +114,48 @@ def main() -> None:
         print(f"3. tbe routing on the demo's validation images ({int(table['n_images'].iloc[0])} images, "
               f"{len(table)} queries): {seconds:.1f} s")
         print(confusion(table).to_string())
+        truth_built_labels(run, settings)
+
+
+#: weights of the pRF coverage alone in the truth-built maps (their value in images without the category)
+TRUTH_EPS = (0.01, 0.1)
+
+
+def truth_built_labels(run_dir: Path, settings: "R.RoutingSettings") -> None:
+    """Part 4: routing labels of maps ``pRF coverage x (category mask + eps)`` of each planted category ROI."""
+    import pandas as pd
+
+    from analyses.attention_selectivity import token_contrast, token_coverage
+    from analyses.routing import split_images
+    from model.runs import open_run
+
+    run = open_run(run_dir)
+    chosen = split_images(run, "val", len(run.val_indices))
+    backbone, truth = run.shared_backbone, run.subject.truth
+    coverage, _ = token_coverage(chosen.masks, backbone)
+    control = token_contrast(chosen.paths, chosen.masks.shape[-1], backbone)
+    preferences = truth.preferences()
+    keys, maps = [], []
+    for hemi, roi in zip(run.queries.hemis, run.queries.rois):
+        category = preferences.get(roi)
+        if category not in chosen.categories:
+            continue
+        prf = truth.prf_coverage(run.subject.roi_mask(roi, hemi), hemi, grid=chosen.masks.shape[-1])
+        window = token_coverage(prf[None, None].astype(np.float64), backbone)[0][0, 0]
+        for eps in TRUTH_EPS:
+            m = window[None] * (coverage[:, chosen.categories.index(category)] + eps)
+            maps.append(m / m.sum(1, keepdims=True))
+            keys.append((category, eps))
+    table = R.routing_table(np.stack(maps, 1), tuple(backbone.grid),
+                            R.token_positions_deg(tuple(backbone.grid), backbone.patch, backbone.image_side),
+                            coverage, chosen.categories, settings, 0, control)
+    table["category"], table["eps"] = [k[0] for k in keys], [k[1] for k in keys]
+    print(f"4. truth-built maps (pRF coverage x (category mask + eps)) of the planted category ROIs, both hemispheres, "
+          f"{len(chosen.paths)} validation images: labels, and the location / content index ranges")
+    counts = pd.crosstab([table["eps"], table["category"]], table["routing"]).reindex(columns=list(KINDS), fill_value=0)
+    ranges = table.groupby(["eps", "category"]).agg(L_min=("location_index", "min"), L_max=("location_index", "max"),
+                                                    C_min=("content_index", "min"), C_max=("content_index", "max"))
+    print(counts.join(ranges.round(3)).to_string())
 
 
 if __name__ == "__main__":
