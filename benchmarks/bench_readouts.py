@@ -90,10 +90,13 @@ class Row:
     decoder: dict
 
 
-#: windows whose heads each have their own softmax; with ``window_lr`` 1 as well, the default before the shared softmax
-PER_HEAD_WINDOWS = {"attention": "windows", "window_softmax": "per_head"}
+#: windows with the linear content key (multi-head attention's), the default before the MLP key
+LINEAR_KEY_WINDOWS = {"attention": "windows", "content_key": "linear"}
+#: and whose heads each have their own softmax; with ``window_lr`` 1 as well, the default before the shared softmax
+PER_HEAD_WINDOWS = {**LINEAR_KEY_WINDOWS, "window_softmax": "per_head"}
 ROWS: dict[str, Row] = {
-    "windows + heads (default)": Row("windows-shared-heads", {"readout": "heads", "attention": "windows"}),
+    "windows + heads (default)": Row("windows-mlp-key-heads", {"readout": "heads", "attention": "windows"}),
+    "windows, linear key + heads": Row("windows-shared-heads", {"readout": "heads", **LINEAR_KEY_WINDOWS}),
     "windows per head + heads": Row("windows-per-head-heads", {"readout": "heads", **PER_HEAD_WINDOWS}),
     "windows per head, slow + heads": Row("windows-heads", {"readout": "heads", **PER_HEAD_WINDOWS, "window_lr": 1.0}),
     "retinotopic (standard attention)": Row("retinotopic", {"readout": "retinotopic", "attention": "standard"}),

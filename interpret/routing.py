@@ -70,18 +70,18 @@ minimum sizes
     tokens). Both sit well above what unrelated maps reach (``|L|`` about
     0.01 and the content index of the order of ``1 / (images x tokens)`` for
     independent noise maps; ``tests/test_routing.py``). Measured on the
-    default model (windows attention with the shared softmax, heads readout)
-    of two virtual subjects, 100 test images each (``docs/attention.md``):
-    early visual queries have a location index of 0.66-0.98 and a content
-    index of at most 0.026 (lower bound at most 0.016); the face, body and
-    word queries a content index of 0.032-0.26, each significant, and a
-    location index of at most 0.04 on one subject and 0.16 on the other,
-    whose OFA and FFA-2 queries (0.14-0.16) are ``both``: their planted pRFs
-    give their windows a fixed part. A query built to be both (a fixed window
-    and a category's mask of equal strength, ``tests/test_routing.py``) has
-    a location index of about 0.24, so the floor stays below that. Places,
-    whose masks are the layout, have a content index near 0 and a location
-    index of 0.77-0.97.
+    default model (windows attention with the shared softmax and the MLP
+    key, heads readout) of two virtual subjects, 100 test images each
+    (``docs/attention.md``): early visual queries have a location index of
+    0.34-0.94 and a content index of at most 0.022 (lower bound at most
+    0.013); the face, body and word queries a content index of 0.033-0.19,
+    each significant, and a location index of at most 0.035 on one subject
+    and 0.13 on the other, whose lh OFA query (0.13) is ``both``: the
+    planted pRFs give the category windows a fixed part. A query built to be
+    both (a fixed window and a category's mask of equal strength,
+    ``tests/test_routing.py``) has a location index of about 0.24, so the
+    floor stays below that. Places, whose masks are the layout, have a
+    content index near 0 and a location index of 0.45-0.86.
     A minimum of 0 leaves its size test out (significance alone).
 label
     BH-FDR over the ``2 x queries`` combined tests of one analysis; at

@@ -131,14 +131,40 @@ def test_a_config_written_before_windows_existed_reads_as_standard_attention():
 def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trained():
     config = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig()).to_dict()
     assert (config["decoder"]["window_softmax"], config["decoder"]["window_lr"]) == ("shared", 10.0)
-    for key in ("window_softmax", "window_lr"):
+    assert config["decoder"]["content_key"] == "mlp"
+    for key in ("window_softmax", "window_lr", "content_key"):
         del config["decoder"][key]
     decoder = RunConfig.from_dict(config).decoder
-    assert (decoder.attention, decoder.window_softmax, decoder.window_lr) == ("windows", "per_head", 1.0)
+    assert (decoder.attention, decoder.window_softmax, decoder.window_lr, decoder.content_key) == \
+        ("windows", "per_head", 1.0, "linear")
     with pytest.raises(OptionError, match="decoder.window_softmax: must be one of shared, per_head"):
         DecoderConfig(window_softmax="joint").validate()
     with pytest.raises(OptionError, match="decoder.window_lr: must be a positive number"):
         DecoderConfig(window_lr=0).validate()
+    with pytest.raises(OptionError, match="decoder.content_key: must be one of linear, mlp"):
+        DecoderConfig(content_key="quadratic").validate()
+
+
+def test_the_mlp_content_key_is_the_linear_key_plus_a_network_of_the_token():
+    """k(m) = W m + W_2 gelu(W_1 m); the other layers start as they would with a linear key (made last), and
+    a run written with the linear key keeps its state-dict names."""
+    torch.manual_seed(0)
+    linear = WindowedCrossAttention(8, 2, dropout=0.0, content_key="linear")
+    torch.manual_seed(0)
+    mlp = WindowedCrossAttention(8, 2, dropout=0.0, content_key="mlp")
+    for name in ("q_proj", "v_proj", "out_proj"):
+        torch.testing.assert_close(getattr(mlp, name).weight, getattr(linear, name).weight)
+    torch.testing.assert_close(mlp.k_proj.linear.weight, linear.k_proj.weight)
+    tokens = torch.randn(3, 8)
+    key = mlp.k_proj
+    expected = key.linear(tokens) + key.correction(torch.nn.functional.gelu(key.hidden(tokens)))
+    torch.testing.assert_close(key(tokens), expected)
+    assert not torch.allclose(key(tokens), linear.k_proj(tokens))  # the network adds to the linear key
+    with torch.no_grad():
+        key.correction.weight.zero_(), key.correction.bias.zero_()
+    torch.testing.assert_close(key(tokens), linear.k_proj(tokens))
+    assert {"k_proj.weight", "k_proj.bias"} <= set(linear.state_dict())
+    assert {"k_proj.linear.weight", "k_proj.hidden.weight", "k_proj.correction.weight"} <= set(mlp.state_dict())
 
 
 @pytest.mark.parametrize("scale", [10.0, 1.0])
@@ -159,10 +185,12 @@ def test_window_settings_matter_only_to_windows_runs():
     today's defaults; a windows run trained per head does not pass for one with the shared softmax."""
     standard = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig(attention="standard"))
     old = standard.to_dict()
-    for key in ("window_softmax", "window_lr"):
+    for key in ("window_softmax", "window_lr", "content_key"):
         del old["decoder"][key]
     assert RunConfig.from_dict(old).decoder.window_softmax == "per_head"
     assert RunConfig.from_dict(old).comparable() == standard.comparable()
     windows = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig())
     per_head = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig(window_softmax="per_head"))
     assert windows.comparable()["decoder"] != per_head.comparable()["decoder"]
+    linear_key = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig(content_key="linear"))
+    assert windows.comparable()["decoder"] != linear_key.comparable()["decoder"]

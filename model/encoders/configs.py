@@ -16,7 +16,7 @@ from ..options import setting
 from .baselines import RIDGE_FEATURES
 from .layers import POSITION_EMBEDDINGS
 from .readouts import READOUTS
-from .windows import WINDOW_SOFTMAXES
+from .windows import CONTENT_KEYS, WINDOW_SOFTMAXES
 
 
 #: ``--query-init``: how the query embeddings start. The original left PyTorch's
@@ -63,6 +63,9 @@ class DecoderConfig:
                                   choices=lambda: tuple(WINDOW_SOFTMAXES))
     window_lr: float = setting(10.0, "learning rate of the attention windows (centres and widths) as a multiple of "
                                      "`train.lr`")
+    content_key: str = setting("mlp", "key of the windows' content score: mlp (default): the linear key plus a "
+                                      "two-layer network of the token; linear: multi-head attention's (runs from "
+                                      "before this option)", choices=lambda: tuple(CONTENT_KEYS))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +104,7 @@ class DecoderConfig:
             ("attention", lambda v: v in ATTENTIONS, f"must be one of {', '.join(ATTENTIONS)}"),
             ("window_softmax", lambda v: v in WINDOW_SOFTMAXES, f"must be one of {', '.join(WINDOW_SOFTMAXES)}"),
             ("window_lr", lambda v: is_number(v) and v > 0, "must be a positive number"),
+            ("content_key", lambda v: v in CONTENT_KEYS, f"must be one of {', '.join(CONTENT_KEYS)}"),
         ))
         if self.attention == "windows" and not self.pre_norm:
             raise OptionError("decoder.attention", "windows need pre-norm decoder layers (decoder.pre_norm)")
@@ -112,7 +116,7 @@ class DecoderConfig:
 
 
 #: decoder settings that apply only to ``--attention windows``
-WINDOW_SETTINGS = ("window_softmax", "window_lr")
+WINDOW_SETTINGS = ("window_softmax", "window_lr", "content_key")
 
 #: ``--attention``: how a query's cross-attention selects tokens (:mod:`model.encoders.windows`)
 ATTENTIONS = {

@@ -38,7 +38,7 @@ class DecoderLayer(nn.Module):
             self.norm_self, self.drop_self = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
         self.windowed = cfg.attention == "windows"
         if self.windowed:
-            self.cross_attn = WindowedCrossAttention(d, cfg.nheads, cfg.dropout, cfg.window_softmax)
+            self.cross_attn = WindowedCrossAttention(d, cfg.nheads, cfg.dropout, cfg.window_softmax, cfg.content_key)
         else:
             self.cross_attn = nn.MultiheadAttention(d, cfg.nheads, dropout=cfg.dropout, batch_first=True)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.dim_feedforward), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.dim_feedforward, d))

@@ -11,8 +11,10 @@ co-attention (Gao et al. 2021, SMCA-DETR):
 
     a[q, h, t] = H x softmax over (h, t) of ( s[q, t] - |x_t - mu[q, h]|^2 / (2 sigma[q, h]^2) )
 
-``s[q, t] = (W_q e_q) . (W_k m_t) / sqrt(d)`` is the content score of token
-``m_t`` for query ``e_q`` (no position enters it), ``x_t`` the token's place
+``s[q, t] = (W_q e_q) . k(m_t) / sqrt(d)`` is the content score of token
+``m_t`` for query ``e_q`` (no position enters it; the key ``k`` is
+``--content-key``: by default the linear key plus a two-layer network of
+the token, :class:`ResidualMLPKey`; ``linear`` for runs written before it), ``x_t`` the token's place
 on the grid in [-1, 1] (x right, y down), ``mu`` and ``sigma`` the window,
 ``H`` the number of heads. One softmax runs over every head's window
 together (``--window-softmax shared``, the default): the heads divide the
@@ -96,14 +98,45 @@ def per_head_softmax(logits: torch.Tensor) -> torch.Tensor:
 WINDOW_SOFTMAXES = {"shared": shared_softmax, "per_head": per_head_softmax}
 
 
+class ResidualMLPKey(nn.Module):
+    """``W m + W_2 gelu(W_1 m)``: the linear key plus a two-layer network of the token.
+
+    A linear key can only score what is linear in a token; a random or frozen
+    backbone often carries a category (a small face, text against a striped
+    shirt, a body against the room's floor lines) only non-linearly. Replacing
+    the linear key by the network alone did better on one virtual subject
+    and worse on the other; the sum did better on both (``docs/attention.md``).
+    The weights start as the decoder's others do (xavier, ``BrainEncoder``).
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        d = linear.in_features
+        self.linear = linear
+        self.hidden, self.correction = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(tokens) + self.correction(nn.functional.gelu(self.hidden(tokens)))
+
+
+def linear_key(linear: nn.Linear) -> nn.Linear:
+    """The key of multi-head attention: a linear map of the token."""
+    return linear
+
+
+#: ``--content-key``: how a token becomes the key its content score is read from (each made from the linear key)
+CONTENT_KEYS = {"linear": linear_key, "mlp": ResidualMLPKey}
+
+
 class WindowedCrossAttention(nn.Module):
     """Multi-head cross-attention whose heads share one content score and differ by an additive log window."""
 
-    def __init__(self, d: int, nheads: int, dropout: float, softmax: str = "shared"):
+    def __init__(self, d: int, nheads: int, dropout: float, softmax: str = "shared", content_key: str = "linear"):
         super().__init__()
         self.heads, self.softmax = nheads, WINDOW_SOFTMAXES[softmax]
         self.q_proj, self.k_proj = nn.Linear(d, d), nn.Linear(d, d)
         self.v_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d)
+        self.k_proj = CONTENT_KEYS[content_key](self.k_proj)  # made last: the other layers start as with a linear key
         self.drop = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, log_prior: torch.Tensor

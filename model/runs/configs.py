@@ -94,7 +94,8 @@ class RunConfig:
     #: sections and the dataclass each is read into
     SECTIONS = {"backbone": BackboneConfig, "decoder": DecoderConfig, "train": TrainConfig, "ridge": RidgeConfig}
     #: what a config written before a setting existed meant by its absence (not today's default)
-    ABSENT_MEANS = {"decoder": {"attention": "standard", "window_softmax": "per_head", "window_lr": 1.0}}
+    ABSENT_MEANS = {"decoder": {"attention": "standard", "window_softmax": "per_head", "window_lr": 1.0,
+                                "content_key": "linear"}}
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
