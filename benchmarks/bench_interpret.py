@@ -136,9 +136,12 @@ def memory_against_images(run: Path, cache: Path | None, counts: tuple[int, ...]
                           out: Path) -> None:
     """Part 5: peak RSS and time of ``tbe interpret`` and ``tbe routing`` at each number of images, side by side."""
     common = ["--run", str(run), "--split", "test", "--device", "cpu"] + (["--cache-dir", str(cache)] if cache else [])
+
+    def interpret(n: int, maps: Path) -> list[str]:
+        return ["interpret", *common, "--n-images", str(n), "--methods", methods, *MEMORY_JOB, "--out", str(maps)]
+
     commands = {
-        "interpret": lambda n: ["interpret", *common, "--n-images", str(n), "--methods", methods, *MEMORY_JOB,
-                                "--out", str(out / f"maps{n}.nc")],
+        "interpret": lambda n: interpret(n, out / f"maps{n}.nc"),
         "routing": lambda n: ["routing", *common, "--n-images", str(n), "--n-permutations", "200", "--n-bootstrap", "200",
                               "--out", str(out / f"routing{n}")],
     }
@@ -153,13 +156,13 @@ def memory_against_images(run: Path, cache: Path | None, counts: tuple[int, ...]
     print(f"  interpret: --methods {methods} {' '.join(MEMORY_JOB)}, --batch-size default; "
           "routing: 200 permutations and resamples")
     if "attention" in methods.split(","):
-        maps_on_disk(commands["interpret"](low), out / f"maps{low}.nc", low, threads)
+        each_file = out / f"maps{low}-each-head.nc"
+        tbe_child([*interpret(low, each_file), "--attention-heads", "each"], threads)
+        maps_on_disk(out / f"maps{low}.nc", each_file, low)
 
 
-def maps_on_disk(command: list[str], default_file: Path, n_images: int, threads: int) -> None:
+def maps_on_disk(default_file: Path, each_file: Path, n_images: int) -> None:
     """Size of ``tbe interpret``'s NetCDF per image: the default (heads averaged) against every head's map kept."""
-    each_file = default_file.with_name(default_file.stem + "-each-head.nc")
-    tbe_child([*command[:-1], str(each_file), "--attention-heads", "each"], threads)
     mean_mb, each_mb = (f.stat().st_size / 2**20 / n_images for f in (default_file, each_file))
     print(f"\nmaps on disk, MB per image ({n_images} images, the same command): heads averaged (default) "
           f"{mean_mb:.2f}, --attention-heads each {each_mb:.2f}, ratio {each_mb / mean_mb:.1f}")

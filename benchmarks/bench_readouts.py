@@ -191,9 +191,10 @@ def main() -> None:
     base = demo_runs(data, spec.config.subj)["transformer"]
     base = replace(base, train=replace(base.train, epochs=args.epochs))
     rows = {k: ROWS[k] for k in (args.rows.split(";") if args.rows else DEFAULT_ROWS)}
+    configs = {name: row_config(base, row.decoder, spec.layer) for name, row in rows.items()}
     table = []
     for name, row in rows.items():
-        run_dir = trained_run(row_config(base, row.decoder, spec.layer), runs / row.folder, cache)
+        run_dir = trained_run(configs[name], runs / row.folder, cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         run = open_run(run_dir)
         start = time.perf_counter()
@@ -202,7 +203,6 @@ def main() -> None:
         print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
     out = pd.DataFrame(table).set_index("encoder")
     if args.time_epochs > 0:
-        configs = {name: row_config(base, row.decoder, spec.layer) for name, row in rows.items()}
         out["s / epoch"] = pd.Series(epoch_seconds(configs, work / "timing", cache, args.time_epochs))
     columns = ["challenge score", "r_clean EV", "r_clean category", "within-ROI r EV", "EV quadrant hits", "EV coverage r",
                "pointing game", "mass / area", "focus EV", "focus category", "min deletion ratio", "min specificity",
