@@ -37,7 +37,9 @@ the last block). The rows (``--rows``, default all):
     python benchmarks/bench_readouts.py --work bench-readouts --subject second
 
 Finished runs in the work folder are reused when their settings are the
-row's. ``docs/attention.md`` has the tables and how long they took.
+row's. ``--seed N`` trains the rows with another training seed, in folders
+of their own (``runs-seedN``), to tell a difference between rows from
+run-to-run spread. ``docs/attention.md`` has the tables and how long they took.
 """
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ LINEAR_KEY_WINDOWS = {"attention": "windows", "content_key": "linear"}
 PER_HEAD_WINDOWS = {**LINEAR_KEY_WINDOWS, "window_softmax": "per_head"}
 ROWS: dict[str, Row] = {
     "windows + heads (default)": Row("windows-mlp-key-heads", {"readout": "heads", "attention": "windows"}),
+    "windows, wide key + heads": Row("windows-wide-key-heads", {"readout": "heads", "attention": "windows",
+                                                                "content_key": "wide_mlp"}),
     "windows, linear key + heads": Row("windows-shared-heads", {"readout": "heads", **LINEAR_KEY_WINDOWS}),
     "windows per head + heads": Row("windows-per-head-heads", {"readout": "heads", **PER_HEAD_WINDOWS}),
     "windows per head, slow + heads": Row("windows-heads", {"readout": "heads", **PER_HEAD_WINDOWS, "window_lr": 1.0}),
@@ -176,6 +180,9 @@ def main() -> None:
     parser.add_argument("--rows", default=None, help=f"semicolon-separated rows (default all but windows + linear): "
                                                      f"{'; '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed (initialisation, data order, dropout); runs of another seed than 0 go to "
+                             "their own folders, runs-seed<N> and routing-seed<N>-*.csv")
     parser.add_argument("--n-images", type=int, default=100, help="test images of the attention measures")
     parser.add_argument("--time-epochs", type=int, default=3,
                         help="epochs each row is trained again for, one row after another, to time an epoch side by side "
@@ -183,13 +190,14 @@ def main() -> None:
     args = parser.parse_args()
     spec = SUBJECTS[args.subject]
     work = args.work / args.subject
-    data, cache, runs = work / "data", work / "cache", work / "runs"
+    suffix = f"-seed{args.seed}" if args.seed else ""
+    data, cache, runs = work / "data", work / "cache", work / f"runs{suffix}"
     if not subject_dir(data, spec.config.subj).exists():
         write_virtual_subject(data, spec.config)
     subject = load_subject(data, spec.config.subj)
     reference = virtual_reference(subject)
     base = demo_runs(data, spec.config.subj)["transformer"]
-    base = replace(base, train=replace(base.train, epochs=args.epochs))
+    base = replace(base, train=replace(base.train, epochs=args.epochs, seed=args.seed))
     rows = {k: ROWS[k] for k in (args.rows.split(";") if args.rows else DEFAULT_ROWS)}
     configs = {name: row_config(base, row.decoder, spec.layer) for name, row in rows.items()}
     table = []
@@ -198,7 +206,8 @@ def main() -> None:
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         run = open_run(run_dir)
         start = time.perf_counter()
-        table.append({**summary(name, score(pred, subject, reference)), **attention_row(run, args.n_images, cache, work / f"routing-{row.folder}.csv"),
+        table.append({**summary(name, score(pred, subject, reference)), **attention_row(run, args.n_images, cache,
+                                                                    work / f"routing{suffix}-{row.folder}.csv"),
                       "s / epoch": median_epoch_seconds(run.metrics)})
         print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
     out = pd.DataFrame(table).set_index("encoder")
@@ -212,11 +221,11 @@ def main() -> None:
               if args.time_epochs > 0 else "s / epoch: median of each run's own epochs, trained at other times")
     print(f"\nsubject {args.subject}: {subject.n_train} training, {subject.n_test} test images of "
           f"{spec.config.image_size} px; random ViT-S/14, block {12 - spec.layer + 1} tokens; hidden 384; "
-          f"{args.epochs} epochs; attention on {args.n_images} test images; {timing}")
+          f"{args.epochs} epochs, seed {args.seed}; attention on {args.n_images} test images; {timing}")
     print(out[columns].T.to_string(float_format=lambda v: f"{v:.3f}"))
     for name, row in rows.items():
         print(f"\n{name}: routing labels, planted (rows) against measured (columns), hemi x ROI queries")
-        print(confusion(pd.read_csv(work / f"routing-{row.folder}.csv")).to_string())
+        print(confusion(pd.read_csv(work / f"routing{suffix}-{row.folder}.csv")).to_string())
 
 
 def median_epoch_seconds(metrics: dict) -> float:

@@ -141,17 +141,20 @@ def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trai
         DecoderConfig(window_softmax="joint").validate()
     with pytest.raises(OptionError, match="decoder.window_lr: must be a positive number"):
         DecoderConfig(window_lr=0).validate()
-    with pytest.raises(OptionError, match="decoder.content_key: must be one of linear, mlp"):
+    with pytest.raises(OptionError, match="decoder.content_key: must be one of linear, mlp, wide_mlp"):
         DecoderConfig(content_key="quadratic").validate()
 
 
-def test_the_mlp_content_key_is_the_linear_key_plus_a_network_of_the_token():
-    """k(m) = W m + W_2 gelu(W_1 m); the other layers start as they would with a linear key (made last), and
-    a run written with the linear key keeps its state-dict names."""
+@pytest.mark.parametrize("content_key, width", [("mlp", 8), ("wide_mlp", 16)])
+def test_the_mlp_content_keys_are_the_linear_key_plus_a_network_of_the_token(content_key, width):
+    """k(m) = W m + W_2 gelu(W_1 m) with a hidden layer as wide as the token (mlp) or twice (wide_mlp); the other
+    layers start as they would with a linear key (made last), and a run written with the linear key keeps its
+    state-dict names."""
     torch.manual_seed(0)
     linear = WindowedCrossAttention(8, 2, dropout=0.0, content_key="linear")
     torch.manual_seed(0)
-    mlp = WindowedCrossAttention(8, 2, dropout=0.0, content_key="mlp")
+    mlp = WindowedCrossAttention(8, 2, dropout=0.0, content_key=content_key)
+    assert mlp.k_proj.hidden.weight.shape == (width, 8) and mlp.k_proj.correction.weight.shape == (8, width)
     for name in ("q_proj", "v_proj", "out_proj"):
         torch.testing.assert_close(getattr(mlp, name).weight, getattr(linear, name).weight)
     torch.testing.assert_close(mlp.k_proj.linear.weight, linear.k_proj.weight)

@@ -64,8 +64,9 @@ class DecoderConfig:
     window_lr: float = setting(10.0, "learning rate of the attention windows (centres and widths) as a multiple of "
                                      "`train.lr`")
     content_key: str = setting("mlp", "key of the windows' content score: mlp (default): the linear key plus a "
-                                      "two-layer network of the token; linear: multi-head attention's (runs from "
-                                      "before this option)", choices=lambda: tuple(CONTENT_KEYS))
+                                      "two-layer network of the token; wide_mlp: the same with a hidden layer twice "
+                                      "as wide; linear: multi-head attention's (runs from before this option)",
+                               choices=lambda: tuple(CONTENT_KEYS))
 
     def to_dict(self) -> dict:
         return asdict(self)
