@@ -200,14 +200,15 @@ def main() -> None:
     base = replace(base, train=replace(base.train, epochs=args.epochs, seed=args.seed))
     rows = {k: ROWS[k] for k in (args.rows.split(";") if args.rows else DEFAULT_ROWS)}
     configs = {name: row_config(base, row.decoder, spec.layer) for name, row in rows.items()}
+    routing_csvs = {name: work / f"routing{suffix}-{row.folder}.csv" for name, row in rows.items()}
     table = []
     for name, row in rows.items():
         run_dir = trained_run(configs[name], runs / row.folder, cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         run = open_run(run_dir)
         start = time.perf_counter()
-        table.append({**summary(name, score(pred, subject, reference)), **attention_row(run, args.n_images, cache,
-                                                                    work / f"routing{suffix}-{row.folder}.csv"),
+        table.append({**summary(name, score(pred, subject, reference)),
+                      **attention_row(run, args.n_images, cache, routing_csvs[name]),
                       "s / epoch": median_epoch_seconds(run.metrics)})
         print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
     out = pd.DataFrame(table).set_index("encoder")
@@ -223,9 +224,9 @@ def main() -> None:
           f"{spec.config.image_size} px; random ViT-S/14, block {12 - spec.layer + 1} tokens; hidden 384; "
           f"{args.epochs} epochs, seed {args.seed}; attention on {args.n_images} test images; {timing}")
     print(out[columns].T.to_string(float_format=lambda v: f"{v:.3f}"))
-    for name, row in rows.items():
+    for name, routing_csv in routing_csvs.items():
         print(f"\n{name}: routing labels, planted (rows) against measured (columns), hemi x ROI queries")
-        print(confusion(pd.read_csv(work / f"routing{suffix}-{row.folder}.csv")).to_string())
+        print(confusion(pd.read_csv(routing_csv)).to_string())
 
 
 def median_epoch_seconds(metrics: dict) -> float:
