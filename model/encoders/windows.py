@@ -109,8 +109,10 @@ class ResidualMLPKey(nn.Module):
     the linear key by the network alone did better on one virtual subject
     and worse on the other; the sum did better on both. A hidden layer
     ``width`` = 2 times the token's size (``wide_mlp``) found the category
-    objects more often on both, but lost the early visual windows on the
-    test suite's small subject, so it is an option (``docs/attention.md``).
+    objects more often on both, but on the test suite's small subject its
+    early visual attention missed the planted quadrants (its windows stay
+    near the centre there, so the place must come from the content score:
+    the MLP key's gives it, the wide key's less often), so it is an option (``docs/attention.md``).
     The weights start as the decoder's others do (xavier, ``BrainEncoder``).
     """
 
