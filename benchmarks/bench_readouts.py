@@ -31,7 +31,7 @@ Subjects (``--subject``): ``demo`` is the default virtual subject and the
 demo's backbone (1000 training and 200 test images of 224 px, random ViT-S/14
 block 7 tokens); ``second`` is another, written with ``tbe synth --subj 3
 --seed 11 --n-train 600 --n-test 100 --image-size 434`` (31 x 31 tokens from
-the last block). The rows (``--rows``, default all):
+the last block). The rows (``--rows``, default all but ``windows + linear``):
 
     python benchmarks/bench_readouts.py --work bench-readouts --subject demo
     python benchmarks/bench_readouts.py --work bench-readouts --subject second
