@@ -31,7 +31,9 @@ Subjects (``--subject``): ``demo`` is the default virtual subject and the
 demo's backbone (1000 training and 200 test images of 224 px, random ViT-S/14
 block 7 tokens); ``second`` is another, written with ``tbe synth --subj 3
 --seed 11 --n-train 600 --n-test 100 --image-size 434`` (31 x 31 tokens from
-the last block). The rows (``--rows``, default all but ``windows + linear``):
+the last block); ``third`` has the layout of issue 22's subject (``tbe synth
+--subj 2 --seed 23 --n-train 600 --n-test 100 --image-size 224``, 16 x 16
+tokens from the last block). The rows (``--rows``, default all but ``windows + linear``):
 
     python benchmarks/bench_readouts.py --work bench-readouts --subject demo
     python benchmarks/bench_readouts.py --work bench-readouts --subject second
@@ -82,6 +84,7 @@ class SubjectSpec:
 SUBJECTS = {
     "demo": SubjectSpec(VirtualConfig(), DEMO_BACKBONE.layer),
     "second": SubjectSpec(VirtualConfig(subj=3, n_train=600, n_test=100, image_size=434, seed=11), 1),
+    "third": SubjectSpec(VirtualConfig(subj=2, n_train=600, n_test=100, image_size=224, seed=23), 1),
 }
 
 @dataclass(frozen=True)

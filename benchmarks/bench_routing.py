@@ -21,9 +21,14 @@ Prints, in one run:
    attention a model would have if it looked exactly where the planted
    responses come from. It says which labels the planted truth itself
    earns: a place ROI's layout fills the image, so its truth-built map is
-   its pRF window with holes where objects are.
+   its pRF window with holes where objects are. Early visual ROIs get the
+   map of their planted drive: the true pRF coverage times the virtual
+   subject's own local contrast energy (normalised as the responses are),
+   so an early visual query whose map moves with a category beyond that
+   (text has the most contrast) does more than its truth.
 
     python benchmarks/bench_routing.py [--work demo] [--n-images 500]
+    python benchmarks/bench_routing.py --run RUN   # part 4 alone, on any virtual subject's run
 """
 from __future__ import annotations
 
@@ -77,7 +82,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="a finished tbe demo folder (for the confusion table)")
     parser.add_argument("--n-images", type=int, default=500)
     parser.add_argument("--n-queries", type=int, default=50)
+    parser.add_argument("--run", type=Path, default=None,
+                        help="a finished run on a virtual subject: print part 4 (truth-built maps) for it alone")
     args = parser.parse_args()
+    if args.run is not None:
+        truth_built_labels(args.run, R.RoutingSettings())
+        return
     rng = np.random.default_rng(0)
     settings = R.RoutingSettings()
 
@@ -122,40 +132,58 @@ TRUTH_EPS = (0.01, 0.1)
 
 
 def truth_built_labels(run_dir: Path, settings: "R.RoutingSettings") -> None:
-    """Part 4: routing labels of maps ``pRF coverage x (category mask + eps)`` of each planted category ROI."""
+    """Part 4: routing labels of maps built from the planted truth, on the run's validation images.
+
+    A planted category ROI's map is ``pRF coverage x (category mask + eps)``;
+    an early visual ROI's is ``pRF coverage x local contrast energy`` (its
+    planted drive, :func:`model.virtual.responses.contrast_energy`).
+    """
     import pandas as pd
 
     from analyses.attention_selectivity import token_contrast, token_coverage
     from analyses.routing import split_images
+    from model.images import read_image
+    from model.rois import EARLY_VISUAL
     from model.runs import open_run
+    from model.virtual.responses import contrast_energy
 
     run = open_run(run_dir)
     chosen = split_images(run, "val", len(run.val_indices))
     backbone, truth = run.shared_backbone, run.subject.truth
     coverage, _ = token_coverage(chosen.masks, backbone)
     control = token_contrast(chosen.paths, chosen.masks.shape[-1], backbone)
+    drive = token_coverage(np.stack([contrast_energy(np.array(read_image(p))[None])[0] for p in chosen.paths])[:, None]
+                           .astype(np.float64), backbone)[0][:, 0]
     preferences = truth.preferences()
-    keys, maps = [], []
+    families: dict[str, tuple[list, list]] = {"category": ([], []), "early visual": ([], [])}
     for hemi, roi in zip(run.queries.hemis, run.queries.rois):
         category = preferences.get(roi)
-        if category not in chosen.categories:
+        if category not in chosen.categories and roi not in EARLY_VISUAL:
             continue
         prf = truth.prf_coverage(run.subject.roi_mask(roi, hemi), hemi, grid=chosen.masks.shape[-1])
         window = token_coverage(prf[None, None].astype(np.float64), backbone)[0][0, 0]
-        for eps in TRUTH_EPS:
-            m = window[None] * (coverage[:, chosen.categories.index(category)] + eps)
+        keys, maps = families["early visual" if roi in EARLY_VISUAL else "category"]
+        planted = ([("early visual: contrast", np.nan, drive)] if roi in EARLY_VISUAL else
+                   [(category, eps, coverage[:, chosen.categories.index(category)] + eps) for eps in TRUTH_EPS])
+        for name, eps, drive_map in planted:
+            m = window[None] * drive_map
             maps.append(m / m.sum(1, keepdims=True))
-            keys.append((category, eps))
-    table = R.routing_table(np.stack(maps, 1), tuple(backbone.grid),
-                            R.token_positions_deg(tuple(backbone.grid), backbone.patch, backbone.image_side),
-                            coverage, chosen.categories, settings, 0, control)
-    table["category"], table["eps"] = [k[0] for k in keys], [k[1] for k in keys]
-    print(f"4. truth-built maps (pRF coverage x (category mask + eps)) of the planted category ROIs, both hemispheres, "
-          f"{len(chosen.paths)} validation images: labels, and the location / content index ranges")
-    counts = pd.crosstab([table["eps"], table["category"]], table["routing"]).reindex(columns=list(KINDS), fill_value=0)
-    ranges = table.groupby(["eps", "category"]).agg(L_min=("location_index", "min"), L_max=("location_index", "max"),
-                                                    C_min=("content_index", "min"), C_max=("content_index", "max"))
-    print(counts.join(ranges.round(3)).to_string())
+            keys.append((name, eps))
+    positions = R.token_positions_deg(tuple(backbone.grid), backbone.patch, backbone.image_side)
+    tables = []
+    for keys, maps in families.values():  # each its own FDR family, so neither changes the labels of the other
+        table = R.routing_table(np.stack(maps, 1), tuple(backbone.grid), positions, coverage, chosen.categories,
+                                settings, 0, control)
+        tables.append(table.assign(**{"planted map": [k[0] for k in keys], "eps": [k[1] for k in keys]}))
+    table = pd.concat(tables, ignore_index=True)
+    print(f"4. truth-built maps (pRF coverage x (category mask + eps); early visual: x contrast energy) of the planted "
+          f"ROIs, both hemispheres, {len(chosen.paths)} validation images: labels, and the location / content "
+          f"index ranges")
+    groups = [table["eps"].fillna(-1), table["planted map"]]
+    counts = pd.crosstab(groups, table["routing"]).reindex(columns=list(KINDS), fill_value=0)
+    ranges = table.groupby(groups).agg(L_min=("location_index", "min"), L_max=("location_index", "max"),
+                                       C_min=("content_index", "min"), C_max=("content_index", "max"))
+    print(counts.join(ranges.round(3)).rename_axis(["eps (-1: none)", "planted map"]).to_string())
 
 
 if __name__ == "__main__":
