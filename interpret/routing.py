@@ -36,17 +36,25 @@ content index
     departure from it, and ``X_ic`` the coverage of category ``c`` minus its
     mean over images: ``r_c = sum_i <D_i, X_ic> / (||D|| ||X_c||)``, the
     pooled correlation of the image-to-image variation of the attention with
-    where category ``c`` is. The content index is ``max(0, max_c r_c)^2``:
-    the share of that variation explained by the best category's mask (a
-    one-regressor pooled regression); ``content_category`` names it; its
-    interval is a percentile bootstrap over images (the best category of
-    each resample).
+    where category ``c`` is. The content index is
+    ``max(0, max_c r_c)^2 x V``, with ``V = sum_i ||D_i||^2 / sum_i ||A_i - U||^2``
+    the share of the pattern's energy (its departure from uniform, the
+    location index's denominator) that varies from image to image: the
+    share of the whole pattern that moves with the best category's mask
+    (a one-regressor pooled regression), so that the two indices are
+    shares of one whole. ``r^2`` alone, the share of the *variation*
+    explained, grows as the variation shrinks: a map that is 97 % a fixed
+    window, whose faint rest follows the text, would look as content-routed
+    as a map that follows the text entirely. ``content_category`` names
+    the best category; the interval is a percentile bootstrap over images
+    (the best category of each resample).
 
     With a ``control`` map ``E`` (each token's share of the image's
     luminance contrast energy, as in the attention-selectivity control of
     :mod:`analyses.attention_selectivity`), ``r_c`` is the *partial*
     correlation: ``E``'s centred map is regressed out of both ``D`` and
-    ``X_c`` (pooled) before they are correlated. Text has the most contrast
+    ``X_c`` (pooled) before they are correlated, and ``V`` counts what of
+    the variation the control leaves. Text has the most contrast
     of the rendered categories and draws every query that looks at
     high-contrast tokens; without the control such a query looks
     word-routed. The control removes what is linear in the contrast share:
@@ -65,23 +73,23 @@ content test
 minimum sizes
     ``min_location = 0.1``: a window common to every image must carry at
     least 10 % of the energy of the query's pattern; ``min_content = 0.02``:
-    the best category's mask must explain at least 2 % of the pattern's
-    image-to-image variation (a pooled correlation of 0.14 over images x
-    tokens). Both sit well above what unrelated maps reach (``|L|`` about
+    at least 2 % of it must move with the best category's mask (a pooled
+    correlation of 0.14 over images x tokens for a map that is all
+    variation). Both sit well above what unrelated maps reach (``|L|`` about
     0.01 and the content index of the order of ``1 / (images x tokens)`` for
     independent noise maps; ``tests/test_routing.py``). Measured on the
     default model (windows attention with the shared softmax and the MLP
-    key, heads readout) of two virtual subjects, 100 test images each
+    key, heads readout) of three virtual subjects, 100 test images each
     (``docs/attention.md``): early visual queries have a location index of
-    0.34-0.94 and a content index of at most 0.022 (lower bound at most
-    0.013); the face, body and word queries a content index of 0.033-0.19,
-    each significant, and a location index of at most 0.035 on one subject
-    and 0.13 on the other, whose lh OFA query (0.13) is ``both``: the
-    planted pRFs give the category windows a fixed part. A query built to be
-    both (a fixed window and a category's mask of equal strength,
-    ``tests/test_routing.py``) has a location index of about 0.24, so the
-    floor stays below that. Places, whose masks are the layout, have a
-    content index near 0 and a location index of 0.45-0.86.
+    0.34-0.94 and a content index of at most 0.009; the face, body and word
+    queries a content index of 0.032-0.17, each significant, and a location
+    index of at most 0.044 on two subjects and 0.13 on the other, whose lh
+    OFA query (0.13) is ``both``: the planted pRFs give the category windows
+    a fixed part. A query built to be both (a fixed window and a category's
+    mask of equal strength, ``tests/test_routing.py``) has a location index
+    of about 0.24, so the floor stays below that. Places, whose masks are
+    the layout, have a content index near 0 and a location index of
+    0.45-0.89.
     A minimum of 0 leaves its size test out (significance alone).
 label
     BH-FDR over the ``2 x queries`` combined tests of one analysis; at
@@ -137,8 +145,8 @@ class RoutingSettings:
     confidence: float = setting(0.95, "level of the bootstrap intervals", minimum=0, maximum=1)
     min_location: float = setting(0.1, "smallest location index (share of the attention pattern fixed across "
                                   "images) that counts as routing by location", minimum=0)
-    min_content: float = setting(0.02, "smallest content index (share of the attention's image-to-image variation "
-                                 "explained by a category's mask) that counts as routing by content", minimum=0)
+    min_content: float = setting(0.02, "smallest content index (share of the attention pattern that moves with a "
+                                 "category's mask across images) that counts as routing by content", minimum=0)
 
     def check(self) -> None:
         """One clear error naming the option of the first setting out of range."""
@@ -251,14 +259,16 @@ def _centred_control(control: np.ndarray | None, n: int) -> np.ndarray | None:
     return e if ((e - e.mean(0)) ** 2).sum() > 1e-24 else None
 
 
-def _content_r(a: np.ndarray, x: np.ndarray, e: np.ndarray | None, w: np.ndarray) -> np.ndarray:
-    """``(resample, query, category)`` pooled (partial) correlations ``r_c`` of images weighted by ``w`` ``(B, n)``.
+def _content_r(a: np.ndarray, x: np.ndarray, e: np.ndarray | None, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(resample, query, category)`` pooled (partial) correlations ``r_c`` of images weighted by ``w`` ``(B, n)``,
+    and ``(resample, query)`` the share of the pattern's energy that varies (after the control).
 
     Pooled over images and tokens, each image centred on the weighted mean
     over images: ``S_YZ = sum_i w_i <Y_i, Z_i> - <sum_i w_i Y_i, sum_i w_i Z_i> / sum_i w_i``;
     with a control ``e``, ``r = (S_AX - S_AE S_XE / S_EE) / sqrt((S_AA - S_AE^2 / S_EE)(S_XX - S_XE^2 / S_EE))``,
     the correlation of the residuals of the attention and the coverage
-    after each is regressed on the control (pooled).
+    after each is regressed on the control (pooled). The share is
+    ``S_AA`` (after the control) over ``sum_i w_i ||A_i - U||^2``.
     """
     n, q, t = a.shape
     total = w.sum(1)  # (B,)
@@ -277,12 +287,14 @@ def _content_r(a: np.ndarray, x: np.ndarray, e: np.ndarray | None, w: np.ndarray
         s_aa, s_xx = s_aa - s_ae**2 / s_ee, s_xx - s_xe**2 / s_ee
         s_ax = s_ax - s_ae[:, :, None] * s_xe[:, None, :] / s_ee[:, :, None]
     scale = np.sqrt(np.clip(s_aa, 0, None)[:, :, None] * np.clip(s_xx, 0, None)[:, None, :])
-    return np.where(scale > 1e-300, s_ax / np.clip(scale, 1e-300, None), -np.inf)
+    pattern = w @ ((a - 1.0 / t) ** 2).sum(-1)  # (B, Q) energy of the departures from uniform
+    share = np.clip(s_aa, 0, None) / np.clip(pattern, 1e-300, None)
+    return np.where(scale > 1e-300, s_ax / np.clip(scale, 1e-300, None), -np.inf), share
 
 
-def _index(r: np.ndarray) -> np.ndarray:
-    """Content index from ``(..., category)`` correlations: ``max(0, max_c r_c)^2``."""
-    return np.clip(r.max(-1), 0, None) ** 2
+def _index(r: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Content index from ``(..., category)`` correlations and the varying share: ``max(0, max_c r_c)^2 x share``."""
+    return np.clip(r.max(-1), 0, None) ** 2 * share
 
 
 def content_bootstrap(att: np.ndarray, coverage: np.ndarray, n_bootstrap: int, rng: np.random.Generator,
@@ -296,7 +308,7 @@ def content_bootstrap(att: np.ndarray, coverage: np.ndarray, n_bootstrap: int, r
     chunk = max(1, CHUNK_ELEMENTS // ((q + x.shape[1] + 1) * t + q * x.shape[1]))
     for s in range(0, n_bootstrap, chunk):
         w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, n_bootstrap - s)).astype(np.float64)
-        values[s:s + len(w)] = _index(_content_r(a, x, e, w))
+        values[s:s + len(w)] = _index(*_content_r(a, x, e, w))
     return values
 
 
@@ -319,14 +331,15 @@ def content_test(att: np.ndarray, coverage: np.ndarray, n_permutations: int, rng
     Returns
     -------
     index, category, p : ndarray
-        ``(query,)``: ``max(0, max_c r_c)^2``, the index of the best
-        category and the p-value of ``max_c r_c``.
+        ``(query,)``: ``max(0, max_c r_c)^2`` times the share of the
+        pattern that varies, the index of the best category and the
+        p-value of ``max_c r_c``.
     """
     a = _normalised(att)
     n, q, t = a.shape
     x = np.asarray(coverage, np.float64)
     e = _centred_control(control, n)
-    r = _content_r(a, x, e, np.ones((1, n)))[0]  # (Q, C)
+    r, share = (v[0] for v in _content_r(a, x, e, np.ones((1, n))))  # (Q, C), (Q,)
     usable = np.isfinite(r).any(0)  # categories whose coverage varies over images
     if not usable.any():
         nan = np.full(q, np.nan)
@@ -355,7 +368,7 @@ def content_test(att: np.ndarray, coverage: np.ndarray, n_permutations: int, rng
         for s in range(0, n_permutations, chunk):
             null[s:s + chunk, c] = (pairs[:, rows, perms[s:s + chunk]].sum(-1) * scale[:, s:s + chunk]).T
     best = np.where(usable, r, -np.inf).max(1)
-    return np.clip(best, 0, None) ** 2, np.where(usable, r, -np.inf).argmax(1), _permutation_p(best, null.max(1))
+    return np.clip(best, 0, None) ** 2 * share, np.where(usable, r, -np.inf).argmax(1), _permutation_p(best, null.max(1))
 
 
 def labels(p_location: np.ndarray, p_content: np.ndarray | None, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -460,3 +460,14 @@ def test_an_encoder_compared_with_itself_differs_by_nothing(trained_run, small_d
     table = accuracy.roi_table([a], subject, reference, ["V1v"])
     assert table.r_ceiling.between(0, 1).all() and table[f"score_nc_positive_{a.name}"].between(0, 100).all()
     assert table[f"challenge_score_{a.name}"].between(0, 100).all()
+
+
+def test_the_routing_notebook_labels_as_tbe_routing_does():
+    """Its default floors and test sizes are RoutingSettings' (one question, one answer: the report and the CLI agree)."""
+    from interpret.routing import RoutingSettings
+
+    declared = report_notebooks.declared_parameters(NOTEBOOK_DIR / "routing.ipynb")
+    defaults = RoutingSettings()
+    for name, field in {"n_permutations": "n_permutations", "n_boot": "n_bootstrap", "alpha": "alpha",
+                        "min_location": "min_location", "min_content": "min_content"}.items():
+        assert report_notebooks.parse_value(declared[name]["default"]) == getattr(defaults, field), name

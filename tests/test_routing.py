@@ -137,7 +137,7 @@ def test_the_contrast_control_keeps_a_contrast_following_query_from_looking_word
     assert controlled["content_category"][1] == "face" and controlled["content_index"][1] > 0.3
 
 
-def test_content_index_is_the_squared_partial_correlation_and_its_interval_covers_it():
+def test_content_index_is_the_squared_partial_correlation_times_the_varying_share_and_its_interval_covers_it():
     att, masks, contrast = contrast_confound(40, np.random.default_rng(8))
     index, best, _ = R.content_test(att, masks, 19, np.random.default_rng(0), contrast)
 
@@ -146,12 +146,38 @@ def test_content_index_is_the_squared_partial_correlation_and_its_interval_cover
         return y - (y * e).sum() / (e * e).sum() * e
 
     for q in range(2):
-        r = [np.corrcoef(residual(att[:, q]).ravel(), residual(masks[:, c]).ravel())[0, 1] for c in range(2)]
+        a = att[:, q] / att[:, q].sum(-1, keepdims=True)
+        r = [np.corrcoef(residual(a).ravel(), residual(masks[:, c]).ravel())[0, 1] for c in range(2)]
         # the pooled correlation is about zero-mean residuals, as corrcoef's are
-        assert index[q] == pytest.approx(max(0.0, max(r)) ** 2, rel=1e-6) and best[q] == int(np.argmax(r))
+        share = (residual(a) ** 2).sum() / ((a - 1 / a.shape[-1]) ** 2).sum()
+        assert 0 < share <= 1
+        assert index[q] == pytest.approx(max(0.0, max(r)) ** 2 * share, rel=1e-6) and best[q] == int(np.argmax(r))
     values = R.content_bootstrap(att, masks, 300, np.random.default_rng(1), contrast)
     low, high = R.percentile_interval(values, 0.95)
     assert low[1] < index[1] < high[1]
+
+
+def test_a_faint_content_part_under_a_fixed_window_is_not_content_routed():
+    """The content index is a share of the whole map: shrinking the part that follows the mask shrinks it.
+
+    ``r^2`` alone (the share of the variation explained) stays high however
+    faint the moving part; such a map is a fixed window, as its label says.
+    """
+    rng = np.random.default_rng(4)
+    masks = np.stack([block(rng, 60), block(rng, 60)], 1)  # face, word
+    window = np.full(GRID, 0.05)
+    window[1:4, 5:8] = 1  # the fixed window, upper right
+    window = window.ravel() / window.sum()
+    moving = masks[:, 0] / masks[:, 0].sum(-1, keepdims=True)  # the image's face
+    noise = 0.02 * rng.random((60, 64)) / 64
+    indices, labels = {}, {}
+    for weight in (0.5, 0.02):
+        maps = (1 - weight) * window + weight * moving + noise
+        table = R.routing_table(maps[:, None], GRID, R.token_positions_deg(GRID, 14, 112), masks, ("face", "word"),
+                                FAST, 0)
+        indices[weight], labels[weight] = table["content_index"][0], table["routing"][0]
+    assert labels == {0.5: "both", 0.02: "location"}
+    assert indices[0.02] < 0.01 < 0.2 < indices[0.5]
 
 
 def test_without_masks_only_location_is_tested():
