@@ -1,6 +1,8 @@
 """Cross-attention through learned windows (model/encoders/windows.py, ``--attention windows``)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,8 @@ from model.backbone import BackboneConfig
 from model.encoders import DecoderConfig, QuerySet
 from model.encoders.transformer import BrainEncoder, CustomTransformer
 from model.encoders.registry import build_encoder
-from model.encoders.windows import CENTRE_SCALE, QueryWindows, WindowedCrossAttention, grid_positions, initial_centres
+from model.encoders.windows import (CENTRE_SCALE, CONTENT_KEYS, WINDOW_SOFTMAXES, QueryWindows, WindowedCrossAttention,
+                                    grid_positions, initial_centres)
 from model.runs import TrainConfig
 from model.training.loop import make_optimiser
 from model.errors import OptionError
@@ -141,7 +144,7 @@ def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trai
         DecoderConfig(window_softmax="joint").validate()
     with pytest.raises(OptionError, match="decoder.window_lr: must be a positive number"):
         DecoderConfig(window_lr=0).validate()
-    with pytest.raises(OptionError, match="decoder.content_key: must be one of linear, mlp, wide_mlp"):
+    with pytest.raises(OptionError, match="decoder.content_key: must be one of mlp, wide_mlp, linear"):
         DecoderConfig(content_key="quadratic").validate()
 
 
@@ -197,3 +200,13 @@ def test_window_settings_matter_only_to_windows_runs():
     assert windows.comparable()["decoder"] != per_head.comparable()["decoder"]
     linear_key = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig(content_key="linear"))
     assert windows.comparable()["decoder"] != linear_key.comparable()["decoder"]
+
+
+def test_the_help_of_the_window_options_is_built_from_their_registries():
+    """A key or softmax added to the registry appears in ``--help`` with its own description."""
+    from model.options import option_help
+
+    for field, registry in (("content_key", CONTENT_KEYS), ("window_softmax", WINDOW_SOFTMAXES)):
+        text = option_help(next(f for f in dataclasses.fields(DecoderConfig) if f.name == field).metadata)
+        for name, choice in registry.items():
+            assert f"{name}: {choice.help}" in text and choice.help

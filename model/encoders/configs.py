@@ -57,15 +57,11 @@ class DecoderConfig:
                                      "voxels; 0: all at once)")
     attention: str = setting("windows", lambda: "how a query's cross-attention selects tokens: " + "; ".join(
         f"{k}: {v}" for k, v in ATTENTIONS.items()), choices=lambda: tuple(ATTENTIONS))
-    window_softmax: str = setting("shared", "how windows attention is normalised: shared (default): one softmax over "
-                                            "every head's window, the heads divide the query's attention; per_head: "
-                                            "each head over the tokens alone (runs from before this option)",
+    window_softmax: str = setting("shared", lambda: "how windows attention is normalised: " + _described(WINDOW_SOFTMAXES),
                                   choices=lambda: tuple(WINDOW_SOFTMAXES))
     window_lr: float = setting(10.0, "learning rate of the attention windows (centres and widths) as a multiple of "
                                      "`train.lr`")
-    content_key: str = setting("mlp", "key of the windows' content score: mlp (default): the linear key plus a "
-                                      "two-layer network of the token; wide_mlp: the same with a hidden layer twice "
-                                      "as wide; linear: multi-head attention's (runs from before this option)",
+    content_key: str = setting("mlp", lambda: "key of the windows' content score: " + _described(CONTENT_KEYS),
                                choices=lambda: tuple(CONTENT_KEYS))
 
     def to_dict(self) -> dict:
@@ -114,6 +110,11 @@ class DecoderConfig:
                                                               "layer has none)")
         if self.hidden_dim % self.nheads:
             raise OptionError("decoder.nheads", f"must divide decoder.hidden_dim ({self.hidden_dim}) into equal heads, got {self.nheads}")
+
+
+def _described(choices: dict) -> str:
+    """``name: what it is; ...`` of a registry of :class:`~model.encoders.windows.Choice` values, for ``--help``."""
+    return "; ".join(f"{name}: {choice.help}" for name, choice in choices.items())
 
 
 #: decoder settings that apply only to ``--attention windows``

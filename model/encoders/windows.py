@@ -41,7 +41,9 @@ work (``docs/attention.md``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
@@ -51,6 +53,14 @@ from torch import nn
 CENTRE_SCALE = 4.0
 #: initial window width (standard deviation) on the [-1, 1] grid: a quarter of the image
 INITIAL_SIGMA = 0.5
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One value of an option: what it makes, and the line of ``--help`` that says what it is."""
+
+    make: Callable
+    help: str
 
 
 def grid_positions(rows: int, cols: int, device=None) -> torch.Tensor:
@@ -97,7 +107,11 @@ def per_head_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 #: ``--window-softmax``: how a query's attention is normalised over its heads' windows
-WINDOW_SOFTMAXES = {"shared": shared_softmax, "per_head": per_head_softmax}
+WINDOW_SOFTMAXES = {
+    "shared": Choice(shared_softmax, "one softmax over every head's window, the heads divide the query's attention "
+                                     "(default)"),
+    "per_head": Choice(per_head_softmax, "each head over the tokens alone (runs from before this option)"),
+}
 
 
 class ResidualMLPKey(nn.Module):
@@ -132,7 +146,11 @@ def linear_key(linear: nn.Linear) -> nn.Linear:
 
 
 #: ``--content-key``: how a token becomes the key its content score is read from (each made from the linear key)
-CONTENT_KEYS = {"linear": linear_key, "mlp": ResidualMLPKey, "wide_mlp": partial(ResidualMLPKey, width=2)}
+CONTENT_KEYS = {
+    "mlp": Choice(ResidualMLPKey, "the linear key plus a two-layer network of the token (default)"),
+    "wide_mlp": Choice(partial(ResidualMLPKey, width=2), "the same with a hidden layer twice as wide"),
+    "linear": Choice(linear_key, "multi-head attention's (runs from before this option)"),
+}
 
 
 class WindowedCrossAttention(nn.Module):
@@ -140,10 +158,10 @@ class WindowedCrossAttention(nn.Module):
 
     def __init__(self, d: int, nheads: int, dropout: float, softmax: str = "shared", content_key: str = "linear"):
         super().__init__()
-        self.heads, self.softmax = nheads, WINDOW_SOFTMAXES[softmax]
+        self.heads, self.softmax = nheads, WINDOW_SOFTMAXES[softmax].make
         self.q_proj, self.k_proj = nn.Linear(d, d), nn.Linear(d, d)
         self.v_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, d)
-        self.k_proj = CONTENT_KEYS[content_key](self.k_proj)  # made last: the other layers start as with a linear key
+        self.k_proj = CONTENT_KEYS[content_key].make(self.k_proj)  # made last: the other layers start as with a linear key
         self.drop = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, log_prior: torch.Tensor
