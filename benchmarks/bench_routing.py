@@ -165,8 +165,8 @@ def truth_built_labels(run_dir: Path, settings: "R.RoutingSettings") -> None:
         keys, maps = families["early visual" if roi in EARLY_VISUAL else "category"]
         planted = ([("early visual: contrast", np.nan, drive)] if roi in EARLY_VISUAL else
                    [(category, eps, coverage[:, chosen.categories.index(category)] + eps) for eps in TRUTH_EPS])
-        for name, eps, drive_map in planted:
-            m = window[None] * drive_map
+        for name, eps, where in planted:  # the pRF window times where in each image the ROI is driven
+            m = window[None] * where
             maps.append(m / m.sum(1, keepdims=True))
             keys.append((name, eps))
     positions = R.token_positions_deg(tuple(backbone.grid), backbone.patch, backbone.image_side)

@@ -209,4 +209,4 @@ def test_the_help_of_the_window_options_is_built_from_their_registries():
     for field, registry in (("content_key", CONTENT_KEYS), ("window_softmax", WINDOW_SOFTMAXES)):
         text = option_help(next(f for f in dataclasses.fields(DecoderConfig) if f.name == field).metadata)
         for name, choice in registry.items():
-            assert f"{name}: {choice.help}" in text and choice.help
+            assert f"{name}: {choice.description}" in text and choice.description

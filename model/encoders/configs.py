@@ -114,7 +114,7 @@ class DecoderConfig:
 
 def _described(choices: dict) -> str:
     """``name: what it is; ...`` of a registry of :class:`~model.encoders.windows.Choice` values, for ``--help``."""
-    return "; ".join(f"{name}: {choice.help}" for name, choice in choices.items())
+    return "; ".join(f"{name}: {choice.description}" for name, choice in choices.items())
 
 
 #: decoder settings that apply only to ``--attention windows``

@@ -57,10 +57,10 @@ INITIAL_SIGMA = 0.5
 
 @dataclass(frozen=True)
 class Choice:
-    """One value of an option: what it makes, and the line of ``--help`` that says what it is."""
+    """One value of an option: what it makes, and what ``--help`` says it is (as ``Feature`` and the other registries)."""
 
     make: Callable
-    help: str
+    description: str
 
 
 def grid_positions(rows: int, cols: int, device=None) -> torch.Tensor:
