@@ -103,6 +103,8 @@ ROWS: dict[str, Row] = {
     "windows + heads (default)": Row("windows-mlp-key-heads", {"readout": "heads", "attention": "windows"}),
     "windows, wide key + heads": Row("windows-wide-key-heads", {"readout": "heads", "attention": "windows",
                                                                 "content_key": "wide_mlp"}),
+    "windows, context key + heads": Row("windows-context-key-heads", {"readout": "heads", "attention": "windows",
+                                                                      "content_key": "context_mlp"}),
     "windows, linear key + heads": Row("windows-shared-heads", {"readout": "heads", **LINEAR_KEY_WINDOWS}),
     "windows per head + heads": Row("windows-per-head-heads", {"readout": "heads", **PER_HEAD_WINDOWS}),
     "windows per head, slow + heads": Row("windows-heads", {"readout": "heads", **PER_HEAD_WINDOWS, "window_lr": 1.0}),

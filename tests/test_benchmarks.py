@@ -6,6 +6,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.runs import read_config
@@ -53,3 +54,24 @@ def test_the_interpret_memory_benchmark_prints_both_counts_side_by_side(trained_
         values = next(line for line in lines if line.strip().startswith(command)).split()[1:]
         assert len(values) == 6 and all(float(v) == float(v) for v in values), values
     assert (tmp_path / "maps3.nc").is_file() and (tmp_path / "routing3" / "routing.csv").is_file()
+
+
+def test_the_pointing_benchmark_says_where_each_missed_peak_falls():
+    import bench_pointing
+
+    grid, categories = (4, 4), ["face", "body", "word", "place"]
+    coverage = np.zeros((4, 4, 16))
+    coverage[:, 0, 0] = 1.0  # a face in the top-left token of images 0-2
+    coverage[3, 0] = 0.0  # image 3 shows no face: not scored
+    coverage[1, 1, 15] = 0.6  # a body in the bottom-right token of image 1
+    coverage[2, 1, 15] = 0.1  # too little of a body there in image 2
+    att = np.full((4, 1, 16), 0.01)
+    att[0, 0, 1] = 1.0  # next to the face: a hit within the pointing game's one token of tolerance
+    att[1, 0, 15] = 1.0  # on the body
+    att[2, 0, 15] = 1.0  # on the background
+    att[3, 0, 5] = 1.0
+    table = bench_pointing.peaks(att, coverage, categories, {0: "face"}, grid, min_coverage=0.2)
+    assert table["image"].tolist() == [0, 1, 2]
+    assert table["hit"].tolist() == [True, False, False]
+    assert table["at"].tolist() == ["face", "body", "none"]
+    assert table["peak"].tolist() == [1, 15, 15]

@@ -12,7 +12,7 @@ from model.encoders import DecoderConfig, QuerySet
 from model.encoders.transformer import BrainEncoder, CustomTransformer
 from model.encoders.registry import build_encoder
 from model.encoders.windows import (CENTRE_SCALE, CONTENT_KEYS, WINDOW_SOFTMAXES, QueryWindows, WindowedCrossAttention,
-                                    grid_positions, initial_centres)
+                                    grid_positions, initial_centres, neighbourhood_mean)
 from model.runs import TrainConfig
 from model.training.loop import make_optimiser
 from model.errors import OptionError
@@ -144,7 +144,7 @@ def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trai
         DecoderConfig(window_softmax="joint").validate()
     with pytest.raises(OptionError, match="decoder.window_lr: must be a positive number"):
         DecoderConfig(window_lr=0).validate()
-    with pytest.raises(OptionError, match="decoder.content_key: must be one of mlp, wide_mlp, linear"):
+    with pytest.raises(OptionError, match="decoder.content_key: must be one of mlp, wide_mlp, context_mlp, linear"):
         DecoderConfig(content_key="quadratic").validate()
 
 
@@ -165,12 +165,59 @@ def test_the_mlp_content_keys_are_the_linear_key_plus_a_network_of_the_token(con
     key = mlp.k_proj
     expected = key.linear(tokens) + key.correction(torch.nn.functional.gelu(key.hidden(tokens)))
     torch.testing.assert_close(key(tokens), expected)
+    torch.testing.assert_close(key(tokens, (1, 3)), expected)  # the token alone: the grid is not read
     assert not torch.allclose(key(tokens), linear.k_proj(tokens))  # the network adds to the linear key
     with torch.no_grad():
         key.correction.weight.zero_(), key.correction.bias.zero_()
     torch.testing.assert_close(key(tokens), linear.k_proj(tokens))
     assert {"k_proj.weight", "k_proj.bias"} <= set(linear.state_dict())
     assert {"k_proj.linear.weight", "k_proj.hidden.weight", "k_proj.correction.weight"} <= set(mlp.state_dict())
+
+
+def test_the_context_key_reads_each_token_and_the_mean_of_its_neighbourhood():
+    """k(m) = W m + W_2 gelu(W_1 [m; mean of m's 3 x 3 neighbourhood]) on a non-square grid, edges averaging the
+    neighbours that exist; the other layers start as with a linear key."""
+    torch.manual_seed(0)
+    linear = WindowedCrossAttention(8, 2, dropout=0.0, content_key="linear")
+    torch.manual_seed(0)
+    attn = WindowedCrossAttention(8, 2, dropout=0.0, content_key="context_mlp")
+    key = attn.k_proj
+    assert key.hidden.weight.shape == (8, 16) and key.correction.weight.shape == (8, 8)
+    for name in ("q_proj", "v_proj", "out_proj"):
+        torch.testing.assert_close(getattr(attn, name).weight, getattr(linear, name).weight)
+    grid = (3, 4)
+    tokens = torch.randn(2, 12, 8)
+    planes = tokens.reshape(2, *grid, 8)
+    mean = torch.empty_like(planes)
+    for r in range(3):
+        for c in range(4):
+            mean[:, r, c] = planes[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].mean((1, 2))
+    mean = mean.reshape(2, 12, 8)
+    torch.testing.assert_close(neighbourhood_mean(tokens, grid), mean)
+    expected = key.linear(tokens) + key.correction(torch.nn.functional.gelu(key.hidden(torch.cat([tokens, mean], -1))))
+    torch.testing.assert_close(key(tokens, grid), expected)
+    with pytest.raises(ValueError, match="needs their grid"):
+        key(tokens)
+    with pytest.raises(ValueError, match="12 tokens do not make a 4x4 grid"):
+        key(tokens, (4, 4))
+
+
+def test_the_context_key_sees_where_the_tokens_lie():
+    """The same tokens in another arrangement get other keys (the neighbourhood changes), unlike with the token-alone
+    key; through the whole decoder on a non-square grid."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig(hidden_dim=32, nheads=4, dim_feedforward=64, content_key="context_mlp")
+    model = build_encoder("transformer", QUERIES, 16, (3, 5), cfg).eval()
+    features = torch.randn(2, 15, 16)
+    with torch.no_grad():
+        out = model(features, return_attention=True)
+    assert out["attention"].shape[-1] == 15 and torch.isfinite(out["pred"]).all()
+    key = next(m for m in model.modules() if isinstance(m, WindowedCrossAttention)).k_proj
+    tokens = torch.randn(1, 15, 32)
+    order = torch.randperm(15)
+    assert not torch.allclose(key(tokens, (3, 5))[:, order], key(tokens[:, order], (3, 5)))
+    token_alone = WindowedCrossAttention(32, 4, dropout=0.0, content_key="mlp").k_proj
+    torch.testing.assert_close(token_alone(tokens)[:, order], token_alone(tokens[:, order]))
 
 
 @pytest.mark.parametrize("scale", [10.0, 1.0])

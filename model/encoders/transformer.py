@@ -45,12 +45,13 @@ class DecoderLayer(nn.Module):
         self.norm_cross, self.norm_ffn = nn.LayerNorm(d), nn.LayerNorm(d)
         self.drop_cross, self.drop_ffn = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
 
-    def forward(self, tgt, memory, pos, query_pos, need_weights: bool = False, log_prior: torch.Tensor | None = None):
+    def forward(self, tgt, memory, pos, query_pos, need_weights: bool = False, log_prior: torch.Tensor | None = None,
+                grid: tuple[int, int] | None = None):
         if self.self_attn is not None:
             q = self.norm_self(tgt) + query_pos
             tgt = tgt + self.drop_self(self.self_attn(q, q, self.norm_self(tgt), need_weights=False)[0])
         if self.windowed:  # where the query looks comes from its windows alone: no position in the keys
-            out, weights = self.cross_attn(self.norm_cross(tgt) + query_pos, memory, memory, log_prior)
+            out, weights = self.cross_attn(self.norm_cross(tgt) + query_pos, memory, memory, log_prior, grid)
             weights = weights if need_weights else None
         else:
             out, weights = self.cross_attn(self.norm_cross(tgt) + query_pos, memory + pos, memory,
@@ -174,7 +175,7 @@ class BrainEncoder(EncoderCore):
         """
         tgt = torch.zeros_like(query_pos)
         attention = []
-        extra = {} if prior is None else {"log_prior": prior}
+        extra = {} if prior is None else {"log_prior": prior, "grid": self.grid}
         for i, layer in enumerate(self.layers):
             last = i == len(self.layers) - 1
             tgt, weights = layer(tgt, memory, pos, query_pos, need_weights=return_attention or (last and need_last), **extra)
