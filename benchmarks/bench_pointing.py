@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
 
 from analyses.attention_selectivity import token_attention, token_coverage
 from analyses.routing import split_images
+from interpret.checks import pointing_hit
 from model.runs import open_run
 from model.virtual.stimuli import SKIN
 
@@ -53,15 +53,14 @@ def peaks(att: np.ndarray, coverage: np.ndarray, categories: list[str], planted:
     for q, category in planted.items():
         c = categories.index(category)
         for i in range(len(att)):
-            mask = coverage[i, c].reshape(grid) > 0
-            if not mask.any():
+            mask = coverage[i, c].reshape(grid)
+            if not (mask > 0).any():
                 continue
-            peak = int(att[i, q].argmax())
-            hit = bool(ndimage.binary_dilation(mask).ravel()[peak])
+            hit, peak, _ = pointing_hit(att[i, q].reshape(grid), mask)
             best = int(coverage[i, :, peak].argmax())
             elsewhere = categories[best] if coverage[i, best, peak] >= min_coverage else "none"
             rows.append({"query": q, "category": category, "image": i, "peak": peak, "hit": hit,
-                         "at": category if hit else elsewhere, "area": int(mask.sum())})
+                         "at": category if hit else elsewhere, "area": int((mask > 0).sum())})
     return pd.DataFrame(rows)
 
 

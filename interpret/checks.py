@@ -218,11 +218,9 @@ class Localization:
                                            "mass_chance": [], "n": 0})
         has = masks.reshape(len(masks), -1).max(1) > 0
         for m, mask in zip(maps[has], masks[has]):
-            inside = mask > 0
-            tolerant = ndimage.binary_dilation(inside)  # one cell of tolerance, as in the pointing game
-            peak = np.unravel_index(np.nanargmax(m), m.shape)
-            part["hits"].append(bool(tolerant[peak]))
-            part["hit_chance"].append(tolerant.mean())
+            hit, _, chance = pointing_hit(m, mask)
+            part["hits"].append(hit)
+            part["hit_chance"].append(chance)
             positive = np.clip(m, 0, None)
             if positive.sum() > 0:
                 part["mass"].append(float((positive * mask).sum() / positive.sum()))
@@ -239,6 +237,14 @@ class Localization:
             elif part["n"]:
                 rows += _category_rows(part, base)
         return pd.DataFrame(rows)
+
+
+def pointing_hit(scores: np.ndarray, mask: np.ndarray) -> tuple[bool, int, float]:
+    """The pointing game on one 2-D map: whether its peak lies within one cell of ``mask > 0`` (the game's
+    tolerance), the peak's flat index, and the chance of a hit (the share of cells within that tolerance)."""
+    tolerant = ndimage.binary_dilation(mask > 0)
+    peak = int(np.nanargmax(scores))
+    return bool(tolerant.ravel()[peak]), peak, float(tolerant.mean())
 
 
 def _prf_rows(part: dict, base: dict) -> list[dict]:
