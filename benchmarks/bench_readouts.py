@@ -100,7 +100,9 @@ LINEAR_KEY_WINDOWS = {"attention": "windows", "content_key": "linear"}
 #: and whose heads each have their own softmax; with ``window_lr`` 1 as well, the default before the shared softmax
 PER_HEAD_WINDOWS = {**LINEAR_KEY_WINDOWS, "window_softmax": "per_head"}
 ROWS: dict[str, Row] = {
-    "windows + heads (default)": Row("windows-mlp-key-heads", {"readout": "heads", "attention": "windows"}),
+    "windows + heads (default)": Row("windows-auto-key-heads", {"readout": "heads", "attention": "windows"}),
+    "windows, MLP key + heads": Row("windows-mlp-key-heads", {"readout": "heads", "attention": "windows",
+                                                              "content_key": "mlp"}),
     "windows, wide key + heads": Row("windows-wide-key-heads", {"readout": "heads", "attention": "windows",
                                                                 "content_key": "wide_mlp"}),
     "windows, context key + heads": Row("windows-context-key-heads", {"readout": "heads", "attention": "windows",

@@ -11,7 +11,8 @@ from model.backbone import BackboneConfig
 from model.encoders import DecoderConfig, QuerySet
 from model.encoders.transformer import BrainEncoder, CustomTransformer
 from model.encoders.registry import build_encoder
-from model.encoders.windows import (CENTRE_SCALE, CONTENT_KEYS, WINDOW_SOFTMAXES, QueryWindows, WindowedCrossAttention,
+from model.encoders.configs import CONTENT_KEY_CHOICES
+from model.encoders.windows import (CENTRE_SCALE, WINDOW_SOFTMAXES, QueryWindows, WindowedCrossAttention, content_key_for,
                                     grid_positions, initial_centres, neighbourhood_mean)
 from model.runs import TrainConfig
 from model.training.loop import make_optimiser
@@ -134,7 +135,7 @@ def test_a_config_written_before_windows_existed_reads_as_standard_attention():
 def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trained():
     config = RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), DecoderConfig()).to_dict()
     assert (config["decoder"]["window_softmax"], config["decoder"]["window_lr"]) == ("shared", 10.0)
-    assert config["decoder"]["content_key"] == "mlp"
+    assert config["decoder"]["content_key"] == "auto"
     for key in ("window_softmax", "window_lr", "content_key"):
         del config["decoder"][key]
     decoder = RunConfig.from_dict(config).decoder
@@ -144,7 +145,7 @@ def test_a_windows_config_written_before_the_shared_softmax_reads_as_it_was_trai
         DecoderConfig(window_softmax="joint").validate()
     with pytest.raises(OptionError, match="decoder.window_lr: must be a positive number"):
         DecoderConfig(window_lr=0).validate()
-    with pytest.raises(OptionError, match="decoder.content_key: must be one of mlp, wide_mlp, context_mlp, linear"):
+    with pytest.raises(OptionError, match="decoder.content_key: must be one of auto, mlp, wide_mlp, context_mlp, linear"):
         DecoderConfig(content_key="quadratic").validate()
 
 
@@ -220,6 +221,41 @@ def test_the_context_key_sees_where_the_tokens_lie():
     torch.testing.assert_close(token_alone(tokens)[:, order], token_alone(tokens[:, order]))
 
 
+@pytest.mark.parametrize("grid, key", [((16, 16), "mlp"), ((8, 30), "mlp"), ((24, 31), "context_mlp"),
+                                       ((31, 31), "context_mlp")])
+def test_the_default_key_reads_the_neighbourhood_on_fine_grids_only(grid, key):
+    """``auto`` builds exactly the model its grid's key builds (same parameters, same initial weights, same
+    predictions) and records itself, not what it became; the choice goes by the grid's shorter side."""
+    assert content_key_for("auto", grid) == key and content_key_for("wide_mlp", grid) == "wide_mlp"
+    small = dict(hidden_dim=32, nheads=4, dim_feedforward=64)
+    models = {}
+    for name in ("auto", key):
+        torch.manual_seed(0)
+        models[name] = build_encoder("transformer", QUERIES, 16, grid, DecoderConfig(**small, content_key=name)).eval()
+    auto, chosen = models["auto"], models[key]
+    assert auto.core.content_key == key and auto.core.cfg.content_key == "auto"
+    assert auto.state_dict().keys() == chosen.state_dict().keys()
+    for name, weight in auto.state_dict().items():
+        torch.testing.assert_close(weight, chosen.state_dict()[name], msg=name)
+    features = torch.randn(2, grid[0] * grid[1], 16)
+    with torch.no_grad():
+        torch.testing.assert_close(auto(features)["pred"], chosen(features)["pred"])
+
+
+def test_training_says_what_the_default_key_became(caplog):
+    from model.training.loop import _log_grid_choices
+
+    small = dict(hidden_dim=32, nheads=4, dim_feedforward=64)
+    for key, grid, said in (("auto", (31, 31), "content key context_mlp: `auto` on 31 x 31 tokens"),
+                            ("auto", (16, 16), "content key mlp: `auto` on 16 x 16 tokens"), ("mlp", (31, 31), None)):
+        caplog.clear()
+        decoder = DecoderConfig(**small, content_key=key)
+        config = dataclasses.replace(RunConfig("d", 1, "rois_all", "transformer", BackboneConfig(), decoder), grid=grid)
+        with caplog.at_level("INFO", logger="model.training.loop"):
+            _log_grid_choices(config, build_encoder("transformer", QUERIES, 16, grid, decoder))
+        assert [r.getMessage() for r in caplog.records] == ([said] if said else [])
+
+
 @pytest.mark.parametrize("scale", [10.0, 1.0])
 def test_windows_learn_at_their_own_rate(scale):
     """The windows get a group at ``window_lr`` x lr; at 1 no group is added (older runs resume with their optimiser state)."""
@@ -253,7 +289,7 @@ def test_the_help_of_the_window_options_is_built_from_their_registries():
     """A key or softmax added to the registry appears in ``--help`` with its own description."""
     from model.options import option_help
 
-    for field, registry in (("content_key", CONTENT_KEYS), ("window_softmax", WINDOW_SOFTMAXES)):
+    for field, registry in (("content_key", CONTENT_KEY_CHOICES), ("window_softmax", WINDOW_SOFTMAXES)):
         text = option_help(next(f for f in dataclasses.fields(DecoderConfig) if f.name == field).metadata)
         for name, choice in registry.items():
             assert f"{name}: {choice.description}" in text and choice.description

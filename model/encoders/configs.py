@@ -16,7 +16,7 @@ from ..options import setting
 from .baselines import RIDGE_FEATURES
 from .layers import POSITION_EMBEDDINGS
 from .readouts import READOUTS
-from .windows import CONTENT_KEYS, WINDOW_SOFTMAXES
+from .windows import CONTENT_KEYS, GRID_CONTENT_KEYS, WINDOW_SOFTMAXES
 
 
 #: ``--query-init``: how the query embeddings start. The original left PyTorch's
@@ -61,8 +61,8 @@ class DecoderConfig:
                                   choices=lambda: tuple(WINDOW_SOFTMAXES))
     window_lr: float = setting(10.0, "learning rate of the attention windows (centres and widths) as a multiple of "
                                      "`train.lr`")
-    content_key: str = setting("mlp", lambda: "key of the windows' content score: " + _described(CONTENT_KEYS),
-                               choices=lambda: tuple(CONTENT_KEYS))
+    content_key: str = setting("auto", lambda: "key of the windows' content score: " + _described(CONTENT_KEY_CHOICES),
+                               choices=lambda: tuple(CONTENT_KEY_CHOICES))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +101,7 @@ class DecoderConfig:
             ("attention", lambda v: v in ATTENTIONS, f"must be one of {', '.join(ATTENTIONS)}"),
             ("window_softmax", lambda v: v in WINDOW_SOFTMAXES, f"must be one of {', '.join(WINDOW_SOFTMAXES)}"),
             ("window_lr", lambda v: is_number(v) and v > 0, "must be a positive number"),
-            ("content_key", lambda v: v in CONTENT_KEYS, f"must be one of {', '.join(CONTENT_KEYS)}"),
+            ("content_key", lambda v: v in CONTENT_KEY_CHOICES, f"must be one of {', '.join(CONTENT_KEY_CHOICES)}"),
         ))
         if self.attention == "windows" and not self.pre_norm:
             raise OptionError("decoder.attention", "windows need pre-norm decoder layers (decoder.pre_norm)")
@@ -116,6 +116,9 @@ def _described(choices: dict) -> str:
     """``name: what it is; ...`` of a registry of :class:`~model.encoders.windows.Choice` values, for ``--help``."""
     return "; ".join(f"{name}: {choice.description}" for name, choice in choices.items())
 
+
+#: ``--content-key``'s values: a key, or a name that picks one by the token grid
+CONTENT_KEY_CHOICES = {**GRID_CONTENT_KEYS, **CONTENT_KEYS}
 
 #: decoder settings that apply only to ``--attention windows``
 WINDOW_SETTINGS = ("window_softmax", "window_lr", "content_key")

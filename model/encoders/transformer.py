@@ -12,6 +12,8 @@ per query and head when asked, from the same pass that predicts.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.utils.checkpoint
@@ -23,7 +25,7 @@ from .interface import Capabilities, EncoderCore, EncoderInputs
 from .layers import POSITION_EMBEDDINGS, CustomDecoderLayer, PostNormDecoderLayer, TokenEncoder
 from .queries import QuerySet
 from .readouts import READOUTS, with_readout_subset
-from .windows import QueryWindows, WindowedCrossAttention
+from .windows import QueryWindows, WindowedCrossAttention, content_key_for
 
 
 class DecoderLayer(nn.Module):
@@ -97,7 +99,9 @@ class BrainEncoder(EncoderCore):
         self.token_encoder = TokenEncoder(cfg) if cfg.enc_layers else None
         self.query_embed = nn.Embedding(queries.n_queries, d)
         self.windows = QueryWindows(queries.n_queries, cfg.nheads) if cfg.attention == "windows" else None
-        self.layers = nn.ModuleList(self.decoder_layer(cfg) for _ in range(cfg.dec_layers))
+        self.content_key = content_key_for(cfg.content_key, self.grid)  # the key `auto` is on this grid
+        layer_cfg = replace(cfg, content_key=self.content_key)
+        self.layers = nn.ModuleList(self.decoder_layer(layer_cfg) for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(d) if self.final_norm else nn.Identity()
         self.readout = READOUTS[cfg.readout].from_config(queries, cfg, grid[0] * grid[1])
         self._reset_parameters()

@@ -13,11 +13,13 @@ co-attention (Gao et al. 2021, SMCA-DETR):
 
 ``s[q, t] = (W_q e_q) . k(m_t) / sqrt(d)`` is the content score of token
 ``m_t`` for query ``e_q`` (no position enters it; the key ``k`` is
-``--content-key``: by default the linear key plus a two-layer network of
+``--content-key``: ``mlp``, the linear key plus a two-layer network of
 the token, :class:`ResidualMLPKey`; ``wide_mlp`` the same with a hidden
 layer twice as wide; ``context_mlp`` a network of the token and the mean
-of its 3 x 3 neighbourhood; ``linear`` for runs written before the
-network), ``x_t`` the token's place
+of its 3 x 3 neighbourhood; by default ``auto``, which is ``context_mlp``
+on grids of at least :data:`CONTEXT_MIN_SIDE` tokens a side and ``mlp`` on
+coarser ones (:func:`content_key_for`); ``linear`` for runs written before
+the network), ``x_t`` the token's place
 on the grid in [-1, 1] (x right, y down), ``mu`` and ``sigma`` the window,
 ``H`` the number of heads. One softmax runs over every head's window
 together (``--window-softmax shared``, the default): the heads divide the
@@ -145,7 +147,8 @@ class ResidualMLPKey(nn.Module):
     (``context_mlp``): on the 434 px subject, whose face queries' misses
     fell mostly on the bodies' skin-coloured hands, those misses halved, but
     on the two 224 px subjects it found small text less often and its
-    pointing game fell, under 0.85 at one of two seeds of one.
+    pointing game fell, under 0.85 at one of two seeds of one; the default,
+    ``auto``, reads the neighbourhood on fine grids only (:func:`content_key_for`).
     The weights start as the decoder's others do (xavier, ``BrainEncoder``).
     """
 
@@ -172,12 +175,36 @@ def linear_key(linear: nn.Linear) -> nn.Linear:
 
 #: ``--content-key``: how a token becomes the key its content score is read from (each made from the linear key)
 CONTENT_KEYS = {
-    "mlp": Choice(ResidualMLPKey, "the linear key plus a two-layer network of the token (default)"),
+    "mlp": Choice(ResidualMLPKey, "the linear key plus a two-layer network of the token"),
     "wide_mlp": Choice(partial(ResidualMLPKey, width=2), "the same with a hidden layer twice as wide"),
     "context_mlp": Choice(partial(ResidualMLPKey, context=True), "the same network of the token and the mean of its "
                                                                  "3 x 3 neighbourhood"),
     "linear": Choice(linear_key, "multi-head attention's (runs from before this option)"),
 }
+
+
+#: ``auto`` reads the neighbourhood on grids of at least this many tokens a side, where 3 x 3 tokens span at
+#: most an eighth of the image. On 31 x 31 tokens (434 px images, patches of 14: NSD's native size) the
+#: neighbourhood halved the face queries' peaks on skin-coloured hands; on 16 x 16 tokens (224 px), where
+#: it spans a fifth of the image, small text was found less often (``docs/attention.md``).
+CONTEXT_MIN_SIDE = 24
+
+
+def key_for_grid(grid: tuple[int, int]) -> str:
+    """``context_mlp`` on grids of at least :data:`CONTEXT_MIN_SIDE` tokens a side, ``mlp`` on coarser ones."""
+    return "context_mlp" if min(grid) >= CONTEXT_MIN_SIDE else "mlp"
+
+
+#: content keys that stand for one of :data:`CONTENT_KEYS`, chosen by the token grid
+GRID_CONTENT_KEYS = {
+    "auto": Choice(key_for_grid, f"context_mlp on grids of at least {CONTEXT_MIN_SIDE} tokens a side (434 px "
+                                 "images with patches of 14), mlp on coarser ones (default)"),
+}
+
+
+def content_key_for(name: str, grid: tuple[int, int]) -> str:
+    """The key of :data:`CONTENT_KEYS` that the option value ``name`` builds on a ``grid`` (rows, cols) of tokens."""
+    return GRID_CONTENT_KEYS[name].make(tuple(grid)) if name in GRID_CONTENT_KEYS else name
 
 
 class WindowedCrossAttention(nn.Module):

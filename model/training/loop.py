@@ -240,6 +240,7 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
         model = build_encoder(config.encoder_arch, queries, config.feature_dim, config.grid, config.decoder, config.ridge,
                           config.train.standardise_tokens)
         model.set_feature_stats(read_rows(feats["train"].features, np.sort(train_idx)[:STATS_IMAGES]))
+        _log_grid_choices(config, model)
         start = time.perf_counter()
         if architecture(config.encoder_arch).capabilities.closed_form:
             history, best_epoch = _fit_closed_form(job, model), None
@@ -253,6 +254,13 @@ def train(config: RunConfig, out: str | Path, cache_dir: str | Path | None = Non
             _finish(job, model, history, best_epoch, elapsed)
         procs.barrier()
     return out
+
+
+def _log_grid_choices(config: RunConfig, model) -> None:
+    """Say what an option that the token grid decides became (``--content-key auto``)."""
+    chosen = getattr(model.core, "content_key", None)
+    if config.decoder.attention == "windows" and chosen not in (None, config.decoder.content_key):
+        log.info("content key %s: `%s` on %d x %d tokens", chosen, config.decoder.content_key, *config.grid)
 
 
 def resolve_config(config: RunConfig) -> Subject:
