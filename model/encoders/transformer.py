@@ -99,7 +99,7 @@ class BrainEncoder(EncoderCore):
         self.token_encoder = TokenEncoder(cfg) if cfg.enc_layers else None
         self.query_embed = nn.Embedding(queries.n_queries, d)
         self.windows = QueryWindows(queries.n_queries, cfg.nheads) if cfg.attention == "windows" else None
-        self.content_key = content_key_for(cfg.content_key, self.grid)  # the key `auto` is on this grid
+        self.content_key = content_key_for(cfg.content_key, self.grid)  # `auto` picks the key by the grid
         layer_cfg = replace(cfg, content_key=self.content_key)
         self.layers = nn.ModuleList(self.decoder_layer(layer_cfg) for _ in range(cfg.dec_layers))
         self.norm = nn.LayerNorm(d) if self.final_norm else nn.Identity()
