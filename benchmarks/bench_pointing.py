@@ -16,8 +16,8 @@ against large objects).
 
     python benchmarks/bench_pointing.py --run RUN [--n-images 100]
 
-``docs/attention.md`` ("Where the pointing game misses") has its output
-on the default runs of ``bench_readouts.py``.
+``docs/attention.md`` ("Where the MLP key misses, and a key that sees the
+neighbourhood") has its output on runs of ``bench_readouts.py``.
 """
 from __future__ import annotations
 
@@ -30,15 +30,14 @@ from PIL import Image
 
 from analyses.attention_selectivity import token_attention, token_coverage
 from analyses.routing import split_images
+from bench_readouts import OBJECT_CATEGORIES
 from interpret.checks import pointing_hit
 from model.runs import open_run
-from model.virtual.stimuli import SKIN
+from model.virtual.stimuli import FACE_SKIN_GAIN, SKIN
 
-#: planted categories whose masks are objects (the place masks are the layout)
-OBJECT_CATEGORIES = ("face", "body", "word")
-#: a pixel is skin-coloured within this RGB distance of a skin tone (faces are painted at 0.9-1.05 of one)
+#: a pixel is skin-coloured within this RGB distance of a skin tone (a face's tone times a gain in FACE_SKIN_GAIN)
 SKIN_DISTANCE = 20.0
-SKIN_TONES = np.concatenate([SKIN * f for f in (0.9, 0.95, 1.0, 1.05)])
+SKIN_TONES = np.concatenate([SKIN * f for f in np.linspace(*FACE_SKIN_GAIN, 4)])
 
 
 def peaks(att: np.ndarray, coverage: np.ndarray, categories: list[str], planted: dict[int, str],

@@ -181,10 +181,12 @@ STIMULUS_CONFOUNDS = {
                         "localizer contrast driven by low-level contrast favours words in every ROI",
 }
 SKIN = np.array([[255, 219, 172], [241, 194, 125], [224, 172, 105], [198, 134, 66], [141, 85, 36], [92, 56, 32]], float)
+#: a face's skin is one of :data:`SKIN` times a gain drawn from this range
+FACE_SKIN_GAIN = (0.9, 1.05)
 
 
 def _paint_face(draw: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, cy: float, s: float) -> None:
-    skin = SKIN[rng.integers(len(SKIN))] * rng.uniform(0.9, 1.05)
+    skin = SKIN[rng.integers(len(SKIN))] * rng.uniform(*FACE_SKIN_GAIN)
     w = 0.72 * s
     if rng.random() < 0.75:
         hair = rng.uniform(10, 120, size=3)
