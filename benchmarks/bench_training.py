@@ -8,9 +8,15 @@ Prints, side by side in one run:
 2. forward + backward time and peak memory of our vectorised ``rois_all``
    readout, of the per-group Python loop it replaced (kept here only for
    this comparison) and of the seed's compute-every-query-then-mask
-   readout, at 50 queries x 20000 vertices, hidden 768, batch 16.
+   readout, at 50 queries x 20000 vertices, hidden 768, batch 16;
+3. with ``--faithfulness-run RUN``: the end-of-training check of the
+   attention (:func:`model.scoring.faithfulness.run_summary`) on that run's
+   first 32 and first 64 validation images (all, where it has fewer), timed side by side, next to the
+   run's own training time (``fit_seconds``). ``--cache`` names the folder
+   holding the run's feature cache.
 
     python benchmarks/bench_training.py [--steps 10] [--threads 2] [--readout-only]
+    python benchmarks/bench_training.py --faithfulness-run RUN --cache CACHE   # part 3 alone
 """
 from __future__ import annotations
 
@@ -200,14 +206,42 @@ def readout_cost(steps: int, batch: int = 16, hidden: int = 768, n_vertices: int
     return {"seconds": seconds, "peak_mib": peaks}
 
 
+def faithfulness_check_cost(run_dir: Path, cache: Path | None, counts: tuple[int, ...] = (32, 64)) -> dict[int, float]:
+    """Seconds of the end-of-training attention check on the first ``counts`` validation images of a run."""
+    from interpret.attention_use import run_reliability
+    from model.runs import open_run
+    from model.scoring import run_summary
+
+    run = open_run(run_dir)
+    idx = np.sort(run.val_indices)[:max(counts)]
+    paths = [run.subject.train_images[i] for i in idx]
+    tokens = np.asarray(run.features(paths, cache, rows=[("train", int(i)) for i in idx]), np.float32)
+    reliability = run_reliability(run).drop(columns=["n_heldout", "query"])
+    steps = {n: (lambda n=n: run_summary(run.model, lambda: tokens[:n], run.queries.memberships, run.queries.names,
+                                         reliability)) for n in sorted({min(c, len(tokens)) for c in counts})}
+    seconds = interleaved_times(steps, rounds=2)
+    fit = run.metrics.get("fit_seconds", float("nan"))
+    print(f"\nattention check at the end of training, {run_dir} ({run.queries.n_queries} queries, "
+          f"{'x'.join(map(str, run.shared_backbone.grid))} tokens; its training took {fit:.0f} s)")
+    for n, sec in seconds.items():
+        print(f"  {n:3d} validation images: {sec:6.1f} s ({sec / seconds[min(seconds)]:.2f}x the first row, "
+              f"{100 * sec / fit:.1f}% of the training)")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readout-only", action="store_true", help="skip the training-throughput comparison")
+    parser.add_argument("--faithfulness-run", type=Path, help="part 3 alone, on this run")
+    parser.add_argument("--cache", type=Path, help="feature cache folder of --faithfulness-run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    if args.faithfulness_run:
+        faithfulness_check_cost(args.faithfulness_run, args.cache)
+        return
     if not args.readout_only:
         training_throughput(args.steps)
     readout_cost(args.steps)

@@ -105,6 +105,23 @@ def test_reliability_and_the_summary_count_only_reliable_queries():
     assert "NOT FAITHFUL: lh:A (ratio 4.0, specificity 1.20)" in describe_faithfulness(faithfulness_summary(table))
 
 
+def test_the_summary_line_gives_the_intervals_and_says_when_more_images_could_tell():
+    """An unfaithful query whose intervals reach both minimums is named as one that more images can settle."""
+    rows = {"query": ["lh:A", "lh:B", "lh:C"], "deletion_ratio": [5.5, 1.4, 6.0], "specificity": [1.17, 1.5, 2.0],
+            "deletion_ratio_ci_low": [3.1, 1.1, 5.0], "deletion_ratio_ci_high": [7.6, 1.8, 7.0],
+            "specificity_ci_low": [0.85, 1.2, 1.8], "specificity_ci_high": [1.96, 1.9, 2.3],
+            "faithful": [False, False, True], "n_images": 64, "reliable": True}
+    summary = faithfulness_summary(pd.DataFrame(rows))
+    assert summary["unfaithful"]["lh:A"] == {"deletion_ratio": 5.5, "deletion_ratio_ci": [3.1, 7.6],
+                                             "specificity": 1.17, "specificity_ci": [0.85, 1.96]}
+    line = describe_faithfulness(summary)
+    assert "(95% bootstrap intervals over the images in brackets)" in line
+    assert "lh:A (ratio 5.5 [3.1, 7.6], specificity 1.17 [0.85, 1.96])" in line
+    assert "lh:B (ratio 1.4 [1.1, 1.8]" in line and "lh:C" not in line
+    assert line.endswith("the intervals of lh:A reach both minimums: `tbe check-maps` on more images (--n-images) can "
+                         "tell")
+
+
 @pytest.mark.slow
 def test_training_records_the_attention_faithfulness(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
