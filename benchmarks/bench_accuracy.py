@@ -9,6 +9,8 @@ side by side, per encoder:
 * mean r per ROI class against the noisy and against the clean test responses;
 * mean within-ROI r over the early visual ROIs (V1v ... hV4), against the
   clean responses: does the model keep the retinotopy *inside* an ROI?
+* for encoders with decoder attention, what ``tbe train``'s check of it
+  recorded: how many reliably predicted queries have a faithful attention.
 
 The ``ground truth`` row predicts the clean responses themselves: the best
 any encoder can do against the noisy responses (against the clean responses
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -135,6 +138,14 @@ def trained_run(config: RunConfig, run_dir: Path, cache: Path) -> Path:
     return run_dir
 
 
+def recorded_faithfulness(run_dir: Path) -> str:
+    """What ``tbe train``'s check of the attention recorded: faithful of the reliably predicted queries ('' without)."""
+    found = json.loads((run_dir / METRICS).read_text()).get("attention_faithfulness") or {}
+    if "n_reliable" not in found:
+        return ""
+    return f"{found['n_faithful_reliable']}/{found['n_reliable']} ({found['n_images']} val images)"
+
+
 def summary(name: str, scores: dict) -> dict:
     """One row: the challenge score and ours, r per ROI class (noisy / clean), early-visual within-ROI r."""
     return {"encoder": name, **summary_row(scores)}
@@ -164,7 +175,8 @@ def main() -> None:
         start = time.perf_counter()
         run_dir = trained_run(config, paths.runs / run_name(name, args.epochs), paths.cache)
         pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
-        rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start})
+        rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start,
+                     "faithful": recorded_faithfulness(run_dir)})
         print(f"{name}: done in {rows[-1]['seconds']:.0f} s", flush=True)
 
     table = pd.DataFrame(rows).set_index("encoder")

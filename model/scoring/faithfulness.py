@@ -339,15 +339,20 @@ def describe_faithfulness(summary: dict) -> str:
     if summary["faithful"]:
         return head + (f" (median deletion ratio {summary['median_ratio_reliable']:.1f}, specificity "
                        f"{summary['median_specificity_reliable']:.1f})")
-    worst = sorted(summary["unfaithful"].items(), key=lambda kv: kv[1]["specificity"])[:6]
-    with_intervals = any("specificity_ci" in v for _, v in worst)
-    undecided = [q for q, v in summary["unfaithful"].items() if _undecided(v)]
-    return (head + "; NOT FAITHFUL" + (" (95% bootstrap intervals over the images in brackets)" if with_intervals else "")
-            + ": " + ", ".join(f"{q} (ratio {v['deletion_ratio']:.1f}{_interval(v, 'deletion_ratio', 1)}, specificity "
-                               f"{v['specificity']:.2f}{_interval(v, 'specificity', 2)})" for q, v in worst)
-            + (" ..." if len(summary["unfaithful"]) > 6 else "") + ": their attention maps do not show what their "
-            "predictions use" + (f"; the intervals of {', '.join(undecided)} reach both minimums: `tbe check-maps` "
-                                 "on more images (--n-images) can tell" if undecided else ""))
+    return head + "; NOT FAITHFUL" + _unfaithful_queries(summary["unfaithful"])
+
+
+def _unfaithful_queries(unfaithful: dict) -> str:
+    """The worst six unfaithful queries with their ratios (and intervals), and which more images could settle."""
+    worst = sorted(unfaithful.items(), key=lambda kv: kv[1]["specificity"])[:6]
+    labelled = " (95% bootstrap intervals over the images in brackets)" if any("specificity_ci" in v for _, v in worst) else ""
+    named = ", ".join(f"{q} (ratio {v['deletion_ratio']:.1f}{_interval(v, 'deletion_ratio', 1)}, specificity "
+                      f"{v['specificity']:.2f}{_interval(v, 'specificity', 2)})" for q, v in worst)
+    undecided = [q for q, v in unfaithful.items() if _undecided(v)]
+    settle = (f"; the intervals of {', '.join(undecided)} reach both minimums: `tbe check-maps` on more images "
+              "(--n-images) can tell" if undecided else "")
+    return (f"{labelled}: {named}{' ...' if len(unfaithful) > 6 else ''}: their attention maps do not show what their "
+            f"predictions use{settle}")
 
 
 __all__ = ["DeletionChanges", "FRACTION", "MAX_QUERIES", "MIN_RATIO", "MIN_SPECIFICITY", "N_RANDOM", "SUMMARY_IMAGES",
