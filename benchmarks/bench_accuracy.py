@@ -151,6 +151,13 @@ def summary(name: str, scores: dict) -> dict:
     return {"encoder": name, **summary_row(scores)}
 
 
+def run_row(name: str, run_dir: Path, subject, reference, seconds: float) -> dict:
+    """One trained run's row: :func:`summary` of its test predictions, its ``seconds`` and its attention check."""
+    pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
+    return {**summary(name, score(pred, subject, reference)), "seconds": seconds,
+            "faithful": recorded_faithfulness(run_dir)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench-accuracy"), help="working folder (default bench-accuracy)")
@@ -174,9 +181,7 @@ def main() -> None:
     for name, config in chosen.items():
         start = time.perf_counter()
         run_dir = trained_run(config, paths.runs / run_name(name, args.epochs), paths.cache)
-        pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
-        rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start,
-                     "faithful": recorded_faithfulness(run_dir)})
+        rows.append(run_row(name, run_dir, subject, reference, time.perf_counter() - start))
         print(f"{name}: done in {rows[-1]['seconds']:.0f} s", flush=True)
 
     table = pd.DataFrame(rows).set_index("encoder")

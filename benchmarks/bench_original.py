@@ -10,8 +10,9 @@ settings (random ViT-S/14, block 7 tokens, hidden 384, 15 epochs):
 
 and prints, side by side, the challenge score against the noisy test
 responses, r against the clean responses (early visual, category ROIs),
-within-ROI r in early visual ROIs, and each row's change of the challenge
-score from the defaults. Finished runs in the work folder are reused when
+within-ROI r in early visual ROIs, each row's change of the challenge
+score from the defaults, and what ``tbe train``'s check of the attention
+recorded (faithful of the reliably predicted queries). Finished runs in the work folder are reused when
 their settings are these (else the script stops and names the run).
 
     python benchmarks/bench_original.py [--work DIR] [--epochs 15] [--n-train 1000 --n-test 200 --image-size 224]
@@ -27,14 +28,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analyses.demo import DemoPaths, demo_runs
-from bench_accuracy import summary, trained_run
-from model.rois import HEMIS
+from bench_accuracy import run_row, trained_run
 from model.runs import RunConfig
-from model.scoring import score, virtual_reference
+from model.scoring import virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
 
@@ -88,14 +87,13 @@ def main() -> None:
     for name, config in variants(base).items():
         start = time.perf_counter()
         run_dir = trained_run(config, paths.runs / RUN_FOLDERS[name], paths.cache)
-        pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
-        rows.append({**summary(name, score(pred, subject, reference)), "seconds": time.perf_counter() - start})
+        rows.append(run_row(name, run_dir, subject, reference, time.perf_counter() - start))
         row = rows[-1]
         print(f"{name}: challenge score {row['challenge score']:.1f}, r clean EV {row['r_clean EV']:.3f}, category "
               f"{row['r_clean category']:.3f}, within-ROI r EV {row['within-ROI r EV']:.3f} ({row['seconds']:.0f} s)", flush=True)
     table = pd.DataFrame(rows).set_index("encoder")
     table.insert(1, "change", table["challenge score"] - table.loc["tbe train defaults", "challenge score"])
-    columns = ["challenge score", "change", "r_clean EV", "r_clean category", "within-ROI r EV", "seconds"]
+    columns = ["challenge score", "change", "r_clean EV", "r_clean category", "within-ROI r EV", "seconds", "faithful"]
     print()
     print(f"virtual subject: {subject.n_train} training, {subject.n_test} test images of {args.image_size} px; {args.epochs} epochs, "
           f"random ViT-S/14 block 7 tokens, hidden 384")

@@ -41,6 +41,17 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(trained_run, cache
         bench_accuracy.trained_run(other_readout, trained_run, cache_dir)
 
 
+def test_a_row_says_what_the_runs_attention_check_recorded(trained_run, tmp_path):
+    """The accuracy tables' faithful column: the run's own summary, or empty for runs without one (ridge)."""
+    import json
+
+    summary = json.loads((trained_run / "metrics.json").read_text())["attention_faithfulness"]
+    assert bench_accuracy.recorded_faithfulness(trained_run) == (
+        f"{summary['n_faithful_reliable']}/{summary['n_reliable']} ({summary['n_images']} val images)")
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_r": 0.5}))
+    assert bench_accuracy.recorded_faithfulness(tmp_path) == ""
+
+
 def test_the_interpret_memory_benchmark_prints_both_counts_side_by_side(trained_run, cache_dir, tmp_path, capsys):
     """bench_interpret.py part 5 runs each command in its own process and prints RSS, ratio and time (not checked:
     numbers belong to the benchmark, not to a test)."""
