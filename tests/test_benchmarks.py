@@ -52,6 +52,17 @@ def test_a_row_says_what_the_runs_attention_check_recorded(trained_run, tmp_path
     assert bench_accuracy.recorded_faithfulness(tmp_path) == ""
 
 
+def test_the_training_benchmark_times_the_attention_check_at_both_image_counts(trained_run, cache_dir, capsys):
+    """bench_training.py part 3: one row per image count, the larger clipped to the validation images there are."""
+    import bench_training
+
+    n_val = len(np.load(trained_run / "val_indices.npy"))
+    seconds = bench_training.faithfulness_check_cost(trained_run, cache_dir, counts=(2, n_val + 5))
+    assert sorted(seconds) == [2, n_val] and all(s > 0 for s in seconds.values())
+    out = capsys.readouterr().out
+    assert f"{n_val:3d} validation images:" in out and "of the training" in out
+
+
 def test_the_interpret_memory_benchmark_prints_both_counts_side_by_side(trained_run, cache_dir, tmp_path, capsys):
     """bench_interpret.py part 5 runs each command in its own process and prints RSS, ratio and time (not checked:
     numbers belong to the benchmark, not to a test)."""
