@@ -43,11 +43,11 @@ cores (12 members, features of 4 layers). docs/challenge.md's main table is
     python benchmarks/bench_ensemble.py --work demo
 
 after ``make demo`` (its subject, feature cache and layer-6 features reused;
-about 25 minutes on 2 quiet cores); its small-subject tables are
+33 minutes on 2 quiet cores with today's default decoder); its small-subject tables are
 
     python benchmarks/bench_ensemble.py --work /tmp/bench-ensemble --n-train 300 --n-test 100 --image-size 112 --epochs 10
 
-(8 x 8 tokens; about 20 minutes on 2 busy CPU cores) and the same with ``--epochs 25``.
+(8 x 8 tokens; 4 minutes on 2 quiet CPU cores) and the same with ``--epochs 25`` (9 minutes).
 """
 from __future__ import annotations
 

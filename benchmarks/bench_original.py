@@ -19,7 +19,7 @@ their settings are these (else the script stops and names the run).
 
 docs/original.md's settings table is ``--work demo`` after ``make demo`` (the
 demo's subject and feature cache; runs in ``demo/runs/defaults`` ...):
-9 minutes on 2 quiet cores, about 2 minutes per row.
+14 minutes on 2 quiet cores with today's default decoder, about 2.5 minutes per row.
 """
 from __future__ import annotations
 
