@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -66,7 +65,7 @@ from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
 from model.encoders import RidgeConfig
 from model.rois import HEMIS
-from model.runs import METRICS, RunConfig, read_config
+from model.runs import METRICS, PRED_TEST, RunConfig, read_config, read_metrics
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
@@ -140,7 +139,7 @@ def trained_run(config: RunConfig, run_dir: Path, cache: Path) -> Path:
 
 def recorded_faithfulness(run_dir: Path) -> str:
     """What ``tbe train``'s check of the attention recorded: faithful of the reliably predicted queries ('' without)."""
-    found = json.loads((run_dir / METRICS).read_text()).get("attention_faithfulness") or {}
+    found = read_metrics(run_dir).get("attention_faithfulness") or {}
     if "n_reliable" not in found:
         return ""
     return f"{found['n_faithful_reliable']}/{found['n_reliable']} ({found['n_images']} val images)"
@@ -151,10 +150,15 @@ def summary(name: str, scores: dict) -> dict:
     return {"encoder": name, **summary_row(scores)}
 
 
+def scored(run: Path, subject, reference) -> dict:
+    """The summary row of a run's (or an ensemble's) test predictions."""
+    pred = {h: np.load(run / PRED_TEST.format(hemi=h)) for h in HEMIS}
+    return summary_row(score(pred, subject, reference))
+
+
 def run_row(name: str, run_dir: Path, subject, reference, seconds: float) -> dict:
-    """One trained run's row: :func:`summary` of its test predictions, its ``seconds`` and its attention check."""
-    pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
-    return {**summary(name, score(pred, subject, reference)), "seconds": seconds,
+    """One trained run's row: :func:`scored`, its ``seconds`` and what its attention check recorded."""
+    return {"encoder": name, **scored(run_dir, subject, reference), "seconds": seconds,
             "faithful": recorded_faithfulness(run_dir)}
 
 

@@ -57,15 +57,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analyses.accuracy import summary_row
 from analyses.demo import DemoPaths, demo_runs
-from bench_accuracy import subject_image_size, trained_run
+from bench_accuracy import scored, subject_image_size, trained_run
 from bench_original import RUN_FOLDERS, original_run
-from model.rois import HEMIS
-from model.runs import METRICS, PRED_TEST, read_config, read_metrics
+from model.runs import METRICS, read_config, read_metrics
 from model.scoring import score, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
@@ -73,12 +71,6 @@ from model.training import grid_members, int_list, make_ensemble, train_grid
 
 QUICK_SUBJECT = VirtualConfig(subj=1, n_train=120, n_test=24, image_size=112, seed=3)
 WEIGHTINGS = {"softmax": "softmax, temperature 40", "mean": "mean", "best": "best"}
-
-
-def scored(run: Path, subject, reference) -> dict:
-    """The summary row of a run's (or an ensemble's) test predictions."""
-    pred = {h: np.load(run / PRED_TEST.format(hemi=h)) for h in HEMIS}
-    return summary_row(score(pred, subject, reference))
 
 
 def defaults_run(base, members: list[Path], paths: DemoPaths) -> Path:

@@ -59,7 +59,7 @@ import xarray as xr
 from analyses.attention_selectivity import token_attention
 from analyses.demo import DEMO_BACKBONE, demo_runs
 from analyses.routing import analyse, split_images
-from bench_accuracy import summary, trained_run
+from bench_accuracy import scored, trained_run
 from interpret.attention_use import run_reliability
 from interpret.checks import localization, masks_on_grid
 from interpret.focus import focus
@@ -67,7 +67,7 @@ from interpret.maps import MapGrid, Targets, by_hemi_roi, map_array
 from interpret.routing import RoutingSettings
 from model.rois import EARLY_VISUAL, HEMIS
 from model.runs import RunConfig, open_run
-from model.scoring import deletion_changes, deletion_ratios, score, virtual_reference
+from model.scoring import deletion_changes, deletion_ratios, virtual_reference
 from model.subject import load_subject, subject_dir
 from model.synthetic import VirtualConfig, write_virtual_subject
 from model.training import train
@@ -211,10 +211,9 @@ def main() -> None:
     table = []
     for name, row in rows.items():
         run_dir = trained_run(configs[name], runs / row.folder, cache)
-        pred = {h: np.load(run_dir / f"{h}_pred_test.npy") for h in HEMIS}
         run = open_run(run_dir)
         start = time.perf_counter()
-        table.append({**summary(name, score(pred, subject, reference)),
+        table.append({"encoder": name, **scored(run_dir, subject, reference),
                       **attention_row(run, args.n_images, cache, routing_csvs[name]),
                       "s / epoch": median_epoch_seconds(run.metrics)})
         print(f"{name}: measured in {time.perf_counter() - start:.0f} s", flush=True)
